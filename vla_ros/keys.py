@@ -1,0 +1,42 @@
+"""Key names and encodings shared by the simulator, the policy and the ROS nodes.
+
+The command travels inside Gymnasium observations as a fixed-size array of UTF-8 bytes so that
+vectorised envs, SB3 buffers and ``check_env`` all see a plain ``Box``; the text encoder decodes it
+back to a string (and caches its embedding, since commands repeat).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Environment observation keys (Dict observation space).
+OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB camera frame
+OBS_COMMAND = "command"  # uint8 (COMMAND_MAX_BYTES,) UTF-8 bytes, zero padded
+OBS_PROPRIO = "proprio"  # float32 (2 * n_joints,): joint positions (rad) then velocities (rad/s)
+
+# Observation keys after the frozen CLIP towers have run (policy training / inference).
+FEAT_IMAGE_GLOBAL = "image_embedding"  # float32 (D,)
+FEAT_IMAGE_PATCHES = "image_patches"  # float32 (P, D)
+FEAT_TEXT = "text_embedding"  # float32 (D,)
+
+COMMAND_MAX_BYTES = 128
+
+
+def encode_command(text: str) -> np.ndarray:
+    """Encode a command string into the fixed-size byte array used in observations."""
+    if not isinstance(text, str):
+        raise TypeError(f"command must be a str, got {type(text).__name__}")
+    raw = text.encode("utf-8")
+    if len(raw) > COMMAND_MAX_BYTES:
+        raise ValueError(f"command is {len(raw)} bytes; at most {COMMAND_MAX_BYTES} are allowed")
+    if b"\x00" in raw:
+        raise ValueError("command must not contain NUL characters")
+    out = np.zeros(COMMAND_MAX_BYTES, dtype=np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_command(data: np.ndarray) -> str:
+    """Decode a byte array made by :func:`encode_command` (trailing zeros stripped)."""
+    raw = np.asarray(data, dtype=np.uint8).tobytes().rstrip(b"\x00")
+    return raw.decode("utf-8", errors="replace")

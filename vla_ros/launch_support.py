@@ -1,0 +1,70 @@
+"""Turns ``vla_ros.graph`` specs into ``launch_ros`` actions (used by ``launch/*.launch.py`` only).
+
+Imports ``launch``/``launch_ros`` lazily: the rest of the package never needs them.
+"""
+
+from __future__ import annotations
+
+from vla_ros.graph import PACKAGE, NodeSpec
+from vla_ros.paths import share_path
+
+# (name, default, description) of the launch arguments both launch files declare.
+COMMON_ARGUMENTS = (
+    ("policy_checkpoint", str(share_path("models", "policy")),
+     "policy checkpoint folder (policy.safetensors + config.json)"),
+    ("device", "cpu", "inference device of the VLA node: cpu or cuda"),
+    ("backend", "torch", "inference backend of the VLA node: torch or onnxruntime"),
+    ("output_mode", "position_array",
+     "joint command output: position_array (forward_position_controller) or trajectory"),
+    ("control_rate_hz", "10.0", "policy rate of the VLA node in Hz"),
+    ("log_level", "info", "ROS log level of every node"),
+)
+
+
+def declare_arguments(extra=()):
+    """``DeclareLaunchArgument`` actions, each with its description."""
+    from launch.actions import DeclareLaunchArgument
+
+    return [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, default, description in (*COMMON_ARGUMENTS, *extra)
+    ]
+
+
+def node_action(spec: NodeSpec, overrides: dict):
+    """A ``launch_ros`` ``Node`` for ``spec``: YAML params from the share folder, then overrides."""
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    return Node(
+        package=PACKAGE,
+        executable=spec.executable,
+        name=spec.name,
+        output="screen",
+        parameters=[*spec.param_file_paths(), {**spec.parameters, **overrides}],
+        remappings=list(spec.remappings.items()),
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+    )
+
+
+def vla_overrides() -> dict:
+    """VLA node parameters taken from the launch arguments."""
+    from launch.substitutions import LaunchConfiguration
+
+    return {
+        name: LaunchConfiguration(name)
+        for name in ("policy_checkpoint", "device", "backend", "output_mode", "control_rate_hz")
+    }
+
+
+def robot_state_publisher_action():
+    """robot_state_publisher with the package's URDF (the same file MuJoCo loads)."""
+    from launch_ros.actions import Node
+
+    urdf_text = share_path("sim", "robot", "vla_arm.urdf").read_text()
+    return Node(
+        package="robot_state_publisher",
+        executable="robot_state_publisher",
+        output="screen",
+        parameters=[{"robot_description": urdf_text}],
+    )

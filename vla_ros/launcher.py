@@ -1,0 +1,113 @@
+"""Starts a node graph (``vla_ros.graph``) as child processes, for machines without ``ros2 launch``.
+
+Each node runs as ``python -m <module> --ros-args -r __node:=<name> --params-file <yaml> -p k:=v``,
+the same command line ``ros2 launch`` would build. Output goes to one log file per node. On exit every
+child gets SIGINT (rclpy shuts down cleanly), then SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from vla_ros.graph import NodeSpec
+
+
+def _param_value(value) -> str:
+    # ROS parses -p values as YAML; JSON is valid YAML and keeps strings quoted (so "1" stays a string).
+    return json.dumps(value)
+
+
+def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
+    """The command line that starts ``spec`` as a process."""
+    cmd = [python, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    for path in spec.param_file_paths():
+        cmd += ["--params-file", path]
+    for key, value in spec.parameters.items():
+        cmd += ["-p", f"{key}:={_param_value(value)}"]
+    for src, dst in spec.remappings.items():
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+def only_loopback() -> bool:
+    """True when this process's network namespace has no interface but ``lo``."""
+    # /proc/net/dev follows the network namespace; /sys/class/net does not unless /sys is remounted.
+    try:
+        with open("/proc/net/dev") as f:
+            names = {line.split(":", 1)[0].strip() for line in f.readlines()[2:]}
+    except OSError:
+        return False
+    return names <= {"lo"}
+
+
+class NodeGraphProcesses:
+    """Context manager running a list of ``NodeSpec`` as processes."""
+
+    def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path, env: dict | None = None):
+        self.specs = list(specs)
+        self.log_dir = Path(log_dir)
+        self.env = {**os.environ, **(env or {})}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._logs = []
+
+    def __enter__(self) -> "NodeGraphProcesses":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every node; raise if one exits at once."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            log = open(self.log_dir / f"{spec.name}.log", "w")
+            self._logs.append(log)
+            self.processes[spec.name] = subprocess.Popen(
+                node_command(spec), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                start_new_session=True,
+            )
+        self.check_alive()
+
+    def check_alive(self) -> None:
+        """Raise ``RuntimeError`` (with the log's tail) if a node process has exited."""
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = self.log_tail(name)
+                raise RuntimeError(f"node {name} exited with code {proc.returncode}:\n{tail}")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """Last lines of a node's log file."""
+        path = self.log_dir / f"{name}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """Stop all nodes (SIGINT, then SIGTERM, then SIGKILL); return their exit codes."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in self.processes.values():
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    proc.wait(timeout=remaining)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(sig)
+            deadline = time.monotonic() + 3.0
+        for proc in self.processes.values():
+            proc.wait()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        return {name: proc.returncode for name, proc in self.processes.items()}
