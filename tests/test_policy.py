@@ -1,0 +1,114 @@
+"""Policy training smoke run, checkpoint round trip, the Policy wrapper and its error handling."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vla_ros.grounding.checkpoint import create_clip, save_clip_checkpoint
+from vla_ros.policy.checkpoint import CheckpointError
+from vla_ros.policy.evaluate import wilson_interval
+from vla_ros.policy.policy import Policy
+from vla_ros.policy.train import TrainConfig, TrainingRun
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    loaded = create_clip(seed=0)
+    folder = tmp_path_factory.mktemp("clip")
+    save_clip_checkpoint(loaded.model, folder, loaded.model_cfg, loaded.preprocess_cfg)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clip):
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(out=str(out), clip=str(tiny_clip), num_envs=2, vec_env="dummy", bc_episodes=2,
+                      dagger_rounds=1, dagger_episodes=2, bc_epochs=1, ppo_steps=128, n_steps=32, batch_size=32,
+                      n_epochs=1, eval_every=10_000, eval_episodes=2, checkpoint_every=64, command="pytest")
+    final = TrainingRun(cfg).run()
+    return cfg, final
+
+
+def test_training_smoke_run_exports_a_loadable_checkpoint(trained):
+    cfg, final = trained
+    config = json.loads((final / "config.json").read_text())
+    assert config["metrics"]["env_steps_ppo"] >= 128
+    assert config["metrics"]["env_steps_imitation"] > 0
+    assert config["training"]["command"] == "pytest"
+    policy = Policy.load(final)
+    assert len(policy.joint_names) == len(config["joint_names"])
+    assert (final.parent / "eval.csv").is_file() and (final.parent / "learning_curve.png").is_file()
+
+
+def test_select_action_stays_within_limits_and_max_step(trained):
+    _, final = trained
+    policy = Policy.load(final)
+    rng = np.random.default_rng(0)
+    n = policy.num_joints
+    for _ in range(5):
+        frame = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        q = rng.uniform(policy.lower, policy.upper)
+        state = np.concatenate([q, rng.normal(size=n)])
+        target = policy.select_action(frame, "touch the red cube", state)
+        assert target.shape == (n,)
+        assert np.all(target >= policy.lower - 1e-9) and np.all(target <= policy.upper + 1e-9)
+        assert np.all(np.abs(target - q) <= policy.max_delta + 1e-9)
+
+
+def test_policy_rejects_bad_joint_state_and_command(trained):
+    policy = Policy.load(trained[1])
+    frame = np.zeros((64, 64, 3), np.uint8)
+    good = np.zeros(2 * policy.num_joints)
+    with pytest.raises(ValueError, match="NaN"):
+        policy.select_action(frame, "touch the red cube", np.full_like(good, np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        policy.select_action(frame, "touch the red cube", good[:3])
+    with pytest.raises(ValueError, match="empty"):
+        policy.select_action(frame, "  ", good)
+
+
+def test_resume_continues_from_saved_ppo_steps(trained):
+    cfg, final = trained
+    state = json.loads((final.parent / "state.json").read_text())
+    assert state["phases_done"] == ["imitation"] and state["ppo_steps"] >= 128
+    more = TrainConfig(**{**cfg.__dict__, "ppo_steps": 192})
+    TrainingRun(more).run()
+    state = json.loads((final.parent / "state.json").read_text())
+    assert 192 <= state["ppo_steps"] < 128 + 192  # continued, not restarted
+
+
+def test_mismatched_or_missing_checkpoints_are_clear_errors(trained, tmp_path, tiny_clip):
+    _, final = trained
+    with pytest.raises(CheckpointError, match="not found"):
+        Policy.load(tmp_path / "nope")
+    other_clip = tmp_path / "other_clip"
+    loaded = create_clip(seed=1)
+    save_clip_checkpoint(loaded.model, other_clip, loaded.model_cfg, loaded.preprocess_cfg)
+    with pytest.raises(CheckpointError, match="does not match"):
+        Policy.load(final, clip_path=other_clip)
+    broken = tmp_path / "broken"
+    shutil.copytree(final, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["clip"]["path"] = str(tiny_clip)
+    fewer_joints = {**config, "joint_names": config["joint_names"][:-1]}
+    (broken / "config.json").write_text(json.dumps(fewer_joints))
+    with pytest.raises(CheckpointError, match="joint set does not match"):
+        Policy.load(broken)
+    wider = {**config, "network": {**config["network"], "fusion_dim": 128}}
+    (broken / "config.json").write_text(json.dumps(wider))
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        Policy.load(broken)
+    policy = Policy.load(final)
+    with pytest.raises(CheckpointError, match="joint"):
+        policy.check_joint_names(["a", "b"])
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        Policy.load(broken)
+
+
+def test_wilson_interval_brackets_the_rate():
+    lo, hi = wilson_interval(190, 200)
+    assert lo < 0.95 < hi and 0.9 < lo and hi < 0.98
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -1,0 +1,92 @@
+"""``vla-ros eval``: success rate per task and instruction split, ablations side by side, JSON.
+
+Report (``--json``): ``{"checkpoint", "episodes_per_split", "splits": {"<task>/<split>": {"success_rate",
+"ci95": [lo, hi], "episodes"}}, "ablations": {"<variant>": {"<task>/<split>": {...}}}}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_ros.reporting import add_json_argument
+
+DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
+ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention")
+
+
+def add_arguments(parser) -> None:
+    """Options of ``vla-ros eval``."""
+    parser.add_argument("--checkpoint", help="policy checkpoint folder (default: the shipped models/policy)")
+    parser.add_argument("--episodes", type=int, default=200, help="episodes per split (default: 200)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the evaluation scenes (default: 1)")
+    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=[*DEFAULT_SPLITS, "custom"],
+                        help="instruction splits to evaluate")
+    parser.add_argument("--templates", help="YAML instruction file (the simulator's format) evaluated as the "
+                        "'custom' split with its held-out phrasings")
+    parser.add_argument("--ablations", nargs="*", default=["image_blind", "command_blind"], choices=ABLATIONS,
+                        help="ablations evaluated on --ablation-splits: image_blind / command_blind zero one "
+                        "modality of this checkpoint; late / gated / cross_attention load the checkpoints "
+                        "trained with that fusion from --ablation-dir")
+    parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*DEFAULT_SPLITS],
+                        help="splits evaluated for each ablation (default: train)")
+    parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
+                        "(default: models/ablations)")
+    parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
+    add_json_argument(parser)
+
+
+def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0) -> dict:
+    from vla_ros.policy.evaluate import SPLITS, run_episodes
+
+    results = {}
+    for split in splits:
+        kwargs = dict(SPLITS.get(split, {"split": "heldout_phrasings"}))
+        if split == "custom":
+            kwargs["templates_path"] = args.templates
+        result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
+                              num_envs=args.num_envs, image_scale=image_scale, text_scale=text_scale,
+                              **env_kwargs, **kwargs)
+        results[f"{task}/{split}"] = result.report()
+        print(f"  {task}/{split}: {result.success_rate:.3f} ({result.successes}/{result.episodes})", flush=True)
+    return results
+
+
+def run(args) -> int:
+    """Evaluate and print the tables."""
+    import torch
+
+    from vla_ros.paths import share_path
+    from vla_ros.policy.policy import Policy
+    from vla_ros.reporting import format_table, write_json
+
+    torch.set_num_threads(1)
+    if "custom" in args.splits and not args.templates:
+        raise SystemExit("vla-ros eval: the 'custom' split needs --templates FILE")
+    if args.templates and "custom" not in args.splits:
+        args.splits.append("custom")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
+    policy = Policy.load(checkpoint)
+    task = policy.config["task"]
+    env_kwargs = dict(policy.config.get("env", {}))
+    print(f"evaluating {checkpoint} on {task}, {args.episodes} episodes per split", flush=True)
+    report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
+              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs), "ablations": {}}
+    ablation_dir = Path(args.ablation_dir) if args.ablation_dir else share_path("models", "ablations")
+    for name in args.ablations:
+        print(f"ablation {name}", flush=True)
+        if name in ("image_blind", "command_blind"):
+            scales = {"image_scale": 0.0} if name == "image_blind" else {"text_scale": 0.0}
+            report["ablations"][name] = _evaluate_splits(policy, task, args.ablation_splits, args, env_kwargs,
+                                                         **scales)
+        else:
+            path = ablation_dir / name
+            if not path.is_dir():
+                print(f"  skipped: no checkpoint at {path}")
+                continue
+            variant = Policy.load(path)
+            report["ablations"][name] = _evaluate_splits(variant, task, args.ablation_splits, args, env_kwargs)
+    rows = [{"variant": "checkpoint", "split": k, **v} for k, v in report["splits"].items()]
+    rows += [{"variant": name, "split": k, **v} for name, res in report["ablations"].items() for k, v in res.items()]
+    print(format_table(rows, ["variant", "split", "success_rate", "ci95", "episodes", "mean_length"]))
+    write_json(args.json, report)
+    return 0

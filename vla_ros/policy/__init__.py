@@ -1,0 +1,1 @@
+"""PPO policy on fused CLIP features: training, checkpoints, evaluation, the ``Policy`` wrapper."""

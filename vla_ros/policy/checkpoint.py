@@ -1,0 +1,114 @@
+"""Policy checkpoints: ``policy.safetensors`` + ``config.json``; loading never unpickles.
+
+``config.json`` holds everything needed to rebuild the network and use it on a robot: the fusion
+and network configuration, joint names and order, action units and scaling, proprioception
+normalisation, the CLIP checkpoint it was trained on (path relative to the checkpoint and sha256),
+the training command and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+from vla_ros.policy.features import FusionFeaturesExtractor, clip_feature_space
+
+FORMAT = "vla_ros.policy/1"
+WEIGHTS_FILE = "policy.safetensors"
+CONFIG_FILE = "config.json"
+_ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+
+
+class CheckpointError(ValueError):
+    """A policy checkpoint is missing, malformed or does not match what it is used with."""
+
+
+def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for the network section of a checkpoint config."""
+    return {
+        "net_arch": {"pi": list(net["net_arch"]["pi"]), "vf": list(net["net_arch"]["vf"])},
+        "activation_fn": _ACTIVATIONS[net.get("activation", "tanh")],
+        "log_std_init": float(net.get("log_std_init", 0.0)),
+        "features_extractor_class": FusionFeaturesExtractor,
+        "features_extractor_kwargs": {
+            "fusion": net["fusion"],
+            "fusion_dim": int(net["fusion_dim"]),
+            "hidden_dim": int(net["hidden_dim"]),
+            "heads": int(net["heads"]),
+            "grid_size": tuple(net["grid_size"]),
+        },
+    }
+
+
+def build_network(config: dict[str, Any]) -> MultiInputActorCriticPolicy:
+    """Build the (untrained) actor-critic network a checkpoint config describes."""
+    import gymnasium as gym
+
+    clip, n = config["clip"], len(config["joint_names"])
+    obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n)
+    act_space = gym.spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
+    return MultiInputActorCriticPolicy(obs_space, act_space, lr_schedule=lambda _: 0.0,
+                                       **policy_kwargs(config["network"]))
+
+
+def save_checkpoint(out_dir: str | Path, network: torch.nn.Module, config: dict[str, Any]) -> Path:
+    """Write weights (safetensors) and config (JSON) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(network, str(out / WEIGHTS_FILE))  # handles the extractor shared by actor and critic
+    (out / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+    return out
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint's ``config.json``."""
+    folder = Path(path)
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"policy checkpoint folder not found: {folder}")
+    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder} is not a policy checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: invalid JSON: {exc}") from exc
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    for key in ("joint_names", "action", "proprio_normalization", "clip", "network"):
+        if key not in config:
+            raise CheckpointError(f"{config_path}: missing {key!r}")
+    n = len(config["joint_names"])
+    sizes = {f"action.{k}": len(config["action"].get(k, ())) for k in ("max_delta", "lower", "upper")}
+    sizes.update({f"proprio_normalization.{k}": len(v) for k, v in config["proprio_normalization"].items()})
+    wrong = {k: v for k, v in sizes.items() if v != n}
+    if wrong:
+        raise CheckpointError(f"{config_path}: joint set does not match: {n} joint names but {wrong}")
+    return config
+
+
+def load_network(path: str | Path, config: dict[str, Any] | None = None,
+                 device: str = "cpu") -> tuple[MultiInputActorCriticPolicy, dict[str, Any]]:
+    """Rebuild the network from ``config.json`` and load the safetensors weights (strict)."""
+    config = config or read_config(path)
+    network = build_network(config)
+    try:
+        missing, unexpected = load_model(network, str(Path(path) / WEIGHTS_FILE), strict=False)
+    except RuntimeError as exc:  # torch's size mismatch
+        raise CheckpointError(f"{path}: weights do not match the config: {str(exc)[:300]}") from exc
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: cannot read weights: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+    return network.to(device).eval(), config
+
+
+def resolve_clip_path(checkpoint: str | Path, config: dict[str, Any]) -> Path:
+    """The CLIP checkpoint folder a policy config refers to (relative to the policy folder)."""
+    return (Path(checkpoint) / config["clip"]["path"]).resolve()

@@ -1,0 +1,76 @@
+"""A VecEnv wrapper that runs the frozen CLIP towers once per vectorised step for all envs.
+
+Raw env observations (image, command bytes, proprioception) become CLIP features (global image
+embedding, patch tokens, cached text embedding, normalised proprioception). ``batched=False``
+encodes env by env instead: the slower baseline ``vla-ros bench train`` compares against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from vla_ros.keys import (
+    FEAT_IMAGE_GLOBAL,
+    FEAT_IMAGE_PATCHES,
+    FEAT_TEXT,
+    OBS_COMMAND,
+    OBS_IMAGE,
+    OBS_PROPRIO,
+    decode_command,
+)
+from vla_ros.policy.features import clip_feature_space
+from vla_ros.policy.proprio import ProprioNormalizer
+
+
+class ClipFeatureVecEnv(VecEnvWrapper):
+    """Replace image + command observations by frozen CLIP features, batched over all envs."""
+
+    def __init__(self, venv: VecEnv, encoder, normalizer: ProprioNormalizer, batched: bool = True):
+        self.encoder = encoder
+        self.normalizer = normalizer
+        self.batched = batched
+        space = clip_feature_space(encoder.embed_dim, encoder.num_patches, 2 * normalizer.num_joints)
+        super().__init__(venv, observation_space=space)
+        self.commands: list[str] = [""] * venv.num_envs
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, commands: list[str], proprio: np.ndarray) -> dict[str, np.ndarray]:
+        """CLIP features for a batch of raw observations."""
+        if self.batched:
+            image = self.encoder.encode_images(images)
+            glob, patches = image.global_embedding, image.patches
+        else:
+            parts = [self.encoder.encode_images(frame[None]) for frame in images]
+            glob = torch.cat([p.global_embedding for p in parts])
+            patches = torch.cat([p.patches for p in parts])
+        text = self.encoder.encode_text(commands)
+        return {
+            FEAT_IMAGE_GLOBAL: glob.float().cpu().numpy(),
+            FEAT_IMAGE_PATCHES: patches.float().cpu().numpy(),
+            FEAT_TEXT: text.float().cpu().numpy(),
+            OBS_PROPRIO: self.normalizer(proprio),
+        }
+
+    def _convert(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.commands = [decode_command(c) for c in obs[OBS_COMMAND]]
+        return self.features(obs[OBS_IMAGE], self.commands, obs[OBS_PROPRIO])
+
+    def reset(self):
+        """Reset all envs and return CLIP features."""
+        obs = self.venv.reset()
+        self.reset_infos = self.venv.reset_infos  # VecEnvWrapper keeps its own (empty) list otherwise
+        return self._convert(obs)
+
+    def step_wait(self):
+        """Step all envs; terminal observations (kept for bootstrapping) are converted too."""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.reset_infos = self.venv.reset_infos
+        for i in np.flatnonzero(dones):
+            terminal = infos[i].get("terminal_observation")
+            if terminal is not None:
+                feats = self.features(terminal[OBS_IMAGE][None], [decode_command(terminal[OBS_COMMAND])],
+                                      terminal[OBS_PROPRIO][None])
+                infos[i]["terminal_observation"] = {k: v[0] for k, v in feats.items()}
+        return self._convert(obs), rewards, dones, infos

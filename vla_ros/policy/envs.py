@@ -1,0 +1,73 @@
+"""Vectorised simulator envs for training and evaluation (one process per env, or in-process)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0"}
+EXPERT_ACTION = "expert_action"
+
+
+def env_id(task: str) -> str:
+    """Gymnasium id of a task."""
+    if task not in TASK_IDS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_IDS)}")
+    return TASK_IDS[task]
+
+
+class ExpertLabelWrapper(gym.Wrapper):
+    """Adds the scripted expert's action for the current observation as ``info["expert_action"]``.
+
+    The expert reads privileged simulator state, so it must run where the env lives (the worker).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        from vla_ros.envs.expert import ScriptedExpert
+
+        self.expert = ScriptedExpert(env)
+
+    def reset(self, **kwargs):
+        """Reset and label the first observation."""
+        obs, info = self.env.reset(**kwargs)
+        self.expert.reset()
+        info[EXPERT_ACTION] = self.expert.act(info)
+        return obs, info
+
+    def step(self, action):
+        """Step and label the next observation."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info[EXPERT_ACTION] = self.expert.act(info)
+        return obs, reward, terminated, truncated, info
+
+
+def make_env_fn(task: str, expert_labels: bool = False, **env_kwargs: Any) -> Callable[[], gym.Env]:
+    """A picklable thunk creating one env (torch limited to one thread in workers)."""
+
+    def thunk() -> gym.Env:
+        import torch
+
+        torch.set_num_threads(1)
+        import vla_ros.envs  # noqa: F401  (registers the ids)
+
+        env = gym.make(env_id(task), **env_kwargs)
+        return ExpertLabelWrapper(env) if expert_labels else env
+
+    return thunk
+
+
+def make_vec_env(task: str, num_envs: int, seed: int, vec_env: str = "subproc", expert_labels: bool = False,
+                 **env_kwargs: Any) -> VecEnv:
+    """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset."""
+    fns = [make_env_fn(task, expert_labels=expert_labels, **env_kwargs) for _ in range(num_envs)]
+    if vec_env == "subproc" and num_envs > 1:
+        venv: VecEnv = SubprocVecEnv(fns, start_method="forkserver")
+    elif vec_env in ("subproc", "dummy"):
+        venv = DummyVecEnv(fns)
+    else:
+        raise ValueError(f"vec_env must be 'subproc' or 'dummy', got {vec_env!r}")
+    venv.seed(seed)
+    return venv

@@ -1,0 +1,61 @@
+"""SB3 features extractor: the fusion module over frozen CLIP features, plus proprioception.
+
+Observation (Dict, produced by ``ClipFeatureVecEnv``):
+
+| key | shape | meaning |
+|---|---|---|
+| ``image_embedding`` | (D,) | CLIP global image embedding |
+| ``image_patches`` | (P, D) | CLIP patch tokens in the joint space |
+| ``text_embedding`` | (D,) | CLIP text embedding of the command |
+| ``proprio`` | (2n,) | normalised joint positions then velocities |
+
+Output: ``fusion.out_dim + 2n`` features. The fusion module is trainable; CLIP is not part of it.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+from vla_ros.grounding.fusion import build_fusion
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+
+
+def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int) -> gym.spaces.Dict:
+    """The observation space of the policy (after the frozen CLIP towers)."""
+    box = lambda *shape: gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)  # noqa: E731
+    return gym.spaces.Dict({
+        FEAT_IMAGE_GLOBAL: box(embed_dim),
+        FEAT_IMAGE_PATCHES: box(num_patches, embed_dim),
+        FEAT_TEXT: box(embed_dim),
+        OBS_PROPRIO: box(proprio_dim),
+    })
+
+
+class FusionFeaturesExtractor(BaseFeaturesExtractor):
+    """Fusion of CLIP image and text features, concatenated with proprioception.
+
+    ``image_scale`` / ``text_scale`` buffers (1 by default) zero a modality for the image-blind and
+    command-blind ablations without changing the network.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, fusion: str = "cross_attention",
+                 fusion_dim: int = 256, hidden_dim: int = 256, heads: int = 4,
+                 grid_size: tuple[int, int] | None = None):
+        num_patches, embed_dim = observation_space[FEAT_IMAGE_PATCHES].shape
+        proprio_dim = observation_space[OBS_PROPRIO].shape[0]
+        super().__init__(observation_space, features_dim=fusion_dim + proprio_dim)
+        self.fusion = build_fusion(fusion, embed_dim=embed_dim, num_patches=num_patches, out_dim=fusion_dim,
+                                   hidden_dim=hidden_dim, heads=heads,
+                                   grid_size=tuple(grid_size) if grid_size else None)
+        self.register_buffer("image_scale", torch.ones(()))
+        self.register_buffer("text_scale", torch.ones(()))
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fuse a batch of observations into features."""
+        fused = self.fusion(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
+                            observations[FEAT_IMAGE_PATCHES] * self.image_scale,
+                            observations[FEAT_TEXT] * self.text_scale)
+        return torch.cat([fused, observations[OBS_PROPRIO]], dim=-1)

@@ -1,0 +1,129 @@
+"""Behaviour-cloning warm start from the scripted expert (with DAgger rounds) before PPO.
+
+The expert reads privileged simulator state; the network it teaches sees only CLIP features of the
+camera frame and command plus proprioception. DAgger rounds let the network drive (mixed with the
+expert with probability ``beta``) and label the states it visits, which fixes BC's compounding
+errors. Returns along those rollouts also warm up the value head, so PPO starts with a sensible critic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
+from vla_ros.policy.envs import EXPERT_ACTION
+
+
+@dataclass
+class Demonstrations:
+    """Observations (CLIP features, float16 to halve memory), expert labels and returns."""
+
+    obs: dict[str, np.ndarray]
+    expert_actions: np.ndarray
+    returns: np.ndarray
+    successes: int
+    episodes: int
+
+    def __len__(self) -> int:
+        return len(self.expert_actions)
+
+    @staticmethod
+    def concatenate(parts: list["Demonstrations"]) -> "Demonstrations":
+        """Merge data sets (DAgger aggregation)."""
+        keys = parts[0].obs.keys()
+        return Demonstrations(
+            obs={k: np.concatenate([p.obs[k] for p in parts]) for k in keys},
+            expert_actions=np.concatenate([p.expert_actions for p in parts]),
+            returns=np.concatenate([p.returns for p in parts]),
+            successes=sum(p.successes for p in parts),
+            episodes=sum(p.episodes for p in parts),
+        )
+
+
+def _discounted_returns(rewards: list[np.ndarray], dones: list[np.ndarray], gamma: float) -> np.ndarray:
+    returns = np.zeros_like(rewards[0])
+    out = []
+    for r, d in zip(reversed(rewards), reversed(dones)):
+        returns = r + gamma * returns * (1.0 - d)
+        out.append(returns.copy())
+    return np.stack(out[::-1])  # (T, num_envs); unfinished tails are truncated estimates
+
+
+@torch.no_grad()
+def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, network=None,
+            beta: float = 1.0, gamma: float = 0.97, desc: str = "collect") -> Demonstrations:
+    """Roll out (expert with probability ``beta`` per step, else ``network``) and label with the expert."""
+    obs = venv.reset()
+    labels = np.stack([info[EXPERT_ACTION] for info in venv.reset_infos])
+    buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs}
+    actions_l, rewards_l, dones_l = [], [], []
+    finished = successes = 0
+    with tqdm(total=episodes, desc=desc, leave=False) as bar:
+        while finished < episodes:
+            for k, v in obs.items():
+                buffers[k].append(v.astype(np.float16))
+            actions_l.append(labels.astype(np.float32))
+            act = np.clip(labels, -1, 1)
+            if network is not None and beta < 1.0:
+                learner, _ = network.predict(obs, deterministic=True)
+                use_learner = rng.random(len(act)) >= beta
+                act = np.where(use_learner[:, None], learner, act)
+            obs, rewards, dones, infos = venv.step(act)
+            rewards_l.append(rewards.astype(np.float32))
+            dones_l.append(dones.astype(np.float32))
+            labels = np.stack([
+                (venv.reset_infos[i] if dones[i] else infos[i])[EXPERT_ACTION] for i in range(len(infos))
+            ])
+            for i in np.flatnonzero(dones):
+                finished += 1
+                successes += int(bool(infos[i].get("is_success", False)))
+                bar.update(1)
+    returns = _discounted_returns(rewards_l, dones_l, gamma)
+    flat = lambda arr: arr.reshape(-1, *arr.shape[2:])  # noqa: E731  (T, E, ...) -> (T*E, ...)
+    return Demonstrations(
+        obs={k: flat(np.stack(v)) for k, v in buffers.items()},
+        expert_actions=np.clip(flat(np.stack(actions_l)), -1, 1),
+        returns=flat(returns),
+        successes=successes,
+        episodes=finished,
+    )
+
+
+def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
+        value_weight: float = 0.5) -> dict[str, float]:
+    """Regress the actor mean on expert actions and the value head on observed returns."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = [p for name, p in network.named_parameters() if name != "log_std"]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    network.train()
+    n = len(data)
+    losses = {}
+    for _ in tqdm(range(epochs), desc="behaviour cloning", leave=False):
+        order = rng.permutation(n)
+        totals = np.zeros(2)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            obs = {k: torch.as_tensor(v[idx], dtype=torch.float32) for k, v in data.obs.items()}
+            target = torch.as_tensor(data.expert_actions[idx])
+            returns = torch.as_tensor(data.returns[idx])
+            features = network.extract_features(obs)
+            latent_pi, latent_vf = network.mlp_extractor(features)
+            mean = network.action_net(latent_pi)
+            values = network.value_net(latent_vf).squeeze(-1)
+            action_loss = F.mse_loss(mean, target)
+            value_loss = F.mse_loss(values, returns)
+            loss = action_loss + value_weight * value_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            totals += [action_loss.item() * len(idx), value_loss.item() * len(idx)]
+        losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n}
+    network.eval()
+    return losses

@@ -1,0 +1,118 @@
+"""``Policy``: one frame + command + joint state -> joint position targets.
+
+The evaluation command, the benchmarks and ``vla_node`` all act through this class, so what is
+measured in simulation is what runs on the robot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_ros.grounding.checkpoint import sha256_file
+from vla_ros.grounding.encoder import ClipEncoder
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
+from vla_ros.policy.proprio import ProprioNormalizer
+
+BACKENDS = ("torch",)
+
+
+class Policy:
+    """A trained policy with its frozen CLIP encoder.
+
+    ``select_action`` returns absolute joint position targets (rad) by the rule shared with the
+    simulator: ``q_target = clip(q + a * max_delta, lower, upper)`` with ``a`` the network's action
+    in [-1, 1]. The safety gate runs after this, in the node.
+    """
+
+    def __init__(self, network, config: dict, encoder: ClipEncoder, device: str = "cpu",
+                 checkpoint: Path | None = None):
+        self.network = network
+        self.config = config
+        self.encoder = encoder
+        self.device = device
+        self.checkpoint = checkpoint
+        self.joint_names: tuple[str, ...] = tuple(config["joint_names"])
+        action = config["action"]
+        self.control_dt = float(action["control_dt"])
+        self.max_delta = np.asarray(action["max_delta"], dtype=np.float64)
+        self.lower = np.asarray(action["lower"], dtype=np.float64)
+        self.upper = np.asarray(action["upper"], dtype=np.float64)
+        self.normalizer = ProprioNormalizer.from_dict(config["proprio_normalization"])
+        self.last_features: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
+             clip_path: str | Path | None = None, precision: str = "fp32") -> "Policy":
+        """Load a checkpoint folder and the CLIP it was trained with (sha256 checked)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        path = Path(path)
+        config = read_config(path)
+        clip_dir = Path(clip_path) if clip_path else resolve_clip_path(path, config)
+        weights = clip_dir / "open_clip_model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"CLIP checkpoint of the policy not found: {weights}")
+        expected = config["clip"].get("sha256")
+        if expected and sha256_file(weights) != expected:
+            raise CheckpointError(f"CLIP checkpoint {clip_dir} does not match the one the policy was trained "
+                                  f"with (sha256 {expected[:12]}...)")
+        encoder = ClipEncoder.from_pretrained(clip_dir, device=device, precision=precision)
+        if (encoder.embed_dim, encoder.num_patches) != (config["clip"]["embed_dim"], config["clip"]["num_patches"]):
+            raise CheckpointError("CLIP embedding/patch sizes do not match the policy checkpoint")
+        network, config = load_network(path, config, device=device)
+        return cls(network, config, encoder, device=device, checkpoint=path)
+
+    @property
+    def num_joints(self) -> int:
+        """Number of controlled joints."""
+        return len(self.joint_names)
+
+    def reset(self) -> None:
+        """Start a new episode (the policy is memoryless; this clears the last grounding output)."""
+        self.last_features = None
+
+    def check_joint_names(self, names) -> None:
+        """Raise ``CheckpointError`` unless ``names`` (e.g. from the URDF) are the checkpoint's joints, in order."""
+        if tuple(names) != self.joint_names:
+            raise CheckpointError(f"joint set mismatch: the policy controls {list(self.joint_names)}, "
+                                  f"the robot has {list(names)}")
+
+    def check_joint_state(self, joint_state: np.ndarray) -> np.ndarray:
+        """Validate a (2n,) joint state (positions then velocities); raise ``ValueError``."""
+        state = np.asarray(joint_state, dtype=np.float64)
+        if state.shape != (2 * self.num_joints,):
+            raise ValueError(f"joint_state must have shape ({2 * self.num_joints},): {self.num_joints} "
+                             f"positions then velocities; got {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise ValueError("joint_state contains NaN or Inf")
+        return state
+
+    @torch.no_grad()
+    def normalized_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray,
+                          image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
+        """The network's deterministic action in [-1, 1]^n (the simulator's action space)."""
+        state = self.check_joint_state(joint_state)
+        image = self.encoder.encode_images(frame)
+        text = self.encoder.encode_text([command])
+        obs = {
+            FEAT_IMAGE_GLOBAL: image.global_embedding.to(self.device) * image_scale,
+            FEAT_IMAGE_PATCHES: image.patches.to(self.device) * image_scale,
+            FEAT_TEXT: text.to(self.device) * text_scale,
+            OBS_PROPRIO: torch.as_tensor(self.normalizer(state[None]), device=self.device),
+        }
+        self.last_features = obs
+        action = self.network._predict(obs, deterministic=True)
+        return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
+
+    def to_target(self, action: np.ndarray, joint_state: np.ndarray) -> np.ndarray:
+        """Absolute joint targets for a normalised action at the given joint state."""
+        q = np.asarray(joint_state, dtype=np.float64)[: self.num_joints]
+        return np.clip(q + np.asarray(action, dtype=np.float64) * self.max_delta, self.lower, self.upper)
+
+    def select_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray) -> np.ndarray:
+        """Joint position targets (rad, (n,)) for one camera frame, command and joint state."""
+        return self.to_target(self.normalized_action(frame, command, joint_state), joint_state)

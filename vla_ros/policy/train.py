@@ -1,0 +1,352 @@
+"""PPO training of the policy on frozen CLIP features, with an imitation warm start.
+
+Phases (each resumable; ``state.json`` in the run folder records what is done):
+1. ``imitation``: behaviour cloning on scripted-expert demonstrations, then DAgger rounds.
+2. ``ppo``: stable-baselines3 PPO from the imitation weights, checkpoints every ``checkpoint_every``
+   steps, periodic held-out evaluation (``eval.csv``), CSV + TensorBoard logs.
+3. ``export``: the final network as a safetensors checkpoint folder + learning-curve PNG.
+
+The final policy is PPO-trained and sees only camera features, command features and proprioception.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from tqdm import tqdm
+
+from vla_ros.grounding.checkpoint import sha256_file
+from vla_ros.grounding.encoder import ClipEncoder
+from vla_ros.paths import share_path
+from vla_ros.policy import imitation
+from vla_ros.policy.checkpoint import build_network, policy_kwargs, save_checkpoint
+from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
+from vla_ros.policy.envs import make_vec_env
+from vla_ros.policy.evaluate import run_episodes
+from vla_ros.policy.proprio import ProprioNormalizer
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of ``vla-ros train`` (each is also a ``--flag``)."""
+
+    task: str = "reach"
+    """task to train: reach or push"""
+    out: str = "runs/policy"
+    """run folder: logs, resumable checkpoints, the exported checkpoint in out/final"""
+    clip: str = ""
+    """CLIP checkpoint folder (default: the shipped models/clip)"""
+    fusion: str = "cross_attention"
+    """fusion module: late, cross_attention or gated"""
+    seed: int = 0
+    """seed of envs, network initialisation and sampling"""
+    num_envs: int = 4
+    """parallel simulator envs"""
+    vec_env: str = "subproc"
+    """subproc (one process per env) or dummy (in-process)"""
+    image_size: int = 64
+    """camera resolution (square); the tiny CLIP's input size"""
+    num_objects: int = 3
+    """objects on the table"""
+    bc_episodes: int = 200
+    """expert episodes for behaviour cloning"""
+    dagger_rounds: int = 2
+    """DAgger rounds after behaviour cloning"""
+    dagger_episodes: int = 100
+    """episodes per DAgger round"""
+    dagger_beta: float = 0.3
+    """probability that the expert acts in a DAgger step"""
+    bc_epochs: int = 15
+    """epochs over the aggregated demonstrations per fit"""
+    bc_batch_size: int = 256
+    """behaviour-cloning minibatch size"""
+    bc_lr: float = 1e-3
+    """behaviour-cloning learning rate"""
+    ppo_steps: int = 50_000
+    """PPO environment steps after the warm start"""
+    n_steps: int = 128
+    """PPO rollout length per env"""
+    batch_size: int = 256
+    """PPO minibatch size"""
+    n_epochs: int = 4
+    """PPO epochs per rollout"""
+    learning_rate: float = 5e-5
+    """PPO learning rate (small: it fine-tunes the warm-started network)"""
+    gamma: float = 0.97
+    """discount"""
+    clip_range: float = 0.1
+    """PPO clip range"""
+    ent_coef: float = 0.0
+    """entropy bonus"""
+    log_std_init: float = -1.6
+    """initial log standard deviation of the Gaussian actions after the warm start"""
+    fusion_dim: int = 256
+    """fusion output width"""
+    hidden_dim: int = 256
+    """fusion hidden width"""
+    net_arch: tuple[int, ...] = (256, 256)
+    """actor and critic MLP widths"""
+    eval_every: int = 10_000
+    """PPO steps between held-out evaluations"""
+    eval_episodes: int = 30
+    """episodes per held-out evaluation"""
+    checkpoint_every: int = 10_000
+    """PPO steps between resumable checkpoints"""
+    device: str = "cpu"
+    """torch device for training"""
+    torch_threads: int = 1
+    """torch threads in the main process (env workers use one)"""
+    command: str = field(default="", repr=False)
+    """the command line that started the run (recorded in the checkpoint)"""
+
+
+def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
+    return {
+        "fusion": cfg.fusion, "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
+        "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
+        "activation": "tanh", "log_std_init": cfg.log_std_init,
+    }
+
+
+def checkpoint_config(cfg: TrainConfig, encoder: ClipEncoder, clip_dir: Path, robot, control_dt: float,
+                      max_delta: np.ndarray, export_dir: Path) -> dict:
+    """The ``config.json`` of a checkpoint trained with ``cfg``."""
+    return {
+        "task": cfg.task,
+        "joint_names": list(robot.joint_names),
+        "action": {
+            "type": "joint_position_delta", "units": "rad", "control_dt": control_dt,
+            "max_delta": [float(x) for x in max_delta], "lower": [float(x) for x in robot.lower],
+            "upper": [float(x) for x in robot.upper],
+            "rule": "q_target = clip(q + a * max_delta, lower, upper), a in [-1, 1]^n",
+        },
+        "proprio_normalization": ProprioNormalizer.from_robot(robot).to_dict(),
+        "clip": {
+            "path": os.path.relpath(clip_dir.resolve(), export_dir.resolve()),
+            "sha256": sha256_file(clip_dir / "open_clip_model.safetensors"),
+            "embed_dim": encoder.embed_dim, "num_patches": encoder.num_patches,
+            "image_size": encoder.image_size,
+        },
+        "network": _network_config(cfg, encoder),
+        "env": {"image_size": cfg.image_size, "num_objects": cfg.num_objects},
+        "training": {"command": cfg.command, "config": asdict(cfg)},
+        "metrics": {},
+    }
+
+
+class _Progress(BaseCallback):
+    """tqdm bar, resumable checkpoints and periodic held-out evaluation during PPO."""
+
+    def __init__(self, run: "TrainingRun"):
+        super().__init__()
+        self.run = run
+        self.bar = None
+        self.next_eval = self.next_checkpoint = 0
+
+    def _on_training_start(self) -> None:
+        cfg, done = self.run.cfg, self.model.num_timesteps
+        self.bar = tqdm(total=cfg.ppo_steps, initial=done, desc="PPO", unit="step")
+        self.next_eval = done + cfg.eval_every
+        self.next_checkpoint = done + cfg.checkpoint_every
+
+    def _on_step(self) -> bool:
+        steps = self.model.num_timesteps
+        self.bar.update(steps - self.bar.n)
+        if steps >= self.next_checkpoint:
+            self.run.save_ppo(self.model)
+            self.next_checkpoint += self.run.cfg.checkpoint_every
+        if steps >= self.next_eval:
+            self.run.evaluate(self.model.policy, phase="ppo", ppo_steps=steps)
+            self.next_eval += self.run.cfg.eval_every
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class TrainingRun:
+    """One resumable training run in ``cfg.out``."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(cfg.torch_threads)
+        self.clip_dir = Path(cfg.clip) if cfg.clip else share_path("models", "clip")
+        self.encoder = ClipEncoder.from_pretrained(self.clip_dir, device=cfg.device)
+        self.state_path = self.out / "state.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
+            "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
+        self.env_kwargs = {"image_size": cfg.image_size, "num_objects": cfg.num_objects}
+        probe = make_vec_env(cfg.task, 1, cfg.seed, vec_env="dummy", **self.env_kwargs)
+        unwrapped = probe.envs[0].unwrapped
+        self.robot, self.control_dt = unwrapped.robot, float(unwrapped.control_dt)
+        self.max_delta = np.asarray(unwrapped.max_delta, dtype=np.float64)
+        probe.close()
+        self.normalizer = ProprioNormalizer.from_robot(self.robot)
+        self.config = checkpoint_config(cfg, self.encoder, self.clip_dir, self.robot, self.control_dt,
+                                        self.max_delta, self.out / "final")
+
+    # ------------------------------------------------------------------ helpers
+    def _save_state(self) -> None:
+        self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")
+
+    def _venv(self, seed: int, expert_labels: bool = False, **env_kwargs) -> ClipFeatureVecEnv:
+        kwargs = {**self.env_kwargs, **env_kwargs}
+        raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
+                           expert_labels=expert_labels, **kwargs)
+        return ClipFeatureVecEnv(raw, self.encoder, self.normalizer)
+
+    def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
+        """Held-out evaluation appended to ``eval.csv``."""
+        row = {"phase": phase, "ppo_steps": ppo_steps,
+               "env_steps": self.state["imitation_env_steps"] + ppo_steps, "time": time.time()}
+        for split in ("train", "heldout_combos"):
+            result = run_episodes(network, self.encoder, self.normalizer, self.cfg.task,
+                                  self.cfg.eval_episodes, seed=10_000 + self.cfg.seed, num_envs=self.cfg.num_envs,
+                                  vec_env=self.cfg.vec_env, split=split, **self.env_kwargs)
+            row[f"success_{split}"] = result.success_rate
+        path = self.out / "eval.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        tqdm.write(f"[eval] {phase} ppo_steps={ppo_steps} " +
+                   " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.startswith("success")))
+        return row
+
+    # ------------------------------------------------------------------ phases
+    def imitation(self):
+        """Behaviour cloning + DAgger; returns the warm-started network."""
+        cfg = self.cfg
+        network = build_network(self.config)
+        weights = self.out / "imitation.safetensors"
+        if "imitation" in self.state["phases_done"]:
+            load_model(network, str(weights))
+            return network.eval()
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        venv = self._venv(cfg.seed, expert_labels=True)
+        try:
+            data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos")
+            tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
+            datasets = [data]
+            losses = imitation.fit(network, data, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_lr, cfg.seed)
+            tqdm.write(f"[imitation] BC {losses}")
+            for k in range(cfg.dagger_rounds):
+                data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=cfg.dagger_beta,
+                                         gamma=cfg.gamma, desc=f"DAgger {k + 1}")
+                tqdm.write(f"[imitation] DAgger {k + 1}: {data.successes}/{data.episodes} successes (beta "
+                           f"{cfg.dagger_beta})")
+                datasets.append(data)
+                losses = imitation.fit(network, imitation.Demonstrations.concatenate(datasets), cfg.bc_epochs,
+                                       cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k + 1)
+                tqdm.write(f"[imitation] fit {losses}")
+        finally:
+            venv.close()
+        self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets))
+        save_model(network, str(weights))
+        self.state["phases_done"].append("imitation")
+        self._save_state()
+        self.evaluate(network, phase="imitation")
+        return network
+
+    def save_ppo(self, model: PPO) -> None:
+        """Resumable PPO state (SB3 zip; our own run files, never shipped)."""
+        model.save(self.out / "ppo_latest.zip")
+        self.state["ppo_steps"] = int(model.num_timesteps)
+        self._save_state()
+
+    def ppo(self, network):
+        """Fine-tune with PPO; returns the trained SB3 policy network."""
+        cfg = self.cfg
+        if cfg.ppo_steps <= 0:
+            return network
+        venv = self._venv(cfg.seed + 1000)
+        latest = self.out / "ppo_latest.zip"
+        try:
+            if latest.exists():
+                model = PPO.load(latest, env=venv, device=cfg.device)
+            else:
+                model = PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs(self.config["network"]),
+                            n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+                            learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=0.95,
+                            clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=0.5, max_grad_norm=0.5,
+                            seed=cfg.seed, device=cfg.device, verbose=0)
+                model.policy.load_state_dict(network.state_dict())
+                with torch.no_grad():
+                    model.policy.log_std.fill_(cfg.log_std_init)
+            model.set_logger(configure(str(self.out / "logs"), ["csv", "tensorboard"]))
+            remaining = cfg.ppo_steps - model.num_timesteps
+            if remaining > 0:
+                model.learn(remaining, callback=_Progress(self), reset_num_timesteps=False)
+            self.save_ppo(model)
+        finally:
+            venv.close()
+        return model.policy.eval()
+
+    def export(self, network) -> Path:
+        """Write the final checkpoint folder and the learning curve."""
+        cfg = self.cfg
+        final = self.out / "final"
+        config = dict(self.config)
+        ppo_steps = int(self.state.get("ppo_steps", 0))
+        config["metrics"] = {"env_steps_imitation": self.state["imitation_env_steps"],
+                             "env_steps_ppo": ppo_steps}
+        eval_path = self.out / "eval.csv"
+        if eval_path.exists():
+            rows = list(csv.DictReader(eval_path.open()))
+            config["metrics"]["last_eval"] = rows[-1] if rows else {}
+            plot_learning_curve(rows, self.out / "learning_curve.png", title=f"{cfg.task} / {cfg.fusion}")
+        save_checkpoint(final, network.cpu(), config)
+        return final
+
+    def run(self) -> Path:
+        """All phases; returns the exported checkpoint folder."""
+        network = self.imitation()
+        network = self.ppo(network)
+        return self.export(network)
+
+
+def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
+    """Success rate against environment steps, per evaluated split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    steps = [int(float(r["env_steps"])) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in [k for k in rows[0] if k.startswith("success_")]:
+        ax.plot(steps, [float(r[key]) for r in rows], marker="o", label=key.removeprefix("success_"))
+    ax.set_xlabel("environment steps (imitation + PPO)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def command_line() -> str:
+    """The command line of this process, for the model card."""
+    return " ".join(shlex.quote(a) for a in ["vla-ros", *sys.argv[1:]])
