@@ -1,0 +1,184 @@
+"""``vla-ros demo``: the closed loop over ROS 2 in the simulator, with the shipped checkpoints.
+
+Starts ``sim_node`` (MuJoCo arm, camera, controller) and ``vla_node`` (CLIP + policy + safety gate) as
+processes (the graph of ``launch/sim.launch.py``), then asks the simulator for a series of episodes;
+each episode's command goes out on the latched command topic and the VLA node drives the arm from
+camera frames alone. Prints a per-command success table, writes an MP4 of the camera with the
+command drawn in and an MCAP recording of the topics (Foxglove, ``ros2 bag``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vla_ros.reporting import add_json_argument
+
+# topic -> message type recorded into the MCAP file
+RECORDED_TOPICS = {
+    "camera/image_raw": "sensor_msgs/msg/Image",
+    "vla/command": "std_msgs/msg/String",
+    "joint_states": "sensor_msgs/msg/JointState",
+    "forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
+    "sim/episode_status": "std_msgs/msg/String",
+    "vla/grounding/debug_image": "sensor_msgs/msg/Image",
+    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+}
+
+
+def add_arguments(parser) -> None:
+    """Options of ``vla-ros demo``."""
+    parser.add_argument("--episodes", type=int, default=6, help="episodes (commands) to run (default: 6)")
+    parser.add_argument("--task", default="reach", choices=["reach", "push"], help="simulated task")
+    parser.add_argument("--split", default="train", help="instruction split of the commands (default: train)")
+    parser.add_argument("--seed", type=int, default=500, help="seed of the first episode (default: 500)")
+    parser.add_argument("--policy", help="policy checkpoint folder (default: the shipped models/policy)")
+    parser.add_argument("--mode", default="real_time", choices=["real_time", "lockstep"],
+                        help="simulator stepping: real time on a timer, or one step per joint command")
+    parser.add_argument("--out", default="artifacts/demo", help="folder for the MP4, MCAP, logs (default: %(default)s)")
+    parser.add_argument("--episode-timeout", type=float, default=30.0, help="seconds allowed per episode")
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds allowed for nodes to start")
+    parser.add_argument("--allow-network", action="store_true",
+                        help="run even though interfaces other than loopback exist (DDS may leave the machine)")
+    add_json_argument(parser)
+
+
+class _DemoDriver:
+    """The demo's own node: requests episodes, watches their status, records topics and frames."""
+
+    def __init__(self, recorder, frame_stride: int = 1):
+        import rclpy
+        from rclpy.qos import QoSProfile
+        from std_msgs.msg import String
+
+        from vla_ros.ros import qos
+
+        self.node = rclpy.create_node("vla_demo")
+        self.recorder = recorder
+        self.statuses: list[dict] = []
+        self.frames: list = []
+        self.frame_stride = frame_stride
+        self._frame_count = 0
+        self.diagnostics_seen = False
+        self.command = ""
+        self.start_pub = self.node.create_publisher(String, "sim/start_episode", 10)
+        profiles = {"camera/image_raw": qos.CAMERA_QOS, "vla/command": qos.COMMAND_QOS,
+                    "joint_states": qos.JOINT_STATES_QOS, "vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS,
+                    "forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
+        msg_types = {"sensor_msgs/msg/Image": "sensor_msgs.msg.Image", "std_msgs/msg/String": "std_msgs.msg.String",
+                     "sensor_msgs/msg/JointState": "sensor_msgs.msg.JointState",
+                     "std_msgs/msg/Float64MultiArray": "std_msgs.msg.Float64MultiArray",
+                     "diagnostic_msgs/msg/DiagnosticArray": "diagnostic_msgs.msg.DiagnosticArray"}
+        import importlib
+
+        for topic, type_name in RECORDED_TOPICS.items():
+            module, cls = msg_types[type_name].rsplit(".", 1)
+            msg_cls = getattr(importlib.import_module(module), cls)
+            recorder.add_topic(topic, type_name)
+            profile = profiles.get(topic, QoSProfile(depth=50))
+            self.node.create_subscription(msg_cls, topic, self._raw_callback(topic), profile, raw=True)
+
+    def _raw_callback(self, topic: str):
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        def callback(data: bytes) -> None:
+            self.recorder.write(topic, data)
+            if topic == "sim/episode_status":
+                status = json.loads(deserialize_message(data, String).data)
+                self.statuses.append(status)
+            elif topic == "vla/command":
+                self.command = deserialize_message(data, String).data
+            elif topic == "/diagnostics":
+                self.diagnostics_seen = True
+            elif topic == "camera/image_raw":
+                self._frame_count += 1
+                if self._frame_count % self.frame_stride == 0:
+                    from vla_ros.ros.conversions import image_to_numpy
+
+                    self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.command))
+
+        return callback
+
+
+def _spin_until(executor, predicate, timeout_s: float, graph) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+        if predicate():
+            return True
+        graph.check_alive()
+    return False
+
+
+def run(args) -> int:
+    """Run the demo; exit code 0 when every episode ran (successful or not), 1 on a failure to run."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    from vla_ros.envs.video import annotate, write_video
+    from vla_ros.graph import sim_graph
+    from vla_ros.launcher import NodeGraphProcesses, only_loopback
+    from vla_ros.paths import share_path
+    from vla_ros.recording import McapRecorder
+    from vla_ros.reporting import format_table, write_json
+
+    if not only_loopback() and not args.allow_network:
+        print("vla-ros demo: network interfaces other than loopback exist; run it through scripts/demo.sh "
+              "(a loopback-only network namespace) or pass --allow-network")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy = args.policy or str(share_path("models", "policy"))
+    graph_specs = sim_graph(
+        vla_parameters={"policy_path": policy},
+        sim_parameters={"task": args.task, "split": args.split, "mode": args.mode,
+                        "start_episode_on_launch": False},
+    )
+    recorder = McapRecorder(out / "demo.mcap")
+    rows = []
+    with NodeGraphProcesses(graph_specs, out / "logs") as graph:
+        rclpy.init()
+        try:
+            driver = _DemoDriver(recorder)
+            executor = SingleThreadedExecutor()
+            executor.add_node(driver.node)
+            print("waiting for the nodes to start (models load on activation) ...", flush=True)
+            if not _spin_until(executor, lambda: driver.diagnostics_seen, args.startup_timeout, graph):
+                print("vla-ros demo: vla_node did not come up:\n" + graph.log_tail("vla_node"))
+                return 1
+            for i in range(args.episodes):
+                seed = args.seed + i
+                driver.statuses.clear()
+                request = {"seed": seed, "task": args.task, "split": args.split}
+                driver.start_pub.publish(String(data=json.dumps(request)))
+                start = time.monotonic()
+                finished = _spin_until(
+                    executor, lambda: any(s.get("done") or "error" in s for s in driver.statuses),
+                    args.episode_timeout, graph)
+                last = driver.statuses[-1] if driver.statuses else {}
+                row = {"episode": i + 1, "seed": seed, "command": last.get("command", "?"),
+                       "success": bool(last.get("is_success")) and finished, "steps": last.get("step", 0),
+                       "seconds": round(time.monotonic() - start, 2)}
+                if "error" in last or not finished:
+                    row["error"] = last.get("error", "timed out")
+                rows.append(row)
+                print(f"  {row['episode']}: {row['command']!r} -> {'success' if row['success'] else 'failure'} "
+                      f"in {row['steps']} steps", flush=True)
+            driver.node.destroy_node()
+        finally:
+            rclpy.try_shutdown()
+            recorder.close()
+    frames = [annotate(frame, command) for frame, command in driver.frames]
+    video = write_video(frames, out / "demo.mp4", fps=20) if frames else None
+    successes = sum(r["success"] for r in rows)
+    print(format_table(rows, ["episode", "seed", "command", "success", "steps", "seconds"]))
+    print(f"success: {successes}/{len(rows)}; recording {out / 'demo.mcap'} "
+          f"({sum(recorder.counts.values())} messages); video {video}")
+    write_json(args.json, {"episodes": rows, "success_rate": successes / max(1, len(rows)),
+                           "mcap": str(out / "demo.mcap"), "video": str(video) if video else None,
+                           "messages": recorder.counts})
+    return 0 if len(rows) == args.episodes and all("error" not in r for r in rows) else 1

@@ -1,0 +1,108 @@
+"""A scripted expert that solves the tabletop tasks from privileged state.
+
+It moves the fingertip through Cartesian waypoints with damped-least-squares inverse kinematics on
+the MuJoCo Jacobian (position, plus a weaker term keeping the tool pointing down) and turns the
+joint velocity into the env's action (joint deltas in units of ``max_delta``).
+Reach: hover above the target, then descend onto its top. Push: hover over a point behind the
+target (opposite the push direction), descend to table level, then push through the object's centre.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from vla_ros.envs.tabletop import TabletopEnv
+
+HOVER_CLEARANCE = 0.08  # m above the target's centre while travelling
+PUSH_HEIGHT = 0.022  # m, fingertip centre height while pushing (below every object's centre)
+PUSH_STANDOFF = 0.07  # m behind the object's centre where a push starts
+MOVE_STEP = 0.03  # m per control step while travelling (0.6 m/s)
+PUSH_STEP = 0.015  # m per control step while pushing (0.3 m/s)
+DOWN = np.array([0.0, 0.0, -1.0])
+
+
+class ScriptedExpert:
+    """Solve ``reach`` and ``push`` episodes of a (possibly wrapped) :class:`TabletopEnv`.
+
+    Usage: ``action = expert.act(info)`` with the ``info`` of the last ``reset``/``step``.
+    It keeps a small phase state per episode; a new episode is detected from the target's start
+    position, or call :meth:`reset`.
+    """
+
+    def __init__(self, env, damping: float = 0.05, orientation_weight: float = 0.3):
+        self.env: TabletopEnv = env.unwrapped
+        self.damping = damping
+        self.orientation_weight = orientation_weight
+        model = self.env.model
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the phase of the current episode."""
+        self._phase = "approach"
+        self._episode_key: bytes | None = None
+
+    def act(self, info: dict) -> np.ndarray:
+        """Return the action (float32, in [-1, 1]) that moves towards the current waypoint."""
+        privileged = np.asarray(info["privileged"], dtype=np.float64)
+        ee, target, start, direction = (privileged[i:i + 3] for i in (0, 3, 6, 9))
+        key = start.tobytes() + info["command"].encode()
+        if key != self._episode_key:
+            self.reset()
+            self._episode_key = key
+        if info["task"] == "reach":
+            goal, step = self._reach_goal(ee, target), MOVE_STEP
+        else:
+            goal, step = self._push_goal(ee, target, direction)
+        return self._action_towards(ee, goal, step)
+
+    def _reach_goal(self, ee: np.ndarray, target: np.ndarray) -> np.ndarray:
+        top = target + np.array([0.0, 0.0, 0.03])
+        if np.linalg.norm(ee[:2] - target[:2]) > 0.03:
+            return np.array([target[0], target[1], max(target[2] + HOVER_CLEARANCE, ee[2] - 0.01)])
+        return top
+
+    def _push_goal(self, ee: np.ndarray, target: np.ndarray,
+                   direction: np.ndarray) -> tuple[np.ndarray, float]:
+        behind = target - direction * PUSH_STANDOFF
+        behind[2] = PUSH_HEIGHT
+        hover = np.array([behind[0], behind[1], target[2] + HOVER_CLEARANCE])
+        offset = ee - target
+        along = float(offset[:2] @ direction[:2])
+        lateral = np.linalg.norm(offset[:2] - along * direction[:2])
+        if self._phase == "push" and (along > -0.02 or lateral > 0.035):
+            self._phase = "approach"  # lost the object (it slid sideways or away): go round again
+        if self._phase == "approach":
+            if np.linalg.norm(ee[:2] - hover[:2]) < 0.015:
+                self._phase = "descend"
+            else:
+                return hover, MOVE_STEP
+        if self._phase == "descend":
+            if abs(ee[2] - PUSH_HEIGHT) < 0.012 and np.linalg.norm(ee[:2] - behind[:2]) < 0.02:
+                self._phase = "push"
+            else:
+                return behind, MOVE_STEP
+        goal = target + direction * 0.05
+        goal[2] = PUSH_HEIGHT
+        return goal, PUSH_STEP
+
+    def _action_towards(self, ee: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
+        env, model, data = self.env, self.env.model, self.env.data
+        delta = goal - ee
+        distance = np.linalg.norm(delta)
+        if distance > max_step:
+            delta *= max_step / distance
+        mujoco.mj_jacBody(model, data, self._jacp, self._jacr, env.scene.ee_body_id)
+        dofs = env.scene.arm_dof_adr
+        tool_axis = data.xmat[env.scene.ee_body_id].reshape(3, 3)[:, 2]
+        rotation_error = np.cross(tool_axis, DOWN)  # axis * sin(angle) turning the tool to point down
+        jac = np.vstack([self._jacp[:, dofs], self.orientation_weight * self._jacr[:, dofs]])
+        task = np.concatenate([delta, self.orientation_weight * 0.5 * rotation_error])
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + self.damping**2 * np.eye(6), task)
+        action = dq / env.max_delta
+        peak = np.max(np.abs(action))
+        if peak > 1.0:
+            action /= peak  # scale, not clip, so the fingertip keeps its direction
+        return action.astype(np.float32)
