@@ -133,8 +133,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = args.policy or str(share_path("models", "policy"))
+    # lockstep: the simulator steps once per command, so the VLA node must act once per new frame
     graph_specs = sim_graph(
-        vla_parameters={"policy_path": policy},
+        vla_parameters={"policy_path": policy, "require_new_frame": args.mode == "lockstep"},
         sim_parameters={"task": args.task, "split": args.split, "mode": args.mode,
                         "start_episode_on_launch": False},
     )

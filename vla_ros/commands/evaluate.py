@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
                         "(default: models/ablations)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
+    parser.add_argument("--video", metavar="DIR", help="also write one sample MP4 per split into DIR (camera + "
+                        "grounding heatmap + command)")
     add_json_argument(parser)
 
 
@@ -48,7 +50,26 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
                               **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: {result.success_rate:.3f} ({result.successes}/{result.episodes})", flush=True)
+        if getattr(args, "video", None) and image_scale == text_scale == 1.0:
+            _write_sample_video(policy, task, split, kwargs, env_kwargs, args)
     return results
+
+
+def _write_sample_video(policy, task: str, split: str, split_kwargs: dict, env_kwargs: dict, args) -> None:
+    import gymnasium as gym
+
+    import vla_ros.envs  # noqa: F401  (registers the ids)
+    from vla_ros.envs.video import write_video
+    from vla_ros.policy.envs import env_id
+    from vla_ros.policy.rollout import run_episode
+
+    env = gym.make(env_id(task), **env_kwargs, **split_kwargs)
+    try:
+        episode = run_episode(policy, env, seed=args.seed, record=True)
+    finally:
+        env.close()
+    path = write_video(episode.frames, Path(args.video) / f"{task}_{split}.mp4", fps=10)
+    print(f"    video {path}: {episode.command!r} -> {'success' if episode.success else 'failure'}")
 
 
 def run(args) -> int:

@@ -1,0 +1,50 @@
+"""Single-env episodes through the ``Policy`` wrapper (the path ``vla_node`` uses), optionally filmed.
+
+Used for the evaluation's sample videos (command + grounding heatmap drawn in) and as the in-process
+reference of the ROS closed-loop parity test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_ros.keys import OBS_IMAGE, OBS_PROPRIO
+
+
+@dataclass
+class EpisodeResult:
+    """Outcome of one episode."""
+
+    command: str
+    success: bool
+    steps: int
+    frames: list[np.ndarray] = field(default_factory=list)
+
+
+def run_episode(policy, env, seed: int, options: dict | None = None, record: bool = False) -> EpisodeResult:
+    """Run one episode of ``env`` (a Gymnasium env with a time limit) driven by ``policy``."""
+    from vla_ros.envs.video import annotate
+    from vla_ros.grounding.zero_shot import draw_heatmap, relevance_heatmap
+
+    obs, info = env.reset(seed=seed, options=options)
+    policy.reset()
+    command = info["command"]
+    frames, steps = [], 0
+    while True:
+        if record:
+            heat = relevance_heatmap(policy.encoder, obs[OBS_IMAGE], command)
+            overlay = draw_heatmap(obs[OBS_IMAGE], heat, alpha=0.4, encoder=policy.encoder)
+            frames.append(annotate(np.concatenate([obs[OBS_IMAGE], overlay], axis=1), command,
+                                   f"step {steps}", scale=4))
+        action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        if terminated or truncated:
+            break
+    if record:
+        status = "success" if info["is_success"] else "failure"
+        frames.extend([annotate(np.concatenate([obs[OBS_IMAGE], obs[OBS_IMAGE]], axis=1), command,
+                                f"{status} after {steps} steps", scale=4)] * 10)
+    return EpisodeResult(command, bool(info["is_success"]), steps, frames)
