@@ -17,7 +17,8 @@ from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_P
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.proprio import ProprioNormalizer
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnxruntime")
+ONNX_DIR = "onnx"  # beside policy.safetensors, written by `vla-ros export`
 
 
 class Policy:
@@ -29,8 +30,9 @@ class Policy:
     """
 
     def __init__(self, network, config: dict, encoder: ClipEncoder, device: str = "cpu",
-                 checkpoint: Path | None = None):
+                 checkpoint: Path | None = None, onnx=None):
         self.network = network
+        self.onnx = onnx  # OnnxGraphs when the backend is onnxruntime
         self.config = config
         self.encoder = encoder
         self.device = device
@@ -64,7 +66,8 @@ class Policy:
         if (encoder.embed_dim, encoder.num_patches) != (config["clip"]["embed_dim"], config["clip"]["num_patches"]):
             raise CheckpointError("CLIP embedding/patch sizes do not match the policy checkpoint")
         network, config = load_network(path, config, device=device)
-        return cls(network, config, encoder, device=device, checkpoint=path)
+        onnx = OnnxGraphs.load(path / ONNX_DIR, device, fp16=precision == "fp16") if backend == "onnxruntime" else None
+        return cls(network, config, encoder, device=device, checkpoint=path, onnx=onnx)
 
     @property
     def num_joints(self) -> int:
@@ -96,6 +99,9 @@ class Policy:
                           image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
         """The network's deterministic action in [-1, 1]^n (the simulator's action space)."""
         state = self.check_joint_state(joint_state)
+        if self.onnx is not None:
+            return self.onnx.action(self.encoder, frame, command, self.normalizer(state[None]),
+                                    image_scale, text_scale)
         image = self.encoder.encode_images(frame)
         text = self.encoder.encode_text([command])
         obs = {
@@ -116,3 +122,42 @@ class Policy:
     def select_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray) -> np.ndarray:
         """Joint position targets (rad, (n,)) for one camera frame, command and joint state."""
         return self.to_target(self.normalized_action(frame, command, joint_state), joint_state)
+
+
+class OnnxGraphs:
+    """ONNX Runtime sessions of an exported policy (``vla-ros export``): per-frame graph + text encoder."""
+
+    def __init__(self, frame_session, text_session, dtype):
+        self.frame_session = frame_session
+        self.text_session = text_session
+        self.dtype = dtype
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, folder: Path, device: str, fp16: bool, threads: int | None = None) -> "OnnxGraphs":
+        """Open ``policy[_fp16].onnx`` and ``text_encoder[_fp16].onnx`` in ``folder``."""
+        from vla_ros.policy.export import onnx_session
+
+        suffix = "_fp16" if fp16 else ""
+        frame_path, text_path = folder / f"policy{suffix}.onnx", folder / f"text_encoder{suffix}.onnx"
+        if not frame_path.is_file() or not text_path.is_file():
+            raise CheckpointError(f"no ONNX export in {folder}: run `vla-ros export --checkpoint {folder.parent}`")
+        return cls(onnx_session(frame_path, device, fp16, threads), onnx_session(text_path, device, fp16, threads),
+                   np.float16 if fp16 else np.float32)
+
+    def text_embedding(self, encoder: ClipEncoder, command: str) -> np.ndarray:
+        """(1, D) embedding of ``command`` (cached: commands repeat)."""
+        if command not in self._text_cache:
+            tokens = encoder.tokenize([command]).numpy().astype(np.int64)
+            self._text_cache[command] = self.text_session.run(None, {"tokens": tokens})[0].astype(self.dtype)
+        return self._text_cache[command]
+
+    def action(self, encoder: ClipEncoder, frame: np.ndarray, command: str, proprio: np.ndarray,
+               image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
+        """Normalised action for one frame; the ablation scales are not supported here."""
+        if image_scale != 1.0 or text_scale != 1.0:
+            raise ValueError("ablations run on the torch backend only")
+        pixels = encoder.preprocess(frame).float().numpy().astype(self.dtype)
+        action, _ = self.frame_session.run(None, {"pixels": pixels, "proprio": proprio.astype(self.dtype),
+                                                  "text_embedding": self.text_embedding(encoder, command)})
+        return np.clip(action[0].astype(np.float64), -1.0, 1.0)

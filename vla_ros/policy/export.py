@@ -1,0 +1,177 @@
+"""ONNX export of the per-frame inference graph and of the text encoder, with parity checks.
+
+``policy.onnx`` (per frame): ``pixels`` (B, 3, S, S) normalised image, ``text_embedding`` (B, D),
+``proprio`` (B, 2n) normalised -> ``action`` (B, n) in [-1, 1] and ``image_embedding`` (B, D). Image
+tower + fusion + actor run in one graph; the text tower is a separate graph (``text_encoder.onnx``:
+``tokens`` (B, L) int64 -> ``text_embedding`` (B, D)) because commands change rarely and are cached.
+Resizing/normalising frames and proprioception stay outside (OpenCV / numpy), described in
+``onnx_metadata.json`` beside the models. fp16 variants carry ``_fp16`` in their names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_ros.grounding.encoder import vision_forward
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+
+OPSET = 17
+METADATA_FILE = "onnx_metadata.json"
+
+
+class FrameToAction(nn.Module):
+    """Image tower + fusion + actor mean: the graph ``vla_node`` runs for every frame."""
+
+    def __init__(self, visual: nn.Module, network: nn.Module):
+        super().__init__()
+        self.visual = visual
+        self.extractor = network.features_extractor
+        self.mlp = network.mlp_extractor
+        self.action_net = network.action_net
+
+    def forward(self, pixels: torch.Tensor, text_embedding: torch.Tensor, proprio: torch.Tensor):
+        """(pixels, text, proprio) -> (action in [-1, 1], normalised image embedding)."""
+        pooled, tokens = vision_forward(self.visual, pixels)
+        image = F.normalize(pooled, dim=-1)
+        features = self.extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: F.normalize(tokens, dim=-1),
+                                   FEAT_TEXT: text_embedding, OBS_PROPRIO: proprio})
+        action = self.action_net(self.mlp.forward_actor(features))
+        return torch.clamp(action, -1.0, 1.0), image
+
+
+class TextEncoder(nn.Module):
+    """open_clip text tower with L2 normalisation."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip_model = clip_model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, D) normalised text embeddings."""
+        return F.normalize(self.clip_model.encode_text(tokens), dim=-1)
+
+
+@dataclass
+class ExportedFiles:
+    """Paths written by :func:`export_onnx`."""
+
+    policy: Path
+    text_encoder: Path
+    metadata: Path
+
+
+def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path, context_length: int) -> None:
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
+    try:
+        with torch.no_grad():
+            torch.onnx.export(frame_graph, example, str(policy_path), opset_version=OPSET, dynamo=False,
+                              input_names=["pixels", "text_embedding", "proprio"],
+                              output_names=["action", "image_embedding"],
+                              dynamic_axes={name: {0: "batch"} for name in
+                                            ("pixels", "text_embedding", "proprio", "action", "image_embedding")})
+            tokens = torch.zeros(1, context_length, dtype=torch.long)
+            torch.onnx.export(text_graph, (tokens,), str(text_path), opset_version=OPSET, dynamo=False,
+                              input_names=["tokens"], output_names=["text_embedding"],
+                              dynamic_axes={"tokens": {0: "batch"}, "text_embedding": {0: "batch"}})
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFiles:
+    """Export a loaded :class:`~vla_ros.policy.policy.Policy` (torch backend) to ONNX files in ``out_dir``."""
+    import copy
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "_fp16" if fp16 else ""
+    dtype = torch.float16 if fp16 else torch.float32
+    clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
+    network = copy.deepcopy(policy.network).float().cpu().eval()
+    frame_graph = FrameToAction(clip_model.visual, network).to(dtype).eval()
+    text_graph = TextEncoder(clip_model).to(dtype).eval()
+    size, dim, n = policy.encoder.image_size, policy.encoder.embed_dim, policy.num_joints
+    example = (torch.zeros(1, 3, size, size, dtype=dtype), torch.zeros(1, dim, dtype=dtype),
+               torch.zeros(1, 2 * n, dtype=dtype))
+    policy_path = out / f"policy{suffix}.onnx"
+    text_path = out / f"text_encoder{suffix}.onnx"
+    _export(frame_graph, text_graph, example, policy_path, text_path, policy.encoder.context_length)
+    pre = policy.encoder.preprocessor
+    std = (1.0 / (255.0 * pre._scale)).ravel()  # the preprocessor keeps (x/255 - mean)/std folded
+    mean = -pre._shift.ravel() * std
+    metadata = {
+        "format": "vla_ros.onnx/1",
+        "opset": OPSET,
+        "image_size": size,
+        "normalisation": {"mean": [float(x) for x in mean], "std": [float(x) for x in std],
+                          "resize_mode": pre.resize_mode, "input_layout": "NCHW RGB float"},
+        "embed_dim": dim,
+        "context_length": policy.encoder.context_length,
+        "joint_names": list(policy.joint_names),
+        "proprio_normalization": policy.config["proprio_normalization"],
+        "action": policy.config["action"],
+        "clip_sha256": policy.config["clip"].get("sha256"),
+        "files": {"fp32" if not fp16 else "fp16": {"policy": policy_path.name, "text_encoder": text_path.name}},
+    }
+    meta_path = out / METADATA_FILE
+    if meta_path.exists():  # keep the other precision's entry
+        old = json.loads(meta_path.read_text())
+        metadata["files"] = {**old.get("files", {}), **metadata["files"]}
+    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return ExportedFiles(policy_path, text_path, meta_path)
+
+
+def onnx_session(path: str | Path, device: str = "cpu", fp16: bool = False, threads: int | None = None):
+    """An ONNX Runtime session on the best available provider (TensorRT, CUDA, then CPU)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.startswith("cuda") else []
+    providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    if fp16 and providers == ["CPUExecutionProvider"]:
+        # ONNX Runtime 1.32's CPU graph optimiser crashes (SIGSEGV) on these fp16 graphs; unoptimised they run.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: list[str], joint_states: np.ndarray,
+                  fp16: bool = False) -> dict:
+    """Max absolute differences ONNX Runtime vs PyTorch on embeddings and actions over sample inputs."""
+    dtype = np.float16 if fp16 else np.float32
+    frame_session = onnx_session(files.policy, fp16=fp16)
+    text_session = onnx_session(files.text_encoder, fp16=fp16)
+    pixels = policy.encoder.preprocess(frames).float().numpy()
+    tokens = policy.encoder.tokenize(commands).numpy().astype(np.int64)
+    text_ort = text_session.run(None, {"tokens": tokens})[0].astype(np.float32)
+    text_torch = policy.encoder.encode_text(commands).float().numpy()
+    proprio = policy.normalizer(joint_states)
+    action_ort, image_ort = frame_session.run(None, {"pixels": pixels.astype(dtype),
+                                                     "text_embedding": text_torch.astype(dtype),
+                                                     "proprio": proprio.astype(dtype)})
+    actions_torch = np.stack([policy.normalized_action(f, c, s) for f, c, s in zip(frames, commands, joint_states)])
+    image_torch = policy.encoder.encode_images(frames).global_embedding.float().numpy()
+    action_diff = np.abs(action_ort.astype(np.float32) - actions_torch)
+    tolerance = 5e-2 if fp16 else 1e-3
+    return {
+        "precision": "fp16" if fp16 else "fp32",
+        "samples": int(len(frames)),
+        "max_abs_diff_image_embedding": float(np.abs(image_ort.astype(np.float32) - image_torch).max()),
+        "max_abs_diff_text_embedding": float(np.abs(text_ort - text_torch).max()),
+        "max_abs_diff_action": float(action_diff.max()),
+        "tolerance_action": tolerance,
+        "actions_match": bool(action_diff.max() <= tolerance),
+        # same movement direction on every joint that the torch policy moves noticeably
+        "same_direction": bool(np.all((np.sign(action_ort) == np.sign(actions_torch))
+                                      | (np.abs(actions_torch) < tolerance))),
+    }
