@@ -112,3 +112,9 @@ def test_wilson_interval_brackets_the_rate():
     lo, hi = wilson_interval(190, 200)
     assert lo < 0.95 < hi and 0.9 < lo and hi < 0.98
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_resume_refuses_changed_learning_settings(trained):
+    cfg, _ = trained
+    with pytest.raises(ValueError, match="other settings"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "fusion": "late"}))

@@ -190,6 +190,7 @@ class TrainingRun:
         self.state_path = self.out / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
+        self._check_resumed_config()
         self.env_kwargs = {"image_size": cfg.image_size, "num_objects": cfg.num_objects}
         probe = make_vec_env(cfg.task, 1, cfg.seed, vec_env="dummy", **self.env_kwargs)
         unwrapped = probe.envs[0].unwrapped
@@ -201,6 +202,18 @@ class TrainingRun:
                                         self.max_delta, self.out / "final")
 
     # ------------------------------------------------------------------ helpers
+    # settings a resumed run may change: how long it runs and how it reports, not what it learns
+    RESUMABLE_CHANGES = ("ppo_steps", "eval_every", "eval_episodes", "checkpoint_every", "command", "torch_threads",
+                         "vec_env", "num_envs")
+
+    def _check_resumed_config(self) -> None:
+        old, new = (json.loads(json.dumps(c)) for c in (self.state["config"], asdict(self.cfg)))  # tuples -> lists
+        changed = {k: (old.get(k), v) for k, v in new.items() if k not in self.RESUMABLE_CHANGES and old.get(k) != v}
+        if changed:
+            raise ValueError(f"{self.out} holds a run with other settings {changed} (old, new); "
+                             "use another --out or the same settings to resume")
+        self.state["config"] = new
+
     def _save_state(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")
 
