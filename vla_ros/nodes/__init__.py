@@ -1,0 +1,1 @@
+"""ROS 2 nodes: ``vla_node`` (camera + command -> joint commands) and ``sim_node`` (MuJoCo robot)."""

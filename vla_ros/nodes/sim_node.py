@@ -1,0 +1,328 @@
+"""sim_node: the MuJoCo Gymnasium env acting as the robot, camera and ros2_control controllers.
+
+Publishes the camera (``camera/image_raw``, rgb8), ``joint_states`` and the episode status (JSON on
+``sim/episode_status``); accepts absolute joint position commands like a real controller
+(Float64MultiArray on ``forward_position_controller/commands`` in URDF joint order, or a
+JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) / max_delta, -1, 1)``
+(the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). A step without a
+new command holds position (``a = 0``).
+
+Episodes start from a JSON request on ``sim/start_episode``:
+``{"seed": int, "command": str, "task": "reach" | "push", "split": ..., "target": ..., "direction": ...}``
+(all optional); the episode's command is then published latched on ``vla/command``.
+
+Timing: ``real_time`` steps the env on a timer every ``control_dt``; ``lockstep`` steps once per
+received command (deterministic, for parity tests), and republishes the last observation unchanged
+(same stamp) every ``lockstep_republish_s`` so a lost best-effort frame cannot stall the loop. In
+lockstep an episode's first observation goes out ``lockstep_start_delay_s`` after its command, and
+commands arriving before it are dropped: they were computed from the previous episode's frames, and
+the delay lets the new command reach the policy node before the first frame does.
+The env runs on one worker thread of its own: its OpenGL (EGL) context is bound to the thread that
+created it, and executors may run callbacks on any thread. All callbacks also share the node's default
+(mutually exclusive) callback group, so env calls never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.ros import qos
+from vla_ros.ros.conversions import (
+    arrays_to_joint_state,
+    numpy_to_image,
+    positions_from_command_array,
+    positions_from_trajectory,
+)
+
+TASKS = ("reach", "push")
+MODES = ("real_time", "lockstep")
+EPISODE_OPTIONS = ("command", "split", "target", "direction")  # passed to env.reset(options=...)
+
+PARAMETERS = (
+    ("task", "reach", f"Task of the first episode, one of {TASKS} (a start request may change it)."),
+    ("image_size", 64, "Camera resolution (square, pixels; 64..224)."),
+    ("num_objects", 3, "Objects on the table."),
+    ("split", "train", "Instruction split: train, heldout_combos or heldout_phrasings."),
+    ("perturbation", "", "Env perturbation: '' (none), distractors, jitter or corrupted."),
+    ("seed", 0, "Seed of the first episode."),
+    ("command", "", "Command of the first episode; empty = sampled by the env."),
+    ("start_episode_on_launch", True, "Start an episode at launch (else wait for sim/start_episode)."),
+    ("mode", "real_time", f"Stepping: one of {MODES}."),
+    ("real_time_factor", 1.0, "real_time mode: simulated seconds per wall-clock second."),
+    ("lockstep_republish_s", 0.5, "lockstep mode: republish the last observation this often (s)."),
+    (
+        "lockstep_start_delay_s",
+        0.3,
+        "lockstep mode: delay between an episode's command and its first observation (s).",
+    ),
+    ("camera_frame_id", "workspace_camera", "frame_id of the camera images."),
+    ("camera_topic", "camera/image_raw", "Camera frames (sensor_msgs/Image, rgb8)."),
+    ("joint_states_topic", "joint_states", "Joint positions and velocities (sensor_msgs/JointState)."),
+    (
+        "position_command_topic",
+        "forward_position_controller/commands",
+        "Absolute joint positions in URDF joint order (std_msgs/Float64MultiArray).",
+    ),
+    (
+        "trajectory_topic",
+        "joint_trajectory_controller/joint_trajectory",
+        "Joint trajectory commands (trajectory_msgs/JointTrajectory).",
+    ),
+    ("command_topic", "vla/command", "Where the episode's language command is published (latched)."),
+    ("episode_status_topic", "sim/episode_status", "Episode status (JSON std_msgs/String) after each step."),
+    ("start_episode_topic", "sim/start_episode", "Episode start requests (JSON std_msgs/String)."),
+)
+
+
+def action_from_target(target: np.ndarray, position: np.ndarray, max_delta: np.ndarray) -> np.ndarray:
+    """The env action that moves from ``position`` towards the absolute ``target`` in one step."""
+    return np.clip((np.asarray(target, float) - np.asarray(position, float)) / max_delta, -1.0, 1.0)
+
+
+class SimNode(Node):
+    """Steps the tabletop env and bridges it to ROS topics like a robot with ros2_control."""
+
+    def __init__(self, node_name: str = "sim_node", **kwargs) -> None:
+        """Declare parameters, create the env, publishers and subscriptions; maybe start an episode."""
+        super().__init__(node_name, **kwargs)
+        for name, default, description in PARAMETERS:
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self._mode = self._param("mode")
+        if self._mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self._mode!r}")
+        self._env = None
+        self._task = None
+        self._env_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim_env")
+        self._on_env_thread(self._make_env, self._param("task"))
+
+        self._image_pub = self.create_publisher(Image, self._param("camera_topic"), qos.CAMERA_QOS)
+        self._joint_pub = self.create_publisher(
+            JointState, self._param("joint_states_topic"), qos.JOINT_STATES_PUBLISHER_QOS
+        )
+        self._status_pub = self.create_publisher(String, self._param("episode_status_topic"), qos.STATUS_QOS)
+        self._command_pub = self.create_publisher(String, self._param("command_topic"), qos.COMMAND_QOS)
+        self.create_subscription(
+            Float64MultiArray, self._param("position_command_topic"), self._on_position_command,
+            qos.JOINT_COMMAND_QOS,
+        )  # fmt: skip
+        self.create_subscription(
+            JointTrajectory, self._param("trajectory_topic"), self._on_trajectory, qos.JOINT_COMMAND_QOS
+        )
+        self.create_subscription(String, self._param("start_episode_topic"), self._on_start_episode, 10)
+
+        self._target: np.ndarray | None = None  # newest position command not yet applied
+        self._episode = 0
+        self._running = False
+        self._status: dict = {}
+        self._observation = None
+        self._stamp = None
+        if self._mode == "real_time":
+            period = self._control_dt / float(self._param("real_time_factor"))
+            self.create_timer(period, self._on_timer)
+        else:
+            self._first_observation_due: float | None = None  # monotonic time; None = already sent
+            self._last_publish = 0.0
+            self.create_timer(0.02, self._on_lockstep_timer)
+        if self._param("start_episode_on_launch"):
+            self.start_episode(seed=self._param("seed"), command=self._param("command") or None)
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _on_env_thread(self, function, *args, **kwargs):
+        return self._env_thread.submit(function, *args, **kwargs).result()
+
+    # ----------------------------------------------------------------------------------- env
+
+    def _make_env(self, task: str) -> None:
+        import gymnasium as gym
+
+        import vla_ros.envs  # noqa: F401  (registers the env ids)
+
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if self._env is not None:
+            self._env.close()
+        self._env = gym.make(
+            vla_ros.envs.ENV_IDS[task],
+            image_size=int(self._param("image_size")),
+            num_objects=int(self._param("num_objects")),
+            split=self._param("split"),
+            perturbation=self._param("perturbation") or None,
+        )
+        self._task = task
+        robot = self._env.unwrapped.robot
+        self.joint_names = tuple(robot.joint_names)
+        self._control_dt = float(self._env.unwrapped.control_dt)
+        self._max_delta = np.asarray(self._env.unwrapped.max_delta, dtype=np.float64)
+
+    def start_episode(self, seed: int | None = None, task: str | None = None, **options) -> dict:
+        """Reset the env (switching task if asked), publish the command latched and the first observation."""
+        if task is not None and task != self._task:
+            self._on_env_thread(self._make_env, task)
+        options = {key: value for key, value in options.items() if value is not None}
+        observation, info = self._on_env_thread(self._env.reset, seed=seed, options=options)
+        self._episode += 1
+        self._running = True
+        self._target = None
+        self._command_pub.publish(String(data=info["command"]))
+        self._status = {
+            "episode": self._episode,
+            "task": self._task,
+            "seed": seed,
+            "command": info["command"],
+            "target": info["target"],
+            "step": 0,
+            "reward": 0.0,
+            "is_success": bool(info["is_success"]),
+            "terminated": False,
+            "truncated": False,
+            "done": False,
+        }
+        if self._mode == "lockstep":
+            self._observation, self._stamp = observation, None
+            self._first_observation_due = time.monotonic() + float(self._param("lockstep_start_delay_s"))
+            self._status_pub.publish(String(data=json.dumps(self._status)))
+        else:
+            self._set_observation(observation)
+        self.get_logger().info(f"episode {self._episode} ({self._task}, seed {seed}): {info['command']!r}")
+        return dict(self._status)
+
+    def step(self, target: np.ndarray | None) -> None:
+        """Step the env towards ``target`` (None: hold position) and publish the result."""
+        if not self._running:
+            return
+        position = self._observation["proprio"][: len(self.joint_names)]
+        action = np.zeros(len(self.joint_names)) if target is None else action_from_target(
+            target, position, self._max_delta
+        )  # fmt: skip
+        observation, reward, terminated, truncated, info = self._on_env_thread(
+            self._env.step, action.astype(np.float32)
+        )
+        self._status.update(
+            step=self._status["step"] + 1,
+            reward=float(reward),
+            is_success=bool(info["is_success"]),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            done=bool(terminated or truncated),
+        )
+        self._running = not self._status["done"]
+        self._set_observation(observation)
+        if self._status["done"]:
+            self.get_logger().info(f"episode {self._episode} done: {self._status}")
+
+    def _set_observation(self, observation) -> None:
+        self._observation = observation
+        self._stamp = self.get_clock().now()
+        self._publish_observation()
+        self._last_publish = time.monotonic()
+        self._status_pub.publish(String(data=json.dumps(self._status)))
+
+    def _publish_observation(self) -> None:
+        if self._observation is None or self._stamp is None:
+            return
+        n = len(self.joint_names)
+        proprio = self._observation["proprio"].astype(np.float64)
+        frame_id = self._param("camera_frame_id")
+        self._image_pub.publish(numpy_to_image(self._observation["image"], "rgb8", self._stamp, frame_id))
+        self._joint_pub.publish(
+            arrays_to_joint_state(self.joint_names, proprio[:n], proprio[n:], self._stamp)
+        )
+
+    # ------------------------------------------------------------------------------ callbacks
+
+    def _on_timer(self) -> None:
+        if self._running:
+            target, self._target = self._target, None  # each command drives one step at most
+            self.step(target)
+        else:
+            # Between episodes the camera keeps running (fresh stamps), like a real one.
+            self._stamp = self.get_clock().now()
+            self._publish_observation()
+
+    def _on_lockstep_timer(self) -> None:
+        now = time.monotonic()
+        if self._first_observation_due is not None:
+            if now >= self._first_observation_due:
+                self._first_observation_due = None
+                self._stamp = self.get_clock().now()
+                self._publish_observation()
+                self._last_publish = now
+        elif now - self._last_publish >= float(self._param("lockstep_republish_s")):
+            self._publish_observation()  # same stamp: not a new observation
+            self._last_publish = now
+
+    def _accept_target(self, target: np.ndarray) -> None:
+        if self._mode == "lockstep":
+            if self._first_observation_due is None:  # else: computed from an older episode's frame
+                self.step(target)
+        else:
+            self._target = target
+
+    def _on_position_command(self, msg: Float64MultiArray) -> None:
+        try:
+            self._accept_target(positions_from_command_array(msg, len(self.joint_names)))
+        except ValueError as error:
+            self.get_logger().warning(f"ignored position command: {error}", throttle_duration_sec=2.0)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            self._accept_target(positions_from_trajectory(msg, self.joint_names, self._control_dt))
+        except ValueError as error:
+            self.get_logger().warning(f"ignored joint trajectory: {error}", throttle_duration_sec=2.0)
+
+    def _on_start_episode(self, msg: String) -> None:
+        try:
+            request = json.loads(msg.data) if msg.data.strip() else {}
+            if not isinstance(request, dict):
+                raise ValueError("the request must be a JSON object")
+            unknown = set(request) - {"seed", "task", *EPISODE_OPTIONS}
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}")
+            seed = request.get("seed")
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError(f"seed must be an integer, got {seed!r}")
+            self.start_episode(**request)
+        except Exception as error:  # a bad request must not take the simulator down
+            self.get_logger().error(f"cannot start episode from {msg.data!r}: {error}")
+            self._status_pub.publish(String(data=json.dumps({"error": str(error), "request": msg.data})))
+
+    def destroy_node(self) -> None:
+        """Close the env (its renderer holds a GL context), then destroy the node."""
+        if self._env is not None:
+            self._on_env_thread(self._env.close)
+            self._env = None
+        self._env_thread.shutdown()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    """Run sim_node until shut down."""
+    rclpy.init(args=args)
+    node = SimNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,618 @@
+"""vla_node: camera frames + language command + joint states -> policy -> safety gate -> joint commands.
+
+Lifecycle (yolo_ros style):
+
+* ``configure``: read parameters, load the robot's joint limits, create publishers, services and
+  the input subscriptions. From here on inputs are validated and rejections are counted in
+  ``/diagnostics`` (so a broken camera shows before activation), but nothing is acted upon.
+* ``activate``: load the policy, build the safety gate, start the control timer.
+* ``deactivate``: stop the timer, free the policy (and the CUDA cache).
+* ``cleanup`` / ``shutdown``: destroy everything ``configure`` created.
+
+The control timer runs at ``control_rate_hz`` on the newest frame only (subscriptions keep just
+the latest message; nothing is queued). Each step: gate pre-check (staleness, e-stop, command,
+NaN) -> decode -> policy -> gate -> publish. The timer has its own callback group, so with the
+multi-threaded executor a slow policy step never delays the input callbacks.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.ros import qos
+from vla_ros.ros.conversions import (
+    NonFiniteJointStateError,
+    image_to_numpy,
+    joint_state_to_arrays,
+    joint_trajectory,
+    numpy_to_image,
+    position_command_array,
+    stamp_to_seconds,
+    validate_command,
+    validate_image,
+)
+from vla_ros.ros.debug_image import draw_grounding
+from vla_ros.ros.diagnostics import NodeStats, diagnostic_array
+from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
+
+OUTPUT_MODES = ("position_array", "trajectory")
+BACKENDS = ("torch", "onnxruntime")
+
+# Diagnostics counter keys for inputs rejected before they reach the policy.
+REJECT_MALFORMED_IMAGE = "rejected.malformed_image"
+REJECT_BAD_COMMAND = "rejected.bad_command"
+REJECT_BAD_JOINT_STATE = "rejected.bad_joint_state"
+REJECT_NAN_JOINT_STATE = "rejected.nan_joint_state"
+HOLD_POLICY_ERROR = "hold.policy_error"
+
+
+# (name, default, description) of every parameter; config/vla_node.yaml sets the same names.
+PARAMETERS = (
+    (
+        "policy_path",
+        "",
+        "Policy checkpoint folder (policy.safetensors + config.json); empty = models/policy.",
+    ),
+    ("device", "cpu", "Torch device for the policy: 'cpu', 'cuda' or 'cuda:N'."),
+    ("fp16", False, "Run the policy in half precision (GPU only)."),
+    ("backend", "torch", f"Policy inference backend, one of {BACKENDS}."),
+    ("urdf_path", "", "URDF with the joint limits; empty = the package's sim/robot/vla_arm.urdf."),
+    (
+        "control_rate_hz",
+        20.0,
+        "Rate of the policy/control timer (Hz); should be 1 / the policy's control_dt, the period its "
+        "step size was trained for.",
+    ),
+    ("output_mode", "position_array", f"Joint command message, one of {OUTPUT_MODES}."),
+    # Declared by type (no value): an empty list default would make it a byte array parameter.
+    (
+        "output_joint_names",
+        Parameter.Type.STRING_ARRAY,
+        "Joint order of the position_array command (the controller's 'joints'); unset = policy order.",
+    ),
+    ("camera_topic", "camera/image_raw", "Camera frames (sensor_msgs/Image, best effort)."),
+    ("command_topic", "vla/command", "Language command (std_msgs/String, latched)."),
+    ("joint_states_topic", "joint_states", "Measured joint states (sensor_msgs/JointState)."),
+    (
+        "position_command_topic",
+        "forward_position_controller/commands",
+        "Float64MultiArray absolute joint positions (output_mode position_array).",
+    ),
+    (
+        "trajectory_topic",
+        "joint_trajectory_controller/joint_trajectory",
+        "JointTrajectory command (output_mode trajectory).",
+    ),
+    ("debug_image_topic", "vla/grounding/debug_image", "Frame with the command and scores drawn."),
+    ("grounding_scores_topic", "vla/grounding/scores", "Per-object grounding scores (JSON std_msgs/String)."),
+    ("max_frame_age_s", 0.5, "Hold position when the newest camera frame is older than this (s)."),
+    ("max_joint_state_age_s", 0.5, "Hold position when the newest joint state is older than this (s)."),
+    ("max_step", 0.0, "Extra cap on the per-step joint change (rad); 0 = velocity limit * period only."),
+    ("publish_debug_image", False, "Publish the grounding debug image (and scores) each control step."),
+    (
+        "require_new_frame",
+        False,
+        "Run a control step only when a frame arrived since the last one (lockstep simulation).",
+    ),
+    ("diagnostics_period_s", 1.0, "Period of /diagnostics reports (s)."),
+    ("log_throttle_s", 2.0, "Minimum time between two log lines about the same kind of rejected input (s)."),
+    ("autostart", True, "Configure and activate at start (when run without a lifecycle manager)."),
+)
+
+
+def hold_key(reason: GateReason) -> str:
+    """Diagnostics counter key of a gate hold reason, e.g. ``hold.stale_frame``."""
+    return f"hold.{reason.value}"
+
+
+def _default_policy_path() -> str:
+    try:
+        from vla_ros.paths import share_path
+
+        return str(share_path("models", "policy"))
+    except FileNotFoundError:  # no share folder (e.g. partial install); the parameter must be set
+        return ""
+
+
+@dataclass
+class _Stamped:
+    """The latest message of an input with the time (s, node clock) it stands for."""
+
+    value: object
+    stamp: float
+
+
+class VlaNode(LifecycleNode):
+    """Runs the VLA policy on the newest camera frame at a fixed rate and publishes joint commands."""
+
+    def __init__(self, node_name: str = "vla_node", **kwargs) -> None:
+        """Declare every parameter (with a description); nothing is loaded until configure."""
+        super().__init__(node_name, **kwargs)
+        for name, default, description in PARAMETERS:
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        if not self.get_parameter("policy_path").value:
+            self.set_parameters([Parameter("policy_path", value=_default_policy_path())])
+
+        self._stats = NodeStats()
+        self._input_lock = threading.Lock()
+        self._control_lock = threading.Lock()
+        self._diagnostics_lock = threading.Lock()
+        self._configured = False
+        self._frame: _Stamped | None = None
+        self._joint_state: _Stamped | None = None  # (positions, velocities) in robot joint order
+        self._command: str | None = None
+        self._command_serial = 0
+        self._estopped = False
+        self._last_log: dict[str, float] = {}
+        self._device = "cpu"
+        # What configure created, destroyed on cleanup.
+        self._subscriptions_made: list = []
+        self._services_made: list = []
+        self._timers_made: list = []
+        self._publishers_made: list = []
+        self._robot_limits: JointLimits | None = None
+        self._policy = None
+        self._gate: SafetyGate | None = None
+        self._control_timer = None
+        self._active = False
+
+    # ------------------------------------------------------------------------------ parameters
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _read_parameters(self) -> None:
+        self._output_mode = self._param("output_mode")
+        if self._output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {self._output_mode!r}")
+        self._backend = self._param("backend")
+        if self._backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self._backend!r}")
+        self._device = self._param("device")
+        if not (self._device == "cpu" or self._device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self._device!r}")
+        self._fp16 = bool(self._param("fp16"))
+        self._control_period = 1.0 / float(self._param("control_rate_hz"))
+        if not 0 < self._control_period < 10:
+            raise ValueError(f"control_rate_hz must be > 0.1, got {self._param('control_rate_hz')}")
+        self._max_step = float(self._param("max_step"))
+        self._max_frame_age = float(self._param("max_frame_age_s"))
+        self._max_joint_state_age = float(self._param("max_joint_state_age_s"))
+        self._publish_debug_image = bool(self._param("publish_debug_image"))
+        self._require_new_frame = bool(self._param("require_new_frame"))
+        self._log_throttle = float(self._param("log_throttle_s"))
+        names = self.get_parameter_or("output_joint_names", Parameter("output_joint_names", value=[])).value
+        self._output_joint_names = tuple(name for name in names if name)
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, load joint limits, create publishers, services and subscriptions."""
+        try:
+            self._read_parameters()
+            from vla_ros.robot_description import load_robot_description
+
+            urdf = self._param("urdf_path") or None
+            self._robot_limits = JointLimits.from_robot(load_robot_description(urdf))
+        except Exception as error:  # a failed transition must say why; rclpy would swallow it
+            self.get_logger().error(f"configure failed: {error}")
+            return TransitionCallbackReturn.FAILURE
+
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        inputs = MutuallyExclusiveCallbackGroup()
+        services = MutuallyExclusiveCallbackGroup()
+        if self._output_mode == "position_array":
+            self._command_pub = self.create_lifecycle_publisher(
+                Float64MultiArray, self._param("position_command_topic"), qos.JOINT_COMMAND_QOS
+            )
+        else:
+            self._command_pub = self.create_lifecycle_publisher(
+                JointTrajectory, self._param("trajectory_topic"), qos.JOINT_COMMAND_QOS
+            )
+        self._debug_image_pub = self.create_lifecycle_publisher(
+            Image, self._param("debug_image_topic"), qos.DEBUG_IMAGE_QOS
+        )
+        self._scores_pub = self.create_lifecycle_publisher(
+            String, self._param("grounding_scores_topic"), qos.STATUS_QOS
+        )
+        # Diagnostics are not lifecycle-managed: they also report while inactive.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS_QOS)
+        self._publishers_made = [self._diagnostics_pub]
+        self._subscriptions_made = [
+            self.create_subscription(
+                Image, self._param("camera_topic"), self._on_image, qos.CAMERA_QOS, callback_group=inputs
+            ),
+            self.create_subscription(
+                String, self._param("command_topic"), self._on_command, qos.COMMAND_QOS, callback_group=inputs
+            ),
+            self.create_subscription(
+                JointState,
+                self._param("joint_states_topic"),
+                self._on_joint_state,
+                qos.JOINT_STATES_QOS,
+                callback_group=inputs,
+            ),
+        ]
+        self._services_made = [
+            self.create_service(SetBool, "vla/estop", self._on_estop, callback_group=services),
+            self.create_service(
+                Trigger, "vla/clear_command", self._on_clear_command, callback_group=services
+            ),
+        ]
+        self._timers_made = [
+            self.create_timer(
+                float(self._param("diagnostics_period_s")), self._publish_diagnostics, callback_group=services
+            )
+        ]
+        self._configured = True
+        self.get_logger().info(
+            f"configured: output {self._output_mode}, {1 / self._control_period:.1f} Hz, "
+            f"joints {self._robot_limits.joint_names}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the policy, build the safety gate and start the control timer."""
+        try:
+            self._policy = self._load_policy()
+            self._gate = self._build_gate(self._policy)
+        except Exception as error:
+            self.get_logger().error(f"activate failed: {error}")
+            self._free_policy()
+            return TransitionCallbackReturn.FAILURE
+        self._gate.set_estop(self._estopped)
+        self._policy.reset()
+        self._policy_serial = self._command_serial
+        self._last_frame_stamp = None
+        self._control_timer = self.create_timer(
+            self._control_period, self._control_step, callback_group=self._control_group
+        )
+        self._active = True
+        self.get_logger().info("activated")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the control timer and free the policy."""
+        self._stop_control()
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy what configure created."""
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop and destroy everything, from any state."""
+        self._stop_control()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def autostart(self) -> bool:
+        """Configure and activate (for running without a lifecycle manager); True on success."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def _load_policy(self):
+        from vla_ros.policy.policy import Policy  # lazy: torch and the CLIP stack load only here
+
+        path = self._param("policy_path")
+        if not path:
+            raise ValueError("parameter policy_path is empty")
+        kwargs = {"device": self._device, "backend": self._backend}
+        if self._fp16:
+            kwargs["precision"] = "fp16"
+        start = time.perf_counter()
+        policy = Policy.load(path, **kwargs)
+        self.get_logger().info(
+            f"loaded policy {path} on {self._device} in {time.perf_counter() - start:.2f} s"
+        )
+        return policy
+
+    def _build_gate(self, policy) -> SafetyGate:
+        joint_names = tuple(policy.joint_names)
+        limits = self._robot_limits.reordered(joint_names)
+        robot_names = self._robot_limits.joint_names
+        self._policy_index = np.array([robot_names.index(name) for name in joint_names])
+        output_names = self._output_joint_names or joint_names
+        if sorted(output_names) != sorted(joint_names):
+            raise ValueError(f"output_joint_names {output_names} are not the policy's joints {joint_names}")
+        self._output_index = np.array([joint_names.index(name) for name in output_names])
+        self._output_names = output_names
+        control_dt = getattr(policy, "control_dt", None)
+        if control_dt is not None and abs(control_dt - self._control_period) > 1e-6:
+            self.get_logger().warning(
+                f"control period {self._control_period:.4f} s differs from the policy's control_dt "
+                f"{control_dt:.4f} s; the arm will move at a different speed than in training"
+            )
+        return SafetyGate(
+            limits,
+            control_period=self._control_period,
+            max_step=self._max_step if self._max_step > 0 else None,
+            max_frame_age_s=self._max_frame_age,
+            max_joint_state_age_s=self._max_joint_state_age,
+        )
+
+    def _stop_control(self) -> None:
+        with self._control_lock:
+            self._active = False
+            if self._control_timer is not None:
+                self.destroy_timer(self._control_timer)
+                self._control_timer = None
+            self._free_policy()
+
+    def _free_policy(self) -> None:
+        if self._policy is None:
+            return
+        self._policy = None
+        self._gate = None
+        gc.collect()
+        if self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _destroy_entities(self) -> None:
+        with self._diagnostics_lock:  # a diagnostics report in flight must not see destroyed publishers
+            self._configured = False
+        for timer in self._timers_made:
+            self.destroy_timer(timer)
+        for subscription in self._subscriptions_made:
+            self.destroy_subscription(subscription)
+        for service in self._services_made:
+            self.destroy_service(service)
+        for publisher in self._publishers_made:
+            self.destroy_publisher(publisher)
+        self._timers_made, self._subscriptions_made, self._services_made = [], [], []
+        self._publishers_made = []
+        for name in ("_command_pub", "_debug_image_pub", "_scores_pub"):
+            publisher = getattr(self, name, None)
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+                setattr(self, name, None)
+
+    # ---------------------------------------------------------------------------------- inputs
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp_or_now(self, header) -> float:
+        # Some drivers leave the stamp at zero; then the receive time is the best estimate.
+        stamp = stamp_to_seconds(header.stamp)
+        return stamp if stamp > 0 else self._now()
+
+    def _reject(self, key: str, message: str) -> None:
+        """Count a rejected input and log it, at most once per log_throttle_s per kind."""
+        self._stats.count(key)
+        now = time.monotonic()
+        if now - self._last_log.get(key, -np.inf) >= self._log_throttle:
+            self._last_log[key] = now
+            self.get_logger().warning(f"{key}: {message} (counted in /diagnostics; holding position)")
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            validate_image(msg)  # cheap header/size checks; decoding waits for the control step
+        except ValueError as error:
+            with self._input_lock:
+                self._frame = None  # a broken camera must not leave an older frame in use
+            self._reject(REJECT_MALFORMED_IMAGE, str(error))
+            return
+        with self._input_lock:
+            self._frame = _Stamped(msg, self._stamp_or_now(msg.header))
+
+    def _on_command(self, msg: String) -> None:
+        try:
+            command = validate_command(msg.data)
+        except ValueError as error:
+            # The operator meant to change the task: continuing the old one would be wrong, so hold.
+            with self._input_lock:
+                self._command = None
+            self._reject(REJECT_BAD_COMMAND, str(error))
+            return
+        with self._input_lock:
+            changed = command != self._command
+            self._command = command
+            self._command_serial += 1
+        if changed:
+            self.get_logger().info(f"command: {command!r}")
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            positions, velocities = joint_state_to_arrays(msg, self._robot_limits.joint_names)
+        except NonFiniteJointStateError as error:
+            with self._input_lock:
+                self._joint_state = None
+            self._reject(REJECT_NAN_JOINT_STATE, str(error))
+            return
+        except ValueError as error:
+            with self._input_lock:
+                self._joint_state = None
+            self._reject(REJECT_BAD_JOINT_STATE, str(error))
+            return
+        with self._input_lock:
+            self._joint_state = _Stamped((positions, velocities), self._stamp_or_now(msg.header))
+
+    def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self._estopped = bool(request.data)
+        gate = self._gate
+        if gate is not None:
+            gate.set_estop(self._estopped)
+        if self._estopped:
+            self._stats.count("estop.engaged")
+            self.get_logger().warning("e-stop engaged: holding position")
+            response.message = "e-stop engaged"
+        else:
+            # Releasing an e-stop must not restart motion by itself (ISO 13850): a new command is needed.
+            with self._input_lock:
+                self._command = None
+            self.get_logger().info("e-stop released; send a new command to move")
+            response.message = "e-stop released; command cleared, send a new command to move"
+        response.success = True
+        return response
+
+    def _on_clear_command(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._input_lock:
+            had = self._command
+            self._command = None
+        response.success = True
+        response.message = f"cleared command {had!r}" if had else "no command was set"
+        self.get_logger().info(response.message)
+        return response
+
+    # ---------------------------------------------------------------------------- control step
+
+    def _control_step(self) -> None:
+        # The lock makes deactivate/shutdown wait for a step in flight instead of destroying the
+        # publishers under it.
+        with self._control_lock:
+            if self._active and self._policy is not None and self._gate is not None:
+                self._step(self._policy, self._gate)
+
+    def _step(self, policy, gate: SafetyGate) -> None:
+        start = time.perf_counter()
+        with self._input_lock:
+            frame, joint, command = self._frame, self._joint_state, self._command
+            serial = self._command_serial
+        if self._require_new_frame and not self._is_new_observation(frame, joint):
+            return
+        now = self._now()
+        joint_state = None
+        if joint is not None:  # robot joint order -> policy joint order, positions then velocities
+            positions, velocities = joint.value
+            joint_state = np.concatenate([positions[self._policy_index], velocities[self._policy_index]])
+            self._stats.set_value("joint_state_age_s", f"{now - joint.stamp:.3f}")
+        if frame is not None:
+            self._stats.set_value("frame_age_s", f"{now - frame.stamp:.3f}")
+        stamps = (now, frame and frame.stamp, joint and joint.stamp, command is not None)
+        self._stats.count("steps")
+        # Validation first: the policy (the expensive part) runs only if the gate could pass a command.
+        decision = gate.check_inputs(joint_state, *stamps)
+        if decision is not None:
+            self._finish_step(decision, start)
+            return
+        self._last_frame_stamp = frame.stamp
+        try:
+            decode_start = time.perf_counter()
+            rgb = image_to_numpy(frame.value)
+            policy_start = time.perf_counter()
+            self._stats.add_latency("decode", policy_start - decode_start)
+            if serial != self._policy_serial:  # a new command starts a new episode for the policy
+                policy.reset()
+                self._policy_serial = serial
+            target = policy.select_action(rgb, command, joint_state)
+            self._stats.add_latency("policy", time.perf_counter() - policy_start)
+        except Exception as error:  # a failing policy must not stop the node; hold and report
+            self._reject(HOLD_POLICY_ERROR, f"policy step failed: {type(error).__name__}: {error}")
+            self._finish_step(None, start)
+            return
+        decision = gate.filter(target, joint_state, *stamps)
+        publish_start = time.perf_counter()
+        if decision.command is not None:
+            self._publish_command(decision.command)
+        if self._publish_debug_image:
+            self._publish_grounding(rgb, command, frame.value.header)
+        self._stats.add_latency("publish", time.perf_counter() - publish_start)
+        self._finish_step(decision, start)
+
+    def _is_new_observation(self, frame: _Stamped | None, joint: _Stamped | None) -> bool:
+        """Lockstep: a frame not acted on yet, and a joint state at least as new (same sim step)."""
+        if frame is None or frame.stamp == self._last_frame_stamp:
+            return False
+        return joint is None or joint.stamp >= frame.stamp
+
+    def _finish_step(self, decision: GateDecision | None, start: float) -> None:
+        if decision is not None:
+            self._stats.count(hold_key(decision.reason) if decision.hold else "commands_published")
+            self._stats.count("clamped_to_limits", int(decision.clamped_to_limits))
+            self._stats.count("rate_limited", int(decision.rate_limited))
+        elapsed = time.perf_counter() - start
+        self._stats.add_latency("step", elapsed)
+        if elapsed > self._control_period:
+            self._stats.count("deadline_misses")
+
+    def _publish_command(self, command: np.ndarray) -> None:
+        if self._output_mode == "position_array":
+            self._command_pub.publish(position_command_array(command[self._output_index]))
+        else:
+            names = tuple(self._policy.joint_names) if self._policy is not None else self._output_names
+            self._command_pub.publish(joint_trajectory(names, command, self._control_period))
+
+    def _publish_grounding(self, rgb: np.ndarray, command: str, header) -> None:
+        scores = getattr(self._policy, "last_grounding", None)
+        if scores:
+            self._scores_pub.publish(String(data=json.dumps({"command": command, "scores": scores})))
+        debug = draw_grounding(rgb, command, scores)
+        self._debug_image_pub.publish(
+            numpy_to_image(debug, "rgb8", stamp=header.stamp, frame_id=header.frame_id)
+        )
+
+    # ----------------------------------------------------------------------------- diagnostics
+
+    def counter(self, key: str) -> int:
+        """Current value of a diagnostics counter (e.g. ``rejected.bad_command``)."""
+        return self._stats.counter(key)
+
+    def _publish_diagnostics(self) -> None:
+        with self._diagnostics_lock:
+            if self._configured:
+                self._report()
+
+    def _report(self) -> None:
+        with self._input_lock:
+            command = self._command
+        self._stats.set_value("active", self._active)
+        self._stats.set_value("estop", self._estopped)
+        self._stats.set_value("command", command or "")
+        level, message = DiagnosticStatus.OK, "running" if self._active else "inactive"
+        if self._estopped:
+            level, message = DiagnosticStatus.WARN, "e-stop engaged"
+        elif self._active and command is None:
+            level, message = DiagnosticStatus.OK, "waiting for a command"
+        array = diagnostic_array(
+            self.get_clock().now().to_msg(),
+            f"{self.get_fully_qualified_name()}: control",
+            level,
+            message,
+            self._stats.key_values(),
+        )
+        self._diagnostics_pub.publish(array)
+
+
+def main(args=None) -> None:
+    """Run vla_node with a multi-threaded executor (a slow policy step never blocks the inputs)."""
+    rclpy.init(args=args)
+    node = VlaNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value and not node.autostart():
+            node.get_logger().error("autostart failed; waiting for lifecycle transitions")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""QoS profiles of the topic table in docs/ARCHITECTURE.md.
+
+Subscriptions use the table's profiles. Publishers that stand in for other software (the simulator
+acting as camera driver and ros2_control) use what that software uses, so that any subscriber that
+works against the real robot also works against the simulator.
+"""
+
+from __future__ import annotations
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+# Camera frames: only the newest frame matters; a lost frame is replaced 33 ms later, so never
+# retransmit or queue (a queue would make the policy act on old frames).
+CAMERA_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+# Language command: latched, so a node that starts (or restarts) after the command was sent
+# still receives the current one.
+COMMAND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+# joint_states subscriptions: sensor data (best effort matches both best-effort and reliable
+# publishers such as joint_state_broadcaster).
+JOINT_STATES_QOS = qos_profile_sensor_data
+
+# joint_states as joint_state_broadcaster publishes them (system default: reliable, depth 10).
+JOINT_STATES_PUBLISHER_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
+
+# Joint commands to ros2_control: reliable, and only the newest one is worth delivering.
+JOINT_COMMAND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+# Debug images are for humans; drop rather than queue.
+DEBUG_IMAGE_QOS = CAMERA_QOS
+
+# /diagnostics and small status/event topics (episode status, grounding scores).
+DIAGNOSTICS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
+STATUS_QOS = DIAGNOSTICS_QOS
