@@ -1,6 +1,6 @@
 """On a robot: the VLA node and robot_state_publisher (camera and ros2_control run elsewhere).
 
-ros2 launch vla_ros vla.launch.py policy_checkpoint:=/path/to/policy device:=cuda
+ros2 launch vla_ros vla.launch.py policy_path:=/path/to/policy device:=cuda
 """
 
 from launch import LaunchDescription

@@ -118,3 +118,15 @@ def test_resume_refuses_changed_learning_settings(trained):
     cfg, _ = trained
     with pytest.raises(ValueError, match="other settings"):
         TrainingRun(TrainConfig(**{**cfg.__dict__, "fusion": "late"}))
+
+
+def test_imitation_rounds_are_saved_and_reload_without_pickle(trained):
+    from vla_ros.policy.imitation import Demonstrations
+
+    _, final = trained
+    demos = Demonstrations.load(final.parent / "demos_0.npz")
+    assert len(demos) > 0 and demos.episodes == 2
+    assert demos.expert_actions.shape[1] == demos.obs["proprio"].shape[1] // 2
+    assert np.all(np.abs(demos.target_xy) <= 1.0) and np.all(np.abs(demos.expert_actions) <= 1.0)
+    state = json.loads((final.parent / "state.json").read_text())
+    assert state["imitation_rounds_done"] == 2  # expert demonstrations + one DAgger round

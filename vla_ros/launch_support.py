@@ -10,7 +10,7 @@ from vla_ros.paths import share_path
 
 # (name, default, description) of the launch arguments both launch files declare.
 COMMON_ARGUMENTS = (
-    ("policy_checkpoint", str(share_path("models", "policy")),
+    ("policy_path", str(share_path("models", "policy")),
      "policy checkpoint folder (policy.safetensors + config.json)"),
     ("device", "cpu", "inference device of the VLA node: cpu or cuda"),
     ("backend", "torch", "inference backend of the VLA node: torch or onnxruntime"),
@@ -53,7 +53,7 @@ def vla_overrides() -> dict:
 
     return {
         name: LaunchConfiguration(name)
-        for name in ("policy_checkpoint", "device", "backend", "output_mode", "control_rate_hz")
+        for name in ("policy_path", "device", "backend", "output_mode", "control_rate_hz")
     }
 
 

@@ -27,6 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policy", help="policy checkpoint folder (default: the shipped models/policy)")
     parser.add_argument("--settings", nargs="+", default=["event", "timer"], choices=["event", "timer"])
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument("--log-dir", help="keep the node logs here (default: a temporary folder)")
     add_json_argument(parser)
 
 
@@ -167,7 +168,7 @@ def run(args) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings:
-            row = measure(setting, args, frames, Path(tmp))
+            row = measure(setting, args, frames, Path(args.log_dir or tmp))
             rows.append(row)
             print(f"{row['name']}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                   f"dropped {row['dropped_frames']}/{row['frames_published']}", flush=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0"}
 EXPERT_ACTION = "expert_action"
+TARGET_XY = "target_xy"  # commanded object's image position, (x, y) in [-1, 1] (training signal only)
 
 
 def env_id(task: str) -> str:
@@ -34,14 +36,19 @@ class ExpertLabelWrapper(gym.Wrapper):
         """Reset and label the first observation."""
         obs, info = self.env.reset(**kwargs)
         self.expert.reset()
-        info[EXPERT_ACTION] = self.expert.act(info)
-        return obs, info
+        return obs, self._label(info)
 
     def step(self, action):
         """Step and label the next observation."""
         obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._label(info)
+
+    def _label(self, info: dict) -> dict:
         info[EXPERT_ACTION] = self.expert.act(info)
-        return obs, reward, terminated, truncated, info
+        size = self.env.unwrapped.image_size
+        u, v = info["objects"][info["target"]["index"]]["pixel"]
+        info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)
+        return info
 
 
 def make_env_fn(task: str, expert_labels: bool = False, **env_kwargs: Any) -> Callable[[], gym.Env]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
-from vla_ros.policy.envs import EXPERT_ACTION
+from vla_ros.policy.envs import EXPERT_ACTION, TARGET_XY
 
 
 @dataclass
@@ -25,12 +25,28 @@ class Demonstrations:
 
     obs: dict[str, np.ndarray]
     expert_actions: np.ndarray
+    target_xy: np.ndarray
     returns: np.ndarray
     successes: int
     episodes: int
 
     def __len__(self) -> int:
         return len(self.expert_actions)
+
+    def save(self, path) -> None:
+        """Write to an ``.npz`` file (no pickle)."""
+        np.savez(path, expert_actions=self.expert_actions, target_xy=self.target_xy, returns=self.returns,
+                 counts=np.array([self.successes, self.episodes]),
+                 **{f"obs/{k}": v for k, v in self.obs.items()})
+
+    @classmethod
+    def load(cls, path) -> "Demonstrations":
+        """Read a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            obs = {k.removeprefix("obs/"): data[k] for k in data.files if k.startswith("obs/")}
+            successes, episodes = (int(x) for x in data["counts"])
+            return cls(obs=obs, expert_actions=data["expert_actions"], target_xy=data["target_xy"],
+                       returns=data["returns"], successes=successes, episodes=episodes)
 
     @staticmethod
     def concatenate(parts: list["Demonstrations"]) -> "Demonstrations":
@@ -39,6 +55,7 @@ class Demonstrations:
         return Demonstrations(
             obs={k: np.concatenate([p.obs[k] for p in parts]) for k in keys},
             expert_actions=np.concatenate([p.expert_actions for p in parts]),
+            target_xy=np.concatenate([p.target_xy for p in parts]),
             returns=np.concatenate([p.returns for p in parts]),
             successes=sum(p.successes for p in parts),
             episodes=sum(p.episodes for p in parts),
@@ -59,15 +76,17 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             beta: float = 1.0, gamma: float = 0.97, desc: str = "collect") -> Demonstrations:
     """Roll out (expert with probability ``beta`` per step, else ``network``) and label with the expert."""
     obs = venv.reset()
-    labels = np.stack([info[EXPERT_ACTION] for info in venv.reset_infos])
+    current = list(venv.reset_infos)  # info of each env's current observation
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs}
-    actions_l, rewards_l, dones_l = [], [], []
+    actions_l, xy_l, rewards_l, dones_l = [], [], [], []
     finished = successes = 0
     with tqdm(total=episodes, desc=desc, leave=False) as bar:
         while finished < episodes:
             for k, v in obs.items():
                 buffers[k].append(v.astype(np.float16))
-            actions_l.append(labels.astype(np.float32))
+            labels = np.stack([info[EXPERT_ACTION] for info in current]).astype(np.float32)
+            actions_l.append(labels)
+            xy_l.append(np.stack([info[TARGET_XY] for info in current]))
             act = np.clip(labels, -1, 1)
             if network is not None and beta < 1.0:
                 learner, _ = network.predict(obs, deterministic=True)
@@ -76,9 +95,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             obs, rewards, dones, infos = venv.step(act)
             rewards_l.append(rewards.astype(np.float32))
             dones_l.append(dones.astype(np.float32))
-            labels = np.stack([
-                (venv.reset_infos[i] if dones[i] else infos[i])[EXPERT_ACTION] for i in range(len(infos))
-            ])
+            current = [venv.reset_infos[i] if dones[i] else infos[i] for i in range(len(infos))]
             for i in np.flatnonzero(dones):
                 finished += 1
                 successes += int(bool(infos[i].get("is_success", False)))
@@ -88,6 +105,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     return Demonstrations(
         obs={k: flat(np.stack(v)) for k, v in buffers.items()},
         expert_actions=np.clip(flat(np.stack(actions_l)), -1, 1),
+        target_xy=flat(np.stack(xy_l)),
         returns=flat(returns),
         successes=successes,
         episodes=finished,
@@ -95,8 +113,13 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
 
 
 def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
-        value_weight: float = 0.5) -> dict[str, float]:
-    """Regress the actor mean on expert actions and the value head on observed returns."""
+        value_weight: float = 0.5, grounding_weight: float = 1.0) -> dict[str, float]:
+    """Regress the actor mean on expert actions and the value head on observed returns.
+
+    Fusions that attend over patches also regress their attention's expected position on the
+    commanded object's image position (an auxiliary grounding loss from simulator state; at run
+    time the network sees only camera, command and proprioception).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for name, p in network.named_parameters() if name != "log_std"]
@@ -106,24 +129,27 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
     losses = {}
     for _ in tqdm(range(epochs), desc="behaviour cloning", leave=False):
         order = rng.permutation(n)
-        totals = np.zeros(2)
+        totals = np.zeros(3)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             obs = {k: torch.as_tensor(v[idx], dtype=torch.float32) for k, v in data.obs.items()}
             target = torch.as_tensor(data.expert_actions[idx])
             returns = torch.as_tensor(data.returns[idx])
+            target_xy = torch.as_tensor(data.target_xy[idx])
             features = network.extract_features(obs)
             latent_pi, latent_vf = network.mlp_extractor(features)
             mean = network.action_net(latent_pi)
             values = network.value_net(latent_vf).squeeze(-1)
             action_loss = F.mse_loss(mean, target)
             value_loss = F.mse_loss(values, returns)
-            loss = action_loss + value_weight * value_loss
+            predicted_xy = getattr(network.features_extractor.fusion, "last_xy", None)
+            grounding_loss = F.mse_loss(predicted_xy, target_xy) if predicted_xy is not None else torch.zeros(())
+            loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            totals += [action_loss.item() * len(idx), value_loss.item() * len(idx)]
-        losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n}
+            totals += [action_loss.item() * len(idx), value_loss.item() * len(idx), grounding_loss.item() * len(idx)]
+        losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n, "grounding_mse": totals[2] / n}
     network.eval()
     return losses

@@ -45,6 +45,8 @@ class Policy:
         self.upper = np.asarray(action["upper"], dtype=np.float64)
         self.normalizer = ProprioNormalizer.from_dict(config["proprio_normalization"])
         self.last_features: dict[str, torch.Tensor] | None = None
+        self.last_grounding: dict[str, float] | None = None  # per-object scores of the last frame (torch backend)
+        self.grounding_labels = _object_labels()
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
@@ -111,8 +113,18 @@ class Policy:
             OBS_PROPRIO: torch.as_tensor(self.normalizer(state[None]), device=self.device),
         }
         self.last_features = obs
+        self.last_grounding = self._object_scores(image.patches[0])
         action = self.network._predict(obs, deterministic=True)
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
+
+    def _object_scores(self, patches: torch.Tensor) -> dict[str, float] | None:
+        """Softmax over known object labels of each label's best-matching patch: what is on the table."""
+        if not self.grounding_labels:
+            return None
+        labels = self.encoder.encode_text([f"a {label}" for label in self.grounding_labels])
+        presence = (patches.to(labels.device) @ labels.T).max(dim=0).values  # (L,)
+        probs = torch.softmax(presence * self.encoder.logit_scale, dim=0)
+        return {label: round(float(p), 4) for label, p in zip(self.grounding_labels, probs)}
 
     def to_target(self, action: np.ndarray, joint_state: np.ndarray) -> np.ndarray:
         """Absolute joint targets for a normalised action at the given joint state."""
@@ -122,6 +134,16 @@ class Policy:
     def select_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray) -> np.ndarray:
         """Joint position targets (rad, (n,)) for one camera frame, command and joint state."""
         return self.to_target(self.normalized_action(frame, command, joint_state), joint_state)
+
+
+def _object_labels() -> list[str]:
+    """'colour shape' labels of the simulator's instruction set (empty if it cannot be read)."""
+    try:
+        from vla_ros.envs.instructions import load_instructions
+
+        return [f"{colour} {shape}" for colour, shape in load_instructions().all_combos]
+    except (OSError, ValueError):
+        return []
 
 
 class OnnxGraphs:

@@ -67,8 +67,8 @@ class TrainConfig:
     """DAgger rounds after behaviour cloning"""
     dagger_episodes: int = 100
     """episodes per DAgger round"""
-    dagger_beta: float = 0.3
-    """probability that the expert acts in a DAgger step"""
+    dagger_beta: float = 0.5
+    """probability that the expert acts in the first DAgger round's steps; halved every round"""
     bc_epochs: int = 15
     """epochs over the aggregated demonstrations per fit"""
     bc_batch_size: int = 256
@@ -245,7 +245,11 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ phases
     def imitation(self):
-        """Behaviour cloning + DAgger; returns the warm-started network."""
+        """Behaviour cloning + DAgger rounds; returns the warm-started network.
+
+        Each round's demonstrations and the network fitted after it are saved in the run folder, so an
+        interrupted run resumes at the next round (the RNG of later rounds is seeded per round).
+        """
         cfg = self.cfg
         network = build_network(self.config)
         weights = self.out / "imitation.safetensors"
@@ -253,27 +257,35 @@ class TrainingRun:
             load_model(network, str(weights))
             return network.eval()
         torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        rounds_done = int(self.state.get("imitation_rounds_done", 0))
+        datasets = [imitation.Demonstrations.load(self.out / f"demos_{k}.npz") for k in range(rounds_done)]
+        if rounds_done:
+            load_model(network, str(weights))
+            tqdm.write(f"[imitation] resuming after round {rounds_done - 1} ({sum(map(len, datasets))} samples)")
         venv = self._venv(cfg.seed, expert_labels=True)
         try:
-            data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos")
-            tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
-            datasets = [data]
-            losses = imitation.fit(network, data, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_lr, cfg.seed)
-            tqdm.write(f"[imitation] BC {losses}")
-            for k in range(cfg.dagger_rounds):
-                data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=cfg.dagger_beta,
-                                         gamma=cfg.gamma, desc=f"DAgger {k + 1}")
-                tqdm.write(f"[imitation] DAgger {k + 1}: {data.successes}/{data.episodes} successes (beta "
-                           f"{cfg.dagger_beta})")
+            for k in range(rounds_done, cfg.dagger_rounds + 1):
+                rng = np.random.default_rng([cfg.seed, k])
+                if k == 0:
+                    data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos")
+                    tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
+                else:
+                    beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
+                    data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
+                                             gamma=cfg.gamma, desc=f"DAgger {k}")
+                    tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
+                               f"(beta {beta:.3f})")
+                data.save(self.out / f"demos_{k}.npz")
                 datasets.append(data)
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(datasets), cfg.bc_epochs,
-                                       cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k + 1)
-                tqdm.write(f"[imitation] fit {losses}")
+                                       cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k)
+                tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
+                save_model(network, str(weights))
+                self.state["imitation_rounds_done"] = k + 1
+                self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets))
+                self._save_state()
         finally:
             venv.close()
-        self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets))
-        save_model(network, str(weights))
         self.state["phases_done"].append("imitation")
         self._save_state()
         self.evaluate(network, phase="imitation")

@@ -1,0 +1,174 @@
+"""Fusion of CLIP image and text embeddings into the vector the policy acts on.
+
+Every module has the same interface::
+
+    forward(image_global (B, D), image_patches (B, P, D), text (B, D)) -> (B, out_dim)
+
+with ``D`` the CLIP embedding size, ``P`` the number of patch tokens (grid_h * grid_w, row-major)
+and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
+
+* ``late``: concatenation ``[global, text]`` (2D) -> MLP -> out_dim. Cheap; sees no patch, so it
+  only knows *what* is in the image, not *where*.
+* ``cross_attention``: the text embedding queries the patch tokens (Q = text, K, V = patches + 2-D
+  positional encoding) so the attended vector carries the location of the commanded object; the
+  attention-weighted mean patch position (x, y in [-1, 1]) is appended explicitly.
+  ``[attended (D), text (D), global (D), xy (2)]`` -> MLP -> out_dim.
+* ``gated``: Flamingo-style tanh gate. ``h = W_img global + tanh(alpha) * xattn(text, patches)``,
+  ``alpha`` starts at 0, so at initialisation the output is exactly the image-only path
+  (:meth:`GatedFusion.image_only`) and the text-conditioned injection opens as training needs it.
+  ``h`` (hidden) -> MLP -> out_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FUSION_KINDS = ("late", "cross_attention", "gated")
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positional encoding, (grid_h * grid_w, dim), row-major."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos encoding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32),
+                            torch.arange(grid_w, dtype=torch.float32), indexing="ij")
+    ys, xs = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
+    return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1)
+
+
+def patch_coordinates(grid_h: int, grid_w: int) -> torch.Tensor:
+    """Centre of each patch in normalised image coordinates, (P, 2) as (x, y) in [-1, 1]."""
+    ys, xs = torch.meshgrid((torch.arange(grid_h) + 0.5) / grid_h * 2 - 1,
+                            (torch.arange(grid_w) + 0.5) / grid_w * 2 - 1, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).float()
+
+
+def _grid(num_patches: int, grid_size: tuple[int, int] | None) -> tuple[int, int]:
+    if grid_size is not None:
+        if grid_size[0] * grid_size[1] != num_patches:
+            raise ValueError(f"grid_size {grid_size} does not hold {num_patches} patches")
+        return int(grid_size[0]), int(grid_size[1])
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"num_patches={num_patches} is not square; pass grid_size=(rows, cols)")
+    return side, side
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim), nn.GELU())
+
+
+def _check_inputs(module: nn.Module, image_global, image_patches, text) -> None:
+    d, p = module.embed_dim, module.num_patches
+    b = image_global.shape[0]
+    if image_global.shape != (b, d):
+        raise ValueError(f"image_global must be (B, {d}), got {tuple(image_global.shape)}")
+    if image_patches.shape != (b, p, d):
+        raise ValueError(f"image_patches must be ({b}, {p}, {d}), got {tuple(image_patches.shape)}")
+    if text.shape != (b, d):
+        raise ValueError(f"text must be ({b}, {d}), got {tuple(text.shape)}")
+
+
+class PatchAttention(nn.Module):
+    """Text-queried attention over positionally encoded patches: (B, D), (B, P, D) -> (B, D), (B, P)."""
+
+    def __init__(self, embed_dim: int, num_patches: int, grid_size: tuple[int, int] | None, heads: int):
+        super().__init__()
+        grid_h, grid_w = _grid(num_patches, grid_size)
+        # fixed sin-cos gives every patch a distinct position from step 0; the learned part adapts it
+        self.register_buffer("fixed_position", sincos_2d(grid_h, grid_w, embed_dim), persistent=False)
+        self.learned_position = nn.Parameter(torch.zeros(num_patches, embed_dim))
+        self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
+        self.norm_query = nn.LayerNorm(embed_dim)
+        self.norm_patches = nn.LayerNorm(embed_dim)
+        self.attention = nn.MultiheadAttention(embed_dim, heads, batch_first=True)
+
+    def forward(self, text: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the attended vector (B, D) and the head-averaged attention over patches (B, P)."""
+        keys = self.norm_patches(patches) + self.fixed_position + self.learned_position
+        query = self.norm_query(text).unsqueeze(1)
+        attended, weights = self.attention(query, keys, keys, need_weights=True, average_attn_weights=True)
+        return attended.squeeze(1), weights.squeeze(1)
+
+    def expected_xy(self, weights: torch.Tensor) -> torch.Tensor:
+        """Attention-weighted mean patch centre, (B, 2) as (x, y) in [-1, 1]."""
+        return weights @ self.coordinates
+
+
+class LateFusion(nn.Module):
+    """``[global (D), text (D)]`` -> MLP -> (B, out_dim)."""
+
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256, **_):
+        super().__init__()
+        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        self.mlp = _mlp(2 * embed_dim, hidden_dim, out_dim)
+
+    def forward(self, image_global, image_patches, text):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); patches are ignored."""
+        _check_inputs(self, image_global, image_patches, text)
+        return self.mlp(torch.cat([image_global, text], dim=-1))
+
+
+class CrossAttentionFusion(nn.Module):
+    """Q = text, K, V = patches + 2-D position; ``[attended, text, global, xy]`` -> MLP -> out_dim."""
+
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, **_):
+        super().__init__()
+        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads)
+        self.mlp = _mlp(3 * embed_dim + 2, hidden_dim, out_dim)
+
+    def forward(self, image_global, image_patches, text):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim)."""
+        _check_inputs(self, image_global, image_patches, text)
+        attended, weights = self.patch_attention(text, image_patches)
+        xy = self.patch_attention.expected_xy(weights)
+        self.last_xy = xy  # kept for an auxiliary grounding loss during training
+        return self.mlp(torch.cat([attended, text, image_global, xy], dim=-1))
+
+
+class GatedFusion(nn.Module):
+    """``h = W global + tanh(alpha) * W_x [attended, xy]``, alpha = 0 at init; MLP(h) -> out_dim."""
+
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, **_):
+        super().__init__()
+        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        self.image_projection = nn.Linear(embed_dim, hidden_dim)
+        self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads)
+        self.injection = nn.Linear(embed_dim + 2, hidden_dim)
+        self.gate = nn.Parameter(torch.zeros(1))  # tanh(0) = 0: closed at initialisation
+        self.head = _mlp(hidden_dim, hidden_dim, out_dim)
+
+    def image_only(self, image_global: torch.Tensor) -> torch.Tensor:
+        """The path without text: MLP(W global) -> (B, out_dim)."""
+        return self.head(self.image_projection(image_global))
+
+    def forward(self, image_global, image_patches, text):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim)."""
+        _check_inputs(self, image_global, image_patches, text)
+        attended, weights = self.patch_attention(text, image_patches)
+        self.last_xy = self.patch_attention.expected_xy(weights)  # kept for an auxiliary grounding loss
+        injected = self.injection(torch.cat([attended, self.last_xy], dim=-1))
+        hidden = self.image_projection(image_global) + torch.tanh(self.gate) * injected
+        return self.head(hidden)
+
+
+_FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated": GatedFusion}
+
+
+def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
+                 heads: int = 4, grid_size: tuple[int, int] | None = None) -> nn.Module:
+    """Build a fusion module by name (``late``, ``cross_attention``, ``gated``); see the module doc."""
+    if kind not in _FUSIONS:
+        raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
+    if embed_dim % heads:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by heads={heads}")
+    return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
+                          hidden_dim=hidden_dim, heads=heads, grid_size=grid_size)
