@@ -10,3 +10,18 @@ os.environ.setdefault("ROS_LOCALHOST_ONLY", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    """An rclpy context of its own per test module (nodes of other modules never see it)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.shutdown(context=context)

@@ -45,16 +45,6 @@ def gray_of(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
 
 
-@pytest.fixture(scope="module")
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.shutdown(context=context)
-
-
 def through_ros(context, msg, topic, qos_profile):
     """Publish ``msg`` and return the message a subscriber in another node receives."""
     publisher_node = rclpy.create_node("conversions_publisher", context=context)

@@ -19,6 +19,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noq
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from vla_ros.nodes.sim_node import PARAMETERS, SimNode, action_from_target  # noqa: E402
 from vla_ros.robot_description import load_robot_description  # noqa: E402
@@ -35,25 +36,6 @@ ROBOT = load_robot_description()
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "sim_node.yaml"
 COMMAND = "touch the red cube"
 _namespaces = itertools.count()
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.shutdown(context=context)
 
 
 class Probe:

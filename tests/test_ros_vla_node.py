@@ -27,6 +27,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from vla_ros.keys import COMMAND_MAX_BYTES  # noqa: E402
 from vla_ros.nodes.vla_node import PARAMETERS, VlaNode  # noqa: E402
@@ -41,25 +42,6 @@ HOME = (ROBOT.lower + ROBOT.upper) / 2
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "vla_node.yaml"
 COMMAND = "touch the red cube"
 _namespaces = itertools.count()
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")
