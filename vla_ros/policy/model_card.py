@@ -1,0 +1,81 @@
+"""Writes ``MODEL_CARD.md`` for a policy checkpoint from its ``config.json`` and an evaluation report.
+
+``python -m vla_ros.policy.model_card CHECKPOINT --eval eval.json [--bench bench.json] [--notes TEXT]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vla_ros.policy.checkpoint import read_config
+
+
+def _split_rows(results: dict) -> list[str]:
+    rows = []
+    for name, r in results.items():
+        lo, hi = r["ci95"]
+        rows.append(f"| {name} | {r['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {r['episodes']} |")
+    return rows
+
+
+def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
+    """The model card text."""
+    config = read_config(checkpoint)
+    net, clip, action = config["network"], config["clip"], config["action"]
+    training = config["training"]
+    metrics = config.get("metrics", {})
+    lines = [
+        f"# Policy checkpoint: {config.get('task', '?')} ({net['fusion']} fusion)",
+        "",
+        "PPO policy (stable-baselines3) acting on frozen CLIP features of the camera frame and the command plus",
+        "proprioception, warm-started by behaviour cloning + DAgger from the scripted expert. At run time it sees",
+        "only the camera frame, the command text and the joint state.",
+        "",
+        "## Interface",
+        f"- joints (order): {', '.join(config['joint_names'])}",
+        f"- action: {action['rule']}; units {action['units']}; control period {action['control_dt']} s;",
+        f"  max_delta per step (rad): {', '.join(f'{x:.3f}' for x in action['max_delta'])}",
+        f"- camera: {config.get('env', {}).get('image_size', clip['image_size'])} px RGB, any size accepted "
+        "(resized to the CLIP input)",
+        f"- CLIP: `{clip['path']}` (sha256 `{clip.get('sha256')}`), {clip['embed_dim']}-d, {clip['num_patches']} "
+        "patches",
+        f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d), actor/critic MLPs {net['net_arch']['pi']}, "
+        f"{net['activation']}",
+        "",
+        "## Training",
+        f"- command: `{training.get('command') or '(not recorded)'}`",
+        f"- environment steps: imitation {metrics.get('env_steps_imitation', '?')}, "
+        f"PPO {metrics.get('env_steps_ppo', '?')}",
+        "- learning curve: `learning_curve.png` in the run folder; held-out evaluations during training in `eval.csv`",
+        "",
+    ]
+    if evaluation:
+        header = ["| split | success rate | 95% CI | episodes |", "|---|---|---|---|"]
+        lines += [f"## Evaluation (`vla-ros eval`, {evaluation['episodes_per_split']} episodes per split)", "",
+                  *header, *_split_rows(evaluation["splits"])]
+        for name, results in evaluation.get("ablations", {}).items():
+            lines += ["", f"Ablation `{name}`:", "", *header, *_split_rows(results)]
+        lines.append("")
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write ``<checkpoint>/MODEL_CARD.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--eval", help="JSON report of `vla-ros eval --json`")
+    parser.add_argument("--notes", default="", help="free text appended to the card")
+    args = parser.parse_args(argv)
+    evaluation = json.loads(Path(args.eval).read_text()) if args.eval else None
+    path = Path(args.checkpoint) / "MODEL_CARD.md"
+    path.write_text(render(Path(args.checkpoint), evaluation, args.notes))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
