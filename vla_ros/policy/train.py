@@ -241,6 +241,12 @@ class TrainingRun:
             writer.writerow(row)
         tqdm.write(f"[eval] {phase} ppo_steps={ppo_steps} " +
                    " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.startswith("success")))
+        if phase == "ppo":  # model selection among PPO iterates on validation scenes (not vla-ros eval's seeds)
+            score = (row["success_train"] + row["success_heldout_combos"]) / 2
+            if score > self.state.get("best_ppo_score", -1.0):
+                save_model(network, str(self.out / "ppo_best.safetensors"))
+                self.state.update(best_ppo_score=score, best_ppo_steps=ppo_steps)
+                self._save_state()
         return row
 
     # ------------------------------------------------------------------ phases
@@ -320,6 +326,7 @@ class TrainingRun:
             remaining = cfg.ppo_steps - model.num_timesteps
             if remaining > 0:
                 model.learn(remaining, callback=_Progress(self), reset_num_timesteps=False)
+                self.evaluate(model.policy, phase="ppo", ppo_steps=model.num_timesteps)
             self.save_ppo(model)
         finally:
             venv.close()
@@ -333,6 +340,11 @@ class TrainingRun:
         ppo_steps = int(self.state.get("ppo_steps", 0))
         config["metrics"] = {"env_steps_imitation": self.state["imitation_env_steps"],
                              "env_steps_ppo": ppo_steps}
+        best = self.out / "ppo_best.safetensors"
+        if best.exists():  # the PPO iterate with the best validation success, not merely the last one
+            load_model(network, str(best))
+            config["metrics"]["selected_ppo_steps"] = self.state.get("best_ppo_steps")
+            config["metrics"]["selected_validation_success"] = self.state.get("best_ppo_score")
         eval_path = self.out / "eval.csv"
         if eval_path.exists():
             rows = list(csv.DictReader(eval_path.open()))
