@@ -130,3 +130,19 @@ def test_imitation_rounds_are_saved_and_reload_without_pickle(trained):
     assert np.all(np.abs(demos.target_xy) <= 1.0) and np.all(np.abs(demos.expert_actions) <= 1.0)
     state = json.loads((final.parent / "state.json").read_text())
     assert state["imitation_rounds_done"] == 2  # expert demonstrations + one DAgger round
+
+
+def test_copy_checkpoint_repoints_clip_and_checks_it(trained, tiny_clip, tmp_path):
+    from vla_ros.policy.checkpoint import copy_checkpoint
+
+    _, final = trained
+    shipped_clip = tmp_path / "models" / "clip"
+    shutil.copytree(tiny_clip, shipped_clip)
+    dest = copy_checkpoint(final, tmp_path / "models" / "policy", shipped_clip)
+    assert json.loads((dest / "config.json").read_text())["clip"]["path"] == "../clip"
+    assert Policy.load(dest).num_joints == 5
+    other = tmp_path / "other"
+    loaded = create_clip(seed=3)
+    save_clip_checkpoint(loaded.model, other, loaded.model_cfg, loaded.preprocess_cfg)
+    with pytest.raises(CheckpointError, match="not the CLIP"):
+        copy_checkpoint(final, tmp_path / "elsewhere", other)

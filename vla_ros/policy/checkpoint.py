@@ -9,6 +9,7 @@ the training command and metrics.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,24 @@ def load_network(path: str | Path, config: dict[str, Any] | None = None,
 def resolve_clip_path(checkpoint: str | Path, config: dict[str, Any]) -> Path:
     """The CLIP checkpoint folder a policy config refers to (relative to the policy folder)."""
     return (Path(checkpoint) / config["clip"]["path"]).resolve()
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path, clip_dir: str | Path) -> Path:
+    """Copy a checkpoint folder (e.g. a run's ``final`` into ``models/``), pointing it at ``clip_dir``.
+
+    The CLIP folder must hold the very weights the policy was trained with (sha256 checked).
+    """
+    import shutil
+
+    from vla_ros.grounding.checkpoint import sha256_file
+
+    src, dst, clip_dir = Path(src), Path(dst), Path(clip_dir)
+    config = read_config(src)
+    actual = sha256_file(clip_dir / "open_clip_model.safetensors")
+    if config["clip"].get("sha256") and actual != config["clip"]["sha256"]:
+        raise CheckpointError(f"{clip_dir} is not the CLIP {src} was trained with")
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
+    config["clip"]["path"] = os.path.relpath(clip_dir.resolve(), dst.resolve())
+    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return dst
