@@ -129,7 +129,7 @@ class CrossAttentionFusion(nn.Module):
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
         xy = self.patch_attention.expected_xy(weights)
-        self.last_xy = xy  # kept for an auxiliary grounding loss during training
+        self.last_xy, self.last_attention = xy, weights  # for an auxiliary grounding loss and debug heatmaps
         return self.mlp(torch.cat([attended, text, image_global, xy], dim=-1))
 
 
@@ -154,7 +154,8 @@ class GatedFusion(nn.Module):
         """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim)."""
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
-        self.last_xy = self.patch_attention.expected_xy(weights)  # kept for an auxiliary grounding loss
+        self.last_xy = self.patch_attention.expected_xy(weights)  # for an auxiliary grounding loss
+        self.last_attention = weights  # for debug heatmaps
         injected = self.injection(torch.cat([attended, self.last_xy], dim=-1))
         hidden = self.image_projection(image_global) + torch.tanh(self.gate) * injected
         return self.head(hidden)

@@ -33,12 +33,17 @@ def run_episode(policy, env, seed: int, options: dict | None = None, record: boo
     command = info["command"]
     frames, steps = [], 0
     while True:
+        action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
         if record:
-            heat = relevance_heatmap(policy.encoder, obs[OBS_IMAGE], command)
+            # the policy's own text-to-patch attention where its fusion has one, else CLIP's relevance map
+            attention = getattr(policy.network.features_extractor.fusion, "last_attention", None)
+            if attention is not None:
+                heat = attention[0].detach().float().cpu().numpy().reshape(policy.encoder.grid_size)
+            else:
+                heat = relevance_heatmap(policy.encoder, obs[OBS_IMAGE], command)
             overlay = draw_heatmap(obs[OBS_IMAGE], heat, alpha=0.4, encoder=policy.encoder)
             frames.append(annotate(np.concatenate([obs[OBS_IMAGE], overlay], axis=1), command,
                                    f"step {steps}", scale=4))
-        action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         if terminated or truncated:
