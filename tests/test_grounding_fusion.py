@@ -1,0 +1,84 @@
+"""Fusion modules: shapes, gradients, the gated variant's closed gate, input checks."""
+
+import pytest
+import torch
+
+from vla_ros.grounding.fusion import FUSION_KINDS, build_fusion
+
+B, D, P = 4, 128, 64
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, D, generator=g), torch.randn(B, P, D, generator=g), torch.randn(B, D, generator=g))
+
+
+@pytest.mark.parametrize("kind", FUSION_KINDS)
+def test_output_shape_and_out_dim(kind):
+    fusion = build_fusion(kind, embed_dim=D, num_patches=P, out_dim=96)
+    out = fusion(*inputs())
+    assert out.shape == (B, 96) and fusion.out_dim == 96
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", FUSION_KINDS)
+def test_gradients_reach_every_parameter_and_input(kind):
+    torch.manual_seed(0)
+    fusion = build_fusion(kind, embed_dim=D, num_patches=P, out_dim=32)
+    if kind == "gated":
+        with torch.no_grad():
+            fusion.gate.fill_(0.5)  # open the gate so the injection branch gets gradients too
+    image_global, patches, text = (t.requires_grad_(True) for t in inputs())
+    fusion(image_global, patches, text).square().sum().backward()
+    for name, param in fusion.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert image_global.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
+    if kind != "late":
+        assert patches.grad.abs().sum() > 0
+
+
+def test_gated_equals_image_only_path_exactly_at_init():
+    torch.manual_seed(0)
+    fusion = build_fusion("gated", embed_dim=D, num_patches=P)
+    image_global, patches, text = inputs()
+    out = fusion(image_global, patches, text)
+    assert torch.equal(out, fusion.image_only(image_global))
+    # text and patches have no effect while the gate is closed...
+    other_text = torch.randn(B, D)
+    assert torch.equal(fusion(image_global, torch.randn(B, P, D), other_text), out)
+    # ...and the gate still receives a gradient, so training can open it
+    out.sum().backward()
+    assert fusion.gate.grad is not None and fusion.gate.grad.abs().item() > 0
+
+
+def test_cross_attention_output_depends_on_where_the_matching_patch_is():
+    torch.manual_seed(0)
+    fusion = build_fusion("cross_attention", embed_dim=D, num_patches=P, out_dim=16).eval()
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    background = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1) * 0.1
+    left, right = background.clone(), background.clone()
+    left[0, 8 * 3 + 0] = text[0] * 5
+    right[0, 8 * 3 + 7] = text[0] * 5
+    image_global = torch.zeros(1, D)
+    out_left, out_right = fusion(image_global, left, text), fusion(image_global, right, text)
+    assert not torch.allclose(out_left, out_right, atol=1e-4)
+
+
+def test_late_fusion_ignores_patches():
+    fusion = build_fusion("late", embed_dim=D, num_patches=P)
+    image_global, patches, text = inputs()
+    assert torch.equal(fusion(image_global, patches, text), fusion(image_global, patches * 0, text))
+
+
+def test_bad_kind_and_shapes_raise():
+    with pytest.raises(ValueError, match="unknown fusion kind"):
+        build_fusion("film", embed_dim=D, num_patches=P)
+    with pytest.raises(ValueError, match="square"):
+        build_fusion("cross_attention", embed_dim=D, num_patches=60)
+    build_fusion("cross_attention", embed_dim=D, num_patches=60, grid_size=(6, 10))
+    fusion = build_fusion("cross_attention", embed_dim=D, num_patches=P)
+    image_global, patches, text = inputs()
+    with pytest.raises(ValueError, match="image_patches"):
+        fusion(image_global, patches[:, :10], text)
+    with pytest.raises(ValueError, match="text"):
+        fusion(image_global, patches, text[:2])

@@ -1,0 +1,110 @@
+"""CLIP data generation from the simulator and the train-clip loop (tiny sizes, real parts)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla_ros.grounding import ClipEncoder, create_clip, save_clip_checkpoint
+from vla_ros.grounding.data import CaptionSampler, SceneDataset, generate_scenes
+from vla_ros.grounding.training import ClipTrainer, TrainClipConfig
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    from vla_ros.envs.instructions import load_instructions
+
+    return load_instructions()
+
+
+def test_generated_scenes_hold_only_the_split_combos(tmp_path, instructions):
+    data = generate_scenes(6, seed=3, split="train", moved_arm_fraction=0.5, distractor_fraction=0.5)
+    assert data.images.shape == (6, 64, 64, 3) and data.images.dtype == np.uint8
+    assert data.pixels.shape == (6, 5, 2)
+    valid = data.valid
+    assert valid.sum(axis=1).min() >= 3
+    assert ((data.pixels[valid] >= 0) & (data.pixels[valid] < 64)).all()
+    combos = {(data.colour_names[c], data.shape_names[s])
+              for c, s in zip(data.colours[valid], data.shapes[valid])}
+    assert not combos & instructions.heldout_combos
+    heldout = generate_scenes(4, seed=3, split="heldout_combos")
+    targets = {(heldout.colour_names[heldout.colours[i, t]], heldout.shape_names[heldout.shapes[i, t]])
+               for i, t in enumerate(heldout.target)}
+    assert targets <= instructions.heldout_combos
+    path = tmp_path / "scenes.npz"
+    data.save(path)
+    again = SceneDataset.load(path)
+    assert np.array_equal(again.images, data.images) and list(again.commands) == list(data.commands)
+
+
+def test_captions_describe_the_scene(instructions):
+    sampler = CaptionSampler.from_instructions(instructions)
+    colours, shapes = np.array([0, 2]), np.array([0, 1])  # red cube, blue ball (file order)
+    positions = np.array([[0.3, 0.1, 0.0], [0.3, -0.1, 0.0]])  # red on the robot's (image) left
+    assert sampler.scene_caption(colours, shapes, positions) == "a red cube and a blue ball"
+    rng = np.random.default_rng(0)
+    assert sampler.relation(positions[0], positions[1], rng) == "left of"
+    for _ in range(50):
+        text, colour, shape = sampler.object_caption(0, 1, rng)
+        assert colour in (0, -1) and shape in (1, -1) and (colour, shape) != (-1, -1)
+        assert ("red" in text) == (colour == 0)
+        for template in instructions.templates["reach"]["heldout"]:
+            assert text != template.format(colour="red", shape="ball")
+
+
+def small_config(out, **overrides):
+    values = dict(out=str(out), steps=4, batch_size=8, train_scenes=24, eval_scenes=8, eval_every=2,
+                  checkpoint_every=2, warmup_steps=1, threads=1, distractor_fraction=0.0, jitter_fraction=0.0,
+                  moved_arm_fraction=0.0)
+    values.update(overrides)
+    return TrainClipConfig(**values)
+
+
+def test_training_resumes_exactly_and_exports_a_loadable_model(tmp_path):
+    straight = ClipTrainer(small_config(tmp_path / "a"))
+    straight.train()
+
+    first = ClipTrainer(small_config(tmp_path / "b"))
+    assert first.train(until_step=2) is None  # "interrupted" after step 2
+    assert not (tmp_path / "b" / "model").exists()
+    resumed = ClipTrainer(small_config(tmp_path / "b"), resume=True)
+    assert resumed.step == 2
+    resumed.train()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    encoder = ClipEncoder.from_pretrained(tmp_path / "a" / "model")
+    assert encoder.metadata["steps"] == 4
+    assert set(encoder.metadata["metrics"]["zero_shot_accuracy"]) == {"train_combos", "heldout_combos"}
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+
+
+def test_lora_adaptation_of_a_local_pretrained_model(tmp_path):
+    base = create_clip("vla-tiny-clip", seed=5)
+    save_clip_checkpoint(base.model, tmp_path / "base", base.model_cfg, base.preprocess_cfg)
+    trainer = ClipTrainer(small_config(tmp_path / "run", steps=2, eval_every=2,
+                                       init_from=str(tmp_path / "base"),
+                                       adapter="lora", lora_rank=2))
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainer.train()
+    for name, param in trainer.model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    adapted = ClipEncoder.from_pretrained(tmp_path / "run" / "model")
+    original = ClipEncoder.from_pretrained(tmp_path / "base")
+    assert set(adapted.model.state_dict()) == set(original.model.state_dict())
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    assert not torch.allclose(adapted.encode_images(frames).global_embedding,
+                              original.encode_images(frames).global_embedding, atol=1e-4)
+
+
+def test_trimmed_text_encoding_matches_open_clip():
+    from vla_ros.grounding.training import encode_text_trimmed
+
+    loaded = create_clip("vla-tiny-clip", seed=1)
+    tokens = loaded.tokenizer(["touch the red cube", "a ball", "an orange can left of a green block"])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(loaded.model, tokens), loaded.model.encode_text(tokens),
+                                   atol=1e-5, rtol=1e-5)

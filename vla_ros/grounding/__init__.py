@@ -1,0 +1,33 @@
+"""Grounding: open_clip encoder, tiny sim-domain CLIP, CLIP data and training, zero-shot, fusion.
+
+ROS-free. Heavy submodules (data generation needs the simulator) are imported on demand.
+"""
+
+from vla_ros.grounding.checkpoint import (
+    LoadedClip,
+    create_clip,
+    load_clip,
+    resolve_checkpoint,
+    save_clip_checkpoint,
+    sha256_file,
+)
+from vla_ros.grounding.config import TINY_CLIP_NAME, register_model_config, tiny_clip_config
+from vla_ros.grounding.encoder import ClipEncoder, ImageFeatures, vision_forward
+from vla_ros.grounding.fusion import FUSION_KINDS, build_fusion
+
+__all__ = [
+    "FUSION_KINDS",
+    "TINY_CLIP_NAME",
+    "ClipEncoder",
+    "ImageFeatures",
+    "LoadedClip",
+    "build_fusion",
+    "create_clip",
+    "load_clip",
+    "register_model_config",
+    "resolve_checkpoint",
+    "save_clip_checkpoint",
+    "sha256_file",
+    "tiny_clip_config",
+    "vision_forward",
+]

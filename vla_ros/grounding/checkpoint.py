@@ -1,0 +1,195 @@
+"""CLIP checkpoints on disk: open_clip ``local-dir:`` folders, local weight files, never the hub.
+
+A checkpoint folder holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``, plus our own
+``vla_ros`` metadata that open_clip ignores) and ``open_clip_model.safetensors``; it loads with plain
+``open_clip.create_model_and_transforms("local-dir:" + folder)`` as well as with
+:meth:`vla_ros.grounding.ClipEncoder.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vla_ros.grounding.config import TINY_CLIP_NAME, register_model_config
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+LOCAL_DIR_PREFIX = "local-dir:"
+HUB_PREFIX = "hf-hub:"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (the policy checkpoint records it to detect a mismatched CLIP)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedClip:
+    """An open_clip model plus what is needed to use it: tokenizer, preprocessing, provenance."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    weights_path: Path | None
+    weights_sha256: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _refuse_hub_config(model_cfg: dict[str, Any], source: str) -> None:
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+        raise ValueError(
+            f"{source}: Hugging Face text towers/tokenizers are fetched from the model hub, which is not "
+            "reachable here; use a model with open_clip's built-in text transformer"
+        )
+
+
+def _model_cfg_for_name(name: str) -> dict[str, Any]:
+    import open_clip
+
+    if name == TINY_CLIP_NAME:
+        register_model_config()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model name {name!r}; known: {TINY_CLIP_NAME} and "
+                         f"open_clip.list_models() (e.g. ViT-B-32), or pass a checkpoint folder")
+    return cfg
+
+
+def resolve_checkpoint(name_or_dir: str | Path, pretrained: str | Path | None = None) -> tuple[str, Path]:
+    """Check a model reference is local and return ``(open_clip model name, weights file)``.
+
+    Accepted: a checkpoint folder (optionally spelled ``local-dir:FOLDER``), or an open_clip model name
+    together with ``pretrained`` = an existing local weights file. Hub names and pretrained tags
+    (``hf-hub:...``, ``pretrained="openai"``) are refused: nothing here may download.
+    """
+    text = str(name_or_dir)
+    if text.startswith(HUB_PREFIX):
+        raise ValueError(f"{text!r} names the Hugging Face hub, which is never contacted; download the "
+                         "weights elsewhere and pass a local folder or file")
+    folder = Path(text[len(LOCAL_DIR_PREFIX):]) if text.startswith(LOCAL_DIR_PREFIX) else Path(text)
+    if text.startswith(LOCAL_DIR_PREFIX) or folder.is_dir() or os.sep in text or text.startswith("."):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"CLIP checkpoint folder not found: {folder}")
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"CLIP checkpoint folder {folder} has no {CONFIG_FILE}")
+        weights = [folder / WEIGHTS_FILE] + sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        weights = [p for p in weights if p.is_file()]
+        if not weights:
+            raise FileNotFoundError(f"CLIP checkpoint folder {folder} has no weights file ({WEIGHTS_FILE})")
+        if pretrained is not None:
+            raise ValueError("pass either a checkpoint folder or a model name with pretrained=, not both")
+        return LOCAL_DIR_PREFIX + str(folder), weights[0]
+    if pretrained is None:
+        raise ValueError(f"model name {text!r} needs pretrained=<local weights file>; pretrained tags "
+                         "would download from the hub, which is not reachable")
+    weights = Path(pretrained)
+    if not weights.is_file():
+        if weights.suffix in WEIGHT_SUFFIXES or os.sep in str(pretrained):
+            raise FileNotFoundError(f"CLIP weights file not found: {weights}")
+        raise ValueError(f"pretrained={str(pretrained)!r} is not a local file; pretrained tags download from "
+                         "the hub, which is not reachable: pass the path of a local weights file")
+    _model_cfg_for_name(text)  # raises for unknown names before open_clip would try anything else
+    return text, weights
+
+
+def load_clip(name_or_dir: str | Path, pretrained: str | Path | None = None,
+              device: str | torch.device = "cpu",
+              precision: str = "fp32") -> LoadedClip:
+    """Load an open_clip model from a local folder or a model name + local weights file."""
+    import open_clip
+
+    model_name, weights = resolve_checkpoint(name_or_dir, pretrained)
+    metadata: dict[str, Any] = {}
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        config = json.loads((Path(model_name[len(LOCAL_DIR_PREFIX):]) / CONFIG_FILE).read_text())
+        if "model_cfg" not in config:
+            raise ValueError(f"{model_name}: {CONFIG_FILE} has no 'model_cfg'")
+        model_cfg = config["model_cfg"]
+        metadata = config.get("vla_ros", {})
+    else:
+        model_cfg = _model_cfg_for_name(model_name)
+    _refuse_hub_config(model_cfg, str(name_or_dir))
+    model = open_clip.create_model(
+        model_name,
+        pretrained=None if model_name.startswith(LOCAL_DIR_PREFIX) else str(weights),
+        precision=precision,
+        device=device,
+        pretrained_image=False,
+        pretrained_text=False,
+    )
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return LoadedClip(
+        model=model,
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)),
+        weights_path=weights,
+        weights_sha256=sha256_file(weights),
+        metadata=metadata,
+    )
+
+
+def create_clip(model_cfg: dict[str, Any] | str = TINY_CLIP_NAME, seed: int | None = None,
+                device: str | torch.device = "cpu") -> LoadedClip:
+    """Build a randomly initialised open_clip model from a config dict or a registered name."""
+    import open_clip
+
+    if isinstance(model_cfg, str):
+        name, cfg = model_cfg, _model_cfg_for_name(model_cfg)
+    else:
+        cfg = model_cfg
+        name = register_model_config("vla-custom-clip", cfg)
+    _refuse_hub_config(cfg, name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = open_clip.create_model(name, device=device, pretrained_image=False, pretrained_text=False)
+    return LoadedClip(model=model, tokenizer=open_clip.get_tokenizer(name), model_cfg=cfg,
+                      preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)),
+                      weights_path=None, weights_sha256=None)
+
+
+def save_clip_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any],
+                         preprocess_cfg: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+                         dtype: torch.dtype = torch.float32) -> str:
+    """Write ``model`` as an open_clip ``local-dir:`` folder; return the weights' sha256.
+
+    ``dtype=torch.float16`` halves the file; open_clip (and :func:`load_clip`) cast back to the
+    model's precision on load.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    pre = {}
+    for key in ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"):
+        if preprocess_cfg and key in preprocess_cfg:
+            value = preprocess_cfg[key]
+            pre[key] = list(value) if isinstance(value, tuple) else value
+    config = {"model_cfg": model_cfg, "preprocess_cfg": pre}
+    if metadata:
+        config["vla_ros"] = metadata
+    # write to temporary names and rename, so an interrupted save never leaves a half checkpoint
+    tmp_weights = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    tmp_config = out / (CONFIG_FILE + ".tmp")
+    tmp_config.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp_weights, out / WEIGHTS_FILE)
+    os.replace(tmp_config, out / CONFIG_FILE)
+    return sha256_file(out / WEIGHTS_FILE)

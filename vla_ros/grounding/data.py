@@ -1,0 +1,267 @@
+"""Sim-domain CLIP data: rendered tabletop scenes plus the captions that describe them.
+
+Scenes come from the simulator (``vla_ros/Reach-v0``) through its documented interface: the frame,
+and per object its colour, shape, world position and pixel ``(u, v)``. Captions are drawn fresh each
+time a scene is used (so one render serves many phrasings):
+
+* scene captions for the global embedding: object lists and spatial relations from the objects'
+  positions ("a red cube left of a blue ball", "a purple can, a green ball and an orange block");
+* object captions for region embeddings: colour + shape ("the red cube"), the simulator's training
+  command phrasings ("touch the red cube"), and attribute-only captions ("the red object", "a ball")
+  whose positives are every object with that attribute; these make colour and shape separate
+  directions in the embedding, which is what lets held-out colour-shape pairs be recognised.
+
+A dataset only ever contains the env's ``split`` combos; ``train`` never shows a held-out combo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import open_clip  # noqa: F401  (see below)
+from tqdm import tqdm
+
+# open_clip pulls in torchvision -> torch._dynamo -> triton. Loading triton's C extension after MuJoCo
+# has created its EGL context segfaults (seen with MUJOCO_GL=egl, torch 2.14), so load it first.
+
+REACH_ENV_ID = "vla_ros/Reach-v0"
+NO_ATTRIBUTE = -1
+
+
+def article(word: str) -> str:
+    """"a" or "an" for the word that follows."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+OBJECT_TEMPLATES = ("{colour} {shape}", "{a} {colour} {shape}", "the {colour} {shape}",
+                    "{a} {colour} {shape} on the table")
+COLOUR_TEMPLATES = ("the {colour} object", "something {colour}", "{a} {colour} thing")
+SHAPE_TEMPLATES = ("a {shape}", "the {shape}", "a {shape} on the table")
+# relation in the image / robot frame: left of the image = robot's left; top of the image = forward
+RELATIONS_LEFT_RIGHT = ("left of", "right of")
+RELATIONS_FRONT_BACK = ("behind", "in front of")
+
+
+@dataclass
+class SceneDataset:
+    """Rendered scenes: K object slots per scene (``valid`` marks the filled ones).
+
+    images (N, S, S, 3) uint8 RGB; pixels (N, K, 2) float32 (u, v); positions (N, K, 3) float32 world
+    xyz (x forward, y left); colours / shapes (N, K) int indices into ``colour_names`` / ``shape_names``
+    (-1 for empty slots); target (N,) index of the commanded object; commands (N,) the env's commands.
+    """
+
+    images: np.ndarray
+    pixels: np.ndarray
+    positions: np.ndarray
+    colours: np.ndarray
+    shapes: np.ndarray
+    target: np.ndarray
+    commands: np.ndarray
+    colour_names: tuple[str, ...]
+    shape_names: tuple[str, ...]
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N, K) bool: slot holds an object."""
+        return self.colours >= 0
+
+    def save(self, path: str | Path) -> None:
+        """Write the dataset to one ``.npz`` file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, images=self.images, pixels=self.pixels, positions=self.positions, colours=self.colours,
+                 shapes=self.shapes, target=self.target, commands=self.commands,
+                 colour_names=np.array(self.colour_names), shape_names=np.array(self.shape_names),
+                 split=np.array(self.split))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SceneDataset":
+        """Read a dataset written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(images=data["images"], pixels=data["pixels"], positions=data["positions"],
+                       colours=data["colours"], shapes=data["shapes"], target=data["target"],
+                       commands=data["commands"], colour_names=tuple(data["colour_names"].tolist()),
+                       shape_names=tuple(data["shape_names"].tolist()), split=str(data["split"]))
+
+
+def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int):
+    import gymnasium as gym
+
+    import vla_ros.envs  # noqa: F401  (registers the env ids)
+
+    return gym.make(REACH_ENV_ID, num_objects=num_objects, image_size=image_size, split=split,
+                    perturbation=perturbation)
+
+
+def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_size: int = 64,
+                    num_objects: int = 3, distractor_fraction: float = 0.0, jitter_fraction: float = 0.0,
+                    moved_arm_fraction: float = 0.0, max_random_steps: int = 30,
+                    progress: bool = False) -> SceneDataset:
+    """Render ``num_scenes`` scenes of the env's ``split``, seeds ``seed, seed + 1, ...``.
+
+    ``distractor_fraction`` of scenes hold 2 extra objects, ``jitter_fraction`` have camera/light
+    jitter, and in ``moved_arm_fraction`` the arm first makes 1..``max_random_steps`` random moves (it
+    may then occlude objects: the encoder should cope). The others are reset frames.
+    """
+    if num_scenes < 1:
+        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+    rng = np.random.default_rng(seed)
+    kinds = [("plain", None, num_objects), ("distractors", "distractors", num_objects),
+             ("jitter", "jitter", num_objects)]
+    envs = {}
+    slots = num_objects + (2 if distractor_fraction > 0 else 0)
+    images = np.zeros((num_scenes, image_size, image_size, 3), np.uint8)
+    pixels = np.zeros((num_scenes, slots, 2), np.float32)
+    positions = np.zeros((num_scenes, slots, 3), np.float32)
+    colours = np.full((num_scenes, slots), NO_ATTRIBUTE, np.int64)
+    shapes = np.full((num_scenes, slots), NO_ATTRIBUTE, np.int64)
+    target = np.zeros(num_scenes, np.int64)
+    commands = []
+    colour_names = shape_names = None
+    try:
+        for i in tqdm(range(num_scenes), desc=f"render {split}", disable=not progress, unit="scene"):
+            draw = rng.random()
+            kind = kinds[1] if draw < distractor_fraction else (
+                kinds[2] if draw < distractor_fraction + jitter_fraction else kinds[0])
+            if kind[0] not in envs:
+                envs[kind[0]] = _make_env(split, kind[2], kind[1], image_size)
+            env = envs[kind[0]]
+            if colour_names is None:
+                instructions = env.unwrapped.instructions
+                colour_names, shape_names = tuple(instructions.colours), tuple(instructions.shapes)
+            obs, info = env.reset(seed=seed + i)
+            if rng.random() < moved_arm_fraction:
+                steps = int(rng.integers(1, max_random_steps + 1))
+                action = rng.uniform(-1, 1, env.action_space.shape)
+                for step in range(steps):
+                    if step % 5 == 0:  # hold a direction for a few steps: the arm travels, not just jitters
+                        action = rng.uniform(-1, 1, env.action_space.shape)
+                    obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
+                    if terminated or truncated:
+                        break
+            images[i] = obs["image"]
+            for k, obj in enumerate(info["objects"]):
+                pixels[i, k] = obj["pixel"]
+                positions[i, k] = obj["position"]
+                colours[i, k] = colour_names.index(obj["colour"])
+                shapes[i, k] = shape_names.index(obj["shape"])
+            target[i] = info["target"]["index"]
+            commands.append(info["command"])
+    finally:
+        for env in envs.values():
+            env.close()
+    return SceneDataset(images, pixels, positions, colours, shapes, target, np.array(commands),
+                        colour_names, shape_names, split)
+
+
+def load_or_generate(path: str | Path, **kwargs) -> SceneDataset:
+    """Load a cached dataset from ``path`` or render it (``generate_scenes(**kwargs)``) and cache it."""
+    path = Path(path)
+    if path.is_file():
+        return SceneDataset.load(path)
+    dataset = generate_scenes(**kwargs)
+    dataset.save(path)
+    return dataset
+
+
+class CaptionSampler:
+    """Draws scene and object captions for a :class:`SceneDataset` (fresh wording every call)."""
+
+    def __init__(self, colour_names: Sequence[str], shape_names: Sequence[str],
+                 shape_words: dict[str, Sequence[str]] | None = None,
+                 command_templates: Sequence[str] = (), attribute_fraction: float = 0.25,
+                 command_fraction: float = 0.4,
+                 directions: Sequence[str] = ("left", "right", "forward", "back")):
+        self.colour_names = tuple(colour_names)
+        self.shape_names = tuple(shape_names)
+        self.shape_words = {s: tuple((shape_words or {}).get(s, (s,))) for s in self.shape_names}
+        self.command_templates = tuple(command_templates)
+        self.attribute_fraction = attribute_fraction
+        self.command_fraction = command_fraction if command_templates else 0.0
+        self.directions = tuple(directions)
+
+    @classmethod
+    def from_instructions(cls, instructions, **kwargs) -> "CaptionSampler":
+        """Use the simulator's instruction set: synonyms and the *training* command phrasings only."""
+        templates = [t for task in instructions.templates.values() for t in task["train"]]
+        directions = [w for words in instructions.direction_words.values() for w in words]
+        return cls(tuple(instructions.colours), tuple(instructions.shapes), instructions.shape_words,
+                   templates, directions=directions, **kwargs)
+
+    def _shape_word(self, shape: int, rng: np.random.Generator) -> str:
+        words = self.shape_words[self.shape_names[shape]]
+        return words[rng.integers(len(words))]
+
+    @staticmethod
+    def _with_article(noun: str) -> str:
+        return f"{article(noun)} {noun}"
+
+    def noun(self, colour: int, shape: int, rng: np.random.Generator) -> str:
+        """"red cube" / "red block" (synonyms drawn at random); just the shape when ``colour`` < 0."""
+        if colour < 0:
+            return self._shape_word(shape, rng)
+        return f"{self.colour_names[colour]} {self._shape_word(shape, rng)}"
+
+    def shape_caption(self, shape: int, rng: np.random.Generator) -> tuple[str, int, int]:
+        """Shape-only caption ("a ball"), as (text, -1, shape) like :meth:`object_caption`."""
+        template = SHAPE_TEMPLATES[rng.integers(len(SHAPE_TEMPLATES))]
+        return template.format(shape=self._shape_word(shape, rng)), NO_ATTRIBUTE, shape
+
+    def object_caption(self, colour: int, shape: int, rng: np.random.Generator) -> tuple[str, int, int]:
+        """Caption for one object and the attributes it names: (text, colour or -1, shape or -1)."""
+        draw = rng.random()
+        if draw < self.attribute_fraction:
+            if rng.random() < 0.5:
+                template = COLOUR_TEMPLATES[rng.integers(len(COLOUR_TEMPLATES))]
+                name = self.colour_names[colour]
+                return template.format(colour=name, a=article(name)), colour, NO_ATTRIBUTE
+            template = SHAPE_TEMPLATES[rng.integers(len(SHAPE_TEMPLATES))]
+            return template.format(shape=self._shape_word(shape, rng)), NO_ATTRIBUTE, shape
+        if draw < self.attribute_fraction + self.command_fraction:
+            template = self.command_templates[rng.integers(len(self.command_templates))]
+            text = template.format(colour=self.colour_names[colour], shape=self._shape_word(shape, rng),
+                                   direction=self.directions[rng.integers(len(self.directions))])
+            return text, colour, shape
+        template = OBJECT_TEMPLATES[rng.integers(len(OBJECT_TEMPLATES))]
+        name = self.colour_names[colour]
+        text = template.format(colour=name, a=article(name), shape=self._shape_word(shape, rng))
+        return text, colour, shape
+
+    def relation(self, a_pos: np.ndarray, b_pos: np.ndarray, rng: np.random.Generator) -> str:
+        """Spatial relation of object a to object b, from world positions (x forward, y left)."""
+        dx, dy = a_pos[0] - b_pos[0], a_pos[1] - b_pos[1]
+        if abs(dy) >= abs(dx) or rng.random() < 0.3 and abs(dy) > 0.03:
+            return RELATIONS_LEFT_RIGHT[0] if dy > 0 else RELATIONS_LEFT_RIGHT[1]
+        return RELATIONS_FRONT_BACK[0] if dx > 0 else RELATIONS_FRONT_BACK[1]
+
+    def scene_caption(self, colours: np.ndarray, shapes: np.ndarray, positions: np.ndarray,
+                      rng: np.random.Generator | None = None, with_colour: bool = True) -> str:
+        """Caption of a whole scene; ``rng=None`` gives the deterministic left-to-right listing.
+
+        ``with_colour=False`` names shapes only (for grey-scale training views).
+        """
+        idx = np.flatnonzero(colours >= 0)
+        if not with_colour:
+            colours = np.where(colours >= 0, -1, colours)
+        if rng is None:
+            order = idx[np.argsort(-positions[idx, 1])]  # left (+y) to right
+            nouns = [self._with_article(f"{self.colour_names[colours[i]]} {self.shape_names[shapes[i]]}")
+                     for i in order]
+            return ", ".join(nouns[:-1]) + " and " + nouns[-1] if len(nouns) > 1 else nouns[0]
+        if len(idx) >= 2 and rng.random() < 0.6:
+            a, b = rng.choice(idx, size=2, replace=False)
+            return (f"{self._with_article(self.noun(colours[a], shapes[a], rng))} "
+                    f"{self.relation(positions[a], positions[b], rng)} "
+                    f"{self._with_article(self.noun(colours[b], shapes[b], rng))}")
+        order = rng.permutation(idx)
+        nouns = [self._with_article(self.noun(colours[i], shapes[i], rng)) for i in order]
+        return ", ".join(nouns[:-1]) + " and " + nouns[-1] if len(nouns) > 1 else nouns[0]

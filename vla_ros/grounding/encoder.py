@@ -1,0 +1,222 @@
+"""``ClipEncoder``: batched CLIP image/text embeddings from numpy frames and command strings.
+
+Images go straight from (B, H, W, 3) uint8 frames through OpenCV resize and one normalisation to the
+vision tower; besides the global embedding the encoder returns the patch tokens projected into the
+joint space (``ln_post`` then ``visual.proj``, as MaskCLIP does), so text can be compared with each
+image region. Text embeddings are cached per string because commands repeat every control step.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+# open_clip pulls in torchvision -> torch._dynamo -> triton, whose C extension segfaults when first loaded
+# after MuJoCo has created an EGL context; importing it here, early, makes that order impossible.
+import open_clip  # noqa: F401
+import torch
+import torch.nn.functional as F
+
+from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
+from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class ImageFeatures:
+    """CLIP image features of a batch.
+
+    ``global_embedding``: (B, D) L2-normalised image embeddings.
+    ``patches``: (B, P, D) L2-normalised patch tokens in the same joint space, P = grid_h * grid_w,
+    row-major over the image (patch ``i`` covers grid row ``i // grid_w``, column ``i % grid_w``).
+    """
+
+    global_embedding: torch.Tensor
+    patches: torch.Tensor
+    grid_size: tuple[int, int]
+
+
+def check_patch_support(visual: torch.nn.Module) -> None:
+    """Raise unless ``visual`` is an open_clip ViT whose patch tokens can be projected."""
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(f"patch tokens need an open_clip VisionTransformer image tower, got "
+                         f"{type(visual).__name__}")
+    if visual.attn_pool is not None:
+        raise ValueError("patch tokens of attention-pooled ViTs (CoCa) are not in the joint space")
+    if visual.proj is None:
+        raise ValueError("the image tower has no output projection")
+
+
+def vision_forward(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run an open_clip ViT; return (pooled (B, D), patch tokens (B, P, D)), both projected, unnormalised.
+
+    Differentiable (used for training too). Patch tokens go through the same ``ln_post`` and ``proj``
+    as the pooled token, which puts them in the joint image-text space.
+    """
+    x = visual._embeds(pixels)
+    x = visual.transformer(x)
+    if visual.final_ln_after_pool:
+        pooled, tokens = visual._global_pool(x)
+        pooled, tokens = visual.ln_post(pooled), visual.ln_post(tokens)
+    else:
+        pooled, tokens = visual._global_pool(visual.ln_post(x))
+    return pooled @ visual.proj, tokens @ visual.proj
+
+
+class ClipEncoder:
+    """Frozen open_clip model wrapped for inference on numpy frames and command strings.
+
+    Attributes: ``image_size`` (model input side, pixels), ``embed_dim`` (D), ``num_patches`` (P),
+    ``grid_size`` (rows, cols of patches), ``context_length`` (max text tokens incl. start/end),
+    ``weights_sha256`` (None for an in-memory model), ``device``, ``precision``.
+    """
+
+    def __init__(self, loaded: LoadedClip, device: str | torch.device = "cpu", precision: str = "fp32",
+                 text_cache_size: int = 4096):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        model = loaded.model.to(self.device).eval()
+        if precision == "fp16":
+            model = model.half()  # LayerNorms in open_clip compute in fp32 internally, then cast back
+        for param in model.parameters():
+            param.requires_grad_(False)
+        check_patch_support(model.visual)
+        self.model = model
+        self.tokenizer = loaded.tokenizer
+        self.model_cfg = loaded.model_cfg
+        self.preprocess_cfg = loaded.preprocess_cfg
+        self.weights_path = loaded.weights_path
+        self.weights_sha256 = loaded.weights_sha256
+        self.metadata = loaded.metadata
+        size = loaded.preprocess_cfg.get("size", model.visual.image_size)
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        self.image_size = int(size)
+        self.preprocessor = FramePreprocessor(
+            self.image_size,
+            mean=loaded.preprocess_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)),
+            std=loaded.preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711)),
+            resize_mode=loaded.preprocess_cfg.get("resize_mode", "shortest"),
+            fill_color=loaded.preprocess_cfg.get("fill_color", 0),
+        )
+        self.grid_size = tuple(int(g) for g in model.visual.grid_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.embed_dim = int(model.visual.proj.shape[1])
+        self.context_length = int(getattr(model, "context_length", 77))
+        self.text_cache_size = int(text_cache_size)
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, pretrained: str | Path | None = None,
+                        device: str | torch.device = "cpu", precision: str = "fp32",
+                        text_cache_size: int = 4096) -> "ClipEncoder":
+        """Load from a checkpoint folder, or an open_clip model name + ``pretrained`` local weights file.
+
+        Nothing is downloaded: hub names and pretrained tags raise ``ValueError``; missing folders or
+        files raise ``FileNotFoundError``.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        loaded = load_clip(name_or_dir, pretrained, device="cpu", precision="fp32")
+        return cls(loaded, device=device, precision=precision, text_cache_size=text_cache_size)
+
+    @classmethod
+    def random_init(cls, model_cfg: dict[str, Any] | str = "vla-tiny-clip", seed: int = 0,
+                    **kwargs) -> "ClipEncoder":
+        """An untrained encoder of the given architecture (tests, benchmarks)."""
+        return cls(create_clip(model_cfg, seed=seed), **kwargs)
+
+    # ---------------------------------------------------------------- images
+    def frame_geometry(self, height: int, width: int) -> FrameGeometry:
+        """Source-frame to model-input pixel mapping (to place object pixels on the patch grid)."""
+        return self.preprocessor.geometry(height, width)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) or (H, W, 3) uint8 RGB -> normalised (B, 3, S, S) on the encoder's device/dtype."""
+        return self.preprocessor(frames, device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode_images(self, frames: np.ndarray) -> ImageFeatures:
+        """Embed frames: global (B, D) and patches (B, P, D), both L2-normalised, float32 tensors."""
+        pixels = self.preprocess(frames)
+        pooled, tokens = vision_forward(self.model.visual, pixels)
+        return ImageFeatures(
+            global_embedding=F.normalize(pooled.float(), dim=-1),
+            patches=F.normalize(tokens.float(), dim=-1),
+            grid_size=self.grid_size,
+        )
+
+    # ---------------------------------------------------------------- text
+    def check_text(self, text: str) -> None:
+        """Raise ``TypeError``/``ValueError`` for non-strings, empty text, or text over the context."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError("text must not be empty")
+        # tokenise with room to spare so over-long text is detected instead of silently truncated
+        tokens = self.tokenizer([text], context_length=self.context_length + 64)
+        count = int((tokens != 0).sum())
+        if count > self.context_length:
+            raise ValueError(f"text is {count} tokens (with start/end), over the model's context of "
+                             f"{self.context_length}: {text[:60]!r}")
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Validate and tokenise ``texts`` to (B, context_length) token ids."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        for text in texts:
+            self.check_text(text)
+        return self.tokenizer(list(texts), context_length=self.context_length)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed strings to (B, D) L2-normalised float32; repeated strings come from the cache."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        if len(texts) == 0:
+            raise ValueError("texts must not be empty")
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        for text in texts:
+            if text in self._text_cache:
+                self.cache_hits += 1
+                self._text_cache.move_to_end(text)
+            else:
+                self.cache_misses += 1
+        if missing:
+            tokens = self.tokenize(missing).to(self.device)
+            embedded = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            for text, emb in zip(missing, embedded):
+                self._text_cache[text] = emb
+                if len(self._text_cache) > self.text_cache_size:
+                    self._text_cache.popitem(last=False)
+        return torch.stack([self._text_cache[t] if t in self._text_cache else self._encode_uncached(t)
+                            for t in texts])
+
+    def _encode_uncached(self, text: str) -> torch.Tensor:
+        # only reached when one call holds more distinct strings than the cache can keep
+        tokens = self.tokenize([text]).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)[0]
+
+    def clear_text_cache(self) -> None:
+        """Forget cached text embeddings and reset the hit/miss counters."""
+        self._text_cache.clear()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned CLIP temperature inverse (exp of ``logit_scale``), e.g. 100 for OpenAI CLIP."""
+        return float(self.model.logit_scale.exp())

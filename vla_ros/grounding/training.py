@@ -1,0 +1,471 @@
+"""Contrastive training of the sim-domain CLIP (``vla-ros train-clip``).
+
+Objective (RegionCLIP-style, open_clip's ``ClipLoss`` at the core)::
+
+    loss = ClipLoss(global image, scene caption)                      # symmetric InfoNCE, learned T
+         + region_weight * multi-positive InfoNCE(region, object caption)
+         + scene_pick_weight * CE(object caption -> the regions of its own scene)
+
+Region embeddings pool the projected patch tokens around each object's pixel
+(:mod:`vla_ros.grounding.regions`). Object captions repeat inside a batch ("the red cube" appears in
+many scenes) and attribute-only captions ("a ball") match several objects, so the region term treats
+every matching (region, caption) pair as a positive; with one match per row it is exactly ClipLoss.
+
+From scratch it trains ``vla-tiny-clip``; with ``init_from`` it adapts a local pretrained open_clip
+model, either fully or with LoRA (``adapter="lora"``: only the low-rank adapters train, merged into
+the weights at export). Checkpoints (model, optimiser, scheduler, step, RNG states) make runs
+resumable; the final model is exported as an open_clip ``local-dir:`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip, save_clip_checkpoint
+from vla_ros.grounding.config import TINY_CLIP_NAME
+from vla_ros.grounding.data import NO_ATTRIBUTE, CaptionSampler, SceneDataset, load_or_generate
+from vla_ros.grounding.encoder import ClipEncoder, vision_forward
+from vla_ros.grounding.preprocess import OPENAI_MEAN, OPENAI_STD, FramePreprocessor
+from vla_ros.grounding.regions import region_embeddings
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes use seeds far from any training seed
+STATE_FILE = "train_state.pt"
+UNKNOWN_COLOUR = -2  # attribute value of objects in repainted (novel-colour) views
+# hue bands (degrees) between the palette's hues (red 0, orange 30, yellow 53, green 126, blue 229,
+# purple 282) with a margin, so a repainted object never looks like a palette colour
+NOVEL_HUE_BANDS = ((70.0, 92.0), (165.0, 195.0), (305.0, 340.0))
+
+
+def repaint_objects(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Give every saturated (object) pixel of an RGB frame one random hue from :data:`NOVEL_HUE_BANDS`.
+
+    Table, arm and floor are unsaturated and keep their look; objects keep their shading.
+    """
+    import cv2
+
+    low, high = NOVEL_HUE_BANDS[rng.integers(len(NOVEL_HUE_BANDS))]
+    hue = rng.uniform(low, high) / 2.0  # OpenCV hue is 0..180
+    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)
+    objects = (hsv[..., 1] > 70) & (hsv[..., 2] > 30)
+    hsv[..., 0][objects] = np.uint8(round(hue))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+@dataclass
+class TrainClipConfig:
+    """Every setting of a ``train-clip`` run (saved with checkpoints and the exported model)."""
+
+    out: str = "runs/clip"
+    """run folder: data cache, checkpoints, metrics log, exported model (``OUT/model``)"""
+    steps: int = 3000
+    """optimiser steps"""
+    batch_size: int = 128
+    """scenes per step (each gives one scene caption and one caption per object)"""
+    lr: float = 1e-3
+    """peak AdamW learning rate (linear warm-up, cosine decay)"""
+    weight_decay: float = 0.1
+    warmup_steps: int = 200
+    seed: int = 0
+    threads: int = 1
+    """torch CPU threads; 1 on a shared 2-core machine (2 threads there oversubscribe and run slower)"""
+    region_weight: float = 1.0
+    """weight of the region-caption term"""
+    scene_pick_weight: float = 1.0
+    """weight of the in-scene term: each object caption against the regions of its own scene only
+    (the zero-shot task itself; objects sharing a colour force the shape to be used)"""
+    region_sigma: float = 0.75
+    """Gaussian pooling radius around an object, in patches"""
+    novel_colour_fraction: float = 0.3
+    """share of scenes whose objects are all repainted one random colour far from every palette colour
+    (cyan, lime, pink bands), captioned by shape only: teaches shape features that do not depend on
+    colour, which is what held-out colour-shape combos need. No held-out combo is ever shown."""
+    attribute_fraction: float = 0.4
+    """share of object captions naming only a colour or only a shape"""
+    command_fraction: float = 0.3
+    """share of object captions that are training command phrasings"""
+    train_scenes: int = 30000
+    """rendered training scenes (env split ``train``: held-out colour-shape combos never appear)"""
+    distractor_fraction: float = 0.2
+    jitter_fraction: float = 0.2
+    moved_arm_fraction: float = 0.5
+    image_size: int = 64
+    """render size of the simulator frames"""
+    eval_scenes: int = 300
+    """held-out-seed scenes per evaluation split during training"""
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    model: str = TINY_CLIP_NAME
+    """architecture trained from scratch (ignored with ``init_from``)"""
+    init_from: str | None = None
+    """pretrained open_clip checkpoint folder, or a model name together with ``init_pretrained``"""
+    init_pretrained: str | None = None
+    """local weights file for ``init_from`` given as a model name"""
+    adapter: str = "none"
+    """``none`` (train all weights) or ``lora`` (only low-rank adapters; needs ``init_from``)"""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    export_fp16: bool = True
+    """store exported weights as fp16 (half the file; loading casts back)"""
+    command: list[str] = field(default_factory=list)
+    """the command line that started the run (recorded in the model card)"""
+
+
+def multi_positive_clip_loss(image: torch.Tensor, text: torch.Tensor, match: torch.Tensor,
+                             logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where ``match[i, j]`` marks every positive (image i, text j) pair.
+
+    Targets are uniform over each row's positives; with ``match`` = identity this equals ClipLoss.
+    """
+    logits = logit_scale * image @ text.T
+    match = match.float()
+    image_targets = match / match.sum(dim=1, keepdim=True)
+    text_targets = match.T / match.T.sum(dim=1, keepdim=True)
+    image_loss = -(image_targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    text_loss = -(text_targets * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    return (image_loss + text_loss) / 2
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with any LoRA updates baked in, under the plain open_clip key names."""
+    from torch.nn.utils import parametrize
+
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    for module_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name in module.parametrizations.keys():
+                key = f"{module_name}.{name}" if module_name else name
+                state[key] = getattr(module, name).detach().clone()
+    return state
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed only over the batch's longest caption (training speed).
+
+    open_clip's text transformer is causal and pools at the end-of-text token, so padding after the
+    longest caption cannot change any output; cutting it makes short captions cheap. Falls back to
+    ``encode_text`` for other text towers.
+    """
+    from open_clip.model import CLIP
+
+    if (not isinstance(model, CLIP) or model.attn_mask is None or model.text_pool_type != "argmax"
+            or model.text_projection is None or isinstance(model.text_projection, torch.nn.Linear)):
+        return model.encode_text(tokens)
+    length = int((tokens != 0).sum(dim=1).max())
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def _scene_sampler(dataset: SceneDataset, config: TrainClipConfig) -> CaptionSampler:
+    from vla_ros.envs.instructions import load_instructions
+
+    return CaptionSampler.from_instructions(load_instructions(), attribute_fraction=config.attribute_fraction,
+                                            command_fraction=config.command_fraction)
+
+
+class ClipTrainer:
+    """Holds the model, data, optimiser and RNGs of one run; :meth:`train` runs it to ``config.steps``."""
+
+    def __init__(self, config: TrainClipConfig, resume: bool = False):
+        self.config = config
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.loaded = self._build_model()
+        self.model = self.loaded.model.train()
+        self.trainable = self._setup_trainable()
+        self.loss_fn = self._clip_loss()
+        visual = self.model.visual
+        size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        pre = self.loaded.preprocess_cfg
+        self.preprocessor = FramePreprocessor(size, pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD),
+                                              pre.get("resize_mode", "shortest"))
+        self.grid_size = tuple(visual.grid_size)
+        self.context_length = int(self.model.context_length)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_data = load_or_generate(
+            self.out / "data" / f"train_{config.train_scenes}_seed{config.seed}_{config.image_size}px.npz",
+            num_scenes=config.train_scenes, seed=config.seed, split="train", image_size=config.image_size,
+            distractor_fraction=config.distractor_fraction, jitter_fraction=config.jitter_fraction,
+            moved_arm_fraction=config.moved_arm_fraction, progress=True)
+        self.sampler = _scene_sampler(self.train_data, config)
+        self.eval_data = {
+            split: load_or_generate(
+                self.out / "data" / f"eval_{split}_{config.eval_scenes}_{config.image_size}px.npz",
+                num_scenes=config.eval_scenes, seed=EVAL_SEED_OFFSET, split=split,
+                image_size=config.image_size)
+            for split in ("train", "heldout_combos")
+        }
+        if resume:
+            self._load_state()
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self) -> LoadedClip:
+        config = self.config
+        if config.adapter not in ("none", "lora"):
+            raise ValueError(f"adapter must be 'none' or 'lora', got {config.adapter!r}")
+        if config.init_from is None:
+            if config.adapter == "lora":
+                raise ValueError("adapter='lora' adapts a pretrained model: pass init_from")
+            return create_clip(config.model, seed=config.seed)
+        return load_clip(config.init_from, config.init_pretrained)
+
+    def _setup_trainable(self) -> list[torch.nn.Parameter]:
+        if self.config.adapter == "lora":
+            from vla_ros.grounding.lora import apply_lora
+
+            params = apply_lora(self.model, rank=self.config.lora_rank, alpha=self.config.lora_alpha)
+            # the temperature is tiny and domain-specific: adapt it too
+            self.model.logit_scale.requires_grad_(True)
+            return params + [self.model.logit_scale]
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @staticmethod
+    def _clip_loss():
+        from open_clip.loss import ClipLoss
+
+        return ClipLoss()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # no weight decay on gains, biases, embeddings and the temperature (open_clip's recipe)
+        decay, no_decay = [], []
+        for param in self.trainable:
+            (no_decay if param.ndim < 2 or param is self.model.logit_scale else decay).append(param)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr,
+                                 betas=(0.9, 0.98), eps=1e-6)
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = max(1, self.config.warmup_steps)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.config.steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # ------------------------------------------------------------------ one step
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.loaded.tokenizer(texts, context_length=self.context_length)
+
+    def batch_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch of scenes (global + region terms) and its parts for logging."""
+        data, rng = self.train_data, self.rng
+        frames = data.images[indices]
+        grey = rng.random(len(indices)) < self.config.novel_colour_fraction  # colour unknown to captions
+        if grey.any():
+            frames = frames.copy()
+            for b in np.flatnonzero(grey):
+                frames[b] = repaint_objects(frames[b], rng)
+        images = self.preprocessor(frames)
+        pooled, tokens = vision_forward(self.model.visual, images)
+        image_global = F.normalize(pooled, dim=-1)
+
+        scene_captions = [self.sampler.scene_caption(data.colours[i], data.shapes[i], data.positions[i], rng,
+                                                     with_colour=not g) for i, g in zip(indices, grey)]
+        valid = data.valid[indices]
+        # a repainted view's colour is unknown (-2): it is a positive only for captions that name no colour
+        batch_colours = np.where(grey[:, None] & valid, UNKNOWN_COLOUR, data.colours[indices])
+        scene_of, slot_of = np.nonzero(valid)
+        object_captions, named_colour, named_shape = [], [], []
+        for b, k in zip(scene_of, slot_of):
+            if grey[b]:
+                text, colour, shape = self.sampler.shape_caption(data.shapes[indices[b], k], rng)
+            else:
+                text, colour, shape = self.sampler.object_caption(data.colours[indices[b], k],
+                                                                  data.shapes[indices[b], k], rng)
+            object_captions.append(text)
+            named_colour.append(colour)
+            named_shape.append(shape)
+        # captions repeat within a batch ("the red cube"): encode each distinct string once
+        unique, inverse = np.unique(np.array(scene_captions + object_captions), return_inverse=True)
+        text = encode_text_trimmed(self.model, self._tokenize(unique.tolist()))
+        text = F.normalize(text, dim=-1)[torch.from_numpy(inverse.reshape(-1))]
+        scene_text, object_text = text[: len(indices)], text[len(indices):]
+
+        scale = self.model.logit_scale.exp()
+        global_loss = self.loss_fn(image_global, scene_text, scale)
+
+        geo = self.preprocessor.geometry(data.images.shape[1], data.images.shape[2])
+        pixels = torch.from_numpy(data.pixels[indices]) * torch.tensor([geo.scale_x, geo.scale_y]) \
+            + torch.tensor([geo.offset_x, geo.offset_y])
+        scene_regions = region_embeddings(tokens, pixels, self.grid_size, self.preprocessor.size,
+                                          self.config.region_sigma)  # (B, K, D)
+        regions = scene_regions[scene_of, slot_of]
+        named_colour_t, named_shape_t = torch.tensor(named_colour), torch.tensor(named_shape)
+
+        def matches(colours: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+            # a region is a positive for a caption when it has every attribute the caption names
+            return (((named_colour_t == NO_ATTRIBUTE) | (colours == named_colour_t))
+                    & ((named_shape_t == NO_ATTRIBUTE) | (shapes == named_shape_t)))
+
+        colours = torch.from_numpy(batch_colours[scene_of, slot_of])
+        shapes = torch.from_numpy(data.shapes[indices][scene_of, slot_of])
+        match = matches(colours[:, None], shapes[:, None])  # (regions, captions)
+        region_loss = multi_positive_clip_loss(regions, object_text, match, scale)
+
+        # in-scene picking: caption j against the K regions of its own scene
+        scene_colours = torch.from_numpy(batch_colours)[scene_of]  # (captions, K)
+        scene_shapes = torch.from_numpy(data.shapes[indices])[scene_of]
+        in_scene = matches(scene_colours.T, scene_shapes.T).T & torch.from_numpy(valid)[scene_of]
+        logits = scale * torch.einsum("mkd,md->mk", scene_regions[scene_of], object_text)
+        logits = logits.masked_fill(~torch.from_numpy(valid)[scene_of], float("-inf"))
+        targets = in_scene.float() / in_scene.sum(dim=1, keepdim=True)
+        pick_loss = -(targets * logits.log_softmax(dim=1).clamp_min(-1e4)).sum(dim=1).mean()
+
+        loss = global_loss + self.config.region_weight * region_loss + self.config.scene_pick_weight * pick_loss
+        return loss, {"loss": loss.item(), "global": global_loss.item(), "region": region_loss.item(),
+                      "pick": pick_loss.item(), "scale": scale.item()}
+
+    # ------------------------------------------------------------------ evaluation, checkpoints, export
+    def eval_encoder(self) -> ClipEncoder:
+        """A frozen copy of the current model (LoRA merged) as a :class:`ClipEncoder`."""
+        model = create_clip(self.loaded.model_cfg).model
+        model.load_state_dict(merged_state_dict(self.model))
+        loaded = LoadedClip(model=model, tokenizer=self.loaded.tokenizer, model_cfg=self.loaded.model_cfg,
+                            preprocess_cfg=self.loaded.preprocess_cfg, weights_path=None, weights_sha256=None)
+        return ClipEncoder(loaded)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Zero-shot accuracy per split and retrieval R@1 on the held-out-seed evaluation scenes."""
+        from vla_ros.grounding.evaluation import retrieval_r1, zero_shot_accuracy
+
+        encoder = self.eval_encoder()
+        return {
+            "zero_shot_accuracy": {"train_combos": zero_shot_accuracy(encoder, self.eval_data["train"]),
+                                   "heldout_combos": zero_shot_accuracy(encoder,
+                                                                        self.eval_data["heldout_combos"])},
+            "retrieval_r1": retrieval_r1(encoder, self.eval_data["train"], self.sampler),
+            "scenes": len(self.eval_data["train"]),
+        }
+
+    def save_state(self) -> None:
+        """Write a resumable checkpoint (atomic rename)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+            "history": self.history,
+        }
+        path = self.out / "checkpoint" / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def _load_state(self) -> None:
+        path = self.out / "checkpoint" / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state.get("history", []))
+
+    def export(self, metrics: dict[str, Any] | None, wall_time_s: float) -> Path:
+        """Write the trained model (LoRA merged) as an open_clip local-dir folder ``OUT/model``."""
+        encoder = self.eval_encoder()
+        metadata = {
+            "trained_by": "vla-ros train-clip",
+            "config": {k: v for k, v in asdict(self.config).items() if k != "command"},
+            "command": self.config.command,
+            "steps": self.step,
+            "wall_time_s": round(wall_time_s, 1),
+            "metrics": metrics or {},
+        }
+        out = self.out / "model"
+        save_clip_checkpoint(encoder.model, out, self.loaded.model_cfg, self.loaded.preprocess_cfg, metadata,
+                             dtype=torch.float16 if self.config.export_fp16 else torch.float32)
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def train(self, until_step: int | None = None) -> dict[str, Any] | None:
+        """Train until ``config.steps``; evaluate, checkpoint, export; return the final metrics.
+
+        ``until_step`` stops earlier (after a checkpoint, without exporting; returns None), as an
+        interrupted run would; ``--resume`` continues it.
+        """
+        config = self.config
+        stop = config.steps if until_step is None else min(until_step, config.steps)
+        start = time.time()
+        log = open(self.out / "metrics.jsonl", "a")
+        metrics: dict[str, Any] | None = None
+        bar = tqdm(total=config.steps, initial=self.step, desc="train-clip", unit="step", dynamic_ncols=True)
+        running: dict[str, float] = {}
+        try:
+            while self.step < stop:
+                self.model.train()
+                indices = self.rng.choice(len(self.train_data), size=config.batch_size, replace=False)
+                loss, parts = self.batch_loss(indices)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                with torch.no_grad():  # open_clip clamps the temperature at 100
+                    self.model.logit_scale.clamp_(0, math.log(100))
+                self.step += 1
+                running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in parts.items()}
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
+                if self.step % config.eval_every == 0 or self.step == config.steps:
+                    metrics = self.evaluate()
+                    record = {"step": self.step, "time_s": round(time.time() - start, 1),
+                              **running, **metrics}
+                    self.history.append(record)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    zs = metrics["zero_shot_accuracy"]
+                    bar.write(f"step {self.step}: zero-shot train {zs['train_combos']:.3f} "
+                              f"heldout {zs['heldout_combos']:.3f}  R@1 i2t "
+                              f"{metrics['retrieval_r1']['image_to_text']:.3f}")
+                if self.step % config.checkpoint_every == 0 or self.step in (config.steps, stop):
+                    self.save_state()
+        finally:
+            bar.close()
+            log.close()
+        if self.step < config.steps:
+            return None
+        if metrics is None:
+            metrics = self.evaluate()
+        self.export(metrics, time.time() - start)
+        return metrics
+
+
+def command_line() -> list[str]:
+    """The current process's command line, for the record."""
+    if not sys.argv:
+        return []
+    program = Path(sys.argv[0]).name
+    if program in ("cli.py", "__main__.py", "vla-ros"):  # python -m vla_ros.cli or the console script
+        program = "vla-ros"
+    return [program, *sys.argv[1:]]
+
+
+def format_command(command: list[str]) -> str:
+    """Shell-quoted command line."""
+    return shlex.join(command)
