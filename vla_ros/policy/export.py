@@ -11,6 +11,7 @@ Resizing/normalising frames and proprioception stay outside (OpenCV / numpy), de
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer warns about the fusion modules' shape checks, which are constant for a trace
+            warnings.simplefilter("ignore")
             torch.onnx.export(frame_graph, example, str(policy_path), opset_version=OPSET, dynamo=False,
                               input_names=["pixels", "text_embedding", "proprio"],
                               output_names=["action", "image_embedding"],
