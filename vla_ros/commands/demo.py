@@ -133,9 +133,13 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = args.policy or str(share_path("models", "policy"))
-    # lockstep: the simulator steps once per command, so the VLA node must act once per new frame
+    vla_parameters = {"policy_path": policy}
+    if args.mode == "lockstep":
+        # The simulator steps once per command, so the node acts once per new frame; simulated time is not
+        # wall-clock time there, so a slow (loaded) machine must not make frames count as stale.
+        vla_parameters.update(require_new_frame=True, max_frame_age_s=60.0, max_joint_state_age_s=60.0)
     graph_specs = sim_graph(
-        vla_parameters={"policy_path": policy, "require_new_frame": args.mode == "lockstep"},
+        vla_parameters=vla_parameters,
         sim_parameters={"task": args.task, "split": args.split, "mode": args.mode,
                         "start_episode_on_launch": False},
     )
