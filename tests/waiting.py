@@ -3,8 +3,8 @@
 import time
 
 
-def wait_until(predicate, timeout=15.0, what="condition"):
-    """Return once ``predicate()`` is true; fail the test after ``timeout`` seconds."""
+def wait_until(predicate, timeout=60.0, what="condition"):
+    """Return once ``predicate()`` is true; fail after ``timeout`` s (generous: CI machines are loaded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
