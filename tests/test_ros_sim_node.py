@@ -175,7 +175,8 @@ def test_late_subscriber_gets_the_latched_command(make_sim, ros_context):
 
 @pytest.mark.parametrize("message", ["position_array", "trajectory"])
 def test_position_commands_move_the_joints(make_sim, message):
-    sim, probe = make_sim(real_time_factor=4.0)
+    # lockstep: each command is one step, so a loaded machine cannot run the episode out before the joint arrives
+    sim, probe = make_sim(mode="lockstep", lockstep_republish_s=0.05, lockstep_start_delay_s=0.1)
     probe.start(seed=0, command=COMMAND)
     wait_until(lambda: probe.joint_states, what="joint states")
     start = probe.positions()
