@@ -24,6 +24,17 @@ def _param_value(value) -> str:
     return json.dumps(value)
 
 
+# Fast DDS's builtin "LARGE_DATA" transports (SHM + TCP for data, UDP only for discovery): with the default
+# UDP transport, 640x480 best-effort camera frames between processes are lost almost entirely (measured: 1 of
+# 144 arrived; 144 of 144 with LARGE_DATA). Applied unless the environment already chooses.
+FASTDDS_TRANSPORTS = ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def use_large_data_transport() -> None:
+    """Select Fast DDS's large-data transports for this process unless the environment already chooses."""
+    os.environ.setdefault(*FASTDDS_TRANSPORTS)
+
+
 def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
     """The command line that starts ``spec`` as a process."""
     cmd = [python, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
@@ -53,7 +64,7 @@ class NodeGraphProcesses:
     def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path, env: dict | None = None):
         self.specs = list(specs)
         self.log_dir = Path(log_dir)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {FASTDDS_TRANSPORTS[0]: FASTDDS_TRANSPORTS[1], **os.environ, **(env or {})}
         self.processes: dict[str, subprocess.Popen] = {}
         self._logs = []
 

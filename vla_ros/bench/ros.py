@@ -158,13 +158,14 @@ def run(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from vla_ros.launcher import only_loopback
+    from vla_ros.launcher import only_loopback, use_large_data_transport
     from vla_ros.reporting import format_table, machine_description, write_json
 
     if not only_loopback():
         print("vla-ros bench ros: run it inside a loopback-only network namespace "
               "(scripts/loopback_netns.sh vla-ros bench ros)")
         return 2
+    use_large_data_transport()
     frames = _camera_frames()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,7 +121,7 @@ def run(args) -> int:
 
     from vla_ros.envs.video import annotate, write_video
     from vla_ros.graph import sim_graph
-    from vla_ros.launcher import NodeGraphProcesses, only_loopback
+    from vla_ros.launcher import NodeGraphProcesses, only_loopback, use_large_data_transport
     from vla_ros.paths import share_path
     from vla_ros.recording import McapRecorder
     from vla_ros.reporting import format_table, write_json
@@ -130,6 +130,7 @@ def run(args) -> int:
         print("vla-ros demo: network interfaces other than loopback exist; run it through scripts/demo.sh "
               "(a loopback-only network namespace) or pass --allow-network")
         return 2
+    use_large_data_transport()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = args.policy or str(share_path("models", "policy"))
