@@ -5,8 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MUJOCO_GL=${MUJOCO_GL:-egl}
-# Fast DDS large-data transports: camera frames between processes (see vla_ros/launcher.py)
-export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
-export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
+source scripts/ros_env.sh
 exec scripts/loopback_netns.sh .venv/bin/python -m pytest "$@"
