@@ -47,7 +47,9 @@ def add_arguments(parser) -> None:
 class _DemoDriver:
     """The demo's own node: requests episodes, watches their status, records topics and frames."""
 
-    def __init__(self, recorder, frame_stride: int = 1):
+    def __init__(self, recorder):
+        import importlib
+
         import rclpy
         from rclpy.qos import QoSProfile
         from std_msgs.msg import String
@@ -58,23 +60,15 @@ class _DemoDriver:
         self.recorder = recorder
         self.statuses: list[dict] = []
         self.frames: list = []
-        self.frame_stride = frame_stride
-        self._frame_count = 0
         self.diagnostics_seen = False
         self.command = ""
         self.start_pub = self.node.create_publisher(String, "sim/start_episode", 10)
         profiles = {"camera/image_raw": qos.CAMERA_QOS, "vla/command": qos.COMMAND_QOS,
                     "joint_states": qos.JOINT_STATES_QOS, "vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS,
                     "forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
-        msg_types = {"sensor_msgs/msg/Image": "sensor_msgs.msg.Image", "std_msgs/msg/String": "std_msgs.msg.String",
-                     "sensor_msgs/msg/JointState": "sensor_msgs.msg.JointState",
-                     "std_msgs/msg/Float64MultiArray": "std_msgs.msg.Float64MultiArray",
-                     "diagnostic_msgs/msg/DiagnosticArray": "diagnostic_msgs.msg.DiagnosticArray"}
-        import importlib
-
         for topic, type_name in RECORDED_TOPICS.items():
-            module, cls = msg_types[type_name].rsplit(".", 1)
-            msg_cls = getattr(importlib.import_module(module), cls)
+            package, _, name = type_name.split("/")  # "pkg/msg/Type" -> class Type of module pkg.msg
+            msg_cls = getattr(importlib.import_module(f"{package}.msg"), name)
             recorder.add_topic(topic, type_name)
             profile = profiles.get(topic, QoSProfile(depth=50))
             self.node.create_subscription(msg_cls, topic, self._raw_callback(topic), profile, raw=True)
@@ -83,6 +77,8 @@ class _DemoDriver:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
+
+        from vla_ros.ros.conversions import image_to_numpy
 
         def callback(data: bytes) -> None:
             self.recorder.write(topic, data)
@@ -94,11 +90,7 @@ class _DemoDriver:
             elif topic == "/diagnostics":
                 self.diagnostics_seen = True
             elif topic == "camera/image_raw":
-                self._frame_count += 1
-                if self._frame_count % self.frame_stride == 0:
-                    from vla_ros.ros.conversions import image_to_numpy
-
-                    self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.command))
+                self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.command))
 
         return callback
 
