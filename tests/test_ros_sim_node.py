@@ -15,7 +15,7 @@ import yaml
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("vla_ros.envs")
 
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -84,7 +84,7 @@ class Probe:
 
 @pytest.fixture
 def make_sim(ros_context):
-    executor = MultiThreadedExecutor(num_threads=2, context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
     made = []
@@ -193,6 +193,19 @@ def test_position_commands_move_the_joints(make_sim, message):
 
     wait_until(send_and_check, what="base_yaw to reach its target")
     assert np.all(np.abs(probe.positions()[1:] - start[1:]) < 0.1)  # the others held
+
+
+def test_real_time_keeps_tracking_the_last_command(make_sim):
+    """Like a forward position controller: one far target is followed over several steps, no resend."""
+    sim, probe = make_sim(real_time_factor=1.0)
+    probe.start(seed=0, command=COMMAND)
+    wait_until(lambda: probe.joint_states, what="joint states")
+    start = probe.positions()
+    target = start.copy()
+    target[0] = min(start[0] + 0.3, ROBOT.upper[0])  # several steps of max_delta away
+    probe.position_pub.publish(position_command_array(target))
+    wait_until(lambda: abs(probe.positions()[0] - target[0]) < 0.05, what="base_yaw to reach its target")
+    assert np.all(np.abs(probe.positions()[1:] - start[1:]) < 0.1)
 
 
 def latest_stamp(probe: Probe) -> float:

@@ -20,7 +20,7 @@ import yaml
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -145,8 +145,8 @@ class Probe:
 
 @pytest.fixture
 def make_node(ros_context):
-    """Start a VlaNode (plus a Probe in the same fresh namespace) on a multi-threaded executor."""
-    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    """Start a VlaNode and a Probe in a fresh namespace on one single-threaded executor."""
+    executor = SingleThreadedExecutor(context=ros_context)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
     made = []

@@ -4,8 +4,9 @@ Publishes the camera (``camera/image_raw``, rgb8), ``joint_states`` and the epis
 ``sim/episode_status``); accepts absolute joint position commands like a real controller
 (Float64MultiArray on ``forward_position_controller/commands`` in URDF joint order, or a
 JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) / max_delta, -1, 1)``
-(the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). A step without a
-new command holds position (``a = 0``).
+(the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). Like a forward
+position controller, a real-time step without a new command keeps moving towards the last target
+(at most ``max_delta`` per step); before an episode's first command the arm holds position.
 
 Episodes start from a JSON request on ``sim/start_episode``:
 ``{"seed": int, "command": str, "task": "reach" | "push", "split": ..., "target": ..., "direction": ...}``
@@ -121,7 +122,7 @@ class SimNode(Node):
         )
         self.create_subscription(String, self._param("start_episode_topic"), self._on_start_episode, 10)
 
-        self._target: np.ndarray | None = None  # newest position command not yet applied
+        self._target: np.ndarray | None = None  # last position command of this episode (real_time)
         self._episode = 0
         self._running = False
         self._status: dict = {}
@@ -245,8 +246,7 @@ class SimNode(Node):
 
     def _on_timer(self) -> None:
         if self._running:
-            target, self._target = self._target, None  # each command drives one step at most
-            self.step(target)
+            self.step(self._target)  # a controller tracks its last command until a new one comes
         else:
             # Between episodes the camera keeps running (fresh stamps), like a real one.
             self._stamp = self.get_clock().now()
