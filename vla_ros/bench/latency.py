@@ -2,7 +2,8 @@
 
 Models: the shipped checkpoint (tiny sim-domain CLIP) and the same policy head on an open_clip
 ViT-B-32 with random weights (timing only; no weights are downloaded). Backends: torch eager and
-ONNX Runtime on the CPU; on a CUDA machine also torch fp16 and ONNX Runtime's CUDA/TensorRT providers.
+ONNX Runtime on the CPU; on a CUDA machine also torch fp32/fp16 eager, torch fp16 replayed from a CUDA
+graph (``+cuda_graph``) and ONNX Runtime's CUDA/TensorRT providers.
 Each row times ``Policy.normalized_action`` (preprocessing included; the command's text embedding is
 cached, as on the robot) and reports the process's resident memory after it.
 """
@@ -95,9 +96,10 @@ def run(args) -> int:
                 export_onnx(policy, onnx_dir, fp16=True)
             variants = [("torch", "cpu", "fp32"), ("onnxruntime", "cpu", "fp32")]
             if cuda:
-                variants += [("torch", "cuda", "fp32"), ("torch", "cuda", "fp16"), ("onnxruntime", "cuda", "fp16")]
+                variants += [("torch", "cuda", "fp32"), ("torch", "cuda", "fp16"), ("torch+cuda_graph", "cuda", "fp16"),
+                             ("onnxruntime", "cuda", "fp16")]
             for backend, device, precision in variants:
-                policy.onnx = None
+                policy.onnx, policy.cuda_graph = None, None
                 if backend == "onnxruntime":
                     policy.onnx = OnnxGraphs.load(onnx_dir, device, fp16=precision == "fp16", threads=args.threads)
                 else:
@@ -106,17 +108,22 @@ def run(args) -> int:
                     policy.encoder.model.to(device, dtype)
                     policy.encoder.device, policy.encoder.dtype, policy.device = torch.device(device), dtype, device
                     policy.encoder.clear_text_cache()
+                    if backend == "torch+cuda_graph":
+                        policy.enable_cuda_graph()
                 row = {"name": f"{model}/{backend}/{precision}", "device": device, **time_policy(policy, iterations),
                        "rss_mb": _rss_mb()}
                 rows.append(row)
                 print(f"{row['name']} ({device}): p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
-            policy.onnx = None
+            policy.onnx, policy.cuda_graph = None, None
     by_name = {r["name"] + "@" + r["device"]: r for r in rows}
     ratios = {}
     for model in args.models:
         torch_row, ort_row = by_name.get(f"{model}/torch/fp32@cpu"), by_name.get(f"{model}/onnxruntime/fp32@cpu")
         if torch_row and ort_row:
             ratios[f"{model}: torch_cpu/onnxruntime_cpu"] = torch_row["p50_ms"] / ort_row["p50_ms"]
+        eager, graphed = by_name.get(f"{model}/torch/fp16@cuda"), by_name.get(f"{model}/torch+cuda_graph/fp16@cuda")
+        if eager and graphed:
+            ratios[f"{model}: torch_cuda_fp16/cuda_graph_fp16"] = eager["p50_ms"] / graphed["p50_ms"]
     print(format_table(rows, ["name", "device", "p50_ms", "p99_ms", "per_s", "rss_mb"]))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")

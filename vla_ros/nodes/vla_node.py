@@ -80,6 +80,12 @@ PARAMETERS = (
     ("device", "cpu", "Torch device for the policy: 'cpu', 'cuda' or 'cuda:N'."),
     ("fp16", False, "Run the policy in half precision (GPU only)."),
     ("backend", "torch", f"Policy inference backend, one of {BACKENDS}."),
+    (
+        "cuda_graphs",
+        True,
+        "With the torch backend on CUDA, replay batch-1 inference from a captured CUDA graph (falls back to "
+        "eager execution with a warning if capture fails); ignored elsewhere.",
+    ),
     ("urdf_path", "", "URDF with the joint limits; empty = the package's sim/robot/vla_arm.urdf."),
     (
         "control_rate_hz",
@@ -197,6 +203,7 @@ class VlaNode(LifecycleNode):
         if not (self._device == "cpu" or self._device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self._device!r}")
         self._fp16 = bool(self._param("fp16"))
+        self._cuda_graphs = bool(self._param("cuda_graphs"))
         self._control_period = 1.0 / float(self._param("control_rate_hz"))
         if not 0 < self._control_period < 10:
             raise ValueError(f"control_rate_hz must be > 0.1, got {self._param('control_rate_hz')}")
@@ -320,12 +327,15 @@ class VlaNode(LifecycleNode):
         if not path:
             raise ValueError("parameter policy_path is empty")
         kwargs = {"device": self._device, "backend": self._backend}
+        if not self._cuda_graphs:
+            kwargs["cuda_graphs"] = False  # else automatic: on where it applies
         if self._fp16:
             kwargs["precision"] = "fp16"
         start = time.perf_counter()
         policy = Policy.load(path, **kwargs)
+        graph = ", CUDA graph" if policy.cuda_graph is not None else ""
         self.get_logger().info(
-            f"loaded policy {path} on {self._device} in {time.perf_counter() - start:.2f} s"
+            f"loaded policy {path} on {self._device} ({self._backend}{graph}) in {time.perf_counter() - start:.2f} s"
         )
         return policy
 

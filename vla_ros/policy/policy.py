@@ -6,6 +6,7 @@ measured in simulation is what runs on the robot.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,30 @@ class Policy:
         self.last_features: dict[str, torch.Tensor] | None = None
         self.last_grounding: dict[str, float] | None = None  # per-object scores of the last frame (torch backend)
         self.grounding_labels = _object_labels()
+        self.cuda_graph = None  # CudaGraphFrame replaying batch-1 torch inference on CUDA
+
+    def enable_cuda_graph(self) -> None:
+        """Capture the per-frame computation at batch 1 as a CUDA graph (torch backend on CUDA only)."""
+        from vla_ros.policy.cuda_graph import CudaGraphFrame
+
+        if self.onnx is not None:
+            raise ValueError("CUDA graphs are for the torch backend; ONNX Runtime has its own graph execution")
+        self.cuda_graph = None
+        self.network.eval()
+        self.cuda_graph = CudaGraphFrame(self.encoder.model.visual, self.network, self.encoder.image_size,
+                                         self.encoder.embed_dim, 2 * self.num_joints, self.encoder.dtype,
+                                         self.encoder.device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
-             clip_path: str | Path | None = None, precision: str = "fp32") -> "Policy":
-        """Load a checkpoint folder and the CLIP it was trained with (sha256 checked)."""
+             clip_path: str | Path | None = None, precision: str = "fp32",
+             cuda_graphs: bool | None = None) -> "Policy":
+        """Load a checkpoint folder and the CLIP it was trained with (sha256 checked).
+
+        ``cuda_graphs``: replay batch-1 torch inference from a CUDA graph; ``None`` = on wherever it
+        applies (torch backend on a CUDA device; falls back to eager with a warning if capture fails),
+        ``True`` = required (an error elsewhere).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         path = Path(path)
@@ -69,7 +89,18 @@ class Policy:
             raise CheckpointError("CLIP embedding/patch sizes do not match the policy checkpoint")
         network, config = load_network(path, config, device=device)
         onnx = OnnxGraphs.load(path / ONNX_DIR, device, fp16=precision == "fp16") if backend == "onnxruntime" else None
-        return cls(network, config, encoder, device=device, checkpoint=path, onnx=onnx)
+        policy = cls(network, config, encoder, device=device, checkpoint=path, onnx=onnx)
+        on_cuda = backend == "torch" and encoder.device.type == "cuda"
+        if cuda_graphs and not on_cuda:
+            raise ValueError(f"cuda_graphs needs the torch backend on a CUDA device, got {backend} on {device}")
+        if cuda_graphs or (cuda_graphs is None and on_cuda):
+            try:
+                policy.enable_cuda_graph()
+            except RuntimeError as error:
+                if cuda_graphs:
+                    raise
+                warnings.warn(f"CUDA graph capture failed, running eagerly: {error}", RuntimeWarning, stacklevel=2)
+        return policy
 
     @property
     def num_joints(self) -> int:
@@ -104,6 +135,8 @@ class Policy:
         if self.onnx is not None:
             return self.onnx.action(self.encoder, frame, command, self.normalizer(state[None]),
                                     image_scale, text_scale)
+        if self.cuda_graph is not None and np.ndim(frame) == 3 and image_scale == text_scale == 1.0:
+            return self._graph_action(frame, command, state)
         image = self.encoder.encode_images(frame)
         text = self.encoder.encode_text([command])
         obs = {
@@ -116,6 +149,15 @@ class Policy:
         self.last_grounding = self._object_scores(image.patches[0])
         action = self.network._predict(obs, deterministic=True)
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
+
+    def _graph_action(self, frame: np.ndarray, command: str, state: np.ndarray) -> np.ndarray:
+        text = self.encoder.encode_text([command]).to(self.device, torch.float32)
+        proprio = torch.as_tensor(self.normalizer(state[None]), device=self.device, dtype=torch.float32)
+        action, image, patches = self.cuda_graph(self.encoder.preprocess(frame), text, proprio)
+        self.last_features = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text,
+                              OBS_PROPRIO: proprio}
+        self.last_grounding = self._object_scores(patches[0])
+        return action.float().cpu().numpy()[0].astype(np.float64)
 
     def _object_scores(self, patches: torch.Tensor) -> dict[str, float] | None:
         """Softmax over known object labels of each label's best-matching patch: what is on the table."""

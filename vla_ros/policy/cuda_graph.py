@@ -1,0 +1,73 @@
+"""Batch-1 inference replayed from a CUDA graph (torch backend on a CUDA device).
+
+At batch 1 the tiny CLIP + policy head is a few hundred small kernels; launching them one by one
+from Python costs more than running them. :class:`CudaGraphFrame` captures the whole per-frame
+computation once (image tower -> normalised features -> fusion -> actor mean) into static buffers
+and replays it per frame: one launch, no Python per kernel. The text embedding is an input (commands
+are cached), as in the ONNX export.
+
+:func:`frame_forward` is the captured computation. It is plain torch and equals the eager path of
+:meth:`Policy.normalized_action <vla_ros.policy.policy.Policy.normalized_action>`, which the CPU
+tests check; only the capture itself needs a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vla_ros.grounding.encoder import vision_forward
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+
+
+def frame_forward(visual: torch.nn.Module, network: torch.nn.Module, pixels: torch.Tensor, text: torch.Tensor,
+                  proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pixels (B,3,S,S), text (B,D), proprio (B,2n)) -> (action in [-1,1] (B,n), image (B,D), patches (B,P,D)).
+
+    The deterministic action is the Gaussian's mean (``action_net`` on the actor latent), as SB3's
+    ``predict(deterministic=True)``; built from tensor ops only, so that it can be captured.
+    """
+    pooled, tokens = vision_forward(visual, pixels)
+    image, patches = F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1)
+    features = network.features_extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches,
+                                           FEAT_TEXT: text, OBS_PROPRIO: proprio})
+    action = network.action_net(network.mlp_extractor.forward_actor(features))
+    return torch.clamp(action, -1.0, 1.0), image, patches
+
+
+class CudaGraphFrame:
+    """:func:`frame_forward` at batch 1, captured once on a CUDA device and replayed per frame."""
+
+    def __init__(self, visual: torch.nn.Module, network: torch.nn.Module, image_size: int, embed_dim: int,
+                 proprio_dim: int, pixel_dtype: torch.dtype, device: torch.device | str, warmup: int = 3):
+        device = torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"CUDA graphs need a CUDA device, got {device}")
+        self._visual, self._network = visual, network
+        self._pixels = torch.zeros(1, 3, image_size, image_size, device=device, dtype=pixel_dtype)
+        self._text = torch.zeros(1, embed_dim, device=device)
+        self._proprio = torch.zeros(1, proprio_dim, device=device)
+        # Warm up on a side stream first (cuBLAS handles, lazy init), as torch.cuda.graphs documents.
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(warmup):
+                self._run_eager()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self._graph):
+            self._outputs = self._run_eager()
+
+    def _run_eager(self):
+        return frame_forward(self._visual, self._network, self._pixels, self._text, self._proprio)
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, proprio: torch.Tensor):
+        """Copy the inputs (batch 1) into the graph's buffers, replay, return copies of the outputs."""
+        if pixels.shape != self._pixels.shape:
+            raise ValueError(f"CUDA graph captured for pixels {tuple(self._pixels.shape)}, got {tuple(pixels.shape)}")
+        self._pixels.copy_(pixels)
+        self._text.copy_(text)
+        self._proprio.copy_(proprio)
+        self._graph.replay()
+        return tuple(output.clone() for output in self._outputs)
