@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("vla_ros.bench.train", "training throughput, batched vs per-env encoding"),
     "ros": ("vla_ros.bench.ros", "end-to-end ROS latency, image publish to joint command"),
     "latency": ("vla_ros.bench.latency", "frame -> action latency per inference backend"),
+    "executor": ("vla_ros.bench.executor", "rclpy callback dispatch rate, single- vs multi-threaded executor"),
 }
 
 

@@ -16,10 +16,10 @@ its own, outside the executor: the subscription callbacks only store the newest 
 slow policy step never delays them, and they never delay the policy.
 
 Why not an executor timer: rclpy's ``MultiThreadedExecutor`` (rclpy 9.1.2) dispatches callbacks
-orders of magnitude slower than the single-threaded one (a publish/subscribe ping-pong in one
-process: 13-30 round trips in 5 s against 11-13 thousand), which starved the control timer under
-a 30 Hz camera. The node therefore spins a ``SingleThreadedExecutor`` for its cheap callbacks and
-keeps the expensive work on the control thread.
+far slower than the single-threaded one (``vla-ros bench executor``: 11x fewer ping-pong round
+trips, 18 of 100 camera frames delivered), which starved the control timer under a 30 Hz camera.
+The node therefore spins a ``SingleThreadedExecutor`` for its cheap callbacks and keeps the
+expensive work on the control thread.
 """
 
 from __future__ import annotations
