@@ -11,7 +11,7 @@ from pathlib import Path
 from vla_ros.reporting import add_json_argument
 
 DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
-ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention")
+ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region")
 
 
 def add_arguments(parser) -> None:

@@ -17,6 +17,13 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   ``alpha`` starts at 0, so at initialisation the output is exactly the image-only path
   (:meth:`GatedFusion.image_only`) and the text-conditioned injection opens as training needs it.
   ``h`` (hidden) -> MLP -> out_dim.
+* ``region``: CLIP's own region similarity decides *where*, nothing learned in between. Region
+  embeddings at every patch centre (Gaussian pooling of the patch tokens: the pooling the
+  sim-domain CLIP was trained with, :mod:`vla_ros.grounding.regions`) are scored against the
+  command; ``softmax(scale * similarity)`` (one learned scale) gives the attention, its expected
+  position ``xy``, the attended region embedding and the expected similarity (a confidence).
+  ``[attended region (D), text (D), xy (2), confidence (1)]`` -> MLP -> out_dim. The global image
+  embedding is not used: it lets a policy memorise training scenes instead of grounding the command.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-FUSION_KINDS = ("late", "cross_attention", "gated")
+FUSION_KINDS = ("late", "cross_attention", "gated", "region")
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
@@ -161,12 +169,53 @@ class GatedFusion(nn.Module):
         return self.head(hidden)
 
 
-_FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated": GatedFusion}
+def gaussian_pooling(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Tensor:
+    """(P, P) row-stochastic weights pooling the patches around each patch centre (sigma in patches)."""
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32),
+                            indexing="ij")
+    centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+    dist2 = ((centres[:, None] - centres[None]) ** 2).sum(-1)
+    return torch.softmax(-dist2 / (2 * sigma_patches ** 2), dim=-1)
+
+
+class RegionGroundingFusion(nn.Module):
+    """softmax(scale * cos(region_i, text)) over patch centres -> ``[attended, text, xy, confidence]`` -> MLP."""
+
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
+                 grid_size: tuple[int, int] | None = None, sigma_patches: float = 0.75, init_scale: float = 30.0,
+                 **_):
+        super().__init__()
+        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        grid_h, grid_w = _grid(num_patches, grid_size)
+        self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
+        self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.mlp = _mlp(2 * embed_dim + 3, hidden_dim, out_dim)
+
+    def region_similarity(self, image_patches: torch.Tensor, text: torch.Tensor):
+        """Region embeddings (B, P, D) at the patch centres and their cosine similarity with text (B, P)."""
+        regions = F.normalize(self.pooling @ F.normalize(image_patches, dim=-1), dim=-1)
+        return regions, (regions @ F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, image_global, image_patches, text):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); the global embedding is ignored."""
+        _check_inputs(self, image_global, image_patches, text)
+        regions, similarity = self.region_similarity(image_patches, text)
+        weights = torch.softmax(similarity * self.log_scale.exp(), dim=-1)
+        xy = weights @ self.coordinates
+        attended = (weights.unsqueeze(1) @ regions).squeeze(1)
+        confidence = (weights * similarity).sum(-1, keepdim=True)
+        self.last_xy, self.last_attention = xy, weights  # for the auxiliary grounding loss and heatmaps
+        return self.mlp(torch.cat([attended, text, xy, confidence], dim=-1))
+
+
+_FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated": GatedFusion,
+            "region": RegionGroundingFusion}
 
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None) -> nn.Module:
-    """Build a fusion module by name (``late``, ``cross_attention``, ``gated``); see the module doc."""
+    """Build a fusion module by name (``late``, ``cross_attention``, ``gated``, ``region``); see the module doc."""
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
     if embed_dim % heads:
