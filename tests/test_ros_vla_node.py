@@ -419,6 +419,24 @@ def test_clear_command_holds(make_node, policy_checkpoint):
     assert node.counter("commands_published") == published
 
 
+def test_the_control_loop_keeps_running_while_the_executor_is_busy(make_node, policy_checkpoint):
+    """The policy runs on the node's control thread, not in executor callbacks (a slow callback cannot stall it)."""
+    node, probe = make_node("active", policy_path=str(policy_checkpoint))
+    probe.send_command(COMMAND)
+    wait_until(lambda: node.counter("commands_published") > 0, what="commands")
+    steps_while_blocked = []
+
+    def block_the_executor():
+        timer.cancel()
+        before = node.counter("steps")
+        time.sleep(0.6)  # the executor's only thread is taken: no input, service or timer callback runs
+        steps_while_blocked.append(node.counter("steps") - before)
+
+    timer = probe.node.create_timer(0.01, block_the_executor)
+    wait_until(lambda: steps_while_blocked, what="the blocking callback")
+    assert steps_while_blocked[0] >= 3  # 12 periods at 20 Hz
+
+
 def test_deactivate_stops_commands_and_reactivate_resumes(make_node, policy_checkpoint):
     node, probe = make_node("active", policy_path=str(policy_checkpoint))
     probe.send_command(COMMAND)
