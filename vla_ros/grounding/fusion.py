@@ -17,13 +17,13 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   ``alpha`` starts at 0, so at initialisation the output is exactly the image-only path
   (:meth:`GatedFusion.image_only`) and the text-conditioned injection opens as training needs it.
   ``h`` (hidden) -> MLP -> out_dim.
-* ``region``: CLIP's own region similarity decides *where*, nothing learned in between. Region
-  embeddings at every patch centre (Gaussian pooling of the patch tokens: the pooling the
-  sim-domain CLIP was trained with, :mod:`vla_ros.grounding.regions`) are scored against the
-  command; ``softmax(scale * similarity)`` (one learned scale) gives the attention, its expected
-  position ``xy``, the attended region embedding and the expected similarity (a confidence).
-  ``[attended region (D), text (D), xy (2), confidence (1)]`` -> MLP -> out_dim. The global image
-  embedding is not used: it lets a policy memorise training scenes instead of grounding the command.
+* ``region``: ``cross_attention`` whose attention logits get CLIP's own region similarity as a
+  prior: region embeddings at every patch centre (Gaussian pooling of the patch tokens, the pooling
+  the sim-domain CLIP was trained with, :mod:`vla_ros.grounding.regions`) scored against the
+  command, times a learned per-head scale, are added to each head's logits. The learned attention
+  fits the training scenes; the prior carries CLIP's grounding of colour-shape combinations the
+  policy never saw (zero-shot region pick on 150 reach scenes: 99.3% training / 80.0% held-out
+  combinations, against 86% / 71% for raw patch similarity).
 """
 
 from __future__ import annotations
@@ -82,12 +82,26 @@ def _check_inputs(module: nn.Module, image_global, image_patches, text) -> None:
         raise ValueError(f"text must be ({b}, {d}), got {tuple(text.shape)}")
 
 
+def gaussian_pooling(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Tensor:
+    """(P, P) row-stochastic weights pooling the patches around each patch centre (sigma in patches)."""
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32),
+                            indexing="ij")
+    centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+    dist2 = ((centres[:, None] - centres[None]) ** 2).sum(-1)
+    return torch.softmax(-dist2 / (2 * sigma_patches ** 2), dim=-1)
+
+
 class PatchAttention(nn.Module):
     """Text-queried attention over positionally encoded patches: (B, D), (B, P, D) -> (B, D), (B, P)."""
 
-    def __init__(self, embed_dim: int, num_patches: int, grid_size: tuple[int, int] | None, heads: int):
+    def __init__(self, embed_dim: int, num_patches: int, grid_size: tuple[int, int] | None, heads: int,
+                 region_prior: bool = False, sigma_patches: float = 0.75, prior_scale: float = 10.0):
         super().__init__()
         grid_h, grid_w = _grid(num_patches, grid_size)
+        self.heads, self.region_prior = heads, region_prior
+        if region_prior:
+            self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
+            self.prior_log_scale = nn.Parameter(torch.full((heads,), math.log(prior_scale)))
         # fixed sin-cos gives every patch a distinct position from step 0; the learned part adapts it
         self.register_buffer("fixed_position", sincos_2d(grid_h, grid_w, embed_dim), persistent=False)
         self.learned_position = nn.Parameter(torch.zeros(num_patches, embed_dim))
@@ -100,8 +114,18 @@ class PatchAttention(nn.Module):
         """Return the attended vector (B, D) and the head-averaged attention over patches (B, P)."""
         keys = self.norm_patches(patches) + self.fixed_position + self.learned_position
         query = self.norm_query(text).unsqueeze(1)
-        attended, weights = self.attention(query, keys, keys, need_weights=True, average_attn_weights=True)
+        bias = None
+        if self.region_prior:  # float attn_mask: added to the logits, (B * heads, 1, P), batch-major
+            prior = self.prior_log_scale.exp()[None, :, None] * self.region_similarity(patches, text)[:, None, :]
+            bias = prior.reshape(-1, 1, patches.shape[1])
+        attended, weights = self.attention(query, keys, keys, attn_mask=bias, need_weights=True,
+                                           average_attn_weights=True)
         return attended.squeeze(1), weights.squeeze(1)
+
+    def region_similarity(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, P) of the command with the region embedding at each patch centre."""
+        regions = F.normalize(self.pooling @ F.normalize(patches, dim=-1), dim=-1)
+        return (regions @ F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)
 
     def expected_xy(self, weights: torch.Tensor) -> torch.Tensor:
         """Attention-weighted mean patch centre, (B, 2) as (x, y) in [-1, 1]."""
@@ -126,10 +150,10 @@ class CrossAttentionFusion(nn.Module):
     """Q = text, K, V = patches + 2-D position; ``[attended, text, global, xy]`` -> MLP -> out_dim."""
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 heads: int = 4, grid_size: tuple[int, int] | None = None, **_):
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, region_prior: bool = False, **_):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
-        self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads)
+        self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads, region_prior=region_prior)
         self.mlp = _mlp(3 * embed_dim + 2, hidden_dim, out_dim)
 
     def forward(self, image_global, image_patches, text):
@@ -169,48 +193,12 @@ class GatedFusion(nn.Module):
         return self.head(hidden)
 
 
-def gaussian_pooling(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Tensor:
-    """(P, P) row-stochastic weights pooling the patches around each patch centre (sigma in patches)."""
-    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32),
-                            indexing="ij")
-    centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
-    dist2 = ((centres[:, None] - centres[None]) ** 2).sum(-1)
-    return torch.softmax(-dist2 / (2 * sigma_patches ** 2), dim=-1)
-
-
-class RegionGroundingFusion(nn.Module):
-    """softmax(scale * cos(region_i, text)) over patch centres -> ``[attended, text, xy, confidence]`` -> MLP."""
-
-    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 grid_size: tuple[int, int] | None = None, sigma_patches: float = 0.75, init_scale: float = 30.0,
-                 **_):
-        super().__init__()
-        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
-        grid_h, grid_w = _grid(num_patches, grid_size)
-        self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
-        self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-        self.mlp = _mlp(2 * embed_dim + 3, hidden_dim, out_dim)
-
-    def region_similarity(self, image_patches: torch.Tensor, text: torch.Tensor):
-        """Region embeddings (B, P, D) at the patch centres and their cosine similarity with text (B, P)."""
-        regions = F.normalize(self.pooling @ F.normalize(image_patches, dim=-1), dim=-1)
-        return regions, (regions @ F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)
-
-    def forward(self, image_global, image_patches, text):
-        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); the global embedding is ignored."""
-        _check_inputs(self, image_global, image_patches, text)
-        regions, similarity = self.region_similarity(image_patches, text)
-        weights = torch.softmax(similarity * self.log_scale.exp(), dim=-1)
-        xy = weights @ self.coordinates
-        attended = (weights.unsqueeze(1) @ regions).squeeze(1)
-        confidence = (weights * similarity).sum(-1, keepdim=True)
-        self.last_xy, self.last_attention = xy, weights  # for the auxiliary grounding loss and heatmaps
-        return self.mlp(torch.cat([attended, text, xy, confidence], dim=-1))
+def _region_fusion(**kwargs) -> CrossAttentionFusion:
+    return CrossAttentionFusion(region_prior=True, **kwargs)
 
 
 _FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated": GatedFusion,
-            "region": RegionGroundingFusion}
+            "region": _region_fusion}
 
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
