@@ -241,6 +241,27 @@ def test_episode_ends_with_a_done_status(make_sim):
     assert last["step"] <= 50
 
 
+def test_start_episode_service_uses_the_current_parameters(make_sim):
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    sim, probe = make_sim(real_time_factor=4.0)
+    client = probe.node.create_client(Trigger, "sim/start_episode")
+    assert client.wait_for_service(timeout_sec=10.0)
+    sim.set_parameters([Parameter("seed", value=11), Parameter("command", value="go to the blue ball")])
+    future = client.call_async(Trigger.Request())
+    wait_until(future.done, what="the service reply")
+    reply = future.result()
+    assert reply.success, reply.message
+    status = json.loads(reply.message)
+    assert (status["seed"], status["command"], status["step"]) == (11, "go to the blue ball", 0)
+    wait_until(lambda: "go to the blue ball" in probe.commands, what="the latched command")
+    sim.set_parameters([Parameter("task", value="stack")])  # no such task: a clear failure, no crash
+    future = client.call_async(Trigger.Request())
+    wait_until(future.done, what="the service reply")
+    assert not future.result().success and "task" in future.result().message
+
+
 def test_push_task_and_bad_requests(make_sim):
     sim, probe = make_sim(real_time_factor=4.0)
     for bad in ("not json", "[1, 2]", json.dumps({"seed": "x"}), json.dumps({"colour": "red"})):

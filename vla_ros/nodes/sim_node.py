@@ -8,9 +8,11 @@ JointTrajectory) and converts them into the env's action ``a = clip((q_target - 
 position controller, a real-time step without a new command keeps moving towards the last target
 (at most ``max_delta`` per step); before an episode's first command the arm holds position.
 
-Episodes start from a JSON request on ``sim/start_episode``:
+Episodes start from the ``sim/start_episode`` service (``std_srvs/Trigger``: an episode with the
+current ``seed``, ``command`` and ``task`` parameters, e.g. after ``ros2 param set``; the reply
+carries the episode status as JSON) or from a JSON request on the ``sim/start_episode`` topic:
 ``{"seed": int, "command": str, "task": "reach" | "push", "split": ..., "target": ..., "direction": ...}``
-(all optional); the episode's command is then published latched on ``vla/command``.
+(all optional). The episode's command is then published latched on ``vla/command``.
 
 Timing: ``real_time`` steps the env on a timer every ``control_dt``; ``lockstep`` steps once per
 received command (deterministic, for parity tests), and republishes the last observation unchanged
@@ -36,6 +38,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.ros import qos
@@ -51,13 +54,13 @@ MODES = ("real_time", "lockstep")
 EPISODE_OPTIONS = ("command", "split", "target", "direction")  # passed to env.reset(options=...)
 
 PARAMETERS = (
-    ("task", "reach", f"Task of the first episode, one of {TASKS} (a start request may change it)."),
+    ("task", "reach", f"Task of the first episode and of service-started ones, one of {TASKS}."),
     ("image_size", 64, "Camera resolution (square, pixels; 64..224)."),
     ("num_objects", 3, "Objects on the table."),
     ("split", "train", "Instruction split: train, heldout_combos or heldout_phrasings."),
     ("perturbation", "", "Env perturbation: '' (none), distractors, jitter or corrupted."),
-    ("seed", 0, "Seed of the first episode."),
-    ("command", "", "Command of the first episode; empty = sampled by the env."),
+    ("seed", 0, "Seed of the first episode and of service-started ones."),
+    ("command", "", "Command of the first episode and of service-started ones; empty = sampled by the env."),
     ("start_episode_on_launch", True, "Start an episode at launch (else wait for sim/start_episode)."),
     ("mode", "real_time", f"Stepping: one of {MODES}."),
     ("real_time_factor", 1.0, "real_time mode: simulated seconds per wall-clock second."),
@@ -83,6 +86,12 @@ PARAMETERS = (
     ("command_topic", "vla/command", "Where the episode's language command is published (latched)."),
     ("episode_status_topic", "sim/episode_status", "Episode status (JSON std_msgs/String) after each step."),
     ("start_episode_topic", "sim/start_episode", "Episode start requests (JSON std_msgs/String)."),
+    (
+        "start_episode_service",
+        "sim/start_episode",
+        "Service (std_srvs/Trigger) starting an episode with the current seed, command and task parameters; "
+        "the reply's message is the episode status (JSON).",
+    ),
 )
 
 
@@ -121,6 +130,7 @@ class SimNode(Node):
             JointTrajectory, self._param("trajectory_topic"), self._on_trajectory, qos.JOINT_COMMAND_QOS
         )
         self.create_subscription(String, self._param("start_episode_topic"), self._on_start_episode, 10)
+        self.create_service(Trigger, self._param("start_episode_service"), self._on_start_episode_service)
 
         self._target: np.ndarray | None = None  # last position command of this episode (real_time)
         self._episode = 0
@@ -298,6 +308,16 @@ class SimNode(Node):
         except Exception as error:  # a bad request must not take the simulator down
             self.get_logger().error(f"cannot start episode from {msg.data!r}: {error}")
             self._status_pub.publish(String(data=json.dumps({"error": str(error), "request": msg.data})))
+
+    def _on_start_episode_service(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            status = self.start_episode(seed=int(self._param("seed")), task=self._param("task"),
+                                        command=self._param("command") or None)
+            response.success, response.message = True, json.dumps(status)
+        except Exception as error:  # a bad parameter must not take the simulator down
+            self.get_logger().error(f"cannot start episode: {error}")
+            response.success, response.message = False, f"cannot start episode: {error}"
+        return response
 
     def destroy_node(self) -> None:
         """Close the env (its renderer holds a GL context), then destroy the node."""
