@@ -1,4 +1,8 @@
-"""Grounding metrics of a CLIP on rendered scenes: zero-shot object picking and retrieval R@1."""
+"""Grounding metrics of a CLIP on rendered scenes: zero-shot object picking and retrieval R@1.
+
+Object picking is measured with the objects' pixels given (:func:`zero_shot_accuracy`) and without
+them (:func:`dense_pick_accuracy`, what a policy faces).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import torch
 
 from vla_ros.grounding.data import CaptionSampler, SceneDataset
 from vla_ros.grounding.encoder import ClipEncoder
-from vla_ros.grounding.zero_shot import region_similarities
+from vla_ros.grounding.regions import patch_centres, region_embeddings
+from vla_ros.grounding.zero_shot import object_pixels_to_model, region_similarities
 
 
 def zero_shot_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
@@ -23,6 +28,30 @@ def zero_shot_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: 
         sims = region_similarities(encoder, dataset.images[start:stop], dataset.pixels[start:stop], texts)
         sims = sims.masked_fill(~torch.from_numpy(dataset.valid[start:stop]), float("-inf"))
         correct += int((sims.argmax(dim=1).numpy() == dataset.target[start:stop]).sum())
+    return correct / len(dataset)
+
+
+def dense_pick_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
+    """Fraction of scenes where the region best matching the command lies nearest the commanded object.
+
+    Unlike :func:`zero_shot_accuracy` the objects' pixels are not given: the candidates are the region
+    embeddings at every patch centre, which is what a policy sees. The chosen centre counts as right
+    when the commanded object is the nearest object to it.
+    """
+    centres = patch_centres(encoder.grid_size, encoder.image_size)
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        patches = encoder.encode_images(dataset.images[start:stop]).patches
+        texts = encoder.encode_text([str(c) for c in dataset.commands[start:stop]])
+        regions = region_embeddings(patches, centres.expand(len(patches), -1, -1), encoder.grid_size,
+                                    encoder.image_size)
+        best = centres[(regions @ texts.unsqueeze(-1)).squeeze(-1).argmax(dim=1)]  # (B, 2) model pixels
+        for i, scene in enumerate(range(start, stop)):
+            objects = object_pixels_to_model(encoder, dataset.images[scene].shape, dataset.pixels[scene])
+            distance = ((objects - best[i]) ** 2).sum(-1).masked_fill(~torch.from_numpy(dataset.valid[scene]),
+                                                                       float("inf"))
+            correct += int(int(distance.argmin()) == int(dataset.target[scene]))
     return correct / len(dataset)
 
 

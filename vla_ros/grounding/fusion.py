@@ -22,8 +22,8 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   the sim-domain CLIP was trained with, :mod:`vla_ros.grounding.regions`) scored against the
   command, times a learned per-head scale, are added to each head's logits. The learned attention
   fits the training scenes; the prior carries CLIP's grounding of colour-shape combinations the
-  policy never saw (zero-shot region pick on 150 reach scenes: 99.3% training / 80.0% held-out
-  combinations, against 86% / 71% for raw patch similarity).
+  policy never saw (``vla-ros eval-clip``'s dense region pick, 500 scenes per split, with the CLIP of
+  the shipped policy: 98.4% training / 80.8% held-out combinations).
 """
 
 from __future__ import annotations
