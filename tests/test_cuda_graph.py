@@ -7,7 +7,8 @@ import torch
 from vla_ros.commands.export import sample_inputs
 from vla_ros.keys import FEAT_IMAGE_PATCHES
 from vla_ros.paths import share_path
-from vla_ros.policy.cuda_graph import CudaGraphFrame, frame_forward
+from vla_ros.policy.cuda_graph import CudaGraphFrame
+from vla_ros.policy.export import frame_forward
 from vla_ros.policy.policy import Policy
 
 CHECKPOINT = share_path("models", "policy")

@@ -53,6 +53,7 @@ def measure(kind: str, seconds: float) -> dict:
         images = ping.create_publisher(Image, "bench_executor/image", qos.CAMERA_QOS)
         frame = np.zeros((64, 64, 3), np.uint8)
         ping.create_timer(0.05, lambda: images.publish(numpy_to_image(frame, "rgb8", ping.get_clock().now(), "c")))
+
         def on_image(msg):
             image_latency.append(pong.get_clock().now().nanoseconds * 1e-9 - stamp_to_seconds(msg.header.stamp))
 

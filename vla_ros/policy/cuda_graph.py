@@ -6,7 +6,8 @@ computation once (image tower -> normalised features -> fusion -> actor mean) in
 and replays it per frame: one launch, no Python per kernel. The text embedding is an input (commands
 are cached), as in the ONNX export.
 
-:func:`frame_forward` is the captured computation. It is plain torch and equals the eager path of
+:func:`~vla_ros.policy.export.frame_forward` is the captured computation, the same one the ONNX
+export traces. It is plain torch and equals the eager path of
 :meth:`Policy.normalized_action <vla_ros.policy.policy.Policy.normalized_action>`, which the CPU
 tests check; only the capture itself needs a GPU.
 """
@@ -14,25 +15,8 @@ tests check; only the capture itself needs a GPU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from vla_ros.grounding.encoder import vision_forward
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
-
-
-def frame_forward(visual: torch.nn.Module, network: torch.nn.Module, pixels: torch.Tensor, text: torch.Tensor,
-                  proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pixels (B,3,S,S), text (B,D), proprio (B,2n)) -> (action in [-1,1] (B,n), image (B,D), patches (B,P,D)).
-
-    The deterministic action is the Gaussian's mean (``action_net`` on the actor latent), as SB3's
-    ``predict(deterministic=True)``; built from tensor ops only, so that it can be captured.
-    """
-    pooled, tokens = vision_forward(visual, pixels)
-    image, patches = F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1)
-    features = network.features_extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches,
-                                           FEAT_TEXT: text, OBS_PROPRIO: proprio})
-    action = network.action_net(network.mlp_extractor.forward_actor(features))
-    return torch.clamp(action, -1.0, 1.0), image, patches
+from vla_ros.policy.export import frame_forward
 
 
 class CudaGraphFrame:

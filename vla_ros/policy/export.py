@@ -27,24 +27,37 @@ OPSET = 17
 METADATA_FILE = "onnx_metadata.json"
 
 
+def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, text: torch.Tensor,
+                  proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pixels (B,3,S,S), text (B,D), proprio (B,2n)) -> (action in [-1,1] (B,n), image (B,D), patches (B,P,D)).
+
+    The per-frame computation the ONNX export traces and a CUDA graph captures; it equals the eager
+    path of ``Policy.normalized_action``. Image features are normalised in the network's dtype (that of
+    ``proprio``), so an fp16 image tower can feed an fp32 head. The deterministic action is the
+    Gaussian's mean (``action_net`` on the actor latent), as SB3's ``predict(deterministic=True)``,
+    built from tensor ops only.
+    """
+    pooled, tokens = vision_forward(visual, pixels)
+    image = F.normalize(pooled.to(proprio.dtype), dim=-1)
+    patches = F.normalize(tokens.to(proprio.dtype), dim=-1)
+    features = network.features_extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches,
+                                           FEAT_TEXT: text, OBS_PROPRIO: proprio})
+    action = network.action_net(network.mlp_extractor.forward_actor(features))
+    return torch.clamp(action, -1.0, 1.0), image, patches
+
+
 class FrameToAction(nn.Module):
-    """Image tower + fusion + actor mean: the graph ``vla_node`` runs for every frame."""
+    """Image tower + fusion + actor mean (:func:`frame_forward`): the graph ``vla_node`` runs for every frame."""
 
     def __init__(self, visual: nn.Module, network: nn.Module):
         super().__init__()
         self.visual = visual
-        self.extractor = network.features_extractor
-        self.mlp = network.mlp_extractor
-        self.action_net = network.action_net
+        self.network = network
 
     def forward(self, pixels: torch.Tensor, text_embedding: torch.Tensor, proprio: torch.Tensor):
         """(pixels, text, proprio) -> (action in [-1, 1], normalised image embedding)."""
-        pooled, tokens = vision_forward(self.visual, pixels)
-        image = F.normalize(pooled, dim=-1)
-        features = self.extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: F.normalize(tokens, dim=-1),
-                                   FEAT_TEXT: text_embedding, OBS_PROPRIO: proprio})
-        action = self.action_net(self.mlp.forward_actor(features))
-        return torch.clamp(action, -1.0, 1.0), image
+        action, image, _ = frame_forward(self.visual, self.network, pixels, text_embedding, proprio)
+        return action, image
 
 
 class TextEncoder(nn.Module):
