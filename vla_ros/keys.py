@@ -18,6 +18,9 @@ OBS_PROPRIO = "proprio"  # float32 (2 * n_joints,): joint positions (rad) then v
 FEAT_IMAGE_GLOBAL = "image_embedding"  # float32 (D,)
 FEAT_IMAGE_PATCHES = "image_patches"  # float32 (P, D)
 FEAT_TEXT = "text_embedding"  # float32 (D,)
+# Patch tokens of the episode's first frame (the frame a command arrived with): where the objects were
+# before the arm moved in and hid them. Only in observations of policies trained with a reference frame.
+FEAT_REFERENCE_PATCHES = "reference_patches"  # float32 (P, D)
 
 COMMAND_MAX_BYTES = 128
 

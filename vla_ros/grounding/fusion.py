@@ -2,7 +2,8 @@
 
 Every module has the same interface::
 
-    forward(image_global (B, D), image_patches (B, P, D), text (B, D)) -> (B, out_dim)
+    forward(image_global (B, D), image_patches (B, P, D), text (B, D),
+            reference_patches (B, P, D) | None = None) -> (B, out_dim)
 
 with ``D`` the CLIP embedding size, ``P`` the number of patch tokens (grid_h * grid_w, row-major)
 and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
@@ -24,6 +25,13 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   fits the training scenes; the prior carries CLIP's grounding of colour-shape combinations the
   policy never saw (``vla-ros eval-clip``'s dense region pick, 500 scenes per split, with the CLIP of
   the shipped policy: 98.4% training / 80.8% held-out combinations).
+
+``reference_frame=True`` (``cross_attention`` and ``region``) adds a memory of where the commanded
+object was: the same text-queried attention also runs over the patches of the episode's first frame
+(the frame the command arrived with), and ``[attended_ref (D), xy_ref (2)]`` join the MLP input. The
+camera looks down past the arm, so an approaching arm hides its target; the current frame alone
+then leaves a memoryless policy guessing (the shipped reach policy's grounding error doubles over
+its failed episodes as the arm moves in, while it stays flat in successful ones).
 """
 
 from __future__ import annotations
@@ -140,29 +148,43 @@ class LateFusion(nn.Module):
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.mlp = _mlp(2 * embed_dim, hidden_dim, out_dim)
 
-    def forward(self, image_global, image_patches, text):
-        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); patches are ignored."""
+    def forward(self, image_global, image_patches, text, reference_patches=None):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); patches (and any reference) are ignored."""
         _check_inputs(self, image_global, image_patches, text)
         return self.mlp(torch.cat([image_global, text], dim=-1))
 
 
 class CrossAttentionFusion(nn.Module):
-    """Q = text, K, V = patches + 2-D position; ``[attended, text, global, xy]`` -> MLP -> out_dim."""
+    """Q = text, K, V = patches + 2-D position; ``[attended, text, global, xy]`` -> MLP -> out_dim.
+
+    With ``reference_frame`` the attention also reads the episode's first frame and
+    ``[attended_ref, xy_ref]`` are appended.
+    """
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 heads: int = 4, grid_size: tuple[int, int] | None = None, region_prior: bool = False, **_):
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, region_prior: bool = False,
+                 reference_frame: bool = False, **_):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        self.reference_frame = reference_frame
         self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads, region_prior=region_prior)
-        self.mlp = _mlp(3 * embed_dim + 2, hidden_dim, out_dim)
+        self.mlp = _mlp(3 * embed_dim + 2 + (embed_dim + 2 if reference_frame else 0), hidden_dim, out_dim)
 
-    def forward(self, image_global, image_patches, text):
-        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim)."""
+    def forward(self, image_global, image_patches, text, reference_patches=None):
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim)."""
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
         xy = self.patch_attention.expected_xy(weights)
         self.last_xy, self.last_attention = xy, weights  # for an auxiliary grounding loss and debug heatmaps
-        return self.mlp(torch.cat([attended, text, image_global, xy], dim=-1))
+        parts = [attended, text, image_global, xy]
+        if self.reference_frame:
+            if reference_patches is None or reference_patches.shape != image_patches.shape:
+                raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
+                                 f"image_patches {tuple(image_patches.shape)}")
+            attended_ref, weights_ref = self.patch_attention(text, reference_patches)
+            self.last_reference_xy = self.patch_attention.expected_xy(weights_ref)
+            parts += [attended_ref, self.last_reference_xy]
+        return self.mlp(torch.cat(parts, dim=-1))
 
 
 class GatedFusion(nn.Module):
@@ -182,8 +204,8 @@ class GatedFusion(nn.Module):
         """The path without text: MLP(W global) -> (B, out_dim)."""
         return self.head(self.image_projection(image_global))
 
-    def forward(self, image_global, image_patches, text):
-        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim)."""
+    def forward(self, image_global, image_patches, text, reference_patches=None):
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim) (no reference frame)."""
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
         self.last_xy = self.patch_attention.expected_xy(weights)  # for an auxiliary grounding loss
@@ -201,12 +223,18 @@ _FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated"
             "region": _region_fusion}
 
 
+REFERENCE_FRAME_KINDS = ("cross_attention", "region")
+
+
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 heads: int = 4, grid_size: tuple[int, int] | None = None) -> nn.Module:
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False) -> nn.Module:
     """Build a fusion module by name (``late``, ``cross_attention``, ``gated``, ``region``); see the module doc."""
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
+    if reference_frame and kind not in REFERENCE_FRAME_KINDS:
+        raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by heads={heads}")
+    extra = {"reference_frame": True} if reference_frame else {}
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
-                          hidden_dim=hidden_dim, heads=heads, grid_size=grid_size)
+                          hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)

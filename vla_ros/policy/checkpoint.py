@@ -52,7 +52,8 @@ def build_network(config: dict[str, Any]) -> MultiInputActorCriticPolicy:
     import gymnasium as gym
 
     clip, n = config["clip"], len(config["joint_names"])
-    obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n)
+    obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n,
+                                   reference_frame=bool(config["network"].get("reference_frame", False)))
     act_space = gym.spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
     return MultiInputActorCriticPolicy(obs_space, act_space, lr_schedule=lambda _: 0.0,
                                        **policy_kwargs(config["network"]))

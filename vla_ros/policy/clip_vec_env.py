@@ -3,6 +3,7 @@
 Raw env observations (image, command bytes, proprioception) become CLIP features (global image
 embedding, patch tokens, cached text embedding, normalised proprioception). ``batched=False``
 encodes env by env instead: the slower baseline ``vla-ros bench train`` compares against.
+``reference_frame=True`` adds the patch tokens of each env's first frame of its current episode.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
+    FEAT_REFERENCE_PATCHES,
     FEAT_TEXT,
     OBS_COMMAND,
     OBS_IMAGE,
@@ -27,13 +29,17 @@ from vla_ros.policy.proprio import ProprioNormalizer
 class ClipFeatureVecEnv(VecEnvWrapper):
     """Replace image + command observations by frozen CLIP features, batched over all envs."""
 
-    def __init__(self, venv: VecEnv, encoder, normalizer: ProprioNormalizer, batched: bool = True):
+    def __init__(self, venv: VecEnv, encoder, normalizer: ProprioNormalizer, batched: bool = True,
+                 reference_frame: bool = False):
         self.encoder = encoder
         self.normalizer = normalizer
         self.batched = batched
-        space = clip_feature_space(encoder.embed_dim, encoder.num_patches, 2 * normalizer.num_joints)
+        self.reference_frame = reference_frame
+        space = clip_feature_space(encoder.embed_dim, encoder.num_patches, 2 * normalizer.num_joints,
+                                   reference_frame)
         super().__init__(venv, observation_space=space)
         self.commands: list[str] = [""] * venv.num_envs
+        self.reference: np.ndarray | None = None  # (num_envs, P, D) first-frame patches of each episode
 
     @torch.no_grad()
     def features(self, images: np.ndarray, commands: list[str], proprio: np.ndarray) -> dict[str, np.ndarray]:
@@ -57,11 +63,19 @@ class ClipFeatureVecEnv(VecEnvWrapper):
         self.commands = [decode_command(c) for c in obs[OBS_COMMAND]]
         return self.features(obs[OBS_IMAGE], self.commands, obs[OBS_PROPRIO])
 
+    def _with_reference(self, feats: dict[str, np.ndarray], new_episode: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.reference_frame:
+            return feats
+        if self.reference is None:
+            self.reference = feats[FEAT_IMAGE_PATCHES].copy()
+        self.reference[new_episode] = feats[FEAT_IMAGE_PATCHES][new_episode]
+        return {**feats, FEAT_REFERENCE_PATCHES: self.reference.copy()}
+
     def reset(self):
         """Reset all envs and return CLIP features."""
         obs = self.venv.reset()
         self.reset_infos = self.venv.reset_infos  # VecEnvWrapper keeps its own (empty) list otherwise
-        return self._convert(obs)
+        return self._with_reference(self._convert(obs), np.ones(self.num_envs, dtype=bool))
 
     def step_wait(self):
         """Step all envs; terminal observations (kept for bootstrapping) are converted too."""
@@ -72,5 +86,7 @@ class ClipFeatureVecEnv(VecEnvWrapper):
             if terminal is not None:
                 feats = self.features(terminal[OBS_IMAGE][None], [decode_command(terminal[OBS_COMMAND])],
                                       terminal[OBS_PROPRIO][None])
+                if self.reference_frame:  # the finished episode's reference, before the new one replaces it
+                    feats[FEAT_REFERENCE_PATCHES] = self.reference[i][None].copy()
                 infos[i]["terminal_observation"] = {k: v[0] for k, v in feats.items()}
-        return self._convert(obs), rewards, dones, infos
+        return self._with_reference(self._convert(obs), np.asarray(dones, dtype=bool)), rewards, dones, infos

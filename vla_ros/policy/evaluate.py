@@ -66,9 +66,9 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
     num_envs = max(1, min(num_envs, episodes))
     quotas = np.full(num_envs, episodes // num_envs)
     quotas[: episodes % num_envs] += 1
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, **env_kwargs),
-                             encoder, normalizer)
     extractor = network.features_extractor
+    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, **env_kwargs),
+                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False))
     saved = (extractor.image_scale.clone(), extractor.text_scale.clone())
     extractor.image_scale.fill_(image_scale)
     extractor.text_scale.fill_(text_scale)

@@ -1,7 +1,10 @@
 """ONNX export of the per-frame inference graph and of the text encoder, with parity checks.
 
 ``policy.onnx`` (per frame): ``pixels`` (B, 3, S, S) normalised image, ``text_embedding`` (B, D),
-``proprio`` (B, 2n) normalised -> ``action`` (B, n) in [-1, 1] and ``image_embedding`` (B, D). Image
+``proprio`` (B, 2n) normalised -> ``action`` (B, n) in [-1, 1] and ``image_embedding`` (B, D). A policy
+with a reference frame (``network.reference_frame``) also takes ``reference_patches`` (B, P, D), the
+``patches`` output of the episode's first frame, and returns ``patches`` (B, P, D); on that first frame
+the runtime runs the graph twice, the second time with its own patches as the reference. Image
 tower + fusion + actor run in one graph; the text tower is a separate graph (``text_encoder.onnx``:
 ``tokens`` (B, L) int64 -> ``text_embedding`` (B, D)) because commands change rarely and are cached.
 Resizing/normalising frames and proprioception stay outside (OpenCV / numpy), described in
@@ -21,15 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.grounding.encoder import vision_forward
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 
 OPSET = 17
 METADATA_FILE = "onnx_metadata.json"
 
 
 def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, text: torch.Tensor,
-                  proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  proprio: torch.Tensor, reference: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pixels (B,3,S,S), text (B,D), proprio (B,2n)) -> (action in [-1,1] (B,n), image (B,D), patches (B,P,D)).
+
+    ``reference`` (B,P,D): patches of the episode's first frame, for networks with a reference frame
+    (``None``: this frame is the first, its own patches are the reference); other networks ignore it.
 
     The per-frame computation the ONNX export traces and a CUDA graph captures; it equals the eager
     path of ``Policy.normalized_action``. Image features are normalised in the network's dtype (that of
@@ -40,8 +47,10 @@ def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, t
     pooled, tokens = vision_forward(visual, pixels)
     image = F.normalize(pooled.to(proprio.dtype), dim=-1)
     patches = F.normalize(tokens.to(proprio.dtype), dim=-1)
-    features = network.features_extractor({FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches,
-                                           FEAT_TEXT: text, OBS_PROPRIO: proprio})
+    obs = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text, OBS_PROPRIO: proprio}
+    if getattr(network.features_extractor, "reference_frame", False):
+        obs[FEAT_REFERENCE_PATCHES] = patches if reference is None else reference.to(patches.dtype)
+    features = network.features_extractor(obs)
     action = network.action_net(network.mlp_extractor.forward_actor(features))
     return torch.clamp(action, -1.0, 1.0), image, patches
 
@@ -58,6 +67,15 @@ class FrameToAction(nn.Module):
         """(pixels, text, proprio) -> (action in [-1, 1], normalised image embedding)."""
         action, image, _ = frame_forward(self.visual, self.network, pixels, text_embedding, proprio)
         return action, image
+
+
+class FrameToActionWithReference(FrameToAction):
+    """:class:`FrameToAction` for reference-frame policies: takes the first frame's patches, returns this frame's."""
+
+    def forward(self, pixels: torch.Tensor, text_embedding: torch.Tensor, proprio: torch.Tensor,
+                reference_patches: torch.Tensor):
+        """(pixels, text, proprio, reference) -> (action in [-1, 1], normalised image embedding, patches)."""
+        return frame_forward(self.visual, self.network, pixels, text_embedding, proprio, reference_patches)
 
 
 class TextEncoder(nn.Module):
@@ -82,6 +100,9 @@ class ExportedFiles:
 
 
 def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path, context_length: int) -> None:
+    inputs, outputs = ["pixels", "text_embedding", "proprio"], ["action", "image_embedding"]
+    if isinstance(frame_graph, FrameToActionWithReference):
+        inputs, outputs = inputs + ["reference_patches"], outputs + ["patches"]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
     try:
@@ -89,10 +110,8 @@ def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path
             # the tracer warns about the fusion modules' shape checks, which are constant for a trace
             warnings.simplefilter("ignore")
             torch.onnx.export(frame_graph, example, str(policy_path), opset_version=OPSET, dynamo=False,
-                              input_names=["pixels", "text_embedding", "proprio"],
-                              output_names=["action", "image_embedding"],
-                              dynamic_axes={name: {0: "batch"} for name in
-                                            ("pixels", "text_embedding", "proprio", "action", "image_embedding")})
+                              input_names=inputs, output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
             tokens = torch.zeros(1, context_length, dtype=torch.long)
             torch.onnx.export(text_graph, (tokens,), str(text_path), opset_version=OPSET, dynamo=False,
                               input_names=["tokens"], output_names=["text_embedding"],
@@ -111,11 +130,14 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     dtype = torch.float16 if fp16 else torch.float32
     clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
     network = copy.deepcopy(policy.network).float().cpu().eval()
-    frame_graph = FrameToAction(clip_model.visual, network).to(dtype).eval()
+    graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
+    frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
     text_graph = TextEncoder(clip_model).to(dtype).eval()
     size, dim, n = policy.encoder.image_size, policy.encoder.embed_dim, policy.num_joints
     example = (torch.zeros(1, 3, size, size, dtype=dtype), torch.zeros(1, dim, dtype=dtype),
                torch.zeros(1, 2 * n, dtype=dtype))
+    if policy.reference_frame:
+        example += (torch.zeros(1, policy.encoder.num_patches, dim, dtype=dtype),)
     policy_path = out / f"policy{suffix}.onnx"
     text_path = out / f"text_encoder{suffix}.onnx"
     _export(frame_graph, text_graph, example, policy_path, text_path, policy.encoder.context_length)
@@ -129,6 +151,7 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
         "normalisation": {"mean": [float(x) for x in mean], "std": [float(x) for x in std],
                           "resize_mode": pre.resize_mode, "input_layout": "NCHW RGB float"},
         "embed_dim": dim,
+        "reference_frame": policy.reference_frame,
         "context_length": policy.encoder.context_length,
         "joint_names": list(policy.joint_names),
         "proprio_normalization": policy.config["proprio_normalization"],
@@ -172,10 +195,18 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
     text_ort = text_session.run(None, {"tokens": tokens})[0].astype(np.float32)
     text_torch = policy.encoder.encode_text(commands).float().numpy()
     proprio = policy.normalizer(joint_states)
-    action_ort, image_ort = frame_session.run(None, {"pixels": pixels.astype(dtype),
-                                                     "text_embedding": text_torch.astype(dtype),
-                                                     "proprio": proprio.astype(dtype)})
-    actions_torch = np.stack([policy.normalized_action(f, c, s) for f, c, s in zip(frames, commands, joint_states)])
+    feeds = {"pixels": pixels.astype(dtype), "text_embedding": text_torch.astype(dtype),
+             "proprio": proprio.astype(dtype)}
+    if policy.reference_frame:  # every sample is the first frame of its episode: its own patches are the reference
+        patches = frame_session.run(["patches"], {**feeds, "reference_patches": np.zeros(
+            (len(frames), policy.encoder.num_patches, policy.encoder.embed_dim), dtype=dtype)})[0]
+        feeds["reference_patches"] = patches
+    action_ort, image_ort = frame_session.run(["action", "image_embedding"], feeds)
+    actions_torch = []
+    for f, c, s in zip(frames, commands, joint_states):
+        policy.reset()
+        actions_torch.append(policy.normalized_action(f, c, s))
+    actions_torch = np.stack(actions_torch)
     image_torch = policy.encoder.encode_images(frames).global_embedding.float().numpy()
     action_diff = np.abs(action_ort.astype(np.float32) - actions_torch)
     tolerance = 5e-2 if fp16 else 1e-3

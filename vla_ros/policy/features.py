@@ -8,6 +8,7 @@ Observation (Dict, produced by ``ClipFeatureVecEnv``):
 | ``image_patches`` | (P, D) | CLIP patch tokens in the joint space |
 | ``text_embedding`` | (D,) | CLIP text embedding of the command |
 | ``proprio`` | (2n,) | normalised joint positions then velocities |
+| ``reference_patches`` | (P, D) | patch tokens of the episode's first frame (reference-frame policies only) |
 
 Output: ``fusion.out_dim + 2n`` features. The fusion module is trainable; CLIP is not part of it.
 """
@@ -20,18 +21,22 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from vla_ros.grounding.fusion import build_fusion
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 
 
-def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int) -> gym.spaces.Dict:
+def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
+                       reference_frame: bool = False) -> gym.spaces.Dict:
     """The observation space of the policy (after the frozen CLIP towers)."""
     box = lambda *shape: gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)  # noqa: E731
-    return gym.spaces.Dict({
+    spaces = {
         FEAT_IMAGE_GLOBAL: box(embed_dim),
         FEAT_IMAGE_PATCHES: box(num_patches, embed_dim),
         FEAT_TEXT: box(embed_dim),
         OBS_PROPRIO: box(proprio_dim),
-    })
+    }
+    if reference_frame:
+        spaces[FEAT_REFERENCE_PATCHES] = box(num_patches, embed_dim)
+    return gym.spaces.Dict(spaces)
 
 
 class FusionFeaturesExtractor(BaseFeaturesExtractor):
@@ -47,15 +52,18 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         num_patches, embed_dim = observation_space[FEAT_IMAGE_PATCHES].shape
         proprio_dim = observation_space[OBS_PROPRIO].shape[0]
         super().__init__(observation_space, features_dim=fusion_dim + proprio_dim)
+        self.reference_frame = FEAT_REFERENCE_PATCHES in observation_space.spaces
         self.fusion = build_fusion(fusion, embed_dim=embed_dim, num_patches=num_patches, out_dim=fusion_dim,
                                    hidden_dim=hidden_dim, heads=heads,
-                                   grid_size=tuple(grid_size) if grid_size else None)
+                                   grid_size=tuple(grid_size) if grid_size else None,
+                                   reference_frame=self.reference_frame)
         self.register_buffer("image_scale", torch.ones(()))
         self.register_buffer("text_scale", torch.ones(()))
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fuse a batch of observations into features."""
+        reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
         fused = self.fusion(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
                             observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                            observations[FEAT_TEXT] * self.text_scale)
+                            observations[FEAT_TEXT] * self.text_scale, reference)
         return torch.cat([fused, observations[OBS_PROPRIO]], dim=-1)

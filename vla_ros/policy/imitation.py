@@ -29,14 +29,17 @@ class Demonstrations:
     returns: np.ndarray
     successes: int
     episodes: int
+    reference_xy: np.ndarray | None = None
+    """the target's image position in its episode's first frame (for reference-frame fusions)"""
 
     def __len__(self) -> int:
         return len(self.expert_actions)
 
     def save(self, path) -> None:
         """Write to an ``.npz`` file (no pickle)."""
+        extra = {} if self.reference_xy is None else {"reference_xy": self.reference_xy}
         np.savez(path, expert_actions=self.expert_actions, target_xy=self.target_xy, returns=self.returns,
-                 counts=np.array([self.successes, self.episodes]),
+                 counts=np.array([self.successes, self.episodes]), **extra,
                  **{f"obs/{k}": v for k, v in self.obs.items()})
 
     @classmethod
@@ -46,7 +49,8 @@ class Demonstrations:
             obs = {k.removeprefix("obs/"): data[k] for k in data.files if k.startswith("obs/")}
             successes, episodes = (int(x) for x in data["counts"])
             return cls(obs=obs, expert_actions=data["expert_actions"], target_xy=data["target_xy"],
-                       returns=data["returns"], successes=successes, episodes=episodes)
+                       returns=data["returns"], successes=successes, episodes=episodes,
+                       reference_xy=data["reference_xy"] if "reference_xy" in data.files else None)
 
     @staticmethod
     def concatenate(parts: list["Demonstrations"]) -> "Demonstrations":
@@ -59,6 +63,8 @@ class Demonstrations:
             returns=np.concatenate([p.returns for p in parts]),
             successes=sum(p.successes for p in parts),
             episodes=sum(p.episodes for p in parts),
+            reference_xy=(np.concatenate([p.reference_xy for p in parts])
+                          if all(p.reference_xy is not None for p in parts) else None),
         )
 
 
@@ -78,7 +84,8 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     obs = venv.reset()
     current = list(venv.reset_infos)  # info of each env's current observation
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs}
-    actions_l, xy_l, rewards_l, dones_l = [], [], [], []
+    actions_l, xy_l, ref_xy_l, rewards_l, dones_l = [], [], [], [], []
+    reference_xy = np.stack([info[TARGET_XY] for info in current])  # each env's episode-start target position
     finished = successes = 0
     with tqdm(total=episodes, desc=desc, leave=False) as bar:
         while finished < episodes:
@@ -87,6 +94,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             labels = np.stack([info[EXPERT_ACTION] for info in current]).astype(np.float32)
             actions_l.append(labels)
             xy_l.append(np.stack([info[TARGET_XY] for info in current]))
+            ref_xy_l.append(reference_xy.copy())
             act = np.clip(labels, -1, 1)
             if network is not None and beta < 1.0:
                 learner, _ = network.predict(obs, deterministic=True)
@@ -97,6 +105,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             dones_l.append(dones.astype(np.float32))
             current = [venv.reset_infos[i] if dones[i] else infos[i] for i in range(len(infos))]
             for i in np.flatnonzero(dones):
+                reference_xy[i] = current[i][TARGET_XY]
                 finished += 1
                 successes += int(bool(infos[i].get("is_success", False)))
                 bar.update(1)
@@ -109,6 +118,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
         returns=flat(returns),
         successes=successes,
         episodes=finished,
+        reference_xy=flat(np.stack(ref_xy_l)),
     )
 
 
@@ -118,7 +128,8 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
 
     Fusions that attend over patches also regress their attention's expected position on the
     commanded object's image position (an auxiliary grounding loss from simulator state; at run
-    time the network sees only camera, command and proprioception).
+    time the network sees only camera, command and proprioception); reference-frame fusions regress
+    their reference attention on the object's position in the episode's first frame likewise.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -136,6 +147,7 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
             target = torch.as_tensor(data.expert_actions[idx])
             returns = torch.as_tensor(data.returns[idx])
             target_xy = torch.as_tensor(data.target_xy[idx])
+            reference_xy = torch.as_tensor(data.reference_xy[idx]) if data.reference_xy is not None else None
             features = network.extract_features(obs)
             latent_pi, latent_vf = network.mlp_extractor(features)
             mean = network.action_net(latent_pi)
@@ -144,6 +156,9 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
             value_loss = F.mse_loss(values, returns)
             predicted_xy = getattr(network.features_extractor.fusion, "last_xy", None)
             grounding_loss = F.mse_loss(predicted_xy, target_xy) if predicted_xy is not None else torch.zeros(())
+            if getattr(network.features_extractor, "reference_frame", False) and reference_xy is not None:
+                grounding_loss = grounding_loss + F.mse_loss(network.features_extractor.fusion.last_reference_xy,
+                                                             reference_xy)
             loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
             loss.backward()

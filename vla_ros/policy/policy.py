@@ -14,7 +14,7 @@ import torch
 
 from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.proprio import ProprioNormalizer
 
@@ -28,6 +28,9 @@ class Policy:
     ``select_action`` returns absolute joint position targets (rad) by the rule shared with the
     simulator: ``q_target = clip(q + a * max_delta, lower, upper)`` with ``a`` the network's action
     in [-1, 1]. The safety gate runs after this, in the node.
+
+    Policies trained with a reference frame (``reference_frame``) remember the CLIP patches of the
+    first frame of an episode: the first frame after :meth:`reset` or after the command changes.
     """
 
     def __init__(self, network, config: dict, encoder: ClipEncoder, device: str = "cpu",
@@ -49,6 +52,9 @@ class Policy:
         self.last_grounding: dict[str, float] | None = None  # per-object scores of the last frame (torch backend)
         self.grounding_labels = _object_labels()
         self.cuda_graph = None  # CudaGraphFrame replaying batch-1 torch inference on CUDA
+        self.reference_frame = bool(config["network"].get("reference_frame", False))
+        self._reference = None  # patches of the episode's first frame (tensor; numpy for ONNX Runtime)
+        self._reference_command: str | None = None
 
     def enable_cuda_graph(self) -> None:
         """Capture the per-frame computation at batch 1 as a CUDA graph (torch backend on CUDA only)."""
@@ -60,7 +66,7 @@ class Policy:
         self.network.eval()
         self.cuda_graph = CudaGraphFrame(self.encoder.model.visual, self.network, self.encoder.image_size,
                                          self.encoder.embed_dim, 2 * self.num_joints, self.encoder.dtype,
-                                         self.encoder.device)
+                                         self.encoder.device, num_patches=self.encoder.num_patches)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
@@ -108,8 +114,18 @@ class Policy:
         return len(self.joint_names)
 
     def reset(self) -> None:
-        """Start a new episode (the policy is memoryless; this clears the last grounding output)."""
+        """Start a new episode: forget the reference frame (if any) and the last grounding output."""
         self.last_features = None
+        self._reference = None
+        self._reference_command = None
+
+    def _episode_reference(self, command: str, batch: int):
+        """The stored reference patches, or None when this frame starts the episode (new command or batch)."""
+        if command != self._reference_command:
+            self._reference, self._reference_command = None, command
+        if self._reference is not None and len(self._reference) != batch:
+            self._reference = None
+        return self._reference
 
     def check_joint_names(self, names) -> None:
         """Raise ``CheckpointError`` unless ``names`` (e.g. from the URDF) are the checkpoint's joints, in order."""
@@ -132,28 +148,38 @@ class Policy:
                           image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
         """The network's deterministic action in [-1, 1]^n (the simulator's action space)."""
         state = self.check_joint_state(joint_state)
+        reference = self._episode_reference(command, 1 if np.ndim(frame) == 3 else len(frame))
         if self.onnx is not None:
-            return self.onnx.action(self.encoder, frame, command, self.normalizer(state[None]),
-                                    image_scale, text_scale)
+            action, self._reference = self.onnx.action(self.encoder, frame, command, self.normalizer(state[None]),
+                                                       image_scale, text_scale, reference=reference,
+                                                       reference_frame=self.reference_frame)
+            return action
         if self.cuda_graph is not None and np.ndim(frame) == 3 and image_scale == text_scale == 1.0:
-            return self._graph_action(frame, command, state)
+            return self._graph_action(frame, command, state, reference)
         image = self.encoder.encode_images(frame)
         text = self.encoder.encode_text([command])
+        patches = image.patches.to(self.device)
         obs = {
             FEAT_IMAGE_GLOBAL: image.global_embedding.to(self.device) * image_scale,
-            FEAT_IMAGE_PATCHES: image.patches.to(self.device) * image_scale,
+            FEAT_IMAGE_PATCHES: patches * image_scale,
             FEAT_TEXT: text.to(self.device) * text_scale,
             OBS_PROPRIO: torch.as_tensor(self.normalizer(state[None]), device=self.device),
         }
+        if self.reference_frame:
+            if reference is None:
+                reference = self._reference = patches
+            obs[FEAT_REFERENCE_PATCHES] = reference * image_scale
         self.last_features = obs
         self.last_grounding = self._object_scores(image.patches[0])
         action = self.network._predict(obs, deterministic=True)
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
 
-    def _graph_action(self, frame: np.ndarray, command: str, state: np.ndarray) -> np.ndarray:
+    def _graph_action(self, frame: np.ndarray, command: str, state: np.ndarray, reference) -> np.ndarray:
         text = self.encoder.encode_text([command]).to(self.device, torch.float32)
         proprio = torch.as_tensor(self.normalizer(state[None]), device=self.device, dtype=torch.float32)
-        action, image, patches = self.cuda_graph(self.encoder.preprocess(frame), text, proprio)
+        action, image, patches = self.cuda_graph(self.encoder.preprocess(frame), text, proprio, reference)
+        if self.reference_frame and reference is None:
+            self._reference = patches
         self.last_features = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text,
                               OBS_PROPRIO: proprio}
         self.last_grounding = self._object_scores(patches[0])
@@ -217,11 +243,24 @@ class OnnxGraphs:
         return self._text_cache[command]
 
     def action(self, encoder: ClipEncoder, frame: np.ndarray, command: str, proprio: np.ndarray,
-               image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
-        """Normalised action for one frame; the ablation scales are not supported here."""
+               image_scale: float = 1.0, text_scale: float = 1.0, reference: np.ndarray | None = None,
+               reference_frame: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised action for one frame and, for reference-frame graphs, the reference patches used.
+
+        ``reference`` None on a reference-frame graph: this frame starts the episode, so the graph runs
+        twice, the second time with the frame's own patches as the reference. The ablation scales are
+        not supported here.
+        """
         if image_scale != 1.0 or text_scale != 1.0:
             raise ValueError("ablations run on the torch backend only")
         pixels = encoder.preprocess(frame).float().numpy().astype(self.dtype)
-        action, _ = self.frame_session.run(None, {"pixels": pixels, "proprio": proprio.astype(self.dtype),
-                                                  "text_embedding": self.text_embedding(encoder, command)})
-        return np.clip(action[0].astype(np.float64), -1.0, 1.0)
+        feeds = {"pixels": pixels, "proprio": proprio.astype(self.dtype),
+                 "text_embedding": self.text_embedding(encoder, command)}
+        if not reference_frame:
+            action, _ = self.frame_session.run(None, feeds)
+            return np.clip(action[0].astype(np.float64), -1.0, 1.0), None
+        if reference is None:
+            reference = self.frame_session.run(["patches"], {**feeds, "reference_patches": np.zeros(
+                (len(pixels), encoder.num_patches, encoder.embed_dim), dtype=self.dtype)})[0]
+        (action,) = self.frame_session.run(["action"], {**feeds, "reference_patches": reference})
+        return np.clip(action[0].astype(np.float64), -1.0, 1.0), reference

@@ -50,7 +50,10 @@ class TrainConfig:
     clip: str = ""
     """CLIP checkpoint folder (default: the shipped models/clip)"""
     fusion: str = "cross_attention"
-    """fusion module: late, cross_attention or gated"""
+    """fusion module: late, cross_attention, gated or region"""
+    reference_frame: bool = False
+    """also attend over the episode's first frame (where the objects were before the arm hid them);
+    cross_attention and region only"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -115,7 +118,8 @@ class TrainConfig:
 
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return {
-        "fusion": cfg.fusion, "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
+        "fusion": cfg.fusion, "reference_frame": cfg.reference_frame,
+        "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
         "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
         "activation": "tanh", "log_std_init": cfg.log_std_init,
     }
@@ -208,7 +212,9 @@ class TrainingRun:
 
     def _check_resumed_config(self) -> None:
         old, new = (json.loads(json.dumps(c)) for c in (self.state["config"], asdict(self.cfg)))  # tuples -> lists
-        changed = {k: (old.get(k), v) for k, v in new.items() if k not in self.RESUMABLE_CHANGES and old.get(k) != v}
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))  # settings added after a run started
+        changed = {k: (old.get(k, defaults[k]), v) for k, v in new.items()
+                   if k not in self.RESUMABLE_CHANGES and old.get(k, defaults[k]) != v}
         if changed:
             raise ValueError(f"{self.out} holds a run with other settings {changed} (old, new); "
                              "use another --out or the same settings to resume")
@@ -221,7 +227,7 @@ class TrainingRun:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            expert_labels=expert_labels, **kwargs)
-        return ClipFeatureVecEnv(raw, self.encoder, self.normalizer)
+        return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame)
 
     def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
         """Held-out evaluation appended to ``eval.csv``."""
