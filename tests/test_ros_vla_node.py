@@ -44,9 +44,8 @@ COMMAND = "touch the red cube"
 _namespaces = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def policy_checkpoint(tmp_path_factory):
-    """A small untrained policy checkpoint in the real format (tiny CLIP, late fusion)."""
+def make_policy_checkpoint(root: Path, **network) -> Path:
+    """A small untrained policy checkpoint in the real format (tiny CLIP; ``network``: TrainConfig fields)."""
     pytest.importorskip("vla_ros.policy.policy")
     import torch
 
@@ -55,19 +54,22 @@ def policy_checkpoint(tmp_path_factory):
     from vla_ros.policy.checkpoint import build_network, save_checkpoint
     from vla_ros.policy.train import TrainConfig, checkpoint_config
 
-    root = tmp_path_factory.mktemp("vla_node_policy")
     clip_dir, out = root / "clip", root / "policy"
     loaded = create_clip(seed=0)
     save_clip_checkpoint(loaded.model, clip_dir, loaded.model_cfg, loaded.preprocess_cfg)
     encoder = ClipEncoder.from_pretrained(clip_dir)
-    cfg = TrainConfig(
-        out=str(root), clip=str(clip_dir), fusion="late", fusion_dim=32, hidden_dim=32, net_arch=(32,)
-    )
+    cfg = TrainConfig(out=str(root), clip=str(clip_dir), fusion_dim=32, hidden_dim=32, net_arch=(32,), **network)
     control_dt = 0.05
     config = checkpoint_config(cfg, encoder, clip_dir, ROBOT, control_dt, ROBOT.velocity * control_dt, out)
     torch.manual_seed(0)
     save_checkpoint(out, build_network(config), config)
     return out
+
+
+@pytest.fixture(scope="module")
+def policy_checkpoint(tmp_path_factory):
+    """Late fusion: the cheapest network."""
+    return make_policy_checkpoint(tmp_path_factory.mktemp("vla_node_policy"), fusion="late")
 
 
 class Probe:
@@ -435,6 +437,27 @@ def test_the_control_loop_keeps_running_while_the_executor_is_busy(make_node, po
     timer = probe.node.create_timer(0.01, block_the_executor)
     wait_until(lambda: steps_while_blocked, what="the blocking callback")
     assert steps_while_blocked[0] >= 3  # 12 periods at 20 Hz
+
+
+def test_a_reference_frame_policy_takes_its_reference_from_a_frame_after_the_command(make_node, tmp_path):
+    """The frame held when a command arrives belongs to the scene before it: it must not become the reference."""
+    import torch
+
+    checkpoint = make_policy_checkpoint(tmp_path, fusion="cross_attention", reference_frame=True)
+    node, probe = make_node("active", policy_path=str(checkpoint))
+    wait_until(lambda: node.counter("hold.no_command") >= 1, what="a held step before the command")
+    probe.frame = None  # the camera pauses; the node keeps the last frame (the old scene)
+    time.sleep(0.2)
+    dropped = hold_steps(node, "no_frame")
+    probe.send_command(COMMAND)
+    wait_until(lambda: hold_steps(node, "no_frame") > dropped, what="the held frame dropped by the command")
+    assert node.counter("commands_published") == 0
+    new_scene = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    probe.frame = new_scene
+    wait_until(lambda: probe.positions, what="commands on frames after the command")
+    policy = node._policy
+    expected = policy.encoder.encode_images(new_scene).patches  # RGB in, bgr8 on the wire, RGB in the node
+    assert torch.allclose(policy._reference, expected, atol=1e-5)
 
 
 def test_deactivate_stops_commands_and_reactivate_resumes(make_node, policy_checkpoint):

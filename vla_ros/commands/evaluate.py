@@ -11,7 +11,7 @@ from pathlib import Path
 from vla_ros.reporting import add_json_argument
 
 DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
-ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region")
+ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference")
 
 
 def add_arguments(parser) -> None:
@@ -25,8 +25,9 @@ def add_arguments(parser) -> None:
                         "'custom' split with its held-out phrasings")
     parser.add_argument("--ablations", nargs="*", default=["image_blind", "command_blind"], choices=ABLATIONS,
                         help="ablations evaluated on --ablation-splits: image_blind / command_blind zero one "
-                        "modality of this checkpoint; late / gated / cross_attention load the checkpoints "
-                        "trained with that fusion from --ablation-dir")
+                        "modality of this checkpoint; late / gated / cross_attention / region load the checkpoints "
+                        "trained with that fusion from --ablation-dir; no_reference loads the one trained "
+                        "without a reference frame (memory of the episode's first frame)")
     parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*DEFAULT_SPLITS],
                         help="splits evaluated for each ablation (default: train)")
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "

@@ -15,6 +15,11 @@ The control loop runs at ``control_rate_hz`` (steady clock) on the newest frame 
 its own, outside the executor: the subscription callbacks only store the newest message, so a
 slow policy step never delays them, and they never delay the policy.
 
+Every command message starts a new episode for the policy (``Policy.reset``). A policy trained with a
+reference frame remembers the first frame of the episode as where the objects are (the arm hides its
+target as it approaches); the node drops the frame it holds when a command arrives, so that reference
+is a frame received after the command, never one of the scene before it.
+
 Why not an executor timer: rclpy's ``MultiThreadedExecutor`` (rclpy 9.1.2) dispatches callbacks
 far slower than the single-threaded one (``vla-ros bench executor``: 11x fewer ping-pong round
 trips, 18 of 100 camera frames delivered), which starved the control timer under a 30 Hz camera.
@@ -444,6 +449,10 @@ class VlaNode(LifecycleNode):
             changed = command != self._command
             self._command = command
             self._command_serial += 1
+            if getattr(self._policy, "reference_frame", False):
+                # The policy remembers the first frame of each command as where the objects are: take
+                # it from a frame received after the command, not one of the scene before.
+                self._frame = None
         if changed:
             self.get_logger().info(f"command: {command!r}")
 

@@ -41,8 +41,10 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         "(resized to the CLIP input)",
         f"- CLIP: `{clip['path']}` (sha256 `{clip.get('sha256')}`), {clip['embed_dim']}-d, {clip['num_patches']} "
         "patches",
-        f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d), actor/critic MLPs {net['net_arch']['pi']}, "
-        f"{net['activation']}",
+        f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d)"
+        + (", with a reference frame (also attends over the episode's first frame)" if net.get("reference_frame")
+           else "")
+        + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",
         f"- command: `{training.get('command') or '(not recorded)'}`",
