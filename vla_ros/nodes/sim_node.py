@@ -187,7 +187,6 @@ class SimNode(Node):
         self._episode += 1
         self._running = True
         self._target = None
-        self._command_pub.publish(String(data=info["command"]))
         self._status = {
             "episode": self._episode,
             "task": self._task,
@@ -204,9 +203,13 @@ class SimNode(Node):
         if self._mode == "lockstep":
             self._observation, self._stamp = observation, None
             self._first_observation_due = time.monotonic() + float(self._param("lockstep_start_delay_s"))
+            self._command_pub.publish(String(data=info["command"]))
             self._status_pub.publish(String(data=json.dumps(self._status)))
         else:
+            # The new scene's first frame goes out before the command: a vla_node takes the first frame
+            # after a command as the episode's reference, which must never be a frame of the scene before.
             self._set_observation(observation)
+            self._command_pub.publish(String(data=info["command"]))
         self.get_logger().info(f"episode {self._episode} ({self._task}, seed {seed}): {info['command']!r}")
         return dict(self._status)
 
