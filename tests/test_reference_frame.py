@@ -155,3 +155,15 @@ def test_training_with_a_reference_frame_records_it_and_exports_a_loadable_check
     assert policy.reference_frame
     frames, commands, states = sample_inputs(policy, 1, seed=1)
     assert np.all(np.abs(policy.normalized_action(frames[0], commands[0], states[0])) <= 1)
+
+
+def test_latency_bench_switches_backends_on_a_reference_policy(reference_checkpoint, tmp_path):
+    from argparse import Namespace
+
+    from vla_ros.bench.latency import run
+
+    report = tmp_path / "latency.json"
+    assert run(Namespace(checkpoint=str(reference_checkpoint), iterations=3, models=["shipped"], threads=1,
+                         json=str(report))) == 0
+    rows = {row["name"]: row for row in json.loads(report.read_text())["rows"]}
+    assert {"shipped/torch/fp32", "shipped/onnxruntime/fp32"} <= set(rows)

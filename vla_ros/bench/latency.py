@@ -100,6 +100,7 @@ def run(args) -> int:
                              ("onnxruntime", "cuda", "fp16")]
             for backend, device, precision in variants:
                 policy.onnx, policy.cuda_graph = None, None
+                policy.reset()  # a reference frame is held in the backend's own array type
                 if backend == "onnxruntime":
                     policy.onnx = OnnxGraphs.load(onnx_dir, device, fp16=precision == "fp16", threads=args.threads)
                 else:
