@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from vla_ros.keys import FEAT_REFERENCE_PATCHES
 from vla_ros.policy.export import frame_forward
 
 
@@ -23,8 +24,7 @@ class CudaGraphFrame:
     """:func:`frame_forward` at batch 1, captured once on a CUDA device and replayed per frame."""
 
     def __init__(self, visual: torch.nn.Module, network: torch.nn.Module, image_size: int, embed_dim: int,
-                 proprio_dim: int, pixel_dtype: torch.dtype, device: torch.device | str, warmup: int = 3,
-                 num_patches: int = 0):
+                 proprio_dim: int, pixel_dtype: torch.dtype, device: torch.device | str, warmup: int = 3):
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError(f"CUDA graphs need a CUDA device, got {device}")
@@ -33,7 +33,10 @@ class CudaGraphFrame:
         self._text = torch.zeros(1, embed_dim, device=device)
         self._proprio = torch.zeros(1, proprio_dim, device=device)
         self.reference_frame = bool(getattr(network.features_extractor, "reference_frame", False))
-        self._reference = torch.zeros(1, num_patches, embed_dim, device=device) if self.reference_frame else None
+        self._reference = None
+        if self.reference_frame:  # (1, P, D), as the network's observation space has it
+            shape = network.observation_space[FEAT_REFERENCE_PATCHES].shape
+            self._reference = torch.zeros(1, *shape, device=device)
         # Warm up on a side stream first (cuBLAS handles, lazy init), as torch.cuda.graphs documents.
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))

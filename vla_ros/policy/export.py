@@ -167,6 +167,24 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     return ExportedFiles(policy_path, text_path, meta_path)
 
 
+def run_frame_graph(session, feeds: dict[str, np.ndarray], reference: np.ndarray | None = None,
+                    reference_frame: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Run ``policy.onnx``: (action, image embedding, reference patches used, or None without a reference frame).
+
+    ``reference`` None on a reference-frame graph means these frames start their episodes: the graph
+    runs once for their patches, then again with them as the reference.
+    """
+    if not reference_frame:
+        action, image = session.run(["action", "image_embedding"], feeds)
+        return action, image, None
+    if reference is None:
+        shape = next(i.shape for i in session.get_inputs() if i.name == "reference_patches")  # [batch, P, D]
+        reference = session.run(["patches"], {**feeds, "reference_patches": np.zeros(
+            (len(feeds["pixels"]), *shape[1:]), dtype=feeds["pixels"].dtype)})[0]
+    action, image = session.run(["action", "image_embedding"], {**feeds, "reference_patches": reference})
+    return action, image, reference
+
+
 def onnx_session(path: str | Path, device: str = "cpu", fp16: bool = False, threads: int | None = None):
     """An ONNX Runtime session on the best available provider (TensorRT, CUDA, then CPU)."""
     import onnxruntime as ort
@@ -197,11 +215,8 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
     proprio = policy.normalizer(joint_states)
     feeds = {"pixels": pixels.astype(dtype), "text_embedding": text_torch.astype(dtype),
              "proprio": proprio.astype(dtype)}
-    if policy.reference_frame:  # every sample is the first frame of its episode: its own patches are the reference
-        patches = frame_session.run(["patches"], {**feeds, "reference_patches": np.zeros(
-            (len(frames), policy.encoder.num_patches, policy.encoder.embed_dim), dtype=dtype)})[0]
-        feeds["reference_patches"] = patches
-    action_ort, image_ort = frame_session.run(["action", "image_embedding"], feeds)
+    # every sample is the first frame of its episode: its own patches are the reference
+    action_ort, image_ort, _ = run_frame_graph(frame_session, feeds, reference_frame=policy.reference_frame)
     actions_torch = []
     for f, c, s in zip(frames, commands, joint_states):
         policy.reset()

@@ -66,7 +66,7 @@ class Policy:
         self.network.eval()
         self.cuda_graph = CudaGraphFrame(self.encoder.model.visual, self.network, self.encoder.image_size,
                                          self.encoder.embed_dim, 2 * self.num_joints, self.encoder.dtype,
-                                         self.encoder.device, num_patches=self.encoder.num_patches)
+                                         self.encoder.device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
@@ -251,16 +251,12 @@ class OnnxGraphs:
         twice, the second time with the frame's own patches as the reference. The ablation scales are
         not supported here.
         """
+        from vla_ros.policy.export import run_frame_graph
+
         if image_scale != 1.0 or text_scale != 1.0:
             raise ValueError("ablations run on the torch backend only")
         pixels = encoder.preprocess(frame).float().numpy().astype(self.dtype)
         feeds = {"pixels": pixels, "proprio": proprio.astype(self.dtype),
                  "text_embedding": self.text_embedding(encoder, command)}
-        if not reference_frame:
-            action, _ = self.frame_session.run(None, feeds)
-            return np.clip(action[0].astype(np.float64), -1.0, 1.0), None
-        if reference is None:
-            reference = self.frame_session.run(["patches"], {**feeds, "reference_patches": np.zeros(
-                (len(pixels), encoder.num_patches, encoder.embed_dim), dtype=self.dtype)})[0]
-        (action,) = self.frame_session.run(["action"], {**feeds, "reference_patches": reference})
+        action, _, reference = run_frame_graph(self.frame_session, feeds, reference, reference_frame)
         return np.clip(action[0].astype(np.float64), -1.0, 1.0), reference
