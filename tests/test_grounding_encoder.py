@@ -198,3 +198,21 @@ def test_fp16_runs_and_stays_close_to_fp32(saved_dir, encoder):
     text = half.encode_text(["touch the red cube"])
     reference = encoder.encode_text(["touch the red cube"])
     assert torch.nn.functional.cosine_similarity(text, reference).item() > 0.99
+
+
+def test_128px_variant_keeps_the_token_grid_and_maps_frame_pixels(tmp_path):
+    from vla_ros.grounding.config import TINY_CLIP_128_NAME
+
+    cfg = tiny_clip_config(TINY_CLIP_128_NAME)
+    assert (cfg["vision_cfg"]["image_size"], cfg["vision_cfg"]["patch_size"]) == (128, 16)
+    assert tiny_clip_config()["vision_cfg"]["image_size"] == 64  # the base config is not modified
+    loaded = create_clip(TINY_CLIP_128_NAME, seed=0)
+    save_clip_checkpoint(loaded.model, tmp_path, loaded.model_cfg, loaded.preprocess_cfg)
+    encoder = ClipEncoder.from_pretrained(tmp_path)
+    assert encoder.image_size == 128 and tuple(encoder.grid_size) == (8, 8)
+    features = encoder.encode_images(frames(2, size=128))
+    assert features.patches.shape == (2, 64, encoder.embed_dim)
+    # a 64 px frame is upsampled to the model input: pixel (u, v) lands at (2u, 2v)
+    assert encoder.frame_geometry(64, 64).to_model(10.0, 20.0) == pytest.approx((20.0, 40.0))
+    with pytest.raises(ValueError, match="no built-in config"):
+        tiny_clip_config("vla-tiny-clip-256")

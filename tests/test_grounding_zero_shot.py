@@ -87,3 +87,19 @@ def test_multi_positive_loss_equals_clip_loss_for_unique_pairs():
     scale = torch.tensor(10.0)
     torch.testing.assert_close(multi_positive_clip_loss(image, text, torch.eye(6, dtype=torch.bool), scale),
                                ClipLoss()(image, text, scale))
+
+
+def test_pick_error_kinds_sorts_wrong_picks_by_the_attribute_they_share():
+    from vla_ros.grounding.data import SceneDataset
+    from vla_ros.grounding.evaluation import pick_error_kinds
+
+    # scene objects as (colour, shape); the target is slot 0 in every scene
+    scenes = [[(0, 0), (0, 1), (1, 0)]] * 4
+    colours = np.array([[c for c, _ in s] for s in scenes])
+    shapes = np.array([[k for _, k in s] for s in scenes])
+    n = len(scenes)
+    dataset = SceneDataset(np.zeros((n, 8, 8, 3), np.uint8), np.zeros((n, 3, 2), np.float32),
+                           np.zeros((n, 3, 3), np.float32), colours, shapes, np.zeros(n, np.int64),
+                           np.array(["touch the red cube"] * n), ("red", "blue"), ("cube", "ball"), "train")
+    kinds = pick_error_kinds(dataset, np.array([0, 1, 2, 1]))  # right, same colour, same shape, same colour
+    assert kinds == {"same_colour": 0.5, "same_shape": 0.25, "other": 0.0}

@@ -8,6 +8,7 @@ retrieval on the training-combo scenes. Prints a table; ``--json`` writes::
 
     {"zero_shot_accuracy": {"train_combos", "heldout_combos"},
      "dense_pick_accuracy": {"train_combos", "heldout_combos"},
+     "dense_pick_errors": {"train_combos", "heldout_combos"}: {"same_colour", "same_shape", "other"},
      "retrieval_r1": {"image_to_text", "text_to_image"}, "scenes", ...}
 """
 
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=500, help="scenes per split (default: 500)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"first scene seed (default: {DEFAULT_SEED})")
-    parser.add_argument("--image-size", type=int, default=64, help="render size (default: 64)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="render size (default: the model's input size)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     add_json_argument(parser)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from vla_ros.envs.instructions import load_instructions
     from vla_ros.grounding.data import CaptionSampler, generate_scenes
     from vla_ros.grounding.encoder import ClipEncoder
-    from vla_ros.grounding.evaluation import dense_pick_accuracy, retrieval_r1, zero_shot_accuracy
+    from vla_ros.grounding.evaluation import dense_picks, pick_error_kinds, retrieval_r1, zero_shot_accuracy
     from vla_ros.paths import share_path
 
     if args.scenes < 1:
@@ -51,21 +53,27 @@ def run(args: argparse.Namespace) -> int:
     encoder = ClipEncoder.from_pretrained(checkpoint, device=args.device)
     sampler = CaptionSampler.from_instructions(load_instructions())
     start = time.time()
-    data = {split: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=args.image_size)
+    image_size = args.image_size or encoder.image_size
+    data = {split: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size)
             for split in ("train", "heldout_combos")}
     accuracy = {"train_combos": zero_shot_accuracy(encoder, data["train"]),
                 "heldout_combos": zero_shot_accuracy(encoder, data["heldout_combos"])}
-    dense = {"train_combos": dense_pick_accuracy(encoder, data["train"]),
-             "heldout_combos": dense_pick_accuracy(encoder, data["heldout_combos"])}
+    dense, dense_errors = {}, {}
+    for name, split in (("train_combos", "train"), ("heldout_combos", "heldout_combos")):
+        picks = dense_picks(encoder, data[split])
+        dense[name] = float((picks == data[split].target).mean())
+        dense_errors[name] = pick_error_kinds(data[split], picks)
     retrieval = retrieval_r1(encoder, data["train"], sampler)
     report = {
         "zero_shot_accuracy": accuracy,
         "dense_pick_accuracy": dense,
+        "dense_pick_errors": dense_errors,
         "retrieval_r1": retrieval,
         "scenes": args.scenes,
         "checkpoint": checkpoint,
         "weights_sha256": encoder.weights_sha256,
         "seed": args.seed,
+        "image_size": image_size,
         "objects_per_scene": int(data["train"].valid.sum(axis=1).max()),
         "retrieval_candidates": args.scenes,
         "wall_time_s": round(time.time() - start, 1),
@@ -75,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         {"metric": "zero-shot object pick, held-out combos", "value": accuracy["heldout_combos"]},
         {"metric": "dense region pick (no object pixels), training combos", "value": dense["train_combos"]},
         {"metric": "dense region pick (no object pixels), held-out combos", "value": dense["heldout_combos"]},
+        *({"metric": f"  wrong pick, held-out combos: {kind.replace('_', ' ')}", "value": share}
+          for kind, share in dense_errors["heldout_combos"].items()),
         {"metric": f"retrieval R@1 image->text (of {args.scenes})", "value": retrieval["image_to_text"]},
         {"metric": f"retrieval R@1 text->image (of {args.scenes})", "value": retrieval["text_to_image"]},
     ]

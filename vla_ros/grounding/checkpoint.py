@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vla_ros.grounding.config import TINY_CLIP_NAME, register_model_config
+from vla_ros.grounding.config import BUILTIN_CONFIGS, TINY_CLIP_NAME, register_model_config
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -60,11 +60,11 @@ def _refuse_hub_config(model_cfg: dict[str, Any], source: str) -> None:
 def _model_cfg_for_name(name: str) -> dict[str, Any]:
     import open_clip
 
-    if name == TINY_CLIP_NAME:
-        register_model_config()
+    if name in BUILTIN_CONFIGS:
+        register_model_config(name)
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown open_clip model name {name!r}; known: {TINY_CLIP_NAME} and "
+        raise ValueError(f"unknown open_clip model name {name!r}; known: {', '.join(BUILTIN_CONFIGS)} and "
                          f"open_clip.list_models() (e.g. ViT-B-32), or pass a checkpoint folder")
     return cfg
 

@@ -1,9 +1,13 @@
-"""The tiny CLIP architecture (``vla-tiny-clip``) and its registration with open_clip.
+"""The tiny CLIP architectures (``vla-tiny-clip``, ``vla-tiny-clip-128``) and their registration with open_clip.
 
 Sizes are chosen for simulator renders and CPU inference: 64x64 RGB frames cut into 8x8-pixel
 patches (an 8x8 grid = 64 patch tokens), a 4-layer ViT and a 3-layer text transformer of width 128,
 and a 128-d joint embedding. The text tower keeps open_clip's bundled BPE vocabulary (49408 tokens,
 shipped inside open_clip, so no download) with a 32-token context: commands are short.
+
+``vla-tiny-clip-128`` reads 128x128 frames in 16x16-pixel patches: the same 8x8 grid of tokens, so
+the transformer costs the same, but each token sees four times the pixels. An object on the table
+covers about 7 pixels across at 64 px, where a ball and a cylinder differ by a few shaded pixels.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import copy
 from typing import Any
 
 TINY_CLIP_NAME = "vla-tiny-clip"
+TINY_CLIP_128_NAME = "vla-tiny-clip-128"
 
 TINY_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
@@ -33,9 +38,22 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
 }
 
 
-def tiny_clip_config() -> dict[str, Any]:
-    """Return a fresh copy of the ``vla-tiny-clip`` model config (open_clip ``model_cfg`` format)."""
-    return copy.deepcopy(TINY_CLIP_CONFIG)
+TINY_CLIP_128_CONFIG: dict[str, Any] = {
+    **TINY_CLIP_CONFIG,
+    "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": 128, "patch_size": 16},
+}
+
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
+    TINY_CLIP_NAME: TINY_CLIP_CONFIG,
+    TINY_CLIP_128_NAME: TINY_CLIP_128_CONFIG,
+}
+
+
+def tiny_clip_config(name: str = TINY_CLIP_NAME) -> dict[str, Any]:
+    """Return a fresh copy of a built-in model config (open_clip ``model_cfg`` format)."""
+    if name not in BUILTIN_CONFIGS:
+        raise ValueError(f"no built-in config called {name!r}; known: {', '.join(BUILTIN_CONFIGS)}")
+    return copy.deepcopy(BUILTIN_CONFIGS[name])
 
 
 def register_model_config(name: str = TINY_CLIP_NAME, config: dict[str, Any] | None = None) -> str:
@@ -47,9 +65,9 @@ def register_model_config(name: str = TINY_CLIP_NAME, config: dict[str, Any] | N
     from open_clip import factory
 
     if config is None:
-        if name != TINY_CLIP_NAME:
+        if name not in BUILTIN_CONFIGS:
             raise ValueError(f"no built-in config called {name!r}; pass config=")
-        config = tiny_clip_config()
+        config = tiny_clip_config(name)
     if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ValueError("a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
     factory._MODEL_CONFIGS[name] = copy.deepcopy(config)

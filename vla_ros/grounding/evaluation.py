@@ -31,15 +31,14 @@ def zero_shot_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: 
     return correct / len(dataset)
 
 
-def dense_pick_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
-    """Fraction of scenes where the region best matching the command lies nearest the commanded object.
+def dense_picks(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> np.ndarray:
+    """Per scene, the object nearest to the patch-centre region best matching the command, (N,).
 
     Unlike :func:`zero_shot_accuracy` the objects' pixels are not given: the candidates are the region
-    embeddings at every patch centre, which is what a policy sees. The chosen centre counts as right
-    when the commanded object is the nearest object to it.
+    embeddings at every patch centre, which is what a policy sees.
     """
     centres = patch_centres(encoder.grid_size, encoder.image_size)
-    correct = 0
+    picks = np.empty(len(dataset), np.int64)
     for start in range(0, len(dataset), batch_size):
         stop = min(start + batch_size, len(dataset))
         patches = encoder.encode_images(dataset.images[start:stop]).patches
@@ -51,8 +50,28 @@ def dense_pick_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size:
             objects = object_pixels_to_model(encoder, dataset.images[scene].shape, dataset.pixels[scene])
             distance = ((objects - best[i]) ** 2).sum(-1).masked_fill(~torch.from_numpy(dataset.valid[scene]),
                                                                        float("inf"))
-            correct += int(int(distance.argmin()) == int(dataset.target[scene]))
-    return correct / len(dataset)
+            picks[scene] = int(distance.argmin())
+    return picks
+
+
+def dense_pick_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
+    """Fraction of scenes where the region best matching the command lies nearest the commanded object."""
+    return float((dense_picks(encoder, dataset, batch_size) == dataset.target).mean())
+
+
+def pick_error_kinds(dataset: SceneDataset, picks: np.ndarray) -> dict[str, float]:
+    """Share of scenes whose wrong pick has the commanded object's colour, its shape, or neither.
+
+    Colour-shape generalisation fails as ``same_colour`` (the seen combo of the named colour wins)
+    or ``same_shape``; ``other`` is a grounding miss unrelated to the named attributes.
+    """
+    rows = np.arange(len(dataset))
+    wrong = picks != dataset.target
+    same_colour = dataset.colours[rows, picks] == dataset.colours[rows, dataset.target]
+    same_shape = dataset.shapes[rows, picks] == dataset.shapes[rows, dataset.target]
+    return {"same_colour": float((wrong & same_colour).mean()),
+            "same_shape": float((wrong & same_shape).mean()),
+            "other": float((wrong & ~same_colour & ~same_shape).mean())}
 
 
 def retrieval_r1(encoder: ClipEncoder, dataset: SceneDataset, sampler: CaptionSampler,
