@@ -108,3 +108,26 @@ def test_trimmed_text_encoding_matches_open_clip():
     with torch.no_grad():
         torch.testing.assert_close(encode_text_trimmed(loaded.model, tokens), loaded.model.encode_text(tokens),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_named_novel_colours_repaint_each_object_and_name_it(tmp_path):
+    import cv2
+
+    from vla_ros.grounding.training import NAMED_NOVEL_HUE_BANDS, NOVEL_COLOUR_NAMES, repaint_each_object
+
+    scenes = generate_scenes(2, seed=7, image_size=64)
+    frame, pixels = scenes.images[0], scenes.pixels[0][scenes.valid[0]]
+    bands = np.arange(len(pixels)) % len(NAMED_NOVEL_HUE_BANDS)
+    repainted = repaint_each_object(frame, pixels, bands, np.random.default_rng(0))
+    hsv = cv2.cvtColor(repainted, cv2.COLOR_RGB2HSV)
+    for (u, v), band in zip(pixels, bands):  # each object's own pixel takes its own band's hue
+        low, high = NAMED_NOVEL_HUE_BANDS[band]
+        assert low / 2 - 1 <= hsv[int(v), int(u), 0] <= high / 2 + 1
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)[..., 1] <= 70  # the table and arm keep their look
+    assert np.array_equal(repainted[grey], frame[grey])
+
+    trainer = ClipTrainer(small_config(tmp_path, name_novel_colours=True, novel_colour_fraction=1.0))
+    palette = len(trainer.train_data.colour_names)
+    assert trainer.sampler.colour_names[palette:] == NOVEL_COLOUR_NAMES
+    loss, parts = trainer.batch_loss(np.arange(4))
+    assert torch.isfinite(loss) and parts["pick"] > 0

@@ -190,11 +190,15 @@ class CaptionSampler:
         self.directions = tuple(directions)
 
     @classmethod
-    def from_instructions(cls, instructions, **kwargs) -> "CaptionSampler":
-        """Use the simulator's instruction set: synonyms and the *training* command phrasings only."""
+    def from_instructions(cls, instructions, extra_colours: Sequence[str] = (), **kwargs) -> "CaptionSampler":
+        """Use the simulator's instruction set: synonyms and the *training* command phrasings only.
+
+        ``extra_colours`` are named after the palette's colours (indices from ``len(colours)`` on).
+        """
         templates = [t for task in instructions.templates.values() for t in task["train"]]
         directions = [w for words in instructions.direction_words.values() for w in words]
-        return cls(tuple(instructions.colours), tuple(instructions.shapes), instructions.shape_words,
+        return cls(tuple(instructions.colours) + tuple(extra_colours), tuple(instructions.shapes),
+                   instructions.shape_words,
                    templates, directions=directions, **kwargs)
 
     def _shape_word(self, shape: int, rng: np.random.Generator) -> str:

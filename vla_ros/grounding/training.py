@@ -46,6 +46,14 @@ UNKNOWN_COLOUR = -2  # attribute value of objects in repainted (novel-colour) vi
 # hue bands (degrees) between the palette's hues (red 0, orange 30, yellow 53, green 126, blue 229,
 # purple 282) with a margin, so a repainted object never looks like a palette colour
 NOVEL_HUE_BANDS = ((70.0, 92.0), (165.0, 195.0), (305.0, 340.0))
+# named novel colours (``name_novel_colours``): narrower bands, at least 20 degrees from every palette hue
+# and 30 from red, so that no "pink ball" looks like the held-out red ball
+NAMED_NOVEL_HUE_BANDS = ((73.0, 95.0), (165.0, 195.0), (305.0, 330.0))
+NOVEL_COLOUR_NAMES = ("lime", "cyan", "pink")  # caption words of NAMED_NOVEL_HUE_BANDS, in order
+
+
+def _object_mask(hsv: np.ndarray) -> np.ndarray:
+    return (hsv[..., 1] > 70) & (hsv[..., 2] > 30)  # table, arm and floor are unsaturated
 
 
 def repaint_objects(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -58,9 +66,29 @@ def repaint_objects(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     low, high = NOVEL_HUE_BANDS[rng.integers(len(NOVEL_HUE_BANDS))]
     hue = rng.uniform(low, high) / 2.0  # OpenCV hue is 0..180
     hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)
-    objects = (hsv[..., 1] > 70) & (hsv[..., 2] > 30)
+    objects = _object_mask(hsv)
     hsv[..., 0][objects] = np.uint8(round(hue))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def repaint_each_object(frame: np.ndarray, pixels: np.ndarray, bands: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Repaint each object its own hue from band ``bands[k]`` of :data:`NAMED_NOVEL_HUE_BANDS`.
+
+    ``pixels`` (K, 2) are the objects' (u, v); a saturated pixel belongs to the nearest object.
+    """
+    import cv2
+
+    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)
+    v, u = np.nonzero(_object_mask(hsv))
+    if len(u) == 0 or len(pixels) == 0:
+        return frame.copy()
+    owner = (((u[:, None] - pixels[None, :, 0]) ** 2) + ((v[:, None] - pixels[None, :, 1]) ** 2)).argmin(axis=1)
+    hues = np.array([rng.uniform(*NAMED_NOVEL_HUE_BANDS[band]) / 2.0 for band in bands])  # OpenCV hue is 0..180
+    hsv[v, u, 0] = np.round(hues[owner]).astype(np.uint8)
+    repainted = frame.copy()
+    repainted[v, u] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[v, u]  # the rest keeps its exact pixels
+    return repainted
 
 
 @dataclass
@@ -91,6 +119,11 @@ class TrainClipConfig:
     """share of scenes whose objects are all repainted one random colour far from every palette colour
     (cyan, lime, pink bands), captioned by shape only: teaches shape features that do not depend on
     colour, which is what held-out colour-shape combos need. No held-out combo is ever shown."""
+    name_novel_colours: bool = False
+    """repaint each object of a novel-colour view its own novel colour, named in its captions (lime, cyan,
+    pink), instead of one unnamed colour for the whole scene with shape-only captions: every novel
+    colour is then seen with every shape, so captions must bind a colour word to a shape, and two
+    objects sharing a colour differ only by their shape"""
     attribute_fraction: float = 0.4
     """share of object captions naming only a colour or only a shape"""
     command_fraction: float = 0.3
@@ -174,7 +207,8 @@ def _scene_sampler(dataset: SceneDataset, config: TrainClipConfig) -> CaptionSam
     from vla_ros.envs.instructions import load_instructions
 
     return CaptionSampler.from_instructions(load_instructions(), attribute_fraction=config.attribute_fraction,
-                                            command_fraction=config.command_fraction)
+                                            command_fraction=config.command_fraction,
+                                            extra_colours=NOVEL_COLOUR_NAMES if config.name_novel_colours else ())
 
 
 class ClipTrainer:
@@ -269,27 +303,36 @@ class ClipTrainer:
         """Loss of one batch of scenes (global + region terms) and its parts for logging."""
         data, rng = self.train_data, self.rng
         frames = data.images[indices]
-        grey = rng.random(len(indices)) < self.config.novel_colour_fraction  # colour unknown to captions
+        grey = rng.random(len(indices)) < self.config.novel_colour_fraction  # repainted views
+        valid = data.valid[indices]
+        named = self.config.name_novel_colours
+        batch_colours = data.colours[indices].copy()
         if grey.any():
             frames = frames.copy()
             for b in np.flatnonzero(grey):
-                frames[b] = repaint_objects(frames[b], rng)
+                if named:
+                    bands = rng.integers(len(NAMED_NOVEL_HUE_BANDS), size=int(valid[b].sum()))
+                    frames[b] = repaint_each_object(frames[b], data.pixels[indices[b]][valid[b]], bands, rng)
+                    batch_colours[b, valid[b]] = len(data.colour_names) + bands  # the sampler's extra colours
+                else:
+                    frames[b] = repaint_objects(frames[b], rng)
+                    # the view's colour is unknown (-2): a positive only for captions that name no colour
+                    batch_colours[b, valid[b]] = UNKNOWN_COLOUR
         images = self.preprocessor(frames)
         pooled, tokens = vision_forward(self.model.visual, images)
         image_global = F.normalize(pooled, dim=-1)
 
-        scene_captions = [self.sampler.scene_caption(data.colours[i], data.shapes[i], data.positions[i], rng,
-                                                     with_colour=not g) for i, g in zip(indices, grey)]
-        valid = data.valid[indices]
-        # a repainted view's colour is unknown (-2): it is a positive only for captions that name no colour
-        batch_colours = np.where(grey[:, None] & valid, UNKNOWN_COLOUR, data.colours[indices])
+        shape_only = grey & (not named)
+        scene_captions = [self.sampler.scene_caption(data.colours[i] if shape_only[b] else batch_colours[b],
+                                                     data.shapes[i], data.positions[i], rng,
+                                                     with_colour=not shape_only[b]) for b, i in enumerate(indices)]
         scene_of, slot_of = np.nonzero(valid)
         object_captions, named_colour, named_shape = [], [], []
         for b, k in zip(scene_of, slot_of):
-            if grey[b]:
+            if shape_only[b]:
                 text, colour, shape = self.sampler.shape_caption(data.shapes[indices[b], k], rng)
             else:
-                text, colour, shape = self.sampler.object_caption(data.colours[indices[b], k],
+                text, colour, shape = self.sampler.object_caption(batch_colours[b, k],
                                                                   data.shapes[indices[b], k], rng)
             object_captions.append(text)
             named_colour.append(colour)
