@@ -131,3 +131,24 @@ def test_named_novel_colours_repaint_each_object_and_name_it(tmp_path):
     assert trainer.sampler.colour_names[palette:] == NOVEL_COLOUR_NAMES
     loss, parts = trainer.batch_loss(np.arange(4))
     assert torch.isfinite(loss) and parts["pick"] > 0
+
+
+def test_dense_pick_term_rewards_the_named_object_over_another(tmp_path):
+    trainer = ClipTrainer(small_config(tmp_path, dense_pick_weight=1.0, novel_colour_fraction=0.0))
+    loss, parts = trainer.batch_loss(np.arange(4))
+    assert torch.isfinite(loss) and parts["dense"] > 0
+
+    # one scene, two objects, a caption naming object 0: patch tokens equal to the caption's embedding
+    # around object 0 must score better than the same tokens around object 1
+    grid, size = trainer.grid_size, trainer.preprocessor.size
+    pixels = torch.tensor([[[8.0, 8.0], [56.0, 56.0]]])
+    text = torch.nn.functional.normalize(torch.randn(1, 16), dim=-1)
+    background = torch.nn.functional.normalize(torch.randn(grid[0] * grid[1], 16), dim=-1)
+
+    def loss_with_text_at(u, v):
+        tokens = background.clone()
+        tokens[int(v // (size / grid[0])) * grid[1] + int(u // (size / grid[1]))] = text[0] * 5
+        return trainer._dense_pick_loss(tokens[None], pixels, torch.tensor([[True, False]]), np.array([0]),
+                                        text, torch.tensor(10.0))
+
+    assert loss_with_text_at(8, 8) < loss_with_text_at(56, 56)

@@ -5,6 +5,7 @@ Objective (RegionCLIP-style, open_clip's ``ClipLoss`` at the core)::
     loss = ClipLoss(global image, scene caption)                      # symmetric InfoNCE, learned T
          + region_weight * multi-positive InfoNCE(region, object caption)
          + scene_pick_weight * CE(object caption -> the regions of its own scene)
+         + dense_pick_weight * CE(object caption -> regions at every patch centre of its scene)
 
 Region embeddings pool the projected patch tokens around each object's pixel
 (:mod:`vla_ros.grounding.regions`). Object captions repeat inside a batch ("the red cube" appears in
@@ -38,7 +39,7 @@ from vla_ros.grounding.config import TINY_CLIP_NAME
 from vla_ros.grounding.data import NO_ATTRIBUTE, CaptionSampler, SceneDataset, load_or_generate
 from vla_ros.grounding.encoder import ClipEncoder, vision_forward
 from vla_ros.grounding.preprocess import OPENAI_MEAN, OPENAI_STD, FramePreprocessor
-from vla_ros.grounding.regions import region_embeddings
+from vla_ros.grounding.regions import patch_centres, region_embeddings, region_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes use seeds far from any training seed
 STATE_FILE = "train_state.pt"
@@ -113,6 +114,10 @@ class TrainClipConfig:
     scene_pick_weight: float = 1.0
     """weight of the in-scene term: each object caption against the regions of its own scene only
     (the zero-shot task itself; objects sharing a colour force the shape to be used)"""
+    dense_pick_weight: float = 0.0
+    """weight of the dense term: each object caption against the regions at every patch centre of its
+    scene (what a policy, which is not given object pixels, has to search), the target being the
+    Gaussian pooling weights around the objects it names; 0 leaves it out"""
     region_sigma: float = 0.75
     """Gaussian pooling radius around an object, in patches"""
     novel_colour_fraction: float = 0.3
@@ -374,8 +379,29 @@ class ClipTrainer:
         pick_loss = -(targets * logits.log_softmax(dim=1).clamp_min(-1e4)).sum(dim=1).mean()
 
         loss = global_loss + self.config.region_weight * region_loss + self.config.scene_pick_weight * pick_loss
-        return loss, {"loss": loss.item(), "global": global_loss.item(), "region": region_loss.item(),
-                      "pick": pick_loss.item(), "scale": scale.item()}
+        parts = {"loss": 0.0, "global": global_loss.item(), "region": region_loss.item(), "pick": pick_loss.item()}
+        if self.config.dense_pick_weight > 0:
+            dense_loss = self._dense_pick_loss(tokens, pixels, in_scene, scene_of, object_text, scale)
+            loss = loss + self.config.dense_pick_weight * dense_loss
+            parts["dense"] = dense_loss.item()
+        parts.update(loss=loss.item(), scale=scale.item())
+        return loss, parts
+
+    def _dense_pick_loss(self, tokens: torch.Tensor, pixels: torch.Tensor, in_scene: torch.Tensor,
+                         scene_of: np.ndarray, object_text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """CE of each caption over the regions at all patch centres of its scene.
+
+        The soft target is the pooling weights around the objects the caption names, so a centre
+        between two objects counts for both.
+        """
+        size, sigma = self.preprocessor.size, self.config.region_sigma
+        centres = patch_centres(self.grid_size, size).expand(len(tokens), -1, -1)
+        dense_regions = region_embeddings(tokens, centres, self.grid_size, size, sigma)  # (B, P, D)
+        near_object = region_weights(pixels, self.grid_size, size, sigma)  # (B, K, P)
+        targets = torch.einsum("mk,mkp->mp", in_scene.float(), near_object[scene_of])
+        targets = targets / targets.sum(dim=1, keepdim=True)
+        logits = scale * torch.einsum("mpd,md->mp", dense_regions[scene_of], object_text)
+        return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
     # ------------------------------------------------------------------ evaluation, checkpoints, export
     def eval_encoder(self) -> ClipEncoder:
@@ -387,14 +413,17 @@ class ClipTrainer:
         return ClipEncoder(loaded)
 
     def evaluate(self) -> dict[str, Any]:
-        """Zero-shot accuracy per split and retrieval R@1 on the held-out-seed evaluation scenes."""
-        from vla_ros.grounding.evaluation import retrieval_r1, zero_shot_accuracy
+        """Zero-shot and dense pick accuracy per split, retrieval R@1, on the held-out-seed evaluation scenes."""
+        from vla_ros.grounding.evaluation import dense_pick_accuracy, retrieval_r1, zero_shot_accuracy
 
         encoder = self.eval_encoder()
         return {
             "zero_shot_accuracy": {"train_combos": zero_shot_accuracy(encoder, self.eval_data["train"]),
                                    "heldout_combos": zero_shot_accuracy(encoder,
                                                                         self.eval_data["heldout_combos"])},
+            "dense_pick_accuracy": {"train_combos": dense_pick_accuracy(encoder, self.eval_data["train"]),
+                                    "heldout_combos": dense_pick_accuracy(encoder,
+                                                                          self.eval_data["heldout_combos"])},
             "retrieval_r1": retrieval_r1(encoder, self.eval_data["train"], self.sampler),
             "scenes": len(self.eval_data["train"]),
         }
@@ -484,7 +513,8 @@ class ClipTrainer:
                     log.flush()
                     zs = metrics["zero_shot_accuracy"]
                     bar.write(f"step {self.step}: zero-shot train {zs['train_combos']:.3f} "
-                              f"heldout {zs['heldout_combos']:.3f}  R@1 i2t "
+                              f"heldout {zs['heldout_combos']:.3f}  dense heldout "
+                              f"{metrics['dense_pick_accuracy']['heldout_combos']:.3f}  R@1 i2t "
                               f"{metrics['retrieval_r1']['image_to_text']:.3f}")
                 if self.step % config.checkpoint_every == 0 or self.step in (config.steps, stop):
                     self.save_state()
