@@ -379,12 +379,15 @@ class ClipTrainer:
         pick_loss = -(targets * logits.log_softmax(dim=1).clamp_min(-1e4)).sum(dim=1).mean()
 
         loss = global_loss + self.config.region_weight * region_loss + self.config.scene_pick_weight * pick_loss
-        parts = {"loss": 0.0, "global": global_loss.item(), "region": region_loss.item(), "pick": pick_loss.item()}
+        dense_loss = None
         if self.config.dense_pick_weight > 0:
             dense_loss = self._dense_pick_loss(tokens, pixels, in_scene, scene_of, object_text, scale)
             loss = loss + self.config.dense_pick_weight * dense_loss
+        parts = {"loss": loss.item(), "global": global_loss.item(), "region": region_loss.item(),
+                 "pick": pick_loss.item()}
+        if dense_loss is not None:
             parts["dense"] = dense_loss.item()
-        parts.update(loss=loss.item(), scale=scale.item())
+        parts["scale"] = scale.item()
         return loss, parts
 
     def _dense_pick_loss(self, tokens: torch.Tensor, pixels: torch.Tensor, in_scene: torch.Tensor,
