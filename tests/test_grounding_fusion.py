@@ -32,7 +32,9 @@ def test_gradients_reach_every_parameter_and_input(kind):
     fusion(image_global, patches, text).square().sum().backward()
     for name, param in fusion.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
-    assert image_global.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
+    assert text.grad.abs().sum() > 0
+    if kind != "region_map":  # reads where CLIP matches the command, not the global image embedding
+        assert image_global.grad.abs().sum() > 0
     if kind != "late":
         assert patches.grad.abs().sum() > 0
 
@@ -77,6 +79,42 @@ def test_region_prior_points_the_untrained_attention_at_the_matching_region():
     plain.load_state_dict(fusion.state_dict(), strict=False)  # same learned weights, no prior
     plain(torch.zeros(1, D), patches, text)
     assert fusion.last_attention[0, 8 * 2 + 6] > 5 * plain.last_attention[0, 8 * 2 + 6]
+
+
+def _random_rotation(dim, seed=1):
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)))
+    return q
+
+
+def test_region_map_sees_only_where_clip_matches_the_command():
+    torch.manual_seed(0)
+    fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    patches = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1)
+    patches[0, 8 * 5 + 1] = text[0]  # the commanded object: row 5, column 1 (left, lower half)
+    out = fusion(torch.randn(1, D), patches, text)
+    x, y = fusion.last_xy[0].tolist()
+    assert int(fusion.last_attention.argmax()) == 8 * 5 + 1 and x < 0 and y > 0
+    # any other embedding of command and scene with the same similarities (here: both rotated), e.g. a
+    # colour-shape combination never trained on, gives the same features; the global embedding is unused
+    rotation = _random_rotation(D)
+    rotated = fusion(torch.randn(1, D), patches @ rotation, text @ rotation)
+    assert torch.allclose(out, rotated, atol=1e-5)
+    # a cross_attention policy's learned text query has no such invariance
+    plain = build_fusion("cross_attention", embed_dim=D, num_patches=P, out_dim=16).eval()
+    image_global = torch.randn(1, D)
+    assert not torch.allclose(plain(image_global, patches, text),
+                              plain(image_global @ rotation, patches @ rotation, text @ rotation), atol=1e-3)
+
+
+def test_region_map_of_a_blank_modality_is_flat_and_finite():
+    fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16)
+    image_global, patches, text = inputs()
+    for blank_patches, blank_text in ((patches * 0, text), (patches, text * 0)):
+        out = fusion(image_global, blank_patches, blank_text)
+        assert torch.isfinite(out).all()
+        assert torch.allclose(fusion.last_attention, torch.full((B, P), 1 / P))
+        assert fusion.last_xy.abs().max() < 1e-6
 
 
 def test_late_fusion_ignores_patches():

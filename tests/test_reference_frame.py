@@ -24,7 +24,7 @@ def _inputs(seed=0):
     return [torch.randn(*shape, generator=g) for shape in ((B, D), (B, P, D), (B, D), (B, P, D))]
 
 
-@pytest.mark.parametrize("kind", ["cross_attention", "region"])
+@pytest.mark.parametrize("kind", ["cross_attention", "region", "region_map"])
 def test_fusion_reads_the_reference_patches_and_trains_through_them(kind):
     torch.manual_seed(0)
     fusion = build_fusion(kind, embed_dim=D, num_patches=P, out_dim=32, reference_frame=True)

@@ -26,7 +26,16 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   policy never saw (``vla-ros eval-clip``'s dense region pick, 500 scenes per split, with the CLIP of
   the shipped policy: 98.4% training / 80.8% held-out combinations).
 
-``reference_frame=True`` (``cross_attention`` and ``region``) adds a memory of where the commanded
+* ``region_map``: no learned text-to-patch attention at all. The policy reads only *where* the frozen
+  CLIP puts the command: the region-text similarity at every patch centre (as in ``region``),
+  standardised per frame and turned into attention weights by one learned temperature, plus their
+  weighted mean position. ``[weights (P), xy (2)]`` -> MLP -> out_dim. Neither the text nor the image
+  embedding reaches the MLP, so a colour-shape combination the policy never saw looks to it like any
+  other commanded object; it generalises exactly as far as CLIP's dense grounding does. The
+  ``cross_attention`` policies' learned text query, fitted on the training combinations, grounds
+  held-out combinations less often than the CLIP it reads (``scripts/reference_attention_pick.py``).
+
+``reference_frame=True`` (``cross_attention``, ``region`` and ``region_map``) adds a memory of where the commanded
 object was: the same text-queried attention also runs over the patches of the episode's first frame
 (the frame the command arrived with), and ``[attended_ref (D), xy_ref (2)]`` join the MLP input. The
 camera looks down past the arm, so an approaching arm hides its target; the current frame alone
@@ -42,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSION_KINDS = ("late", "cross_attention", "gated", "region")
+FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
@@ -99,6 +108,16 @@ def gaussian_pooling(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Te
     return torch.softmax(-dist2 / (2 * sigma_patches ** 2), dim=-1)
 
 
+def region_similarity(pooling: torch.Tensor, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity (B, P) of text (B, D) with the region embeddings ``pooling`` (P, P) makes of patches.
+
+    With :func:`gaussian_pooling` these are :func:`vla_ros.grounding.regions.region_embeddings` at every
+    patch centre: the regions ``vla-ros eval-clip``'s dense pick scores.
+    """
+    regions = F.normalize(pooling @ F.normalize(patches, dim=-1), dim=-1)
+    return (regions @ F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)
+
+
 class PatchAttention(nn.Module):
     """Text-queried attention over positionally encoded patches: (B, D), (B, P, D) -> (B, D), (B, P)."""
 
@@ -132,8 +151,7 @@ class PatchAttention(nn.Module):
 
     def region_similarity(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Cosine similarity (B, P) of the command with the region embedding at each patch centre."""
-        regions = F.normalize(self.pooling @ F.normalize(patches, dim=-1), dim=-1)
-        return (regions @ F.normalize(text, dim=-1).unsqueeze(-1)).squeeze(-1)
+        return region_similarity(self.pooling, patches, text)
 
     def expected_xy(self, weights: torch.Tensor) -> torch.Tensor:
         """Attention-weighted mean patch centre, (B, 2) as (x, y) in [-1, 1]."""
@@ -215,20 +233,64 @@ class GatedFusion(nn.Module):
         return self.head(hidden)
 
 
+class RegionMapFusion(nn.Module):
+    """``softmax(t * standardised CLIP region-text similarity)`` over patches and its mean xy -> MLP -> out_dim.
+
+    With ``reference_frame`` the same map of the episode's first frame is appended. The only learned
+    parameter before the MLP is the temperature ``t``; ``image_global`` is not used.
+    """
+
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
+                 grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
+                 sigma_patches: float = 0.75, temperature: float = 2.0, **_):
+        super().__init__()
+        grid_h, grid_w = _grid(num_patches, grid_size)
+        self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
+        self.reference_frame = reference_frame
+        self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
+        self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.mlp = _mlp((num_patches + 2) * (2 if reference_frame else 1), hidden_dim, out_dim)
+
+    def attention(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights (B, P) over patches and their mean patch centre (B, 2) as (x, y) in [-1, 1]."""
+        similarity = region_similarity(self.pooling, patches, text)
+        # standardised per frame: how strongly CLIP matches differs between combinations, where it matches
+        # most is what the policy needs; a blank modality (ablations) gives a flat map, not NaN
+        centred = similarity - similarity.mean(dim=-1, keepdim=True)
+        standardised = centred / (centred.square().mean(dim=-1, keepdim=True).sqrt() + 1e-6)
+        weights = torch.softmax(self.log_temperature.exp() * standardised, dim=-1)
+        return weights, weights @ self.coordinates
+
+    def forward(self, image_global, image_patches, text, reference_patches=None):
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
+        _check_inputs(self, image_global, image_patches, text)
+        weights, xy = self.attention(image_patches, text)
+        self.last_xy, self.last_attention = xy, weights  # for the auxiliary grounding loss and debug heatmaps
+        parts = [weights, xy]
+        if self.reference_frame:
+            if reference_patches is None or reference_patches.shape != image_patches.shape:
+                raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
+                                 f"image_patches {tuple(image_patches.shape)}")
+            weights_ref, self.last_reference_xy = self.attention(reference_patches, text)
+            parts += [weights_ref, self.last_reference_xy]
+        return self.mlp(torch.cat(parts, dim=-1))
+
+
 def _region_fusion(**kwargs) -> CrossAttentionFusion:
     return CrossAttentionFusion(region_prior=True, **kwargs)
 
 
 _FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion, "gated": GatedFusion,
-            "region": _region_fusion}
+            "region": _region_fusion, "region_map": RegionMapFusion}
 
 
-REFERENCE_FRAME_KINDS = ("cross_attention", "region")
+REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False) -> nn.Module:
-    """Build a fusion module by name (``late``, ``cross_attention``, ``gated``, ``region``); see the module doc."""
+    """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc."""
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:

@@ -50,10 +50,10 @@ class TrainConfig:
     clip: str = ""
     """CLIP checkpoint folder (default: the shipped models/clip)"""
     fusion: str = "cross_attention"
-    """fusion module: late, cross_attention, gated or region"""
+    """fusion module: late, cross_attention, gated, region or region_map"""
     reference_frame: bool = False
     """also attend over the episode's first frame (where the objects were before the arm hid them);
-    cross_attention and region only"""
+    cross_attention, region and region_map only"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
