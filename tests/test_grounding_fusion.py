@@ -135,3 +135,20 @@ def test_bad_kind_and_shapes_raise():
         fusion(image_global, patches[:, :10], text)
     with pytest.raises(ValueError, match="text"):
         fusion(image_global, patches, text[:2])
+
+
+def test_region_map_peak_estimate_stays_on_the_stronger_of_two_matches():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    patches = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1) * 0.1
+    patches[0, 8 * 3 + 1] = text[0]  # the commanded object: row 3, column 1
+    patches[0, 8 * 3 + 6] = 0.8 * text[0] + 0.6 * patches[0, 0] * 10  # a half match: row 3, column 6
+    mean_only = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
+    with_peak = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5).eval()
+    mean_only(torch.zeros(1, D), patches, text)
+    out = with_peak(torch.zeros(1, D), patches, text)
+    target_x = (1 + 0.5) / 8 * 2 - 1
+    assert abs(with_peak.last_xy[0, 0] - target_x) < abs(mean_only.last_xy[0, 0] - target_x) - 0.1
+    assert out.shape == (1, 16)
+    with pytest.raises(ValueError, match="region_map"):
+        build_fusion("cross_attention", embed_dim=D, num_patches=P, peak_window=1.5)

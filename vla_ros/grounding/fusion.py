@@ -34,6 +34,10 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   other commanded object; it generalises exactly as far as CLIP's dense grounding does. The
   ``cross_attention`` policies' learned text query, fitted on the training combinations, grounds
   held-out combinations less often than the CLIP it reads (``scripts/reference_attention_pick.py``).
+  ``peak_window=sigma`` (patches) adds a mode-seeking position: the same softmax re-weighted by a
+  Gaussian around the map's maximum. Where CLIP half-matches a second object (an unseen "red ball"
+  against a seen red cube) the weighted mean lands between the two; the peak estimate stays on the
+  stronger one. ``[weights, xy, xy_peak]`` then go to the MLP, and ``xy_peak`` is the position estimate.
 
 ``reference_frame=True`` (``cross_attention``, ``region`` and ``region_map``) adds a memory of where the commanded
 object was: the same text-queried attention also runs over the patches of the episode's first frame
@@ -237,43 +241,60 @@ class RegionMapFusion(nn.Module):
     """``softmax(t * standardised CLIP region-text similarity)`` over patches and its mean xy -> MLP -> out_dim.
 
     With ``reference_frame`` the same map of the episode's first frame is appended. The only learned
-    parameter before the MLP is the temperature ``t``; ``image_global`` is not used.
+    parameter before the MLP is the temperature ``t``; ``image_global`` is not used. With ``peak_window``
+    each frame also gives its mode-seeking position (see the module doc).
     """
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 sigma_patches: float = 0.75, temperature: float = 2.0, **_):
+                 sigma_patches: float = 0.75, temperature: float = 2.0, peak_window: float = 0.0, **_):
         super().__init__()
         grid_h, grid_w = _grid(num_patches, grid_size)
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
-        self.reference_frame = reference_frame
+        self.reference_frame, self.peak_window = reference_frame, float(peak_window)
         self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
         self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
+        if self.peak_window > 0:  # log of a Gaussian window around each patch, (P, P)
+            window = gaussian_pooling(grid_h, grid_w, self.peak_window)
+            self.register_buffer("log_window", window.log() - window.log().amax(-1, keepdim=True), persistent=False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
-        self.mlp = _mlp((num_patches + 2) * (2 if reference_frame else 1), hidden_dim, out_dim)
+        per_frame = num_patches + (4 if self.peak_window > 0 else 2)
+        self.mlp = _mlp(per_frame * (2 if reference_frame else 1), hidden_dim, out_dim)
 
-    def attention(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights (B, P) over patches and their mean patch centre (B, 2) as (x, y) in [-1, 1]."""
+    def attention(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor]:
+        """Weights (B, P) over patches, their mean patch centre (B, 2) as (x, y) in [-1, 1], the position estimate.
+
+        The estimate is the mean itself, or with ``peak_window`` the mode-seeking position.
+        """
         similarity = region_similarity(self.pooling, patches, text)
         # standardised per frame: how strongly CLIP matches differs between combinations, where it matches
         # most is what the policy needs; a blank modality (ablations) gives a flat map, not NaN
         centred = similarity - similarity.mean(dim=-1, keepdim=True)
         standardised = centred / (centred.square().mean(dim=-1, keepdim=True).sqrt() + 1e-6)
-        weights = torch.softmax(self.log_temperature.exp() * standardised, dim=-1)
-        return weights, weights @ self.coordinates
+        logits = self.log_temperature.exp() * standardised
+        weights = torch.softmax(logits, dim=-1)
+        xy = weights @ self.coordinates
+        if self.peak_window <= 0:
+            return weights, xy, xy
+        peak_weights = torch.softmax(logits + self.log_window[similarity.argmax(dim=-1)], dim=-1)
+        return weights, xy, peak_weights @ self.coordinates
+
+    def _features(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                            torch.Tensor]:
+        weights, xy, estimate = self.attention(patches, text)
+        return ([weights, xy, estimate] if self.peak_window > 0 else [weights, xy]), weights, estimate
 
     def forward(self, image_global, image_patches, text, reference_patches=None):
         """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
         _check_inputs(self, image_global, image_patches, text)
-        weights, xy = self.attention(image_patches, text)
-        self.last_xy, self.last_attention = xy, weights  # for the auxiliary grounding loss and debug heatmaps
-        parts = [weights, xy]
+        parts, self.last_attention, self.last_xy = self._features(image_patches, text)  # grounding loss, heatmaps
         if self.reference_frame:
             if reference_patches is None or reference_patches.shape != image_patches.shape:
                 raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                                  f"image_patches {tuple(image_patches.shape)}")
-            weights_ref, self.last_reference_xy = self.attention(reference_patches, text)
-            parts += [weights_ref, self.last_reference_xy]
+            reference_parts, _, self.last_reference_xy = self._features(reference_patches, text)
+            parts += reference_parts
         return self.mlp(torch.cat(parts, dim=-1))
 
 
@@ -289,14 +310,21 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False) -> nn.Module:
+                 heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
+                 peak_window: float = 0.0) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc."""
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
+    if peak_window and kind != "region_map":
+        raise ValueError(f"peak_window is an option of the region_map fusion, not of {kind!r}")
+    if peak_window < 0:
+        raise ValueError(f"peak_window must be >= 0 patches, got {peak_window}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by heads={heads}")
     extra = {"reference_frame": True} if reference_frame else {}
+    if peak_window:
+        extra["peak_window"] = peak_window
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
                           hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)

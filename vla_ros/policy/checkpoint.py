@@ -43,6 +43,7 @@ def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
             "hidden_dim": int(net["hidden_dim"]),
             "heads": int(net["heads"]),
             "grid_size": tuple(net["grid_size"]),
+            "peak_window": float(net.get("peak_window", 0.0)),
         },
     }
 
