@@ -152,3 +152,31 @@ def test_region_map_peak_estimate_stays_on_the_stronger_of_two_matches():
     assert out.shape == (1, 16)
     with pytest.raises(ValueError, match="region_map"):
         build_fusion("cross_attention", embed_dim=D, num_patches=P, peak_window=1.5)
+
+
+def test_region_map_reference_prior_keeps_the_estimate_on_a_covered_target():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    background = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1) * 0.1
+    reference, current = background.clone(), background.clone()
+    reference[0, 8 * 4 + 2] = text[0]  # the target before the arm moved in: row 4, column 2
+    reference[0, 8 * 4 + 6] = 0.6 * text[0] + 0.8 * background[0, 1] * 10  # a weaker match: row 4, column 6
+    current[0, 8 * 4 + 6] = reference[0, 8 * 4 + 6]  # the arm now covers the target
+    kwargs = dict(embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5, reference_frame=True)
+    plain = build_fusion("region_map", **kwargs).eval()
+    with_prior = build_fusion("region_map", reference_prior=True, **kwargs).eval()
+    image_global = torch.zeros(1, D)
+    plain(image_global, current, text, reference)
+    target_x = (2 + 0.5) / 8 * 2 - 1
+    assert plain.last_xy[0, 0] > 0.3  # alone, the current map jumps to the other match
+    with torch.no_grad():
+        with_prior.reference_prior.fill_(0.0)  # the learned weight: 0 is the plain map...
+    with_prior(image_global, current, text, reference)
+    assert torch.allclose(with_prior.last_xy, plain.last_xy)
+    with torch.no_grad():
+        with_prior.reference_prior.fill_(3.0)  # ...a weight training can reach keeps the covered target
+    with_prior(image_global, current, text, reference)
+    assert abs(with_prior.last_xy[0, 0] - target_x) < 0.1
+    assert torch.allclose(with_prior.last_reference_xy, plain.last_reference_xy)
+    with pytest.raises(ValueError, match="reference_frame"):
+        build_fusion("region_map", embed_dim=D, num_patches=P, reference_prior=True)

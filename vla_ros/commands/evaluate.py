@@ -11,7 +11,7 @@ from pathlib import Path
 from vla_ros.reporting import add_json_argument
 
 DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
-ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference")
+ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference", "no_peak")
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +27,8 @@ def add_arguments(parser) -> None:
                         help="ablations evaluated on --ablation-splits: image_blind / command_blind zero one "
                         "modality of this checkpoint; late / gated / cross_attention / region load the checkpoints "
                         "trained with that fusion from --ablation-dir; no_reference loads the one trained "
-                        "without a reference frame (memory of the episode's first frame)")
+                        "without a reference frame (memory of the episode's first frame), no_peak the region_map "
+                        "policy without the peak position estimate")
     parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*DEFAULT_SPLITS],
                         help="splits evaluated for each ablation (default: train)")
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "

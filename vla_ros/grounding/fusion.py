@@ -38,6 +38,9 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   Gaussian around the map's maximum. Where CLIP half-matches a second object (an unseen "red ball"
   against a seen red cube) the weighted mean lands between the two; the peak estimate stays on the
   stronger one. ``[weights, xy, xy_peak]`` then go to the MLP, and ``xy_peak`` is the position estimate.
+  ``reference_prior=True`` (with a reference frame) adds the first frame's logits, times a learned
+  weight, to the current frame's: once the arm covers the target, the current map alone jumps to the
+  next best match.
 
 ``reference_frame=True`` (``cross_attention``, ``region`` and ``region_map``) adds a memory of where the commanded
 object was: the same text-queried attention also runs over the patches of the episode's first frame
@@ -241,14 +244,18 @@ class RegionMapFusion(nn.Module):
     """``softmax(t * standardised CLIP region-text similarity)`` over patches and its mean xy -> MLP -> out_dim.
 
     With ``reference_frame`` the same map of the episode's first frame is appended. The only learned
-    parameter before the MLP is the temperature ``t``; ``image_global`` is not used. With ``peak_window``
-    each frame also gives its mode-seeking position (see the module doc).
+    parameters before the MLP are the temperature ``t`` and, with ``reference_prior``, the prior's weight;
+    ``image_global`` is not used. With ``peak_window`` each frame also gives its mode-seeking position, with
+    ``reference_prior`` the current frame's map is taken jointly with the reference frame's (module doc).
     """
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 sigma_patches: float = 0.75, temperature: float = 2.0, peak_window: float = 0.0, **_):
+                 sigma_patches: float = 0.75, temperature: float = 2.0, peak_window: float = 0.0,
+                 reference_prior: bool = False, **_):
         super().__init__()
+        if reference_prior and not reference_frame:
+            raise ValueError("reference_prior needs reference_frame=True")
         grid_h, grid_w = _grid(num_patches, grid_size)
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.reference_frame, self.peak_window = reference_frame, float(peak_window)
@@ -258,44 +265,49 @@ class RegionMapFusion(nn.Module):
             window = gaussian_pooling(grid_h, grid_w, self.peak_window)
             self.register_buffer("log_window", window.log() - window.log().amax(-1, keepdim=True), persistent=False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.reference_prior = nn.Parameter(torch.ones(())) if reference_prior else None
         per_frame = num_patches + (4 if self.peak_window > 0 else 2)
         self.mlp = _mlp(per_frame * (2 if reference_frame else 1), hidden_dim, out_dim)
 
-    def attention(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                             torch.Tensor]:
-        """Weights (B, P) over patches, their mean patch centre (B, 2) as (x, y) in [-1, 1], the position estimate.
-
-        The estimate is the mean itself, or with ``peak_window`` the mode-seeking position.
-        """
+    def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``t`` times the command's region-text similarity over patches, standardised per frame, (B, P)."""
         similarity = region_similarity(self.pooling, patches, text)
         # standardised per frame: how strongly CLIP matches differs between combinations, where it matches
         # most is what the policy needs; a blank modality (ablations) gives a flat map, not NaN
         centred = similarity - similarity.mean(dim=-1, keepdim=True)
         standardised = centred / (centred.square().mean(dim=-1, keepdim=True).sqrt() + 1e-6)
-        logits = self.log_temperature.exp() * standardised
+        return self.log_temperature.exp() * standardised
+
+    def _readout(self, logits: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """MLP inputs of one frame, its weights (B, P) and its position estimate (B, 2) as (x, y) in [-1, 1].
+
+        The estimate is the weighted mean patch centre, or with ``peak_window`` the mode-seeking position.
+        """
         weights = torch.softmax(logits, dim=-1)
         xy = weights @ self.coordinates
         if self.peak_window <= 0:
-            return weights, xy, xy
-        peak_weights = torch.softmax(logits + self.log_window[similarity.argmax(dim=-1)], dim=-1)
-        return weights, xy, peak_weights @ self.coordinates
-
-    def _features(self, patches: torch.Tensor, text: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor,
-                                                                            torch.Tensor]:
-        weights, xy, estimate = self.attention(patches, text)
-        return ([weights, xy, estimate] if self.peak_window > 0 else [weights, xy]), weights, estimate
+            return [weights, xy], weights, xy
+        estimate = torch.softmax(logits + self.log_window[logits.argmax(dim=-1)], dim=-1) @ self.coordinates
+        return [weights, xy, estimate], weights, estimate
 
     def forward(self, image_global, image_patches, text, reference_patches=None):
         """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
         _check_inputs(self, image_global, image_patches, text)
-        parts, self.last_attention, self.last_xy = self._features(image_patches, text)  # grounding loss, heatmaps
-        if self.reference_frame:
-            if reference_patches is None or reference_patches.shape != image_patches.shape:
-                raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
-                                 f"image_patches {tuple(image_patches.shape)}")
-            reference_parts, _, self.last_reference_xy = self._features(reference_patches, text)
-            parts += reference_parts
-        return self.mlp(torch.cat(parts, dim=-1))
+        current = self.logits(image_patches, text)
+        if not self.reference_frame:
+            parts, self.last_attention, self.last_xy = self._readout(current)  # grounding loss, heatmaps
+            return self.mlp(torch.cat(parts, dim=-1))
+        if reference_patches is None or reference_patches.shape != image_patches.shape:
+            raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
+                             f"image_patches {tuple(image_patches.shape)}")
+        reference = self.logits(reference_patches, text)
+        if self.reference_prior is not None:
+            # where the target was before the arm moved in: a covered target then does not move the
+            # current estimate to whichever other object matches the command next best
+            current = current + self.reference_prior * reference
+        parts, self.last_attention, self.last_xy = self._readout(current)
+        reference_parts, _, self.last_reference_xy = self._readout(reference)
+        return self.mlp(torch.cat(parts + reference_parts, dim=-1))
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:
@@ -311,12 +323,13 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 peak_window: float = 0.0) -> nn.Module:
+                 peak_window: float = 0.0, reference_prior: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc."""
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
-    if peak_window and kind != "region_map":
-        raise ValueError(f"peak_window is an option of the region_map fusion, not of {kind!r}")
+    for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior)):
+        if value and kind != "region_map":
+            raise ValueError(f"{name} is an option of the region_map fusion, not of {kind!r}")
     if peak_window < 0:
         raise ValueError(f"peak_window must be >= 0 patches, got {peak_window}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
@@ -326,5 +339,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
     extra = {"reference_frame": True} if reference_frame else {}
     if peak_window:
         extra["peak_window"] = peak_window
+    if reference_prior:
+        extra["reference_prior"] = True
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
                           hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)

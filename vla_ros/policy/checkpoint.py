@@ -44,6 +44,7 @@ def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
             "heads": int(net["heads"]),
             "grid_size": tuple(net["grid_size"]),
             "peak_window": float(net.get("peak_window", 0.0)),
+            "reference_prior": bool(net.get("reference_prior", False)),
         },
     }
 

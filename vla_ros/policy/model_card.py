@@ -44,6 +44,8 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d)"
         + (", with a reference frame (also attends over the episode's first frame)" if net.get("reference_frame")
            else "")
+        + (f", peak position estimate (window {net['peak_window']} patches)" if net.get("peak_window") else "")
+        + (", the reference frame's map as a prior on the current one" if net.get("reference_prior") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",

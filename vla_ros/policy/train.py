@@ -57,6 +57,9 @@ class TrainConfig:
     peak_window: float = 0.0
     """region_map only: also a mode-seeking position estimate, the map re-weighted by a Gaussian of this
     many patches around its maximum, so that a second, weaker match elsewhere cannot pull it (0: off)"""
+    reference_prior: bool = False
+    """region_map with a reference frame only: add the first frame's map (learned weight) to the current
+    frame's, so that the estimate stays on the target while the arm covers it"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -122,6 +125,7 @@ class TrainConfig:
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return {
         "fusion": cfg.fusion, "reference_frame": cfg.reference_frame, "peak_window": cfg.peak_window,
+        "reference_prior": cfg.reference_prior,
         "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
         "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
         "activation": "tanh", "log_std_init": cfg.log_std_init,
