@@ -199,13 +199,29 @@ def test_real_time_keeps_tracking_the_last_command(make_sim):
     """Like a forward position controller: one far target is followed over several steps, no resend."""
     sim, probe = make_sim(real_time_factor=1.0)
     probe.start(seed=0, command=COMMAND)
-    wait_until(lambda: probe.joint_states, what="joint states")
+    wait_until(lambda: probe.statuses[-1].get("step", 0) >= 1, what="the first (held) step")
     start = probe.positions()
     target = start.copy()
     target[0] = min(start[0] + 0.3, ROBOT.upper[0])  # several steps of max_delta away
     probe.position_pub.publish(position_command_array(target))
     wait_until(lambda: abs(probe.positions()[0] - target[0]) < 0.05, what="base_yaw to reach its target")
     assert np.all(np.abs(probe.positions()[1:] - start[1:]) < 0.1)
+
+
+def test_real_time_drops_commands_before_the_first_step_of_an_episode(make_sim):
+    """A command sent right after the reset was computed from the scene before: the first step holds."""
+    sim, probe = make_sim(real_time_factor=0.1)  # a step every 0.5 s
+    probe.start(seed=0, command=COMMAND)
+    wait_until(lambda: probe.joint_states, what="joint states")
+    start = probe.positions()
+    target = start.copy()
+    target[0] = min(start[0] + 0.3, ROBOT.upper[0])
+    assert probe.statuses[-1]["step"] == 0
+    probe.position_pub.publish(position_command_array(target))
+    wait_until(lambda: probe.statuses[-1].get("step", 0) >= 2, what="two steps")
+    assert np.all(np.abs(probe.positions() - start) < 0.02)  # held: the early command was dropped, not kept
+    probe.position_pub.publish(position_command_array(target))
+    wait_until(lambda: probe.positions()[0] > start[0] + 0.05, what="the same command, now accepted")
 
 
 def latest_stamp(probe: Probe) -> float:

@@ -460,6 +460,30 @@ def test_a_reference_frame_policy_takes_its_reference_from_a_frame_after_the_com
     assert torch.allclose(policy._reference, expected, atol=1e-5)
 
 
+def test_frame_trigger_acts_once_on_each_new_frame_and_joint_state(make_node, policy_checkpoint):
+    """``control_trigger: frame``: one step per frame with a joint state as new, none while no frame comes."""
+    node, probe = make_node("active", feed=False, policy_path=str(policy_checkpoint), control_trigger="frame")
+    probe.send_command(COMMAND)
+    clock = probe.node.get_clock()
+    for i in range(5):
+        now = clock.now().nanoseconds * 1e-9
+        probe.image_pub.publish(numpy_to_image(probe.frame, "bgr8", stamp=now, frame_id="cam"))
+        time.sleep(0.02)  # the frame alone: no step until the joint state of the same instant is in
+        assert len(probe.positions) == i
+        probe.joint_pub.publish(arrays_to_joint_state(ROBOT.joint_names, HOME, np.zeros(N), now))
+        wait_until(lambda i=i: len(probe.positions) == i + 1, what=f"the command of frame {i}")
+        time.sleep(0.06)
+    time.sleep(0.3)  # six control periods without a new frame: a timer would have acted again on the old one
+    assert len(probe.positions) == 5 and node.counter("commands_published") == 5
+    for command in probe.positions:
+        assert_safe(command, HOME, 0.05)
+
+
+def test_an_unknown_control_trigger_makes_configure_fail(make_node):
+    node, _ = make_node(state="unconfigured", control_trigger="sometimes")
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+
+
 def test_deactivate_stops_commands_and_reactivate_resumes(make_node, policy_checkpoint):
     node, probe = make_node("active", policy_path=str(policy_checkpoint))
     probe.send_command(COMMAND)

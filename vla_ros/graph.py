@@ -59,5 +59,10 @@ def robot_graph(vla_parameters: dict | None = None) -> list[NodeSpec]:
 
 
 def sim_graph(vla_parameters: dict | None = None, sim_parameters: dict | None = None) -> list[NodeSpec]:
-    """Nodes of the closed loop in simulation: simulator bridge + VLA node."""
+    """Nodes of the closed loop in simulation: simulator bridge + VLA node.
+
+    The simulator publishes one frame per control step, so the VLA node acts on each new frame
+    (``control_trigger: frame``) instead of on a timer that drifts in phase against the simulator's.
+    """
+    vla_parameters = {"control_trigger": "frame", **(vla_parameters or {})}
     return [sim_node_spec(sim_parameters), vla_node_spec(vla_parameters)]

@@ -19,7 +19,10 @@ received command (deterministic, for parity tests), and republishes the last obs
 (same stamp) every ``lockstep_republish_s`` so a lost best-effort frame cannot stall the loop. In
 lockstep an episode's first observation goes out ``lockstep_start_delay_s`` after its command, and
 commands arriving before it are dropped: they were computed from the previous episode's frames, and
-the delay lets the new command reach the policy node before the first frame does.
+the delay lets the new command reach the policy node before the first frame does. In real time the
+episode's first step holds position and commands arriving before it are dropped, for the same reason:
+between episodes the camera keeps running and a policy node keeps acting on its previous command, and
+one of those commands can arrive just after the reset.
 The env runs on one worker thread of its own: its OpenGL (EGL) context is bound to the thread that
 created it, and executors may run callbacks on any thread. All callbacks also share the node's default
 (mutually exclusive) callback group, so env calls never interleave.
@@ -281,7 +284,7 @@ class SimNode(Node):
         if self._mode == "lockstep":
             if self._first_observation_due is None:  # else: computed from an older episode's frame
                 self.step(target)
-        else:
+        elif self._status.get("step", 0) >= 1:  # else: computed before this episode's second frame
             self._target = target
 
     def _on_position_command(self, msg: Float64MultiArray) -> None:

@@ -10,7 +10,12 @@ Lifecycle (yolo_ros style):
 * ``cleanup`` / ``shutdown``: destroy everything ``configure`` created.
 
 The control loop runs at ``control_rate_hz`` (steady clock) on the newest frame only
-(subscriptions keep just the latest message; nothing is queued). Each step: gate pre-check
+(subscriptions keep just the latest message; nothing is queued). With ``control_trigger: frame`` it
+instead runs as soon as a new frame and a joint state at least as new have arrived (at most
+``control_rate_hz``): a timer at the camera's own rate drifts in phase against it, and a tick that comes
+just before a frame acts on the previous frame and joint state. The command is then computed from the
+pose one step back, so the arm aims behind itself and oscillates (`vla-ros demo` in real time: 2 of 6
+episodes in one run on an idle machine, with every step acted on a frame 50 ms old). Each step: gate pre-check
 (staleness, e-stop, command, NaN) -> decode -> policy -> gate -> publish. It runs in a thread of
 its own, outside the executor: the subscription callbacks only store the newest message, so a
 slow policy step never delays them, and they never delay the policy.
@@ -65,6 +70,7 @@ from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
 
 OUTPUT_MODES = ("position_array", "trajectory")
 BACKENDS = ("torch", "onnxruntime")
+CONTROL_TRIGGERS = ("timer", "frame")
 
 # Diagnostics counter keys for inputs rejected before they reach the policy.
 REJECT_MALFORMED_IMAGE = "rejected.malformed_image"
@@ -129,6 +135,13 @@ PARAMETERS = (
         False,
         "Run a control step only when a frame arrived since the last one (lockstep simulation).",
     ),
+    (
+        "control_trigger",
+        "timer",
+        f"When a control step runs, one of {CONTROL_TRIGGERS}: 'timer' every 1/control_rate_hz; 'frame' as soon "
+        "as a new camera frame and a joint state at least as new have arrived, at most control_rate_hz (for a "
+        "camera that runs at the control rate, e.g. the simulator).",
+    ),
     ("diagnostics_period_s", 1.0, "Period of /diagnostics reports (s)."),
     ("log_throttle_s", 2.0, "Minimum time between two log lines about the same kind of rejected input (s)."),
     ("autostart", True, "Configure and activate at start (when run without a lifecycle manager)."),
@@ -170,6 +183,7 @@ class VlaNode(LifecycleNode):
 
         self._stats = NodeStats()
         self._input_lock = threading.Lock()
+        self._new_input = threading.Event()  # set by the frame and joint state callbacks
         self._control_lock = threading.Lock()
         self._diagnostics_lock = threading.Lock()
         self._configured = False
@@ -217,6 +231,9 @@ class VlaNode(LifecycleNode):
         self._max_joint_state_age = float(self._param("max_joint_state_age_s"))
         self._publish_debug_image = bool(self._param("publish_debug_image"))
         self._require_new_frame = bool(self._param("require_new_frame"))
+        self._control_trigger = self._param("control_trigger")
+        if self._control_trigger not in CONTROL_TRIGGERS:
+            raise ValueError(f"control_trigger must be one of {CONTROL_TRIGGERS}, got {self._control_trigger!r}")
         self._log_throttle = float(self._param("log_throttle_s"))
         names = self.get_parameter_or("output_joint_names", Parameter("output_joint_names", value=[])).value
         self._output_joint_names = tuple(name for name in names if name)
@@ -435,6 +452,7 @@ class VlaNode(LifecycleNode):
             return
         with self._input_lock:
             self._frame = _Stamped(msg, self._stamp_or_now(msg.header))
+        self._new_input.set()
 
     def _on_command(self, msg: String) -> None:
         try:
@@ -471,6 +489,7 @@ class VlaNode(LifecycleNode):
             return
         with self._input_lock:
             self._joint_state = _Stamped((positions, velocities), self._stamp_or_now(msg.header))
+        self._new_input.set()
 
     def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._estopped = bool(request.data)
@@ -502,8 +521,11 @@ class VlaNode(LifecycleNode):
     # ---------------------------------------------------------------------------- control step
 
     def _control_loop(self, stop: threading.Event) -> None:
-        """Run ``_control_step`` every control period until ``stop`` is set."""
+        """Run ``_control_step`` every control period (or on new inputs, see ``control_trigger``) until ``stop``."""
         period = self._control_period
+        if self._control_trigger == "frame":
+            self._frame_triggered_loop(stop, period)
+            return
         next_tick = time.monotonic()
         while not stop.is_set():
             try:
@@ -518,6 +540,26 @@ class VlaNode(LifecycleNode):
                 delay = next_tick - time.monotonic()
             stop.wait(max(0.0, delay))
 
+    def _frame_triggered_loop(self, stop: threading.Event, period: float) -> None:
+        # a new input wakes the loop; _step acts only on a frame not acted on yet with a joint state at
+        # least as new, and never sooner than half a period after the last step (a burst of frames)
+        last_step = -np.inf
+        while not stop.is_set():
+            self._new_input.wait(timeout=period)
+            self._new_input.clear()
+            wait = last_step + 0.5 * period - time.monotonic()
+            if wait > 0 and stop.wait(wait):
+                return
+            with self._input_lock:
+                ready = self._is_new_observation(self._frame, self._joint_state)
+            if not ready:
+                continue
+            last_step = time.monotonic()
+            try:
+                self._control_step()
+            except Exception as error:  # as in the timer loop: hold and report, keep running
+                self._reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
+
     def _control_step(self) -> None:
         # The lock makes deactivate/shutdown wait for a step in flight instead of destroying the
         # publishers under it.
@@ -530,7 +572,8 @@ class VlaNode(LifecycleNode):
         with self._input_lock:
             frame, joint, command = self._frame, self._joint_state, self._command
             serial = self._command_serial
-        if self._require_new_frame and not self._is_new_observation(frame, joint):
+        if (self._require_new_frame or self._control_trigger == "frame") and not self._is_new_observation(frame,
+                                                                                                            joint):
             return
         now = self._now()
         joint_state = None
