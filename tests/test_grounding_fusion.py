@@ -66,12 +66,18 @@ def test_cross_attention_output_depends_on_where_the_matching_patch_is():
     assert not torch.allclose(out_left, out_right, atol=1e-4)
 
 
+def _scene_matching_at(row: int, column: int):
+    """A command (1, D) and random unit patches (1, P, D) of which the one at (row, column) is the command."""
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    patches = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1)
+    patches[0, 8 * row + column] = text[0]
+    return text, patches
+
+
 def test_region_prior_points_the_untrained_attention_at_the_matching_region():
     torch.manual_seed(0)
     fusion = build_fusion("region", embed_dim=D, num_patches=P, out_dim=16).eval()
-    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
-    patches = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1)
-    patches[0, 8 * 2 + 6] = text[0]  # the commanded object: row 2, column 6 (right, upper half)
+    text, patches = _scene_matching_at(2, 6)  # the commanded object: right, upper half
     fusion(torch.zeros(1, D), patches, text)
     x, y = fusion.last_xy[0].tolist()
     assert int(fusion.last_attention.argmax()) == 8 * 2 + 6 and x > 0 and y < 0
@@ -89,9 +95,7 @@ def _random_rotation(dim, seed=1):
 def test_region_map_sees_only_where_clip_matches_the_command():
     torch.manual_seed(0)
     fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
-    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
-    patches = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1)
-    patches[0, 8 * 5 + 1] = text[0]  # the commanded object: row 5, column 1 (left, lower half)
+    text, patches = _scene_matching_at(5, 1)  # the commanded object: left, lower half
     out = fusion(torch.randn(1, D), patches, text)
     x, y = fusion.last_xy[0].tolist()
     assert int(fusion.last_attention.argmax()) == 8 * 5 + 1 and x < 0 and y > 0
