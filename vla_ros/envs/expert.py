@@ -5,6 +5,7 @@ the MuJoCo Jacobian (position, plus a weaker term keeping the tool pointing down
 joint velocity into the env's action (joint deltas in units of ``max_delta``).
 Reach: hover above the target, then descend onto its top. Push: hover over a point behind the
 target (opposite the push direction), descend to table level, then push through the object's centre.
+Both decide their waypoint from the current state alone, so the expert can label any state DAgger visits.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ class ScriptedExpert:
     """Solve ``reach`` and ``push`` episodes of a (possibly wrapped) :class:`TabletopEnv`.
 
     Usage: ``action = expert.act(info)`` with the ``info`` of the last ``reset``/``step``.
-    It keeps a small phase state per episode; a new episode is detected from the target's start
-    position, or call :meth:`reset`.
+    It keeps no state between steps.
     """
 
     def __init__(self, env, damping: float = 0.05, orientation_weight: float = 0.3):
@@ -37,21 +37,14 @@ class ScriptedExpert:
         model = self.env.model
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
-        self.reset()
 
     def reset(self) -> None:
-        """Forget the phase of the current episode."""
-        self._phase = "approach"
-        self._episode_key: bytes | None = None
+        """Start a new episode (nothing to forget: the expert keeps no state; kept for callers)."""
 
     def act(self, info: dict) -> np.ndarray:
         """Return the action (float32, in [-1, 1]) that moves towards the current waypoint."""
         privileged = np.asarray(info["privileged"], dtype=np.float64)
-        ee, target, start, direction = (privileged[i:i + 3] for i in (0, 3, 6, 9))
-        key = start.tobytes() + info["command"].encode()
-        if key != self._episode_key:
-            self.reset()
-            self._episode_key = key
+        ee, target, direction = (privileged[i:i + 3] for i in (0, 3, 9))
         if info["task"] == "reach":
             goal, step = self._reach_goal(ee, target), MOVE_STEP
         else:
@@ -66,27 +59,25 @@ class ScriptedExpert:
 
     def _push_goal(self, ee: np.ndarray, target: np.ndarray,
                    direction: np.ndarray) -> tuple[np.ndarray, float]:
+        # The goal is a function of the current state only (no phase memory): DAgger labels the
+        # learner's own states, and a label that depends on how the expert got there cannot be fitted.
         behind = target - direction * PUSH_STANDOFF
         behind[2] = PUSH_HEIGHT
-        hover = np.array([behind[0], behind[1], target[2] + HOVER_CLEARANCE])
         offset = ee - target
         along = float(offset[:2] @ direction[:2])
         lateral = np.linalg.norm(offset[:2] - along * direction[:2])
-        if self._phase == "push" and (along > -0.02 or lateral > 0.035):
-            self._phase = "approach"  # lost the object (it slid sideways or away): go round again
-        if self._phase == "approach":
-            if np.linalg.norm(ee[:2] - hover[:2]) < 0.015:
-                self._phase = "descend"
-            else:
-                return hover, MOVE_STEP
-        if self._phase == "descend":
-            if abs(ee[2] - PUSH_HEIGHT) < 0.012 and np.linalg.norm(ee[:2] - behind[:2]) < 0.02:
-                self._phase = "push"
-            else:
-                return behind, MOVE_STEP
-        goal = target + direction * 0.05
-        goal[2] = PUSH_HEIGHT
-        return goal, PUSH_STEP
+        low = ee[2] < PUSH_HEIGHT + 0.012
+        if low and -PUSH_STANDOFF - 0.03 < along < -0.02 and lateral < 0.035:
+            goal = target + direction * 0.05  # behind the object, at table level: push through its centre
+            goal[2] = PUSH_HEIGHT
+            return goal, PUSH_STEP
+        if np.linalg.norm(ee[:2] - behind[:2]) < 0.02:
+            return behind, MOVE_STEP  # above the start of the push: go down
+        hover = np.array([behind[0], behind[1], target[2] + HOVER_CLEARANCE])
+        if ee[2] < target[2] + HOVER_CLEARANCE - 0.02 and np.linalg.norm(ee[:2] - target[:2]) < 0.09:
+            # low next to the object but not behind it: rise first instead of sweeping it aside
+            return np.array([ee[0], ee[1], hover[2]]), MOVE_STEP
+        return hover, MOVE_STEP
 
     def _action_towards(self, ee: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
         env, model, data = self.env, self.env.model, self.env.data
