@@ -22,7 +22,7 @@ import torch
 
 from vla_ros.grounding.data import generate_scenes
 from vla_ros.grounding.encoder import ClipEncoder
-from vla_ros.grounding.fusion import gaussian_pooling, patch_coordinates, region_similarity
+from vla_ros.grounding.fusion import RegionMapFusion
 from vla_ros.grounding.zero_shot import object_pixels_to_model, region_similarities
 
 
@@ -33,15 +33,15 @@ def main() -> None:
     temperature = float(sys.argv[3]) if len(sys.argv) > 3 else 4.4
     torch.set_num_threads(1)
     encoder = ClipEncoder.from_pretrained(clip_dir)
-    grid_h, grid_w = encoder.grid_size
-    pooling, centres = gaussian_pooling(grid_h, grid_w, 0.75), patch_coordinates(grid_h, grid_w)
+    # the fusion's own map (its MLP is not used): what a region_map policy reads
+    fusion = RegionMapFusion(encoder.embed_dim, encoder.num_patches, grid_size=encoder.grid_size,
+                             temperature=temperature)
     for split in ("train", "heldout_combos"):
         data = generate_scenes(scenes, seed=2_000_000, split=split, image_size=encoder.image_size)
         texts = encoder.encode_text([str(c) for c in data.commands])
-        similarity = region_similarity(pooling, encoder.encode_images(data.images).patches, texts)
-        centred = similarity - similarity.mean(-1, keepdim=True)
-        standardised = centred / (centred.square().mean(-1, keepdim=True).sqrt() + 1e-6)
-        estimate = (torch.softmax(temperature * standardised, -1) @ centres).numpy()
+        with torch.no_grad():
+            logits = fusion.logits(encoder.encode_images(data.images).patches, texts)
+            estimate = (torch.softmax(logits, -1) @ fusion.coordinates).numpy()
         zero_shot = region_similarities(encoder, data.images, data.pixels, texts).numpy()
         rows = defaultdict(lambda: {"pick": [], "error": [], "margin": []})
         for i in range(scenes):

@@ -230,10 +230,11 @@ class VlaNode(LifecycleNode):
         self._max_frame_age = float(self._param("max_frame_age_s"))
         self._max_joint_state_age = float(self._param("max_joint_state_age_s"))
         self._publish_debug_image = bool(self._param("publish_debug_image"))
-        self._require_new_frame = bool(self._param("require_new_frame"))
         self._control_trigger = self._param("control_trigger")
         if self._control_trigger not in CONTROL_TRIGGERS:
             raise ValueError(f"control_trigger must be one of {CONTROL_TRIGGERS}, got {self._control_trigger!r}")
+        # acting on frames means acting on each frame once, as in lockstep
+        self._require_new_frame = bool(self._param("require_new_frame")) or self._control_trigger == "frame"
         self._log_throttle = float(self._param("log_throttle_s"))
         names = self.get_parameter_or("output_joint_names", Parameter("output_joint_names", value=[])).value
         self._output_joint_names = tuple(name for name in names if name)
@@ -528,10 +529,7 @@ class VlaNode(LifecycleNode):
             return
         next_tick = time.monotonic()
         while not stop.is_set():
-            try:
-                self._control_step()
-            except Exception as error:  # the loop must outlive any one step; the gate holds meanwhile
-                self._reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
+            self._guarded_control_step()
             next_tick += period
             delay = next_tick - time.monotonic()
             if delay < 0:
@@ -555,10 +553,13 @@ class VlaNode(LifecycleNode):
             if not ready:
                 continue
             last_step = time.monotonic()
-            try:
-                self._control_step()
-            except Exception as error:  # as in the timer loop: hold and report, keep running
-                self._reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
+            self._guarded_control_step()
+
+    def _guarded_control_step(self) -> None:
+        try:
+            self._control_step()
+        except Exception as error:  # the loop must outlive any one step; the gate holds meanwhile
+            self._reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
 
     def _control_step(self) -> None:
         # The lock makes deactivate/shutdown wait for a step in flight instead of destroying the
@@ -572,8 +573,7 @@ class VlaNode(LifecycleNode):
         with self._input_lock:
             frame, joint, command = self._frame, self._joint_state, self._command
             serial = self._command_serial
-        if (self._require_new_frame or self._control_trigger == "frame") and not self._is_new_observation(frame,
-                                                                                                            joint):
+        if self._require_new_frame and not self._is_new_observation(frame, joint):
             return
         now = self._now()
         joint_state = None
