@@ -28,6 +28,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/vla-ros 
   exit 0
 fi
 
+# torch alone is 5.5 GB installed: say so up front instead of failing half-way with pip's ENOSPC
+need_kb=$((7 * 1024 * 1024))
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ -z "$(ls -A .venv/lib 2>/dev/null)" ] && [ "${free_kb:-0}" -lt "$need_kb" ]; then
+  echo "setup: .venv needs about 7 GB free disk, only $((free_kb / 1024 / 1024)) GB free under $root" >&2
+  exit 1
+fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 echo "setup: installing Python requirements into .venv (torch first)"
