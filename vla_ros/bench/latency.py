@@ -42,8 +42,8 @@ def _vit_b32_policy(shipped):
     from vla_ros.policy.checkpoint import build_network
     from vla_ros.policy.policy import Policy
 
-    encoder = ClipEncoder.random_init("ViT-B-32", seed=0)
     config = copy.deepcopy(shipped.config)
+    encoder = ClipEncoder.random_init("ViT-B-32", seed=0, patch_stitch=int(config["network"].get("patch_stitch", 1)))
     config["clip"].update(embed_dim=encoder.embed_dim, num_patches=encoder.num_patches,
                           image_size=encoder.image_size, sha256=None)
     config["network"]["grid_size"] = list(encoder.grid_size)

@@ -54,12 +54,59 @@ def check_patch_support(visual: torch.nn.Module) -> None:
         raise ValueError("the image tower has no output projection")
 
 
-def vision_forward(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_patch_stitch(visual: torch.nn.Module, patch_stitch: int) -> None:
+    """Raise ``ValueError`` unless ``patch_stitch`` views shift the ViT's patches by whole pixels, evenly."""
+    patch = int(visual.patch_size[0])
+    if patch_stitch != int(patch_stitch) or patch_stitch < 1:
+        raise ValueError(f"patch_stitch must be a positive integer, got {patch_stitch!r}")
+    if patch_stitch > 1 and patch % (2 * patch_stitch):
+        raise ValueError(f"patch_stitch={patch_stitch} needs a patch size divisible by {2 * patch_stitch} "
+                         f"(whole-pixel shifts centred on the patches); this ViT's patches are {patch} px")
+
+
+def stitched_grid(visual: torch.nn.Module, patch_stitch: int = 1) -> tuple[int, int]:
+    """Rows and columns of the token grid :func:`vision_forward` returns with ``patch_stitch``."""
+    return tuple(int(g) * patch_stitch for g in visual.grid_size)
+
+
+def _shifted_views(pixels: torch.Tensor, patch: int, patch_stitch: int) -> torch.Tensor:
+    """(B, 3, S, S) -> (s*s*B, 3, S, S): view (sy, sx) shows the content at (y + dy[sy], x + dx[sx]) at (y, x).
+
+    Offsets (k - (s - 1) / 2) * patch / s put the views' patch centres on a grid s times as dense, centred
+    like the original one; borders repeat the edge pixels.
+    """
+    size = pixels.shape[-1]
+    offsets = [int((2 * k - (patch_stitch - 1)) * patch // (2 * patch_stitch)) for k in range(patch_stitch)]
+    margin = max(abs(o) for o in offsets)
+    padded = F.pad(pixels, (margin, margin, margin, margin), mode="replicate")
+    return torch.cat([padded[..., margin + dy: margin + dy + size, margin + dx: margin + dx + size]
+                      for dy in offsets for dx in offsets])
+
+
+def vision_forward(visual: torch.nn.Module, pixels: torch.Tensor,
+                   patch_stitch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Run an open_clip ViT; return (pooled (B, D), patch tokens (B, P, D)), both projected, unnormalised.
 
     Differentiable (used for training too). Patch tokens go through the same ``ln_post`` and ``proj``
     as the pooled token, which puts them in the joint image-text space.
+
+    ``patch_stitch`` s > 1 is shift-and-stitch (as for dense prediction with strided networks): the ViT
+    runs on s*s copies shifted by fractions of a patch, in one batch, and their tokens interleave into a
+    grid s times as dense each way (P = s*s times the ViT's patches, row-major over the dense grid). A
+    small object then gets a token centred near it, not only one that straddles it. The pooled
+    embedding is the mean over the copies.
     """
+    if patch_stitch == 1:
+        return _vision_tokens(visual, pixels)
+    batch = pixels.shape[0]
+    pooled, tokens = _vision_tokens(visual, _shifted_views(pixels, int(visual.patch_size[0]), patch_stitch))
+    grid_h, grid_w = visual.grid_size
+    tokens = tokens.reshape(patch_stitch, patch_stitch, batch, grid_h, grid_w, -1)
+    tokens = tokens.permute(2, 3, 0, 4, 1, 5).reshape(batch, grid_h * grid_w * patch_stitch ** 2, -1)
+    return pooled.reshape(patch_stitch ** 2, batch, -1).mean(dim=0), tokens
+
+
+def _vision_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = visual._embeds(pixels)
     x = visual.transformer(x)
     if visual.final_ln_after_pool:
@@ -75,11 +122,15 @@ class ClipEncoder:
 
     Attributes: ``image_size`` (model input side, pixels), ``embed_dim`` (D), ``num_patches`` (P),
     ``grid_size`` (rows, cols of patches), ``context_length`` (max text tokens incl. start/end),
-    ``weights_sha256`` (None for an in-memory model), ``device``, ``precision``.
+    ``weights_sha256`` (None for an in-memory model), ``device``, ``precision``, ``patch_stitch``.
+
+    ``patch_stitch`` s > 1 returns patch tokens on a grid s times as dense each way (shift-and-stitch,
+    :func:`vision_forward`; ``grid_size`` and ``num_patches`` are that grid's) for s*s times the image
+    tower's work.
     """
 
     def __init__(self, loaded: LoadedClip, device: str | torch.device = "cpu", precision: str = "fp32",
-                 text_cache_size: int = 4096):
+                 text_cache_size: int = 4096, patch_stitch: int = 1):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
@@ -110,7 +161,9 @@ class ClipEncoder:
             resize_mode=loaded.preprocess_cfg.get("resize_mode", "shortest"),
             fill_color=loaded.preprocess_cfg.get("fill_color", 0),
         )
-        self.grid_size = tuple(int(g) for g in model.visual.grid_size)
+        check_patch_stitch(model.visual, patch_stitch)
+        self.patch_stitch = int(patch_stitch)
+        self.grid_size = stitched_grid(model.visual, self.patch_stitch)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.embed_dim = int(model.visual.proj.shape[1])
         self.context_length = int(getattr(model, "context_length", 77))
@@ -122,7 +175,7 @@ class ClipEncoder:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, pretrained: str | Path | None = None,
                         device: str | torch.device = "cpu", precision: str = "fp32",
-                        text_cache_size: int = 4096) -> "ClipEncoder":
+                        text_cache_size: int = 4096, patch_stitch: int = 1) -> "ClipEncoder":
         """Load from a checkpoint folder, or an open_clip model name + ``pretrained`` local weights file.
 
         Nothing is downloaded: hub names and pretrained tags raise ``ValueError``; missing folders or
@@ -131,7 +184,8 @@ class ClipEncoder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         loaded = load_clip(name_or_dir, pretrained, device="cpu", precision="fp32")
-        return cls(loaded, device=device, precision=precision, text_cache_size=text_cache_size)
+        return cls(loaded, device=device, precision=precision, text_cache_size=text_cache_size,
+                   patch_stitch=patch_stitch)
 
     @classmethod
     def random_init(cls, model_cfg: dict[str, Any] | str = "vla-tiny-clip", seed: int = 0,
@@ -152,7 +206,7 @@ class ClipEncoder:
     def encode_images(self, frames: np.ndarray) -> ImageFeatures:
         """Embed frames: global (B, D) and patches (B, P, D), both L2-normalised, float32 tensors."""
         pixels = self.preprocess(frames)
-        pooled, tokens = vision_forward(self.model.visual, pixels)
+        pooled, tokens = vision_forward(self.model.visual, pixels, self.patch_stitch)
         return ImageFeatures(
             global_embedding=F.normalize(pooled.float(), dim=-1),
             patches=F.normalize(tokens.float(), dim=-1),

@@ -249,9 +249,11 @@ class RegionMapFusion(nn.Module):
     ``reference_prior`` the current frame's map is taken jointly with the reference frame's (module doc).
     """
 
+    DEFAULT_SIGMA_PATCHES = 0.75  # the CLIP's region radius in training (``TrainClipConfig.region_sigma``)
+
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 sigma_patches: float = 0.75, temperature: float = 2.0, peak_window: float = 0.0,
+                 sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, **_):
         super().__init__()
         if reference_prior and not reference_frame:
@@ -323,8 +325,13 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 peak_window: float = 0.0, reference_prior: bool = False) -> nn.Module:
-    """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc."""
+                 peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1) -> nn.Module:
+    """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
+
+    ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
+    (:func:`vla_ros.grounding.encoder.vision_forward`); ``region_map``'s pooling radius and ``peak_window``,
+    given in CLIP patches, are scaled to it so they cover the same part of the image.
+    """
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
     for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior)):
@@ -332,13 +339,17 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
             raise ValueError(f"{name} is an option of the region_map fusion, not of {kind!r}")
     if peak_window < 0:
         raise ValueError(f"peak_window must be >= 0 patches, got {peak_window}")
+    if patch_stitch != 1 and kind != "region_map":
+        raise ValueError(f"patch_stitch is supported by the region_map fusion only, not by {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by heads={heads}")
     extra = {"reference_frame": True} if reference_frame else {}
     if peak_window:
-        extra["peak_window"] = peak_window
+        extra["peak_window"] = peak_window * patch_stitch
+    if patch_stitch != 1:
+        extra["sigma_patches"] = RegionMapFusion.DEFAULT_SIGMA_PATCHES * patch_stitch
     if reference_prior:
         extra["reference_prior"] = True
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,

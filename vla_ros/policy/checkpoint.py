@@ -45,6 +45,7 @@ def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
             "grid_size": tuple(net["grid_size"]),
             "peak_window": float(net.get("peak_window", 0.0)),
             "reference_prior": bool(net.get("reference_prior", False)),
+            "patch_stitch": int(net.get("patch_stitch", 1)),
         },
     }
 

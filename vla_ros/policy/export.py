@@ -44,7 +44,7 @@ def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, t
     Gaussian's mean (``action_net`` on the actor latent), as SB3's ``predict(deterministic=True)``,
     built from tensor ops only.
     """
-    pooled, tokens = vision_forward(visual, pixels)
+    pooled, tokens = vision_forward(visual, pixels, getattr(network.features_extractor, "patch_stitch", 1))
     image = F.normalize(pooled.to(proprio.dtype), dim=-1)
     patches = F.normalize(tokens.to(proprio.dtype), dim=-1)
     obs = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text, OBS_PROPRIO: proprio}

@@ -40,7 +40,9 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         f"- camera: {config.get('env', {}).get('image_size', clip['image_size'])} px RGB, any size accepted "
         "(resized to the CLIP input)",
         f"- CLIP: `{clip['path']}` (sha256 `{clip.get('sha256')}`), {clip['embed_dim']}-d, {clip['num_patches']} "
-        "patches",
+        "patches"
+        + (f" (shift-and-stitch x{net['patch_stitch']}: a grid {net['patch_stitch']} times as dense each way, "
+           f"{net['patch_stitch'] ** 2} image-tower passes per frame)" if net.get("patch_stitch", 1) > 1 else ""),
         f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d)"
         + (", with a reference frame (also attends over the episode's first frame)" if net.get("reference_frame")
            else "")

@@ -90,7 +90,8 @@ class Policy:
         if expected and sha256_file(weights) != expected:
             raise CheckpointError(f"CLIP checkpoint {clip_dir} does not match the one the policy was trained "
                                   f"with (sha256 {expected[:12]}...)")
-        encoder = ClipEncoder.from_pretrained(clip_dir, device=device, precision=precision)
+        encoder = ClipEncoder.from_pretrained(clip_dir, device=device, precision=precision,
+                                              patch_stitch=int(config["network"].get("patch_stitch", 1)))
         if (encoder.embed_dim, encoder.num_patches) != (config["clip"]["embed_dim"], config["clip"]["num_patches"]):
             raise CheckpointError("CLIP embedding/patch sizes do not match the policy checkpoint")
         network, config = load_network(path, config, device=device)

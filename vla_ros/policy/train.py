@@ -60,6 +60,9 @@ class TrainConfig:
     reference_prior: bool = False
     """region_map with a reference frame only: add the first frame's map (learned weight) to the current
     frame's, so that the estimate stays on the target while the arm covers it"""
+    patch_stitch: int = 1
+    """region_map only: run the CLIP image tower on s*s copies shifted by fractions of a patch and
+    interleave their tokens into a grid s times as dense (shift-and-stitch); s*s times the image work"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -125,7 +128,7 @@ class TrainConfig:
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return {
         "fusion": cfg.fusion, "reference_frame": cfg.reference_frame, "peak_window": cfg.peak_window,
-        "reference_prior": cfg.reference_prior,
+        "reference_prior": cfg.reference_prior, "patch_stitch": cfg.patch_stitch,
         "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
         "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
         "activation": "tanh", "log_std_init": cfg.log_std_init,
@@ -197,7 +200,7 @@ class TrainingRun:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(cfg.torch_threads)
         self.clip_dir = Path(cfg.clip) if cfg.clip else share_path("models", "clip")
-        self.encoder = ClipEncoder.from_pretrained(self.clip_dir, device=cfg.device)
+        self.encoder = ClipEncoder.from_pretrained(self.clip_dir, device=cfg.device, patch_stitch=cfg.patch_stitch)
         self.state_path = self.out / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
