@@ -184,3 +184,20 @@ def test_region_map_reference_prior_keeps_the_estimate_on_a_covered_target():
     assert torch.allclose(with_prior.last_reference_xy, plain.last_reference_xy)
     with pytest.raises(ValueError, match="reference_frame"):
         build_fusion("region_map", embed_dim=D, num_patches=P, reference_prior=True)
+
+
+def test_region_map_without_map_weights_feeds_the_mlp_only_position_estimates():
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5, reference_frame=True)
+    fusion = build_fusion("region_map", map_weights=False, **kwargs).eval()
+    assert fusion.mlp[0].in_features == 2 * (2 + 2)  # mean and peak position, current and reference frame
+    image_global, text = torch.randn(B, D), torch.randn(B, D)
+    patches, reference = torch.randn(B, P, D), torch.randn(B, P, D)
+    with torch.no_grad():
+        out = fusion(image_global, patches, text, reference)
+        mean = torch.softmax(fusion.logits(patches, text), -1) @ fusion.coordinates
+        reference_mean = torch.softmax(fusion.logits(reference, text), -1) @ fusion.coordinates
+        expected = fusion.mlp(torch.cat([mean, fusion.last_xy, reference_mean, fusion.last_reference_xy], -1))
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="region_map"):
+        build_fusion("cross_attention", embed_dim=D, num_patches=P, map_weights=False)

@@ -40,7 +40,10 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   stronger one. ``[weights, xy, xy_peak]`` then go to the MLP, and ``xy_peak`` is the position estimate.
   ``reference_prior=True`` (with a reference frame) adds the first frame's logits, times a learned
   weight, to the current frame's: once the arm covers the target, the current map alone jumps to the
-  next best match.
+  next best match. ``map_weights=False`` keeps the weights themselves from the MLP: it then gets only
+  the position estimates, two numbers each, whose distribution is the same for any commanded object,
+  while the map's shape (one sharp peak for a seen combination, a second bump on a same-coloured object
+  for an unseen one) is not.
 
 ``reference_frame=True`` (``cross_attention``, ``region`` and ``region_map``) adds a memory of where the commanded
 object was: the same text-queried attention also runs over the patches of the episode's first frame
@@ -254,13 +257,13 @@ class RegionMapFusion(nn.Module):
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
-                 reference_prior: bool = False, **_):
+                 reference_prior: bool = False, map_weights: bool = True, **_):
         super().__init__()
         if reference_prior and not reference_frame:
             raise ValueError("reference_prior needs reference_frame=True")
         grid_h, grid_w = _grid(num_patches, grid_size)
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
-        self.reference_frame, self.peak_window = reference_frame, float(peak_window)
+        self.reference_frame, self.peak_window, self.map_weights = reference_frame, float(peak_window), map_weights
         self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
         self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
         if self.peak_window > 0:  # log of a Gaussian window around each patch, (P, P)
@@ -268,7 +271,7 @@ class RegionMapFusion(nn.Module):
             self.register_buffer("log_window", window.log() - window.log().amax(-1, keepdim=True), persistent=False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.reference_prior = nn.Parameter(torch.ones(())) if reference_prior else None
-        per_frame = num_patches + (4 if self.peak_window > 0 else 2)
+        per_frame = (num_patches if map_weights else 0) + (4 if self.peak_window > 0 else 2)
         self.mlp = _mlp(per_frame * (2 if reference_frame else 1), hidden_dim, out_dim)
 
     def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -287,10 +290,11 @@ class RegionMapFusion(nn.Module):
         """
         weights = torch.softmax(logits, dim=-1)
         xy = weights @ self.coordinates
+        parts = [weights, xy] if self.map_weights else [xy]
         if self.peak_window <= 0:
-            return [weights, xy], weights, xy
+            return parts, weights, xy
         estimate = torch.softmax(logits + self.log_window[logits.argmax(dim=-1)], dim=-1) @ self.coordinates
-        return [weights, xy, estimate], weights, estimate
+        return parts + [estimate], weights, estimate
 
     def forward(self, image_global, image_patches, text, reference_patches=None):
         """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
@@ -325,7 +329,8 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
-                 peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1) -> nn.Module:
+                 peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
+                 map_weights: bool = True) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -341,6 +346,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         raise ValueError(f"peak_window must be >= 0 patches, got {peak_window}")
     if patch_stitch != 1 and kind != "region_map":
         raise ValueError(f"patch_stitch is supported by the region_map fusion only, not by {kind!r}")
+    if not map_weights and kind != "region_map":
+        raise ValueError(f"map_weights is an option of the region_map fusion, not of {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
@@ -352,5 +359,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["sigma_patches"] = RegionMapFusion.DEFAULT_SIGMA_PATCHES * patch_stitch
     if reference_prior:
         extra["reference_prior"] = True
+    if not map_weights:
+        extra["map_weights"] = False
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
                           hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)

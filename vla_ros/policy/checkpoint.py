@@ -46,6 +46,7 @@ def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
             "peak_window": float(net.get("peak_window", 0.0)),
             "reference_prior": bool(net.get("reference_prior", False)),
             "patch_stitch": int(net.get("patch_stitch", 1)),
+            "map_weights": bool(net.get("map_weights", True)),
         },
     }
 

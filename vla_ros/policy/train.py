@@ -63,6 +63,9 @@ class TrainConfig:
     patch_stitch: int = 1
     """region_map only: run the CLIP image tower on s*s copies shifted by fractions of a patch and
     interleave their tokens into a grid s times as dense (shift-and-stitch); s*s times the image work"""
+    map_weights: bool = True
+    """region_map only: feed the MLP the map itself besides its position estimates; --no-map-weights
+    gives it only the estimates, which look alike for seen and unseen colour-shape combos"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -128,7 +131,7 @@ class TrainConfig:
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return {
         "fusion": cfg.fusion, "reference_frame": cfg.reference_frame, "peak_window": cfg.peak_window,
-        "reference_prior": cfg.reference_prior, "patch_stitch": cfg.patch_stitch,
+        "reference_prior": cfg.reference_prior, "patch_stitch": cfg.patch_stitch, "map_weights": cfg.map_weights,
         "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
         "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
         "activation": "tanh", "log_std_init": cfg.log_std_init,
