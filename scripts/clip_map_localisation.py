@@ -45,9 +45,8 @@ def main() -> None:
         data = generate_scenes(scenes, seed=2_000_000, split=split, image_size=encoder.image_size)
         texts = encoder.encode_text([str(c) for c in data.commands])
         with torch.no_grad():
-            logits = fusion.logits(encoder.encode_images(data.images).patches, texts)
-            estimate = (torch.softmax(logits, -1) @ fusion.coordinates).numpy()
-            peak = fusion._readout(logits)[2].numpy()
+            _, weights, peak = fusion._readout(fusion.logits(encoder.encode_images(data.images).patches, texts))
+            estimate, peak = (weights @ fusion.coordinates).numpy(), peak.numpy()
         zero_shot = region_similarities(plain, data.images, data.pixels, texts).numpy()
         rows = defaultdict(lambda: {"pick": [], "error": [], "peak_pick": [], "peak_error": [], "margin": []})
         for i in range(scenes):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from frame_graph import second_frame_actions
 
 from vla_ros.commands.export import sample_inputs
 from vla_ros.grounding.encoder import ClipEncoder, vision_forward
@@ -12,7 +13,7 @@ from vla_ros.grounding.fusion import build_fusion, gaussian_pooling
 from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES
 from vla_ros.paths import share_path
 from vla_ros.policy.checkpoint import CheckpointError
-from vla_ros.policy.export import export_onnx, frame_forward, parity_report
+from vla_ros.policy.export import export_onnx, parity_report
 from vla_ros.policy.policy import ONNX_DIR, Policy
 
 CLIP = share_path("models", "policy", "clip")  # 64 px input, 8 px patches
@@ -101,17 +102,10 @@ def test_training_records_the_stitch_and_feeds_the_dense_grid(stitched_checkpoin
 
 def test_the_per_frame_graph_and_onnx_stitch_like_the_policy(stitched_checkpoint):
     policy = Policy.load(stitched_checkpoint)
-    frames, commands, states = sample_inputs(policy, 3, seed=4)
-    policy.normalized_action(frames[0], commands[0], states[0])
-    reference = policy.last_features[FEAT_REFERENCE_PATCHES]
-    expected = policy.normalized_action(frames[1], commands[0], states[1])
-    proprio = torch.as_tensor(policy.normalizer(states[1][None]), dtype=torch.float32)
-    with torch.inference_mode():
-        action, _, patches = frame_forward(policy.encoder.model.visual, policy.network,
-                                           policy.encoder.preprocess(frames[1]), policy.encoder.encode_text(
-                                               [commands[0]]), proprio, reference)
+    action, patches, expected = second_frame_actions(policy, seed=4)
     assert patches.shape == (1, 256, 128)
     assert np.allclose(action.numpy()[0], expected, atol=1e-5)
+    frames, commands, states = sample_inputs(policy, 3, seed=4)
     files = export_onnx(policy, stitched_checkpoint / ONNX_DIR)
     report = parity_report(policy, files, frames, commands, states)
     assert report["actions_match"], report

@@ -6,13 +6,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from frame_graph import second_frame_actions
 
 from vla_ros.commands.export import sample_inputs
 from vla_ros.grounding.fusion import build_fusion
 from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES
 from vla_ros.paths import share_path
 from vla_ros.policy.checkpoint import build_network, read_config, save_checkpoint
-from vla_ros.policy.export import export_onnx, frame_forward, parity_report
+from vla_ros.policy.export import export_onnx, parity_report
 from vla_ros.policy.policy import ONNX_DIR, Policy
 
 B, D, P = 3, 128, 64
@@ -111,15 +112,7 @@ def test_policy_remembers_the_first_frame_until_reset_or_a_new_command(reference
 
 
 def test_the_per_frame_computation_with_a_reference_equals_the_policy(reference_checkpoint):
-    policy = Policy.load(reference_checkpoint)
-    frames, commands, states = sample_inputs(policy, 2, seed=6)
-    policy.normalized_action(frames[0], commands[0], states[0])
-    reference = policy.last_features[FEAT_REFERENCE_PATCHES]
-    expected = policy.normalized_action(frames[1], commands[0], states[1])
-    proprio = torch.as_tensor(policy.normalizer(states[1][None]), dtype=torch.float32)
-    with torch.inference_mode():
-        action, _, _ = frame_forward(policy.encoder.model.visual, policy.network, policy.encoder.preprocess(frames[1]),
-                                     policy.encoder.encode_text([commands[0]]), proprio, reference)
+    action, _, expected = second_frame_actions(Policy.load(reference_checkpoint), seed=6)
     assert np.allclose(action.numpy()[0], expected, atol=1e-5)
 
 
