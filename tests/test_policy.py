@@ -1,5 +1,6 @@
 """Policy training smoke run, checkpoint round trip, the Policy wrapper and its error handling."""
 
+import csv
 import json
 import shutil
 
@@ -8,7 +9,7 @@ import pytest
 
 from vla_ros.grounding.checkpoint import create_clip, save_clip_checkpoint
 from vla_ros.policy.checkpoint import CheckpointError
-from vla_ros.policy.evaluate import wilson_interval
+from vla_ros.policy.evaluate import SPLITS, run_episodes, wilson_interval
 from vla_ros.policy.policy import Policy
 from vla_ros.policy.train import TrainConfig, TrainingRun
 
@@ -40,6 +41,10 @@ def test_training_smoke_run_exports_a_loadable_checkpoint(trained):
     policy = Policy.load(final)
     assert len(policy.joint_names) == len(config["joint_names"])
     assert (final.parent / "eval.csv").is_file() and (final.parent / "learning_curve.png").is_file()
+    # the shipped iterate is chosen by validation success on training combos only, never on held-out ones
+    last_ppo = [row for row in csv.DictReader((final.parent / "eval.csv").open()) if row["phase"] == "ppo"][-1]
+    assert config["metrics"]["selected_ppo_steps"] == int(last_ppo["ppo_steps"])
+    assert config["metrics"]["selected_validation_success_train"] == float(last_ppo["success_train"])
 
 
 def test_select_action_stays_within_limits_and_max_step(trained):
@@ -106,6 +111,21 @@ def test_mismatched_or_missing_checkpoints_are_clear_errors(trained, tmp_path, t
     (broken / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="invalid JSON"):
         Policy.load(broken)
+
+
+def test_corrupted_split_reports_each_kind_of_corruption(trained):
+    policy = Policy.load(trained[1])
+    args = (policy.network, policy.encoder, policy.normalizer, "reach")
+    corrupted = run_episodes(*args, episodes=6, seed=3, num_envs=2, vec_env="dummy", **SPLITS["corrupted"])
+    kinds = corrupted.by_corruption
+    assert set(kinds) <= {"absent_object", "random_string"} and kinds
+    assert sum(n for _, n in kinds.values()) == corrupted.episodes == 6
+    assert sum(wins for wins, _ in kinds.values()) == corrupted.successes
+    entry = corrupted.report()["by_corruption"]
+    for kind, (_, n) in kinds.items():
+        assert entry[kind]["episodes"] == n and entry[kind]["ci95"][0] <= entry[kind]["success_rate"]
+    clean = run_episodes(*args, episodes=2, seed=3, num_envs=2, vec_env="dummy", **SPLITS["train"])
+    assert clean.by_corruption == {} and "by_corruption" not in clean.report()
 
 
 def test_wilson_interval_brackets_the_rate():

@@ -54,6 +54,8 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
                               **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: {result.success_rate:.3f} ({result.successes}/{result.episodes})", flush=True)
+        for kind, (wins, n) in sorted(result.by_corruption.items()):
+            print(f"    {kind}: {wins / n:.3f} ({wins}/{n})", flush=True)
         if getattr(args, "video", None) and image_scale == text_scale == 1.0:
             _write_sample_video(policy, task, split, kwargs, env_kwargs, args)
     return results

@@ -8,7 +8,7 @@ env count give the same scenes and commands.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ class SplitResult:
     successes: int
     episodes: int
     mean_length: float
+    by_corruption: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """(successes, episodes) per kind of corrupted command (``info["corruption"]``); empty for clean splits"""
 
     @property
     def success_rate(self) -> float:
@@ -54,8 +56,13 @@ class SplitResult:
     def report(self) -> dict:
         """The per-split entry of the ``vla-ros eval`` JSON report."""
         lo, hi = wilson_interval(self.successes, self.episodes)
-        return {"success_rate": self.success_rate, "ci95": [lo, hi], "episodes": self.episodes,
-                "mean_length": self.mean_length}
+        entry = {"success_rate": self.success_rate, "ci95": [lo, hi], "episodes": self.episodes,
+                 "mean_length": self.mean_length}
+        if self.by_corruption:  # an absent object's name and a random string fail differently
+            entry["by_corruption"] = {
+                kind: {"success_rate": wins / n, "ci95": list(wilson_interval(wins, n)), "episodes": n}
+                for kind, (wins, n) in sorted(self.by_corruption.items())}
+        return entry
 
 
 @torch.no_grad()
@@ -76,6 +83,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         obs = venv.reset()
         done_counts = np.zeros(num_envs, dtype=int)
         successes, lengths = 0, []
+        by_corruption: dict[str, tuple[int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
         while np.any(done_counts < quotas):
             actions, _ = network.predict(obs, deterministic=True)
@@ -83,12 +91,17 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
             steps += 1
             for i in np.flatnonzero(dones):
                 if done_counts[i] < quotas[i]:
-                    successes += int(bool(infos[i].get("is_success", False)))
+                    success = int(bool(infos[i].get("is_success", False)))
+                    successes += success
                     lengths.append(int(steps[i]))
                     done_counts[i] += 1
+                    kind = infos[i].get("corruption")
+                    if kind is not None:
+                        wins, n = by_corruption.get(kind, (0, 0))
+                        by_corruption[kind] = (wins + success, n + 1)
                 steps[i] = 0
     finally:
         extractor.image_scale.copy_(saved[0])
         extractor.text_scale.copy_(saved[1])
         venv.close()
-    return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0)
+    return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption)

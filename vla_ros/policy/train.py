@@ -260,11 +260,14 @@ class TrainingRun:
             writer.writerow(row)
         tqdm.write(f"[eval] {phase} ppo_steps={ppo_steps} " +
                    " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.startswith("success")))
-        if phase == "ppo":  # model selection among PPO iterates on validation scenes (not vla-ros eval's seeds)
-            score = (row["success_train"] + row["success_heldout_combos"]) / 2
-            if score > self.state.get("best_ppo_score", -1.0):
+        if phase == "ppo":
+            # Model selection among PPO iterates reads only training combos on validation scenes: held-out
+            # combos are what the evaluation measures, so they must not choose the iterate. Ties go to the
+            # later iterate (more training), so a saturated score keeps the last one.
+            score = row["success_train"]
+            if score >= self.state.get("best_ppo_train_success", -1.0):
                 save_model(network, str(self.out / "ppo_best.safetensors"))
-                self.state.update(best_ppo_score=score, best_ppo_steps=ppo_steps)
+                self.state.update(best_ppo_train_success=score, best_ppo_steps=ppo_steps)
                 self._save_state()
         return row
 
@@ -360,10 +363,10 @@ class TrainingRun:
         config["metrics"] = {"env_steps_imitation": self.state["imitation_env_steps"],
                              "env_steps_ppo": ppo_steps}
         best = self.out / "ppo_best.safetensors"
-        if best.exists():  # the PPO iterate with the best validation success, not merely the last one
+        if best.exists():  # the PPO iterate with the best validation success on training combos
             load_model(network, str(best))
             config["metrics"]["selected_ppo_steps"] = self.state.get("best_ppo_steps")
-            config["metrics"]["selected_validation_success"] = self.state.get("best_ppo_score")
+            config["metrics"]["selected_validation_success_train"] = self.state.get("best_ppo_train_success")
         eval_path = self.out / "eval.csv"
         if eval_path.exists():
             rows = list(csv.DictReader(eval_path.open()))
