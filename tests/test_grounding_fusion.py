@@ -201,3 +201,27 @@ def test_region_map_without_map_weights_feeds_the_mlp_only_position_estimates():
     assert torch.allclose(out, expected, atol=1e-6)
     with pytest.raises(ValueError, match="region_map"):
         build_fusion("cross_attention", embed_dim=D, num_patches=P, map_weights=False)
+
+
+def test_region_map_text_features_give_the_mlp_the_command_beyond_its_map():
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5, reference_frame=True, map_weights=False)
+    fusion = build_fusion("region_map", text_features=3, **kwargs).eval()
+    assert fusion.mlp[0].in_features == 2 * (2 + 2) + 3
+    image_global, patches, reference = torch.randn(B, D), torch.randn(B, P, D), torch.randn(B, P, D)
+    text = torch.randn(B, D)
+    # the map and the projection both read the text's direction only; the map of a blank image is flat
+    # whatever the command, so there the command reaches the output through the projection alone
+    with torch.no_grad():
+        assert torch.allclose(fusion(image_global, patches, text, reference),
+                              fusion(image_global, patches, 5 * text, reference), atol=1e-5)
+        blank = torch.zeros(B, P, D)
+        a = fusion(image_global, blank, text, blank)
+        b = fusion(image_global, blank, torch.randn(B, D), blank)
+        assert not torch.allclose(a, b, atol=1e-4)
+        plain = build_fusion("region_map", **kwargs).eval()
+        assert torch.allclose(plain(image_global, blank, text, blank), plain(image_global, blank, -text, blank))
+    with pytest.raises(ValueError, match="region_map"):
+        build_fusion("cross_attention", embed_dim=D, num_patches=P, text_features=3)
+    with pytest.raises(ValueError, match=">= 0"):
+        build_fusion("region_map", embed_dim=D, num_patches=P, text_features=-1)

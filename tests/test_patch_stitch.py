@@ -77,12 +77,17 @@ def test_region_map_keeps_its_radii_in_clip_patches_on_a_stitched_grid():
 
 @pytest.fixture(scope="module")
 def stitched_checkpoint(tmp_path_factory):
-    """A few hundred steps of `vla-ros train` with patch_stitch 2: enough to check the plumbing."""
+    """A few hundred steps of `vla-ros train` with patch_stitch 2: enough to check the plumbing.
+
+    The MLP reads the estimates and a projection of the command (the push recipe's inputs), so the graph and
+    ONNX checks below also cover that path.
+    """
     from vla_ros.policy.train import TrainConfig, TrainingRun
 
     out = tmp_path_factory.mktemp("stitch") / "run"
     cfg = TrainConfig(out=str(out), clip=str(CLIP), fusion="region_map", reference_frame=True, peak_window=1.5,
-                      patch_stitch=2, num_envs=2, vec_env="dummy", bc_episodes=2, dagger_rounds=0, bc_epochs=1,
+                      patch_stitch=2, map_weights=False, text_features=4, num_envs=2, vec_env="dummy",
+                      bc_episodes=2, dagger_rounds=0, bc_epochs=1,
                       ppo_steps=64, n_steps=32, batch_size=32, n_epochs=1, eval_every=10_000, eval_episodes=2,
                       checkpoint_every=10_000, command="pytest")
     return TrainingRun(cfg).run()
@@ -98,6 +103,8 @@ def test_training_records_the_stitch_and_feeds_the_dense_grid(stitched_checkpoin
     assert demos.obs[FEAT_IMAGE_PATCHES].shape[1:] == demos.obs[FEAT_REFERENCE_PATCHES].shape[1:] == (256, 128)
     policy = Policy.load(stitched_checkpoint)
     assert policy.encoder.patch_stitch == 2 and policy.encoder.grid_size == (16, 16)
+    assert config["network"]["text_features"] == 4 and config["network"]["map_weights"] is False
+    assert policy.network.features_extractor.fusion.text_projection.out_features == 4
 
 
 def test_the_per_frame_graph_and_onnx_stitch_like_the_policy(stitched_checkpoint):

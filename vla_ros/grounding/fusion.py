@@ -44,6 +44,8 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   the position estimates, two numbers each, whose distribution is the same for any commanded object,
   while the map's shape (one sharp peak for a seen combination, a second bump on a same-coloured object
   for an unseen one) is not.
+  ``text_features=k`` adds a learned k-d projection of the command's text embedding to the MLP input:
+  the map says where the object is, not what to do with it, and a push needs the commanded direction.
 
 ``reference_frame=True`` (``cross_attention``, ``region`` and ``region_map``) adds a memory of where the commanded
 object was: the same text-queried attention also runs over the patches of the episode's first frame
@@ -257,7 +259,7 @@ class RegionMapFusion(nn.Module):
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
-                 reference_prior: bool = False, map_weights: bool = True, **_):
+                 reference_prior: bool = False, map_weights: bool = True, text_features: int = 0, **_):
         super().__init__()
         if reference_prior and not reference_frame:
             raise ValueError("reference_prior needs reference_frame=True")
@@ -272,7 +274,10 @@ class RegionMapFusion(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.reference_prior = nn.Parameter(torch.ones(())) if reference_prior else None
         per_frame = (num_patches if map_weights else 0) + (4 if self.peak_window > 0 else 2)
-        self.mlp = _mlp(per_frame * (2 if reference_frame else 1), hidden_dim, out_dim)
+        if text_features < 0:
+            raise ValueError(f"text_features must be >= 0, got {text_features}")
+        self.text_projection = nn.Linear(embed_dim, text_features) if text_features else None
+        self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features, hidden_dim, out_dim)
 
     def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``t`` times the command's region-text similarity over patches, standardised per frame, (B, P)."""
@@ -300,9 +305,11 @@ class RegionMapFusion(nn.Module):
         """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
         _check_inputs(self, image_global, image_patches, text)
         current = self.logits(image_patches, text)
+        # the command itself, for what the map cannot say (a push's direction); unit norm as CLIP compares it
+        command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
         if not self.reference_frame:
             parts, self.last_attention, self.last_xy = self._readout(current)  # grounding loss, heatmaps
-            return self.mlp(torch.cat(parts, dim=-1))
+            return self.mlp(torch.cat(parts + command, dim=-1))
         if reference_patches is None or reference_patches.shape != image_patches.shape:
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
@@ -313,7 +320,7 @@ class RegionMapFusion(nn.Module):
             current = current + self.reference_prior * reference
         parts, self.last_attention, self.last_xy = self._readout(current)
         reference_parts, _, self.last_reference_xy = self._readout(reference)
-        return self.mlp(torch.cat(parts + reference_parts, dim=-1))
+        return self.mlp(torch.cat(parts + reference_parts + command, dim=-1))
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:
@@ -330,7 +337,7 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
-                 map_weights: bool = True) -> nn.Module:
+                 map_weights: bool = True, text_features: int = 0) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -348,6 +355,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         raise ValueError(f"patch_stitch is supported by the region_map fusion only, not by {kind!r}")
     if not map_weights and kind != "region_map":
         raise ValueError(f"map_weights is an option of the region_map fusion, not of {kind!r}")
+    if text_features and kind != "region_map":
+        raise ValueError(f"text_features is an option of the region_map fusion, not of {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
@@ -361,5 +370,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["reference_prior"] = True
     if not map_weights:
         extra["map_weights"] = False
+    if text_features:
+        extra["text_features"] = int(text_features)
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
                           hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)

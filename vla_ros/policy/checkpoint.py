@@ -47,6 +47,7 @@ def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
             "reference_prior": bool(net.get("reference_prior", False)),
             "patch_stitch": int(net.get("patch_stitch", 1)),
             "map_weights": bool(net.get("map_weights", True)),
+            "text_features": int(net.get("text_features", 0)),
         },
     }
 

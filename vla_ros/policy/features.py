@@ -49,7 +49,8 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: gym.spaces.Dict, fusion: str = "cross_attention",
                  fusion_dim: int = 256, hidden_dim: int = 256, heads: int = 4,
                  grid_size: tuple[int, int] | None = None, peak_window: float = 0.0,
-                 reference_prior: bool = False, patch_stitch: int = 1, map_weights: bool = True):
+                 reference_prior: bool = False, patch_stitch: int = 1, map_weights: bool = True,
+                 text_features: int = 0):
         num_patches, embed_dim = observation_space[FEAT_IMAGE_PATCHES].shape
         proprio_dim = observation_space[OBS_PROPRIO].shape[0]
         super().__init__(observation_space, features_dim=fusion_dim + proprio_dim)
@@ -60,7 +61,7 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
                                    grid_size=tuple(grid_size) if grid_size else None,
                                    reference_frame=self.reference_frame, peak_window=peak_window,
                                    reference_prior=reference_prior, patch_stitch=self.patch_stitch,
-                                   map_weights=map_weights)
+                                   map_weights=map_weights, text_features=text_features)
         self.register_buffer("image_scale", torch.ones(()))
         self.register_buffer("text_scale", torch.ones(()))
 

@@ -49,6 +49,8 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (f", peak position estimate (window {net['peak_window']} patches)" if net.get("peak_window") else "")
         + (", the reference frame's map as a prior on the current one" if net.get("reference_prior") else "")
         + (", the MLP reads only the map's position estimates" if net.get("map_weights") is False else "")
+        + (f", and a learned {net['text_features']}-d projection of the command embedding"
+           if net.get("text_features") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",

@@ -66,6 +66,9 @@ class TrainConfig:
     map_weights: bool = True
     """region_map only: feed the MLP the map itself besides its position estimates; --no-map-weights
     gives it only the estimates, which look alike for seen and unseen colour-shape combos"""
+    text_features: int = 0
+    """region_map only: the MLP also reads a learned projection of the command's text embedding to this
+    many numbers (push needs the commanded direction, which the map does not carry); 0: off"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -132,6 +135,7 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return {
         "fusion": cfg.fusion, "reference_frame": cfg.reference_frame, "peak_window": cfg.peak_window,
         "reference_prior": cfg.reference_prior, "patch_stitch": cfg.patch_stitch, "map_weights": cfg.map_weights,
+        "text_features": cfg.text_features,
         "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
         "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
         "activation": "tanh", "log_std_init": cfg.log_std_init,
