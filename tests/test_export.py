@@ -37,6 +37,7 @@ def test_metadata_describes_inputs_and_both_precisions(exported):
     meta = json.loads((checkpoint / ONNX_DIR / "onnx_metadata.json").read_text())
     assert meta["image_size"] == policy.encoder.image_size and meta["joint_names"] == list(policy.joint_names)
     assert set(meta["files"]) == {"fp32", "fp16"} and len(meta["normalisation"]["mean"]) == 3
+    assert meta["normalisation"]["colour_space"] == "rgb" and meta["normalisation"]["input_layout"] == "NCHW RGB float"
 
 
 def test_onnxruntime_backend_selects_the_same_targets(exported):

@@ -152,3 +152,47 @@ def test_dense_pick_term_rewards_the_named_object_over_another(tmp_path):
                                         text, torch.tensor(10.0))
 
     assert loss_with_text_at(8, 8) < loss_with_text_at(56, 56)
+
+
+def test_rgb_to_vsh_matches_opencv_hsv():
+    import cv2
+
+    from vla_ros.grounding.preprocess import HUE_ORIGIN_DEG, rgb_to_vsh
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    frame[0, :3] = [(128, 128, 128), (230, 20, 20), (20, 20, 230)]  # grey, red, blue
+    vsh = rgb_to_vsh(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
+    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)  # hue 0-255 for 0-360 degrees
+    assert np.abs(vsh[..., 0] * 255 - hsv[..., 2]).max() <= 0.5
+    assert np.abs(vsh[..., 1] * 255 - hsv[..., 1]).max() <= 0.5
+    saturated = vsh[..., 1] >= 0.3  # full hue weight
+    hue_deg = (vsh[..., 2] * 360 + HUE_ORIGIN_DEG) % 360
+    error = np.abs((hue_deg - hsv[..., 0] * 360 / 256 + 180) % 360 - 180)
+    assert saturated.sum() > 100 and error[saturated].max() < 1.5
+    assert vsh[0, 0, 2] == 0.0  # grey has no hue
+    assert vsh[0, 1, 2] != vsh[0, 2, 2]  # red and blue differ only there...
+    assert abs(vsh[0, 1, 1] - vsh[0, 2, 1]) < 1e-6 and abs(vsh[0, 1, 0] - vsh[0, 2, 0]) < 1e-6  # ...not here
+
+
+def test_a_vsh_clip_records_its_colour_space_and_is_read_that_way(tmp_path):
+    from vla_ros.grounding.preprocess import FramePreprocessor
+
+    trainer = ClipTrainer(small_config(tmp_path / "vsh", steps=2, colour_space="vsh"))
+    trainer.train()
+    encoder = ClipEncoder.from_pretrained(tmp_path / "vsh" / "model")
+    assert encoder.metadata["colour_space"] == "vsh" and encoder.preprocessor.colour_space == "vsh"
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    as_rgb = FramePreprocessor(64)(frames)
+    assert not torch.allclose(encoder.preprocessor(frames), as_rgb)
+    # the same weights fed RGB compute something else: the colour space is part of the model
+    with torch.no_grad():
+        pooled_vsh = encoder.model.encode_image(encoder.preprocessor(frames))
+        pooled_rgb = encoder.model.encode_image(as_rgb)
+    assert not torch.allclose(pooled_vsh, pooled_rgb, atol=1e-4)
+    assert torch.allclose(encoder.encode_images(frames).global_embedding,
+                          torch.nn.functional.normalize(pooled_vsh, dim=-1), atol=1e-5)
+    with pytest.raises(ValueError, match="reads 'vsh' images"):
+        ClipTrainer(small_config(tmp_path / "rgb", init_from=str(tmp_path / "vsh" / "model")))
+    with pytest.raises(ValueError, match="colour_space"):
+        FramePreprocessor(64, colour_space="lab")

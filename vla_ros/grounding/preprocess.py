@@ -16,6 +16,30 @@ import torch
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+COLOUR_SPACES = ("rgb", "vsh")
+HUE_ORIGIN_DEG = 210.0  # the hue channel wraps here: between the cyan and blue objects, far from any colour used
+HUE_SATURATION_RAMP = (0.1, 0.3)  # hue fades in over this saturation range: grey pixels have no hue
+
+
+def rgb_to_vsh(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> (value, saturation, hue) in [0, 1], the hue weighted by saturation.
+
+    A shaded object's pattern (value) and outline (saturation) look the same whatever its colour, which
+    sits in the flat hue channel. In RGB the same ball's pixels lie along a different direction for each
+    colour, and a CLIP trained from scratch never sees the direction of an unseen colour-shape combination
+    (``scripts/clip_attribute_probe.py``).
+    """
+    value, _ = rgb.max(dim=1)
+    chroma = value - rgb.min(dim=1).values
+    saturation = torch.where(value > 0, chroma / value.clamp_min(1e-6), torch.zeros_like(value))
+    r, g, b = rgb.unbind(dim=1)
+    safe = chroma.clamp_min(1e-6)
+    hue_sector = torch.where(value == r, ((g - b) / safe) % 6,
+                             torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = ((hue_sector * 60.0 - HUE_ORIGIN_DEG) % 360.0) / 360.0
+    low, high = HUE_SATURATION_RAMP
+    hue = hue * ((saturation - low) / (high - low)).clamp(0.0, 1.0)
+    return torch.stack([value, saturation, hue], dim=1)
 
 
 def as_frame_batch(frames: np.ndarray) -> np.ndarray:
@@ -91,12 +115,19 @@ def _resize_one(frame: np.ndarray, size: int, resize_mode: str, fill: int) -> np
 
 
 class FramePreprocessor:
-    """Turn (B, H, W, 3) uint8 RGB frames into a normalised (B, 3, S, S) float tensor."""
+    """Turn (B, H, W, 3) uint8 RGB frames into a normalised (B, 3, S, S) float tensor.
+
+    ``colour_space="vsh"`` gives the model :func:`rgb_to_vsh` channels instead of RGB (then normalised with
+    the same mean and std); the camera frames stay RGB.
+    """
 
     def __init__(self, size: int, mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode: str = "shortest",
-                 fill_color: int = 0):
+                 fill_color: int = 0, colour_space: str = "rgb"):
         if resize_mode not in ("shortest", "longest", "squash"):
             raise ValueError(f"unknown resize_mode {resize_mode!r}; expected shortest, longest or squash")
+        if colour_space not in COLOUR_SPACES:
+            raise ValueError(f"unknown colour_space {colour_space!r}; expected one of {COLOUR_SPACES}")
+        self.colour_space = colour_space
         self.size = int(size)
         self.resize_mode = resize_mode
         self.fill_color = int(fill_color)
@@ -123,5 +154,7 @@ class FramePreprocessor:
         resized = np.ascontiguousarray(self.resize(frames))
         # move uint8 (4x smaller) to the device first, then convert and normalise there
         x = torch.from_numpy(resized).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if self.colour_space == "vsh":
+            x = rgb_to_vsh(x / 255.0) * 255.0
         x = x * self._scale.to(x.device) + self._shift.to(x.device)
         return x.to(dtype).contiguous()

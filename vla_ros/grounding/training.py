@@ -140,6 +140,10 @@ class TrainClipConfig:
     moved_arm_fraction: float = 0.5
     image_size: int = 64
     """render size of the simulator frames"""
+    colour_space: str = "rgb"
+    """what the image tower reads: ``rgb``, or ``vsh`` (value, saturation, hue: a shape's shading and outline
+    look the same in every colour, see :func:`vla_ros.grounding.preprocess.rgb_to_vsh`); recorded in the
+    exported model, whose users convert the same way"""
     eval_scenes: int = 300
     """held-out-seed scenes per evaluation split during training"""
     eval_every: int = 500
@@ -234,7 +238,7 @@ class ClipTrainer:
         size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
         pre = self.loaded.preprocess_cfg
         self.preprocessor = FramePreprocessor(size, pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD),
-                                              pre.get("resize_mode", "shortest"))
+                                              pre.get("resize_mode", "shortest"), colour_space=config.colour_space)
         self.grid_size = tuple(visual.grid_size)
         self.context_length = int(self.model.context_length)
         self.optimizer = self._optimizer()
@@ -266,7 +270,12 @@ class ClipTrainer:
             if config.adapter == "lora":
                 raise ValueError("adapter='lora' adapts a pretrained model: pass init_from")
             return create_clip(config.model, seed=config.seed)
-        return load_clip(config.init_from, config.init_pretrained)
+        loaded = load_clip(config.init_from, config.init_pretrained)
+        pretrained_space = loaded.metadata.get("colour_space", "rgb")
+        if pretrained_space != config.colour_space:
+            raise ValueError(f"{config.init_from} reads {pretrained_space!r} images; colour_space="
+                             f"{config.colour_space!r} would feed it another input")
+        return loaded
 
     def _setup_trainable(self) -> list[torch.nn.Parameter]:
         if self.config.adapter == "lora":
@@ -412,7 +421,8 @@ class ClipTrainer:
         model = create_clip(self.loaded.model_cfg).model
         model.load_state_dict(merged_state_dict(self.model))
         loaded = LoadedClip(model=model, tokenizer=self.loaded.tokenizer, model_cfg=self.loaded.model_cfg,
-                            preprocess_cfg=self.loaded.preprocess_cfg, weights_path=None, weights_sha256=None)
+                            preprocess_cfg=self.loaded.preprocess_cfg, weights_path=None, weights_sha256=None,
+                            metadata={"colour_space": self.config.colour_space})
         return ClipEncoder(loaded)
 
     def evaluate(self) -> dict[str, Any]:
@@ -466,6 +476,7 @@ class ClipTrainer:
         encoder = self.eval_encoder()
         metadata = {
             "trained_by": "vla-ros train-clip",
+            "colour_space": self.config.colour_space,
             "config": {k: v for k, v in asdict(self.config).items() if k != "command"},
             "command": self.config.command,
             "steps": self.step,

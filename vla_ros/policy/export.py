@@ -149,7 +149,9 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
         "opset": OPSET,
         "image_size": size,
         "normalisation": {"mean": [float(x) for x in mean], "std": [float(x) for x in std],
-                          "resize_mode": pre.resize_mode, "input_layout": "NCHW RGB float"},
+                          "resize_mode": pre.resize_mode, "input_layout": f"NCHW {pre.colour_space.upper()} float",
+                          # "vsh": vla_ros.grounding.preprocess.rgb_to_vsh, before the mean and std
+                          "colour_space": pre.colour_space},
         "embed_dim": dim,
         "reference_frame": policy.reference_frame,
         "context_length": policy.encoder.context_length,
