@@ -12,7 +12,7 @@ from vla_ros.reporting import add_json_argument
 
 DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
 ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference", "no_peak",
-             "no_stitch", "map_weights")
+             "no_stitch", "map_weights", "rgb_clip")
 
 
 def add_arguments(parser) -> None:
@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
                         "trained with that fusion from --ablation-dir; no_reference loads the one trained "
                         "without a reference frame (memory of the episode's first frame), no_peak the region_map "
                         "policy without the peak position estimate, no_stitch the one on the CLIP's own 8x8 patch "
-                        "grid (no shift-and-stitch), map_weights the one whose MLP also reads the map itself")
+                        "grid (no shift-and-stitch), map_weights the one whose MLP also reads the map itself, "
+                        "rgb_clip the same recipe on a CLIP that reads RGB instead of value, saturation and hue")
     parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*DEFAULT_SPLITS],
                         help="splits evaluated for each ablation (default: train)")
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
