@@ -37,7 +37,9 @@ def test_metadata_describes_inputs_and_both_precisions(exported):
     meta = json.loads((checkpoint / ONNX_DIR / "onnx_metadata.json").read_text())
     assert meta["image_size"] == policy.encoder.image_size and meta["joint_names"] == list(policy.joint_names)
     assert set(meta["files"]) == {"fp32", "fp16"} and len(meta["normalisation"]["mean"]) == 3
-    assert meta["normalisation"]["colour_space"] == "rgb" and meta["normalisation"]["input_layout"] == "NCHW RGB float"
+    space = policy.encoder.preprocessor.colour_space  # the shipped CLIP reads value, saturation and hue
+    assert space == "vsh" and meta["normalisation"]["colour_space"] == space
+    assert meta["normalisation"]["input_layout"] == "NCHW VSH float"
 
 
 def test_onnxruntime_backend_selects_the_same_targets(exported):

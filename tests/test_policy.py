@@ -38,6 +38,7 @@ def test_training_smoke_run_exports_a_loadable_checkpoint(trained):
     assert config["metrics"]["env_steps_ppo"] >= 128
     assert config["metrics"]["env_steps_imitation"] > 0
     assert config["training"]["command"] == "pytest"
+    assert config["clip"]["colour_space"] == "rgb"  # recorded: what the CLIP's image tower reads
     policy = Policy.load(final)
     assert len(policy.joint_names) == len(config["joint_names"])
     assert (final.parent / "eval.csv").is_file() and (final.parent / "learning_curve.png").is_file()

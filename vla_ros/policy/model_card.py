@@ -42,7 +42,9 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         f"- CLIP: `{clip['path']}` (sha256 `{clip.get('sha256')}`), {clip['embed_dim']}-d, {clip['num_patches']} "
         "patches"
         + (f" (shift-and-stitch x{net['patch_stitch']}: a grid {net['patch_stitch']} times as dense each way, "
-           f"{net['patch_stitch'] ** 2} image-tower passes per frame)" if net.get("patch_stitch", 1) > 1 else ""),
+           f"{net['patch_stitch'] ** 2} image-tower passes per frame)" if net.get("patch_stitch", 1) > 1 else "")
+        + ("; it reads value, saturation and hue, converted from the RGB frame"
+           if clip.get("colour_space") == "vsh" else ""),
         f"- network: fusion `{net['fusion']}` ({net['fusion_dim']}-d)"
         + (", with a reference frame (also attends over the episode's first frame)" if net.get("reference_frame")
            else "")

@@ -160,6 +160,7 @@ def checkpoint_config(cfg: TrainConfig, encoder: ClipEncoder, clip_dir: Path, ro
             "sha256": sha256_file(clip_dir / "open_clip_model.safetensors"),
             "embed_dim": encoder.embed_dim, "num_patches": encoder.num_patches,
             "image_size": encoder.image_size,
+            "colour_space": encoder.preprocessor.colour_space,  # what its image tower reads (rgb or vsh)
         },
         "network": _network_config(cfg, encoder),
         "env": {"image_size": cfg.image_size, "num_objects": cfg.num_objects},
