@@ -47,6 +47,11 @@ class LoadedClip:
     weights_sha256: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def colour_space(self) -> str:
+        """What the image tower reads (our metadata key; open_clip itself knows only RGB)."""
+        return self.metadata.get("colour_space", "rgb")
+
 
 def _refuse_hub_config(model_cfg: dict[str, Any], source: str) -> None:
     text_cfg = model_cfg.get("text_cfg", {})

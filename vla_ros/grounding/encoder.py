@@ -160,7 +160,7 @@ class ClipEncoder:
             std=loaded.preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711)),
             resize_mode=loaded.preprocess_cfg.get("resize_mode", "shortest"),
             fill_color=loaded.preprocess_cfg.get("fill_color", 0),
-            colour_space=loaded.metadata.get("colour_space", "rgb"),  # our key: open_clip knows only RGB
+            colour_space=loaded.colour_space,
         )
         check_patch_stitch(model.visual, patch_stitch)
         self.patch_stitch = int(patch_stitch)

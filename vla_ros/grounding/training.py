@@ -271,9 +271,8 @@ class ClipTrainer:
                 raise ValueError("adapter='lora' adapts a pretrained model: pass init_from")
             return create_clip(config.model, seed=config.seed)
         loaded = load_clip(config.init_from, config.init_pretrained)
-        pretrained_space = loaded.metadata.get("colour_space", "rgb")
-        if pretrained_space != config.colour_space:
-            raise ValueError(f"{config.init_from} reads {pretrained_space!r} images; colour_space="
+        if loaded.colour_space != config.colour_space:
+            raise ValueError(f"{config.init_from} reads {loaded.colour_space!r} images; colour_space="
                              f"{config.colour_space!r} would feed it another input")
         return loaded
 
