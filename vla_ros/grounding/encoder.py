@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
 from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
+from vla_ros.grounding.text_tower import is_pretrained_text
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -167,7 +168,10 @@ class ClipEncoder:
         self.grid_size = stitched_grid(model.visual, self.patch_stitch)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.embed_dim = int(model.visual.proj.shape[1])
-        self.context_length = int(getattr(model, "context_length", 77))
+        # a Hugging Face text tower reports its position table (512); commands use the configured context
+        self.context_length = int(loaded.model_cfg.get("text_cfg", {}).get("context_length")
+                                  or getattr(model, "context_length", 77))
+        self.pretrained_text = is_pretrained_text(loaded.model_cfg)
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_hits = 0
@@ -251,8 +255,7 @@ class ClipEncoder:
             else:
                 self.cache_misses += 1
         if missing:
-            tokens = self.tokenize(missing).to(self.device)
-            embedded = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            embedded = self._embed(self.tokenize(missing).to(self.device))
             for text, emb in zip(missing, embedded):
                 self._text_cache[text] = emb
                 if len(self._text_cache) > self.text_cache_size:
@@ -260,10 +263,16 @@ class ClipEncoder:
         return torch.stack([self._text_cache[t] if t in self._text_cache else self._encode_uncached(t)
                             for t in texts])
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pretrained_text:
+            # padding is masked out of a Hugging Face tower's attention and mean pooling: drop the columns
+            # past the longest text (a short command costs a fraction of the full context)
+            tokens = tokens[:, : max(1, int((tokens != 0).sum(dim=1).max()))]
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
     def _encode_uncached(self, text: str) -> torch.Tensor:
         # only reached when one call holds more distinct strings than the cache can keep
-        tokens = self.tokenize([text]).to(self.device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)[0]
+        return self._embed(self.tokenize([text]).to(self.device))[0]
 
     def clear_text_cache(self) -> None:
         """Forget cached text embeddings and reset the hit/miss counters."""

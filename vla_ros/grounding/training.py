@@ -6,14 +6,23 @@ Objective (RegionCLIP-style, open_clip's ``ClipLoss`` at the core)::
          + region_weight * multi-positive InfoNCE(region, object caption)
          + scene_pick_weight * CE(object caption -> the regions of its own scene)
          + dense_pick_weight * CE(object caption -> regions at every patch centre of its scene)
+         + presence_weight * BCE(a * (max over patch-centre regions of similarity - b), caption names an
+                                 object in the scene)                 # learned a, b; absent combos and
+                                                                      # nonsense phrases are the negatives
 
 Region embeddings pool the projected patch tokens around each object's pixel
 (:mod:`vla_ros.grounding.regions`). Object captions repeat inside a batch ("the red cube" appears in
 many scenes) and attribute-only captions ("a ball") match several objects, so the region term treats
 every matching (region, caption) pair as a positive; with one match per row it is exactly ClipLoss.
 
-From scratch it trains ``vla-tiny-clip``; with ``init_from`` it adapts a local pretrained open_clip
-model, either fully or with LoRA (``adapter="lora"``: only the low-rank adapters train, merged into
+From scratch it trains ``vla-tiny-clip``; with ``text_tower`` its text side is a pretrained sentence encoder
+(:mod:`vla_ros.grounding.text_tower`) that stays frozen but for its last ``text_unlocked_layers`` layers, and
+only its projection into the joint space learns (the frozen part's output is cached per caption). With
+``broad_vocabulary`` captions also use :mod:`vla_ros.grounding.vocabulary`'s shape nouns and frames, and
+``named_colour_scenes`` more scenes are rendered with every object painted in a named colour (XKCD / CSS4
+names) and captioned with that name: which hue a colour word means is taught, never assumed. No word of a
+word split (validation or held-out words) reaches any caption. With ``init_from`` it adapts a local
+pretrained open_clip model, either fully or with LoRA (``adapter="lora"``: only the low-rank adapters train, merged into
 the weights at export). Checkpoints (model, optimiser, scheduler, step, RNG states) make runs
 resumable; the final model is exported as an open_clip ``local-dir:`` folder.
 """
@@ -42,6 +51,7 @@ from vla_ros.grounding.preprocess import OPENAI_MEAN, OPENAI_STD, FramePreproces
 from vla_ros.grounding.regions import patch_centres, region_embeddings, region_weights
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes use seeds far from any training seed
+NAMED_SEED_OFFSET = 500_000  # named-colour training scenes: other seeds than the palette ones
 STATE_FILE = "train_state.pt"
 UNKNOWN_COLOUR = -2  # attribute value of objects in repainted (novel-colour) views
 # hue bands (degrees) between the palette's hues (red 0, orange 30, yellow 53, green 126, blue 229,
@@ -144,6 +154,24 @@ class TrainClipConfig:
     """what the image tower reads: ``rgb``, or ``vsh`` (value, saturation, hue: a shape's shading and outline
     look the same in every colour, see :func:`vla_ros.grounding.preprocess.rgb_to_vsh`); recorded in the
     exported model, whose users convert the same way"""
+    text_tower: str = "none"
+    """``none``: open_clip's own text transformer, trained from scratch; or a pretrained sentence encoder
+    (``all-MiniLM-L6-v2``, from its pinned wheel) whose projection trains and whose transformer stays frozen
+    except its last ``text_unlocked_layers`` layers"""
+    text_unlocked_layers: int = 0
+    """trainable last layers of the pretrained text tower (0 = frozen; its output is then cached per caption)"""
+    text_lr_scale: float = 0.1
+    """learning-rate factor of the unlocked pretrained text layers"""
+    broad_vocabulary: bool = False
+    """captions also use the extra shape nouns and frames of ``sim/tasks/clip_vocabulary.yaml``"""
+    named_colour_scenes: int = 0
+    """extra training scenes, every object painted in a named colour and captioned with its name (needs
+    ``broad_vocabulary``); a colour is never painted on a shape that would make it look like a held-out combo"""
+    presence_weight: float = 0.0
+    """weight of the presence term: whether the best-matching region of a scene matches a caption, for the
+    scene's own object captions against absent colour-shape pairs and nonsense phrases (what refusal reads)"""
+    nonsense_fraction: float = 0.25
+    """share of scenes that add a nonsense phrase to the presence term's negatives"""
     eval_scenes: int = 300
     """held-out-seed scenes per evaluation split during training"""
     eval_every: int = 500
@@ -212,18 +240,62 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
-def _scene_sampler(dataset: SceneDataset, config: TrainClipConfig) -> CaptionSampler:
+def unlocked_text_forward(text: torch.nn.Module, hidden: list[torch.Tensor], layers: int) -> torch.Tensor:
+    """Mean-pooled output of a Hugging Face text tower's last ``layers`` layers for cached hidden states.
+
+    ``hidden`` holds one (length, width) tensor per caption: the states entering the first of those layers.
+    Equals the tower's own forward (open_clip's ``HFTextEncoder`` with a mean pooler) up to float rounding.
+    """
+    width = hidden[0].shape[-1]
+    length = max(h.shape[0] for h in hidden)
+    states = hidden[0].new_zeros(len(hidden), length, width)
+    mask = torch.zeros(len(hidden), length, dtype=torch.bool)
+    for i, h in enumerate(hidden):
+        states[i, : len(h)] = h
+        mask[i, : len(h)] = True
+    additive = torch.zeros(len(hidden), 1, 1, length, dtype=states.dtype).masked_fill(
+        ~mask[:, None, None, :], torch.finfo(states.dtype).min)
+    for layer in text.transformer.encoder.layer[-layers:]:
+        states = layer(states, attention_mask=additive)
+        states = states[0] if isinstance(states, tuple) else states
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def _scene_sampler(config: TrainClipConfig, vocabulary=None) -> CaptionSampler:
     from vla_ros.envs.instructions import load_instructions
 
     return CaptionSampler.from_instructions(load_instructions(), attribute_fraction=config.attribute_fraction,
                                             command_fraction=config.command_fraction,
-                                            extra_colours=NOVEL_COLOUR_NAMES if config.name_novel_colours else ())
+                                            extra_colours=NOVEL_COLOUR_NAMES if config.name_novel_colours else (),
+                                            vocabulary=vocabulary)
+
+
+def check_config(config: TrainClipConfig) -> None:
+    """Raise ``ValueError`` for settings that contradict each other."""
+    from vla_ros.grounding.text_tower import TEXT_TOWERS
+
+    if config.text_tower != "none" and config.text_tower not in TEXT_TOWERS:
+        raise ValueError(f"text_tower must be 'none' or one of {sorted(TEXT_TOWERS)}, got {config.text_tower!r}")
+    if config.text_tower != "none" and config.init_from is not None:
+        raise ValueError("text_tower builds a new CLIP around a pretrained text tower; init_from adapts another")
+    if config.text_unlocked_layers and config.text_tower == "none":
+        raise ValueError("text_unlocked_layers needs a pretrained text_tower")
+    if config.text_tower != "none" and not 0 <= config.text_unlocked_layers <= TEXT_TOWERS[config.text_tower].layers:
+        raise ValueError(f"text_unlocked_layers must be 0..{TEXT_TOWERS[config.text_tower].layers}")
+    if config.named_colour_scenes and not config.broad_vocabulary:
+        raise ValueError("named_colour_scenes needs broad_vocabulary (the colour names come from it)")
+    if config.broad_vocabulary and config.name_novel_colours:
+        raise ValueError("broad_vocabulary's named colours replace name_novel_colours (lime, cyan, pink)")
+    if config.named_colour_scenes < 0 or config.presence_weight < 0:
+        raise ValueError("named_colour_scenes and presence_weight must be >= 0")
 
 
 class ClipTrainer:
     """Holds the model, data, optimiser and RNGs of one run; :meth:`train` runs it to ``config.steps``."""
 
     def __init__(self, config: TrainClipConfig, resume: bool = False):
+        check_config(config)
         self.config = config
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -232,6 +304,10 @@ class ClipTrainer:
         self.rng = np.random.default_rng(config.seed)
         self.loaded = self._build_model()
         self.model = self.loaded.model.train()
+        self.pretrained_text = config.text_tower != "none"
+        self.text_cache: dict[str, torch.Tensor] = {}  # caption -> frozen text tower output (pooled)
+        # presence logit a * (similarity - b): log a and b, trained with the CLIP
+        self.presence = torch.nn.Parameter(torch.tensor([math.log(10.0), 0.3]))
         self.trainable = self._setup_trainable()
         self.loss_fn = self._clip_loss()
         visual = self.model.visual
@@ -240,24 +316,47 @@ class ClipTrainer:
         self.preprocessor = FramePreprocessor(size, pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD),
                                               pre.get("resize_mode", "shortest"), colour_space=config.colour_space)
         self.grid_size = tuple(visual.grid_size)
-        self.context_length = int(self.model.context_length)
+        self.context_length = int(self.loaded.model_cfg["text_cfg"].get("context_length") or self.model.context_length)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.vocabulary = None
+        if config.broad_vocabulary:
+            from vla_ros.grounding.vocabulary import load_clip_vocabulary
+
+            self.vocabulary = load_clip_vocabulary()
+        render = dict(split="train", image_size=config.image_size, distractor_fraction=config.distractor_fraction,
+                      jitter_fraction=config.jitter_fraction, moved_arm_fraction=config.moved_arm_fraction,
+                      progress=True)
         self.train_data = load_or_generate(
             self.out / "data" / f"train_{config.train_scenes}_seed{config.seed}_{config.image_size}px.npz",
-            num_scenes=config.train_scenes, seed=config.seed, split="train", image_size=config.image_size,
-            distractor_fraction=config.distractor_fraction, jitter_fraction=config.jitter_fraction,
-            moved_arm_fraction=config.moved_arm_fraction, progress=True)
-        self.sampler = _scene_sampler(self.train_data, config)
+            num_scenes=config.train_scenes, seed=config.seed, **render)
+        if config.named_colour_scenes:
+            named = load_or_generate(
+                self.out / "data" / f"named_{config.named_colour_scenes}_seed{config.seed}_{config.image_size}px_"
+                f"{len(self.vocabulary.named_colours)}colours.npz",
+                num_scenes=config.named_colour_scenes, seed=config.seed + NAMED_SEED_OFFSET,
+                named_colours=self.vocabulary.named_colours, **render)
+            self.train_data = SceneDataset.concatenate(self.train_data, named)
+        self.sampler = _scene_sampler(config, self.vocabulary)
+        if len(self.train_data.colour_names) > len(self.sampler.colour_names) or \
+                self.train_data.colour_names != self.sampler.colour_names[: len(self.train_data.colour_names)]:
+            raise ValueError("the rendered scenes' colours are not the caption sampler's: delete OUT/data and rerun")
+        eval_splits = ("train", "heldout_combos", "validation_words") if self.pretrained_text else \
+            ("train", "heldout_combos")
         self.eval_data = {
             split: load_or_generate(
                 self.out / "data" / f"eval_{split}_{config.eval_scenes}_{config.image_size}px.npz",
                 num_scenes=config.eval_scenes, seed=EVAL_SEED_OFFSET, split=split,
                 image_size=config.image_size)
-            for split in ("train", "heldout_combos")
+            for split in eval_splits
         }
+        if config.presence_weight > 0:
+            self.eval_data["corrupted"] = load_or_generate(
+                self.out / "data" / f"eval_corrupted_{config.eval_scenes}_{config.image_size}px.npz",
+                num_scenes=config.eval_scenes, seed=EVAL_SEED_OFFSET, split="train", image_size=config.image_size,
+                corrupted=True)
         if resume:
             self._load_state()
 
@@ -269,6 +368,19 @@ class ClipTrainer:
         if config.init_from is None:
             if config.adapter == "lora":
                 raise ValueError("adapter='lora' adapts a pretrained model: pass init_from")
+            if config.text_tower != "none":
+                from vla_ros.grounding.config import tiny_clip_config
+                from vla_ros.grounding.text_tower import text_cfg
+
+                model_cfg = tiny_clip_config(config.model)
+                model_cfg["text_cfg"] = text_cfg(config.text_tower)
+                loaded = create_clip(model_cfg, seed=config.seed)
+                # the pretrained transformer (LayerNorms too) stays as it is but for its last layers
+                loaded.model.text.transformer.requires_grad_(False)
+                if config.text_unlocked_layers:
+                    for layer in loaded.model.text.transformer.encoder.layer[-config.text_unlocked_layers:]:
+                        layer.requires_grad_(True)
+                return loaded
             return create_clip(config.model, seed=config.seed)
         loaded = load_clip(config.init_from, config.init_pretrained)
         if loaded.colour_space != config.colour_space:
@@ -284,7 +396,7 @@ class ClipTrainer:
             # the temperature is tiny and domain-specific: adapt it too
             self.model.logit_scale.requires_grad_(True)
             return params + [self.model.logit_scale]
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return [p for p in self.model.parameters() if p.requires_grad] + [self.presence]
 
     @staticmethod
     def _clip_loss():
@@ -293,13 +405,18 @@ class ClipTrainer:
         return ClipLoss()
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        # no weight decay on gains, biases, embeddings and the temperature (open_clip's recipe)
-        decay, no_decay = [], []
+        # no weight decay on gains, biases, embeddings and the temperature (open_clip's recipe); unlocked
+        # pretrained text layers learn at text_lr_scale of the rate, so the tower keeps what it knows
+        pretrained = {id(p) for p in self.model.text.transformer.parameters()} if self.pretrained_text else set()
+        groups = {(False, False): [], (False, True): [], (True, False): [], (True, True): []}
         for param in self.trainable:
-            (no_decay if param.ndim < 2 or param is self.model.logit_scale else decay).append(param)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr,
-                                 betas=(0.9, 0.98), eps=1e-6)
+            plain = param.ndim < 2 or param is self.model.logit_scale or param is self.presence
+            groups[(id(param) in pretrained, plain)].append(param)
+        lr, scale = self.config.lr, self.config.text_lr_scale
+        param_groups = [{"params": params, "weight_decay": 0.0 if plain else self.config.weight_decay,
+                         "lr": lr * scale if text else lr}
+                        for (text, plain), params in groups.items() if params]
+        return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
     def _lr_factor(self, step: int) -> float:
         warmup = max(1, self.config.warmup_steps)
@@ -311,6 +428,33 @@ class ClipTrainer:
     # ------------------------------------------------------------------ one step
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.loaded.tokenizer(texts, context_length=self.context_length)
+
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised joint-space embeddings of distinct captions, differentiable where the text side trains.
+
+        A pretrained tower's frozen layers run once per caption ever seen: their output is cached (the pooled
+        vector when the whole tower is frozen, else the hidden states entering the first unlocked layer), and
+        only the unlocked layers and the projection run every step.
+        """
+        tokens = self._tokenize(texts)
+        if not self.pretrained_text:
+            return encode_text_trimmed(self.model, tokens)
+        text = self.model.text
+        unlocked = self.config.text_unlocked_layers
+        missing = [i for i, t in enumerate(texts) if t not in self.text_cache]
+        if missing:
+            ids = tokens[missing]
+            ids = ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]  # padding is masked out anyway
+            mask = (ids != text.config.pad_token_id).long()
+            with torch.no_grad():
+                out = text.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=bool(unlocked))
+                cached = text.pooler(out, mask) if not unlocked else out.hidden_states[-(unlocked + 1)]
+            for row, i in enumerate(missing):
+                length = int(mask[row].sum())
+                self.text_cache[texts[i]] = cached[row] if not unlocked else cached[row, :length].clone()
+        if not unlocked:
+            return text.proj(torch.stack([self.text_cache[t] for t in texts]))
+        return text.proj(unlocked_text_forward(text, [self.text_cache[t] for t in texts], unlocked))
 
     def batch_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch of scenes (global + region terms) and its parts for logging."""
@@ -350,11 +494,15 @@ class ClipTrainer:
             object_captions.append(text)
             named_colour.append(colour)
             named_shape.append(shape)
+        absent_captions, absent_scene = self._presence_negatives(indices, batch_colours) \
+            if self.config.presence_weight > 0 else ([], [])
         # captions repeat within a batch ("the red cube"): encode each distinct string once
-        unique, inverse = np.unique(np.array(scene_captions + object_captions), return_inverse=True)
-        text = encode_text_trimmed(self.model, self._tokenize(unique.tolist()))
+        unique, inverse = np.unique(np.array(scene_captions + object_captions + absent_captions), return_inverse=True)
+        text = self.text_embeddings(unique.tolist())
         text = F.normalize(text, dim=-1)[torch.from_numpy(inverse.reshape(-1))]
-        scene_text, object_text = text[: len(indices)], text[len(indices):]
+        scene_text = text[: len(indices)]
+        object_text = text[len(indices): len(indices) + len(object_captions)]
+        absent_text = text[len(indices) + len(object_captions):]
 
         scale = self.model.logit_scale.exp()
         global_loss = self.loss_fn(image_global, scene_text, scale)
@@ -387,18 +535,57 @@ class ClipTrainer:
         pick_loss = -(targets * logits.log_softmax(dim=1).clamp_min(-1e4)).sum(dim=1).mean()
 
         loss = global_loss + self.config.region_weight * region_loss + self.config.scene_pick_weight * pick_loss
-        dense_loss = None
+        parts = {"global": global_loss.item(), "region": region_loss.item(), "pick": pick_loss.item()}
+        if self.config.dense_pick_weight > 0 or self.config.presence_weight > 0:
+            size, sigma = self.preprocessor.size, self.config.region_sigma
+            centres = patch_centres(self.grid_size, size).expand(len(tokens), -1, -1)
+            dense_regions = region_embeddings(tokens, centres, self.grid_size, size, sigma)  # (B, P, D)
         if self.config.dense_pick_weight > 0:
-            dense_loss = self._dense_pick_loss(tokens, pixels, in_scene, scene_of, object_text, scale)
+            dense_loss = self._dense_pick_loss(dense_regions, pixels, in_scene, scene_of, object_text, scale)
             loss = loss + self.config.dense_pick_weight * dense_loss
-        parts = {"loss": loss.item(), "global": global_loss.item(), "region": region_loss.item(),
-                 "pick": pick_loss.item()}
-        if dense_loss is not None:
             parts["dense"] = dense_loss.item()
+        if self.config.presence_weight > 0:
+            presence_loss, separation = self._presence_loss(dense_regions, scene_of, object_text,
+                                                            np.asarray(absent_scene), absent_text)
+            loss = loss + self.config.presence_weight * presence_loss
+            parts["presence"] = presence_loss.item()
+            parts["separation"] = separation
+        parts = {"loss": loss.item(), **parts}
         parts["scale"] = scale.item()
         return loss, parts
 
-    def _dense_pick_loss(self, tokens: torch.Tensor, pixels: torch.Tensor, in_scene: torch.Tensor,
+    def _presence_negatives(self, indices: np.ndarray, batch_colours: np.ndarray) -> tuple[list[str], list[int]]:
+        """Per scene one caption of a colour-shape pair not on its table, and sometimes a nonsense phrase."""
+        from vla_ros.grounding.vocabulary import nonsense_phrase
+
+        captions, scenes = [], []
+        for b, i in enumerate(indices):
+            absent = self.sampler.absent_caption(batch_colours[b], self.train_data.shapes[i], self.rng)
+            if absent is not None:
+                captions.append(absent[0])
+                scenes.append(b)
+            if self.rng.random() < self.config.nonsense_fraction:
+                captions.append(nonsense_phrase(self.rng))
+                scenes.append(b)
+        return captions, scenes
+
+    def _presence_loss(self, dense_regions: torch.Tensor, scene_of: np.ndarray, object_text: torch.Tensor,
+                       absent_scene: np.ndarray, absent_text: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Balanced BCE of ``a * (best region similarity - b)``: object captions present, negatives absent.
+
+        Returns the loss and the mean best similarity of positives minus that of negatives (for the log).
+        """
+        positive = (dense_regions[scene_of] @ object_text.unsqueeze(-1)).squeeze(-1).amax(dim=1)
+        negative = (dense_regions[absent_scene] @ absent_text.unsqueeze(-1)).squeeze(-1).amax(dim=1)
+        slope, bias = self.presence[0].exp(), self.presence[1]
+        loss = F.binary_cross_entropy_with_logits(slope * (positive - bias), torch.ones_like(positive))
+        if len(negative):
+            loss = 0.5 * (loss + F.binary_cross_entropy_with_logits(slope * (negative - bias),
+                                                                    torch.zeros_like(negative)))
+        separation = float((positive.mean() - negative.mean()).detach()) if len(negative) else float("nan")
+        return loss, separation
+
+    def _dense_pick_loss(self, dense_regions: torch.Tensor, pixels: torch.Tensor, in_scene: torch.Tensor,
                          scene_of: np.ndarray, object_text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """CE of each caption over the regions at all patch centres of its scene.
 
@@ -406,8 +593,6 @@ class ClipTrainer:
         between two objects counts for both.
         """
         size, sigma = self.preprocessor.size, self.config.region_sigma
-        centres = patch_centres(self.grid_size, size).expand(len(tokens), -1, -1)
-        dense_regions = region_embeddings(tokens, centres, self.grid_size, size, sigma)  # (B, P, D)
         near_object = region_weights(pixels, self.grid_size, size, sigma)  # (B, K, P)
         targets = torch.einsum("mk,mkp->mp", in_scene.float(), near_object[scene_of])
         targets = targets / targets.sum(dim=1, keepdim=True)
@@ -425,20 +610,36 @@ class ClipTrainer:
         return ClipEncoder(loaded)
 
     def evaluate(self) -> dict[str, Any]:
-        """Zero-shot and dense pick accuracy per split, retrieval R@1, on the held-out-seed evaluation scenes."""
+        """Zero-shot and dense pick accuracy per split, retrieval R@1, presence separation, on held-out seeds.
+
+        ``validation_words`` (pretrained text towers) has commands in words no caption uses, for choosing
+        between runs; the held-out words are never looked at here. ``presence`` compares the best region
+        score of the valid commands (train and validation words) with that of the corrupted ones.
+        """
         from vla_ros.grounding.evaluation import dense_pick_accuracy, retrieval_r1, zero_shot_accuracy
+        from vla_ros.grounding.refusal import score_frames, separation_report
 
         encoder = self.eval_encoder()
-        return {
-            "zero_shot_accuracy": {"train_combos": zero_shot_accuracy(encoder, self.eval_data["train"]),
-                                   "heldout_combos": zero_shot_accuracy(encoder,
-                                                                        self.eval_data["heldout_combos"])},
-            "dense_pick_accuracy": {"train_combos": dense_pick_accuracy(encoder, self.eval_data["train"]),
-                                    "heldout_combos": dense_pick_accuracy(encoder,
-                                                                          self.eval_data["heldout_combos"])},
+        splits = {"train": "train_combos", "heldout_combos": "heldout_combos",
+                  "validation_words": "validation_words"}
+        splits = {name: key for name, key in splits.items() if name in self.eval_data}
+        metrics = {
+            "zero_shot_accuracy": {key: zero_shot_accuracy(encoder, self.eval_data[name])
+                                   for name, key in splits.items()},
+            "dense_pick_accuracy": {key: dense_pick_accuracy(encoder, self.eval_data[name])
+                                    for name, key in splits.items()},
             "retrieval_r1": retrieval_r1(encoder, self.eval_data["train"], self.sampler),
             "scenes": len(self.eval_data["train"]),
         }
+        if "corrupted" in self.eval_data:
+            def scores(name):
+                data = self.eval_data[name]
+                return score_frames(encoder, data.images, [str(c) for c in data.commands],
+                                    self.config.region_sigma)
+
+            valid = np.concatenate([scores(name) for name in splits if name != "heldout_combos"])
+            metrics["presence"] = separation_report(valid, scores("corrupted"), false_refusal=0.01)
+        return metrics
 
     def save_state(self) -> None:
         """Write a resumable checkpoint (atomic rename)."""
@@ -451,6 +652,8 @@ class ClipTrainer:
             "torch_rng": torch.get_rng_state(),
             "config": asdict(self.config),
             "history": self.history,
+            "presence": self.presence.detach().clone(),
+            "text_cache_layers": self.config.text_unlocked_layers,
         }
         path = self.out / "checkpoint" / STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,6 +672,9 @@ class ClipTrainer:
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.history = list(state.get("history", []))
+        if "presence" in state:
+            with torch.no_grad():
+                self.presence.copy_(state["presence"])
 
     def export(self, metrics: dict[str, Any] | None, wall_time_s: float) -> Path:
         """Write the trained model (LoRA merged) as an open_clip local-dir folder ``OUT/model``."""
@@ -482,9 +688,22 @@ class ClipTrainer:
             "wall_time_s": round(wall_time_s, 1),
             "metrics": metrics or {},
         }
+        stored_text = None
+        if self.pretrained_text:
+            from vla_ros.grounding.text_tower import TEXT_TOWERS
+
+            spec = TEXT_TOWERS[self.config.text_tower]
+            metadata["text_tower"] = {"name": self.config.text_tower, "sha256": spec.sha256,
+                                      "unlocked_layers": self.config.text_unlocked_layers}
+            # the frozen transformer comes from its wheel; only trained layers are stored
+            stored_text = {f"text.transformer.{name}" for name, p in self.model.text.transformer.named_parameters()
+                           if p.requires_grad}
+        slope, bias = self.presence.detach().tolist()
+        metadata["presence_logit"] = {"slope": math.exp(slope), "bias": bias}
         out = self.out / "model"
         save_clip_checkpoint(encoder.model, out, self.loaded.model_cfg, self.loaded.preprocess_cfg, metadata,
-                             dtype=torch.float16 if self.config.export_fp16 else torch.float32)
+                             dtype=torch.float16 if self.config.export_fp16 else torch.float32,
+                             stored_text_keys=stored_text)
         return out
 
     # ------------------------------------------------------------------ loop

@@ -1,0 +1,324 @@
+"""Language: word splits held out of training, the pretrained text tower (offline, hash-checked), refusal."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vla_ros.envs.instructions import WORD_SPLITS, load_instructions, word_tokens
+from vla_ros.paths import share_path
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    return load_instructions()
+
+
+@pytest.fixture(scope="module")
+def forbidden(instructions):
+    """Every colour and shape word of the validation and held-out word splits."""
+    return set().union(*(instructions.word_splits[s].vocabulary() for s in WORD_SPLITS))
+
+
+def test_both_word_splits_are_defined_and_new(instructions, forbidden):
+    assert set(instructions.word_splits) == set(WORD_SPLITS)
+    validation = instructions.word_splits["validation_words"].vocabulary()
+    heldout = instructions.word_splits["heldout_words"].vocabulary()
+    assert validation and heldout and not validation & heldout
+    assert not forbidden & instructions.training_vocabulary()
+
+
+def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden):
+    """The captions train-clip can produce: sampler captions, named colours, absent-object and nonsense negatives."""
+    from vla_ros.grounding.data import CaptionSampler
+    from vla_ros.grounding.vocabulary import load_clip_vocabulary, nonsense_phrase
+
+    vocabulary = load_clip_vocabulary(instructions=instructions)
+    assert len(vocabulary.named_colours) > 300
+    assert not vocabulary.tokens() & forbidden
+    sampler = CaptionSampler.from_instructions(instructions, vocabulary=vocabulary)
+    rng = np.random.default_rng(0)
+    palette = len(instructions.colours)
+    texts = []
+    for _ in range(3000):
+        colours = rng.integers(len(sampler.colour_names), size=3)
+        shapes = rng.integers(len(instructions.shapes), size=3)
+        positions = rng.uniform(-0.2, 0.2, size=(3, 3))
+        texts.append(sampler.scene_caption(colours, shapes, positions, rng))
+        texts.append(sampler.object_caption(int(colours[0]), int(shapes[0]), rng)[0])
+        texts.append(sampler.shape_caption(int(shapes[1]), rng)[0])
+        absent = sampler.absent_caption(colours, shapes, rng)
+        if absent is not None:
+            texts.append(absent[0])
+            assert absent[1] < palette
+        texts.append(nonsense_phrase(rng))
+    leaked = {token for text in texts for token in word_tokens(text)} & forbidden
+    assert not leaked, f"word-split words in training captions: {sorted(leaked)}"
+
+
+def test_nonsense_phrases_name_no_colour_or_shape(instructions):
+    from vla_ros.grounding.vocabulary import load_clip_vocabulary, nonsense_phrase
+
+    vocabulary = load_clip_vocabulary(instructions=instructions)
+    # colour and shape words of the palette, the named colours, the extra shape nouns and every word split
+    named = (set(instructions.colours) | {w for ws in instructions.shape_words.values() for w in ws}
+             | {t for c in vocabulary.named_colours for t in word_tokens(c.name)}
+             | {w for ws in vocabulary.shape_words.values() for w in ws}
+             | set().union(*(s.vocabulary() for s in instructions.word_splits.values())))
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        phrase = nonsense_phrase(rng)
+        assert phrase.strip()
+        assert not word_tokens(phrase) & named, phrase
+
+
+def test_vocabulary_file_with_a_heldout_word_is_refused(tmp_path, instructions):
+    from vla_ros.grounding.vocabulary import load_clip_vocabulary
+
+    data = yaml.safe_load(share_path("sim", "tasks", "clip_vocabulary.yaml").read_text())
+    heldout_shape = instructions.word_splits["heldout_words"].shape_words["cube"][0]
+    data["shapes"]["cube"].append(heldout_shape)
+    path = tmp_path / "vocab.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="word-split words"):
+        load_clip_vocabulary(path, instructions)
+
+
+def test_named_colours_never_look_like_a_heldout_combo(instructions):
+    from vla_ros.grounding.vocabulary import load_clip_vocabulary
+
+    vocabulary = load_clip_vocabulary(instructions=instructions)
+    for colour in vocabulary.named_colours[:200]:
+        for shape in instructions.shapes:
+            assert colour.allows(shape, instructions) == ((colour.palette, shape) not in instructions.heldout_combos)
+    reds = [c for c in vocabulary.named_colours if c.palette == "red"]
+    assert reds and not reds[0].allows("ball", instructions)  # the red ball is held out
+
+
+def test_instruction_file_rejects_word_split_words_shared_with_training(tmp_path):
+    from vla_ros.envs.tabletop import TabletopEnv
+
+    data = yaml.safe_load(share_path("sim", "tasks", "instructions.yaml").read_text())
+    data["word_splits"]["heldout_words"]["shapes"]["cube"] = ["block"]  # a training shape word
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="training words"):
+        TabletopEnv(templates_path=path)
+    data = yaml.safe_load(share_path("sim", "tasks", "instructions.yaml").read_text())
+    data["word_splits"]["validation_words"]["colours"]["red"] = ["crimson"]  # a held-out word
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="word_splits"):
+        TabletopEnv(templates_path=path)
+
+
+@pytest.mark.parametrize("split", WORD_SPLITS)
+def test_word_split_env_commands_use_the_split_words(split, instructions):
+    from vla_ros.envs.tabletop import TabletopEnv
+
+    words = instructions.word_splits[split]
+    env = TabletopEnv(split=split, render_observation=False)
+    kinds = set()
+    for seed in range(30):
+        _, info = env.reset(seed=seed)
+        kinds.add(info["word_kind"])
+        tokens = word_tokens(info["command"])
+        target = env.scene_objects[env.target_index]
+        colour_words = set().union(*(word_tokens(w) for w in words.colour_words[target["colour"]]))
+        shape_words = set().union(*(word_tokens(w) for w in words.shape_words[target["shape"]]))
+        if info["word_kind"] in ("colour", "both"):
+            assert tokens & colour_words, info["command"]
+        if info["word_kind"] in ("shape", "both"):
+            assert tokens & shape_words, info["command"]
+        assert (target["colour"], target["shape"]) not in instructions.heldout_combos
+        # the parser knows the split's words, so external commands in them ground in the simulator too
+        assert instructions.parse(info["command"])[:2] == (target["colour"], target["shape"])
+    assert kinds == {"colour", "shape", "both"}
+    env.close()
+
+
+# --------------------------------------------------------------------------- the pretrained text tower
+def test_text_tower_weights_are_verified_and_a_tampered_copy_is_refused(tmp_path):
+    from vla_ros.grounding.text_tower import TextTowerError, spec, text_tower_dir, verify_text_tower
+
+    folder = verify_text_tower(MINILM)
+    assert (folder / "tokenizer.json").is_file()
+    copy = tmp_path / "tower"
+    shutil.copytree(text_tower_dir(MINILM), copy)
+    weights = copy / spec(MINILM).weights
+    with open(weights, "r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(TextTowerError, match="sha256"):
+        verify_text_tower(MINILM, copy)
+    with pytest.raises(TextTowerError, match="unknown text tower"):
+        verify_text_tower("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_a_clip_naming_a_hub_text_tower_is_refused(tmp_path):
+    from vla_ros.grounding import create_clip, load_clip, save_clip_checkpoint
+    from vla_ros.grounding.config import tiny_clip_config
+    from vla_ros.grounding.text_tower import text_cfg
+
+    cfg = tiny_clip_config("vla-tiny-clip")
+    cfg["text_cfg"] = text_cfg(MINILM)
+    loaded = create_clip(cfg, seed=0)
+    save_clip_checkpoint(loaded.model, tmp_path / "clip", loaded.model_cfg, loaded.preprocess_cfg)
+    config_path = tmp_path / "clip" / "open_clip_config.json"
+    text = config_path.read_text().replace(f'"{MINILM}"', '"sentence-transformers/all-MiniLM-L6-v2"')
+    config_path.write_text(text)
+    with pytest.raises(ValueError, match="sentence-transformers/all-MiniLM-L6-v2"):
+        load_clip(tmp_path / "clip")
+
+
+def test_clip_with_the_pretrained_tower_saves_only_what_it_trained_and_reloads(tmp_path):
+    from vla_ros.grounding import ClipEncoder, create_clip, save_clip_checkpoint
+    from vla_ros.grounding.config import tiny_clip_config
+    from vla_ros.grounding.text_tower import text_cfg
+
+    cfg = tiny_clip_config("vla-tiny-clip")
+    cfg["text_cfg"] = text_cfg(MINILM)
+    loaded = create_clip(cfg, seed=3)
+    save_clip_checkpoint(loaded.model, tmp_path / "clip", loaded.model_cfg, loaded.preprocess_cfg)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "clip" / "open_clip_model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert not any(k.startswith("text.transformer.") for k in keys)
+    assert any(k.startswith("text.proj.") for k in keys)
+    assert (tmp_path / "clip" / "open_clip_model.safetensors").stat().st_size < 4_000_000  # no 90 MB tower
+    original = ClipEncoder(loaded)
+    again = ClipEncoder.from_pretrained(tmp_path / "clip")
+    commands = ["touch the crimson orb", "push the red cube to the left"]
+    torch.testing.assert_close(again.encode_text(commands), original.encode_text(commands), atol=1e-5, rtol=1e-4)
+
+
+def test_text_tower_loads_with_the_network_switched_off(tmp_path):
+    """A subprocess whose every socket connect fails loads and runs a CLIP with the pretrained text tower."""
+    script = textwrap.dedent(f"""
+        import socket
+        def refuse(*args, **kwargs):
+            raise OSError("network disabled by the test")
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+        from vla_ros.grounding import ClipEncoder, create_clip
+        from vla_ros.grounding.config import tiny_clip_config
+        from vla_ros.grounding.text_tower import text_cfg
+        cfg = tiny_clip_config("vla-tiny-clip")
+        cfg["text_cfg"] = text_cfg("{MINILM}")
+        encoder = ClipEncoder(create_clip(cfg, seed=0))
+        print(tuple(encoder.encode_text(["reach the scarlet globe"]).shape))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("(1, 128)")
+
+
+def test_unlocked_layers_on_cached_states_equal_the_full_tower():
+    from vla_ros.grounding import create_clip
+    from vla_ros.grounding.config import tiny_clip_config
+    from vla_ros.grounding.text_tower import text_cfg
+    from vla_ros.grounding.training import unlocked_text_forward
+
+    cfg = tiny_clip_config("vla-tiny-clip")
+    cfg["text_cfg"] = text_cfg(MINILM)
+    loaded = create_clip(cfg, seed=0)
+    text = loaded.model.text.eval()
+    commands = ["push the red cube to the left", "a ball", "the violet thing over there please"]
+    tokens = loaded.tokenizer(commands, context_length=64)
+    ids = tokens[:, : int((tokens != 0).sum(1).max())]
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        reference = text(tokens)
+        hidden = text.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for layers in (1, 2):
+            states = [hidden[-(layers + 1)][i, : int(mask[i].sum())] for i in range(len(commands))]
+            torch.testing.assert_close(text.proj(unlocked_text_forward(text, states, layers)), reference,
+                                       atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unlocked", [0, 1])
+def test_train_clip_with_the_pretrained_tower_exports_and_reloads(tmp_path, unlocked):
+    from vla_ros.grounding import ClipEncoder
+    from vla_ros.grounding.training import ClipTrainer, TrainClipConfig
+
+    config = TrainClipConfig(out=str(tmp_path / "run"), steps=2, batch_size=8, train_scenes=16, eval_scenes=6,
+                             eval_every=2, checkpoint_every=2, warmup_steps=1, text_tower=MINILM,
+                             text_unlocked_layers=unlocked, broad_vocabulary=True, named_colour_scenes=8,
+                             presence_weight=1.0, dense_pick_weight=1.0, moved_arm_fraction=0.0)
+    trainer = ClipTrainer(config)
+    frozen_layer = {n: p.detach().clone() for n, p in trainer.model.text.transformer.named_parameters()}
+    metrics = trainer.train()
+    assert set(metrics["zero_shot_accuracy"]) == {"train_combos", "heldout_combos", "validation_words"}
+    assert 0.0 <= metrics["presence"]["auroc"] <= 1.0
+    changed = {n for n, p in trainer.model.text.transformer.named_parameters() if not torch.equal(p, frozen_layer[n])}
+    last = f"encoder.layer.{5}."
+    assert all(n.startswith(last) for n in changed)
+    assert bool(changed) == bool(unlocked)
+    encoder = ClipEncoder.from_pretrained(tmp_path / "run" / "model")
+    assert encoder.metadata["text_tower"]["unlocked_layers"] == unlocked
+    state = trainer.eval_encoder().model.state_dict()
+    for name, value in encoder.model.state_dict().items():
+        torch.testing.assert_close(value.float(), state[name].float(), atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="text_unlocked_layers"):
+        ClipTrainer(TrainClipConfig(out=str(tmp_path / "bad"), text_unlocked_layers=1))
+
+
+# --------------------------------------------------------------------------- refusal
+def test_refusal_rule_and_calibration_statistics():
+    from vla_ros.grounding.refusal import RefusalRule, auroc, separation_report, threshold_at_false_refusal
+
+    valid = np.linspace(0.5, 0.9, 200)
+    invalid = np.linspace(0.1, 0.45, 100)
+    assert auroc(valid, invalid) == 1.0 and auroc(invalid, valid) == 0.0
+    assert auroc(np.array([0.5]), np.array([0.5])) == 0.5
+    threshold = threshold_at_false_refusal(valid, 0.01)
+    assert (valid < threshold).mean() <= 0.01
+    report = separation_report(valid, invalid, 0.01)
+    assert report["refused_invalid"] == 1.0 and report["false_refusal"] <= 0.01
+    rule = RefusalRule(threshold=0.4)
+    assert rule.judge("the red cube", 0.41) is None
+    refusal = rule.judge("the purple cube", 0.2)
+    assert refusal.kind == "not_in_view" and "the purple cube" in refusal.reason
+    assert RefusalRule.from_dict(rule.to_dict()) == rule
+    assert RefusalRule.from_dict(None) is None
+    for bad in ({"threshold": float("nan")}, {"threshold": 3.0}, {"threshold": 0.3, "sigma_patches": 0},
+                {"threshold": 0.3, "statistic": "mean"}, {"sigma_patches": 1.0}, ["threshold"]):
+        with pytest.raises(ValueError):
+            RefusalRule.from_dict(bad)
+
+
+def test_unreadable_commands_are_refused_before_scoring():
+    from vla_ros.grounding import ClipEncoder
+    from vla_ros.grounding.refusal import unreadable
+
+    encoder = ClipEncoder.random_init("vla-tiny-clip")
+    assert unreadable(encoder, "touch the red cube") is None
+    for bad in ("", "   ", None, 42, "word " * 200):
+        refusal = unreadable(encoder, bad)
+        assert refusal is not None and refusal.kind == "unreadable" and refusal.reason
+
+
+def test_presence_score_is_the_best_region_match():
+    from vla_ros.grounding.refusal import presence_scores
+
+    grid, size, dim = (4, 4), 64, 8
+    patches = torch.nn.functional.normalize(torch.randn(2, 16, dim), dim=-1)
+    text = torch.zeros(2, dim)
+    text[0] = patches[0, 5]  # matches a patch of frame 0
+    text[1] = -patches[1].mean(0)  # matches nothing in frame 1
+    scores = presence_scores(patches, text, grid, size, sigma_patches=0.3)
+    assert scores.shape == (2,)
+    assert scores[0] > 0.9 and scores[1] < scores[0]
