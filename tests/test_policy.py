@@ -120,10 +120,11 @@ def test_corrupted_split_reports_each_kind_of_corruption(trained):
     corrupted = run_episodes(*args, episodes=6, seed=3, num_envs=2, vec_env="dummy", **SPLITS["corrupted"])
     kinds = corrupted.by_corruption
     assert set(kinds) <= {"absent_object", "random_string"} and kinds
-    assert sum(n for _, n in kinds.values()) == corrupted.episodes == 6
-    assert sum(wins for wins, _ in kinds.values()) == corrupted.successes
+    assert sum(n for _, n, _ in kinds.values()) == corrupted.episodes == 6
+    assert sum(wins for wins, _, _ in kinds.values()) == corrupted.successes
+    assert corrupted.refused == 0  # no refusal rule given
     entry = corrupted.report()["by_corruption"]
-    for kind, (_, n) in kinds.items():
+    for kind, (_, n, _) in kinds.items():
         assert entry[kind]["episodes"] == n and entry[kind]["ci95"][0] <= entry[kind]["success_rate"]
     clean = run_episodes(*args, episodes=2, seed=3, num_envs=2, vec_env="dummy", **SPLITS["train"])
     assert clean.by_corruption == {} and "by_corruption" not in clean.report()

@@ -525,3 +525,45 @@ def test_closed_loop_with_the_simulator_in_lockstep(make_node, policy_checkpoint
     assert abs(node.counter("commands_published") - statuses[-1]["step"]) <= 1
     for command in probe.positions:
         assert np.all(command >= ROBOT.lower) and np.all(command <= ROBOT.upper)
+
+
+# ----------------------------------------------------------------------------- refusal
+
+def _with_refusal(checkpoint: Path, threshold: float) -> Path:
+    """A copy of ``checkpoint`` beside it (its CLIP path is relative) with a refusal rule."""
+    import shutil
+
+    out = checkpoint.parent / f"refusal_{threshold}"
+    shutil.copytree(checkpoint, out, symlinks=True, dirs_exist_ok=True)
+    config = json.loads((out / "config.json").read_text())
+    config["refusal"] = {"threshold": threshold, "sigma_patches": 0.75}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_a_refused_command_moves_nothing_and_says_why(make_node, policy_checkpoint):
+    """A presence threshold no region reaches: every command is refused, held, and reported on the status topic."""
+    node, probe = make_node("active", policy_path=str(_with_refusal(policy_checkpoint, 1.0)))
+    statuses: list[dict] = []
+    probe.node.create_subscription(String, "vla/command_status", lambda m: statuses.append(json.loads(m.data)),
+                                   qos.COMMAND_STATUS_QOS)
+    probe.send_command("touch the purple cube")
+    wait_until(lambda: node.counter("hold.refused_command") >= 5, what="refused steps")
+    assert node.counter("commands_published") == 0 and not probe.positions
+    wait_until(lambda: statuses, what="a command status")
+    status = statuses[-1]
+    assert status["state"] == "refused" and status["kind"] == "not_in_view"
+    assert "touch the purple cube" in status["reason"] and status["presence"] < 1.0
+    wait_until(lambda: probe.diagnostics.get("command") == "touch the purple cube", what="diagnostics")
+
+
+def test_an_accepted_command_reports_acting(make_node, policy_checkpoint):
+    node, probe = make_node("active", policy_path=str(_with_refusal(policy_checkpoint, -1.0)))
+    statuses: list[dict] = []
+    probe.node.create_subscription(String, "vla/command_status", lambda m: statuses.append(json.loads(m.data)),
+                                   qos.COMMAND_STATUS_QOS)
+    probe.send_command(COMMAND)
+    wait_until(lambda: probe.positions, what="commands")
+    wait_until(lambda: statuses, what="a command status")
+    assert statuses[-1]["state"] == "acting" and statuses[-1]["command"] == COMMAND
+    assert node.counter("hold.refused_command") == 0

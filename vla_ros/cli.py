@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-clip": ("vla_ros.commands.eval_clip", "zero-shot grounding accuracy and retrieval of a CLIP"),
     "train": ("vla_ros.commands.train", "train the PPO policy in the simulator"),
     "eval": ("vla_ros.commands.evaluate", "success rates of a policy checkpoint per task and split"),
+    "calibrate-refusal": ("vla_ros.commands.calibrate_refusal",
+                          "choose and store a policy's refusal threshold on validation scenes"),
     "export": ("vla_ros.commands.export", "export the inference graph to ONNX with parity checks"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {

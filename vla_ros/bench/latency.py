@@ -5,7 +5,8 @@ ViT-B-32 with random weights (timing only; no weights are downloaded). Backends:
 ONNX Runtime on the CPU; on a CUDA machine also torch fp32/fp16 eager, torch fp16 replayed from a CUDA
 graph (``+cuda_graph``) and ONNX Runtime's CUDA/TensorRT providers.
 Each row times ``Policy.normalized_action`` (preprocessing included; the command's text embedding is
-cached, as on the robot) and reports the process's resident memory after it.
+cached, as on the robot) and reports the process's resident memory after it. A ``/text`` row per backend
+times what a new command costs once: encoding it with the text tower (nothing cached).
 """
 
 from __future__ import annotations
@@ -69,6 +70,31 @@ def time_policy(policy, iterations: int) -> dict:
     return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
 
 
+COMMANDS = ("touch the red cube", "push the blue ball to the left", "reach for the crimson orb",
+            "move your gripper to the green cylinder", "please go to the small yellow box on the right")
+
+
+def time_text(policy, iterations: int) -> dict:
+    """Latency statistics of encoding a command not seen before (text tower only, batch 1)."""
+    def encode(command: str) -> None:
+        if policy.onnx is not None:
+            policy.onnx._text_cache.clear()
+            policy.onnx.text_embedding(policy.encoder, command)
+        else:
+            policy.encoder.clear_text_cache()
+            policy.encoder.encode_text([command])
+
+    for command in COMMANDS:
+        encode(command)
+    times = []
+    for i in range(iterations):
+        start = time.perf_counter()
+        encode(COMMANDS[i % len(COMMANDS)])
+        times.append((time.perf_counter() - start) * 1e3)
+    t = np.asarray(times)
+    return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
+
+
 def run(args) -> int:
     """Time every available model x backend; print the table; write JSON."""
     import tempfile
@@ -113,8 +139,12 @@ def run(args) -> int:
                         policy.enable_cuda_graph()
                 row = {"name": f"{model}/{backend}/{precision}", "device": device, **time_policy(policy, iterations),
                        "rss_mb": _rss_mb()}
-                rows.append(row)
-                print(f"{row['name']} ({device}): p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
+                text_row = {"name": f"{model}/{backend}/{precision}/text", "device": device,
+                            **time_text(policy, max(20, iterations // 4)), "rss_mb": _rss_mb()}
+                for entry in (row, text_row):
+                    rows.append(entry)
+                    print(f"{entry['name']} ({device}): p50 {entry['p50_ms']:.2f} ms, p99 {entry['p99_ms']:.2f} ms",
+                          flush=True)
             policy.onnx, policy.cuda_graph = None, None
     by_name = {r["name"] + "@" + r["device"]: r for r in rows}
     ratios = {}

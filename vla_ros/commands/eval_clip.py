@@ -1,15 +1,19 @@
 """``vla-ros eval-clip``: zero-shot grounding accuracy and retrieval R@1 of a CLIP checkpoint.
 
 Renders held-out scenes (seeds that training never uses) for the env's ``train`` split (training
-colour-shape combos) and its ``heldout_combos`` split (the commanded object is a combo never seen
-in training), asks the CLIP which object on the table each command means (given the objects'
-pixels, and densely over the patch grid without them), and measures image-text
-retrieval on the training-combo scenes. Prints a table; ``--json`` writes::
+colour-shape combos), its ``heldout_combos`` split (the commanded object is a combo never seen
+in training) and, for a CLIP that can read them (a pretrained text tower), its ``heldout_words`` split
+(colour and shape words no caption contains, by kind: colour, shape, both); asks the CLIP which object on
+the table each command means (given the objects' pixels, and densely over the patch grid without them), and
+measures image-text retrieval on the training-combo scenes and how well the best region score separates
+valid commands (training combos) from corrupted ones (``presence``: AUROC). Prints a table; ``--json``
+writes::
 
-    {"zero_shot_accuracy": {"train_combos", "heldout_combos"},
-     "dense_pick_accuracy": {"train_combos", "heldout_combos"},
+    {"zero_shot_accuracy": {"train_combos", "heldout_combos", "heldout_words"?},
+     "dense_pick_accuracy": {...same keys},
      "dense_pick_errors": {"train_combos", "heldout_combos"}: {"same_colour", "same_shape", "other"},
-     "retrieval_r1": {"image_to_text", "text_to_image"}, "scenes", ...}
+     "heldout_words_by_kind": {"colour"|"shape"|"both": {"zero_shot", "dense_pick", "scenes"}}?,
+     "presence": {"auroc"}, "retrieval_r1": {"image_to_text", "text_to_image"}, "scenes", ...}
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and report."""
+    import numpy as np
     import torch
 
     from vla_ros.envs.instructions import load_instructions
     from vla_ros.grounding.data import CaptionSampler, generate_scenes
     from vla_ros.grounding.encoder import ClipEncoder
     from vla_ros.grounding.evaluation import dense_picks, pick_error_kinds, retrieval_r1, zero_shot_accuracy
+    from vla_ros.grounding.refusal import auroc, score_frames
     from vla_ros.paths import share_path
 
     if args.scenes < 1:
@@ -54,37 +60,56 @@ def run(args: argparse.Namespace) -> int:
     sampler = CaptionSampler.from_instructions(load_instructions())
     start = time.time()
     image_size = args.image_size or encoder.image_size
-    data = {split: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size)
-            for split in ("train", "heldout_combos")}
-    accuracy = {"train_combos": zero_shot_accuracy(encoder, data["train"]),
-                "heldout_combos": zero_shot_accuracy(encoder, data["heldout_combos"])}
-    dense, dense_errors = {}, {}
-    for name, split in (("train_combos", "train"), ("heldout_combos", "heldout_combos")):
-        picks = dense_picks(encoder, data[split])
-        dense[name] = float((picks == data[split].target).mean())
-        dense_errors[name] = pick_error_kinds(data[split], picks)
-    retrieval = retrieval_r1(encoder, data["train"], sampler)
+    splits = {"train_combos": "train", "heldout_combos": "heldout_combos"}
+    if encoder.pretrained_text:  # a text tower trained from scratch cannot read words it never saw
+        splits["heldout_words"] = "heldout_words"
+    data = {name: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size)
+            for name, split in splits.items()}
+    accuracy = {name: zero_shot_accuracy(encoder, data[name]) for name in splits}
+    dense, dense_errors, picks = {}, {}, {}
+    for name in splits:
+        picks[name] = dense_picks(encoder, data[name])
+        dense[name] = float((picks[name] == data[name].target).mean())
+        if name != "heldout_words":
+            dense_errors[name] = pick_error_kinds(data[name], picks[name])
+    retrieval = retrieval_r1(encoder, data["train_combos"], sampler)
+    corrupted = generate_scenes(args.scenes, seed=args.seed, split="train", image_size=image_size, corrupted=True)
+    valid_scores = score_frames(encoder, data["train_combos"].images, [str(c) for c in data["train_combos"].commands])
+    invalid_scores = score_frames(encoder, corrupted.images, [str(c) for c in corrupted.commands])
     report = {
         "zero_shot_accuracy": accuracy,
         "dense_pick_accuracy": dense,
         "dense_pick_errors": dense_errors,
+        "presence": {"auroc": auroc(valid_scores, invalid_scores)},
         "retrieval_r1": retrieval,
         "scenes": args.scenes,
         "checkpoint": checkpoint,
         "weights_sha256": encoder.weights_sha256,
         "seed": args.seed,
         "image_size": image_size,
-        "objects_per_scene": int(data["train"].valid.sum(axis=1).max()),
+        "objects_per_scene": int(data["train_combos"].valid.sum(axis=1).max()),
         "retrieval_candidates": args.scenes,
         "wall_time_s": round(time.time() - start, 1),
     }
-    rows = [
-        {"metric": "zero-shot object pick, training combos", "value": accuracy["train_combos"]},
-        {"metric": "zero-shot object pick, held-out combos", "value": accuracy["heldout_combos"]},
-        {"metric": "dense region pick (no object pixels), training combos", "value": dense["train_combos"]},
-        {"metric": "dense region pick (no object pixels), held-out combos", "value": dense["heldout_combos"]},
-        *({"metric": f"  wrong pick, held-out combos: {kind.replace('_', ' ')}", "value": share}
-          for kind, share in dense_errors["heldout_combos"].items()),
+    by_kind = {}
+    if "heldout_words" in splits:
+        words = data["heldout_words"]
+        kinds = np.asarray(words.kinds)
+        zero_shot_hits = _zero_shot_hits(encoder, words)
+        by_kind = {kind: {"zero_shot": float(zero_shot_hits[kinds == kind].mean()),
+                          "dense_pick": float((picks["heldout_words"] == words.target)[kinds == kind].mean()),
+                          "scenes": int((kinds == kind).sum())} for kind in sorted(set(kinds.tolist()))}
+        report["heldout_words_by_kind"] = by_kind
+    labels = {"train_combos": "training combos", "heldout_combos": "held-out combos",
+              "heldout_words": "held-out words"}
+    rows = [{"metric": f"zero-shot object pick, {labels[name]}", "value": accuracy[name]} for name in splits]
+    rows += [{"metric": f"  held-out {kind} words", "value": entry["zero_shot"]} for kind, entry in by_kind.items()]
+    rows += [{"metric": f"dense region pick (no object pixels), {labels[name]}", "value": dense[name]}
+             for name in splits]
+    rows += [{"metric": f"  wrong pick, held-out combos: {kind.replace('_', ' ')}", "value": share}
+             for kind, share in dense_errors["heldout_combos"].items()]
+    rows += [
+        {"metric": "presence AUROC, training combos vs corrupted commands", "value": report["presence"]["auroc"]},
         {"metric": f"retrieval R@1 image->text (of {args.scenes})", "value": retrieval["image_to_text"]},
         {"metric": f"retrieval R@1 text->image (of {args.scenes})", "value": retrieval["text_to_image"]},
     ]
@@ -93,3 +118,16 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, ["metric", "value"]))
     write_json(args.json, report)
     return 0
+
+
+def _zero_shot_hits(encoder, dataset):
+    """Per scene, whether the zero-shot object pick is right (the same rule as ``zero_shot_accuracy``)."""
+    import numpy as np
+    import torch
+
+    from vla_ros.grounding.zero_shot import region_similarities
+
+    texts = encoder.encode_text([str(c) for c in dataset.commands])
+    sims = region_similarities(encoder, dataset.images, dataset.pixels, texts)
+    sims = sims.masked_fill(~torch.from_numpy(dataset.valid), float("-inf"))
+    return sims.argmax(dim=1).numpy() == np.asarray(dataset.target)

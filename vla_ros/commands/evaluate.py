@@ -1,7 +1,11 @@
 """``vla-ros eval``: success rate per task and instruction split, ablations side by side, JSON.
 
-Report (``--json``): ``{"checkpoint", "episodes_per_split", "splits": {"<task>/<split>": {"success_rate",
-"ci95": [lo, hi], "episodes"}}, "ablations": {"<variant>": {"<task>/<split>": {...}}}}``.
+Report (``--json``): ``{"checkpoint", "episodes_per_split", "refusal": rule or null, "splits":
+{"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
+"by_corruption"?, "by_word_kind"?}}, "ablations": {"<variant>": {"<task>/<split>": {...}}}}``.
+
+The checkpoint runs with its refusal rule (``config.json``'s ``refusal``): on valid splits ``refusal_rate`` counts
+false refusals, on ``corrupted`` correct ones. Ablations measure the network alone, without refusal.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from pathlib import Path
 
 from vla_ros.reporting import add_json_argument
 
-DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "distractors", "jitter", "corrupted")
+DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "heldout_words", "distractors", "jitter",
+                  "corrupted")
+ALL_SPLITS = (*DEFAULT_SPLITS, "validation_words")
 ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference", "no_peak",
              "no_stitch", "map_weights", "rgb_clip")
 
@@ -20,8 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="policy checkpoint folder (default: the shipped models/policy)")
     parser.add_argument("--episodes", type=int, default=200, help="episodes per split (default: 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the evaluation scenes (default: 1)")
-    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=[*DEFAULT_SPLITS, "custom"],
-                        help="instruction splits to evaluate")
+    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), choices=[*ALL_SPLITS, "custom"],
+                        help="instruction splits to evaluate (validation_words: the words runs are chosen on)")
     parser.add_argument("--templates", help="YAML instruction file (the simulator's format) evaluated as the "
                         "'custom' split with its held-out phrasings")
     parser.add_argument("--ablations", nargs="*", default=["image_blind", "command_blind"], choices=ABLATIONS,
@@ -32,7 +38,9 @@ def add_arguments(parser) -> None:
                         "policy without the peak position estimate, no_stitch the one on the CLIP's own 8x8 patch "
                         "grid (no shift-and-stitch), map_weights the one whose MLP also reads the map itself, "
                         "rgb_clip the same recipe on a CLIP that reads RGB instead of value, saturation and hue")
-    parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*DEFAULT_SPLITS],
+    parser.add_argument("--no-refusal", action="store_true",
+                        help="act on every command, ignoring the checkpoint's refusal rule")
+    parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*ALL_SPLITS],
                         help="splits evaluated for each ablation (default: train)")
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
                         "(default: models/ablations)")
@@ -42,7 +50,8 @@ def add_arguments(parser) -> None:
     add_json_argument(parser)
 
 
-def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0) -> dict:
+def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0,
+                     refusal=None) -> dict:
     from vla_ros.policy.evaluate import SPLITS, run_episodes
 
     results = {}
@@ -52,11 +61,12 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
             kwargs["templates_path"] = args.templates
         result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
                               num_envs=args.num_envs, image_scale=image_scale, text_scale=text_scale,
-                              **env_kwargs, **kwargs)
+                              refusal=refusal, progress=True, **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
-        print(f"  {task}/{split}: {result.success_rate:.3f} ({result.successes}/{result.episodes})", flush=True)
-        for kind, (wins, n) in sorted(result.by_corruption.items()):
-            print(f"    {kind}: {wins / n:.3f} ({wins}/{n})", flush=True)
+        print(f"  {task}/{split}: success {result.success_rate:.3f} ({result.successes}/{result.episodes}), "
+              f"refused {result.refusal_rate:.3f}", flush=True)
+        for kind, (wins, n, refused) in [*sorted(result.by_corruption.items()), *sorted(result.by_word_kind.items())]:
+            print(f"    {kind}: success {wins / n:.3f} ({wins}/{n}), refused {refused / n:.3f}", flush=True)
         if getattr(args, "video", None) and image_scale == text_scale == 1.0:
             _write_sample_video(policy, task, split, kwargs, env_kwargs, args)
     return results
@@ -96,9 +106,13 @@ def run(args) -> int:
     policy = Policy.load(checkpoint)
     task = policy.config["task"]
     env_kwargs = dict(policy.config.get("env", {}))
-    print(f"evaluating {checkpoint} on {task}, {args.episodes} episodes per split", flush=True)
+    refusal = None if args.no_refusal else policy.refusal_rule
+    print(f"evaluating {checkpoint} on {task}, {args.episodes} episodes per split, "
+          f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}", flush=True)
     report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
-              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs), "ablations": {}}
+              "refusal": refusal.to_dict() if refusal else None,
+              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal),
+              "ablations": {}}
     ablation_dir = Path(args.ablation_dir) if args.ablation_dir else share_path("models", "ablations")
     for name in args.ablations:
         print(f"ablation {name}", flush=True)
@@ -115,6 +129,7 @@ def run(args) -> int:
             report["ablations"][name] = _evaluate_splits(variant, task, args.ablation_splits, args, env_kwargs)
     rows = [{"variant": "checkpoint", "split": k, **v} for k, v in report["splits"].items()]
     rows += [{"variant": name, "split": k, **v} for name, res in report["ablations"].items() for k, v in res.items()]
-    print(format_table(rows, ["variant", "split", "success_rate", "ci95", "episodes", "mean_length"]))
+    print(format_table(rows, ["variant", "split", "success_rate", "ci95", "refusal_rate", "episodes",
+                              "mean_length"]))
     write_json(args.json, report)
     return 0

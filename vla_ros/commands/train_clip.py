@@ -1,8 +1,8 @@
 r"""``vla-ros train-clip``: train the sim-domain CLIP, or adapt a local pretrained one with LoRA.
 
-From scratch (the shipped model)::
+The shipped CLIP, from its recipe (flags given as well override the recipe)::
 
-    vla-ros train-clip --out runs/clip --steps 3000
+    vla-ros train-clip --config models/clip/recipe.yaml --out runs/clip
 
 Adapting a pretrained open_clip model whose weights are on disk (nothing is downloaded)::
 
@@ -17,45 +17,31 @@ Resumes from ``OUT/checkpoint`` with ``--resume``; the trained model lands in ``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 from vla_ros.reporting import add_json_argument, write_json
 
-_FLAGS = {  # config field -> help override where the dataclass docstring is not enough
-    "out": "run folder (data cache, checkpoints, metrics, exported model in OUT/model)",
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`TrainClipConfig` field (``--batch-size`` for ``batch_size``) + --resume."""
+    """One flag per :class:`TrainClipConfig` field (``--batch-size`` for ``batch_size``), --config, --resume."""
+    from vla_ros.commands.dataclass_args import add_dataclass_arguments
     from vla_ros.grounding.training import TrainClipConfig
 
-    defaults = TrainClipConfig()
-    for f in dataclasses.fields(TrainClipConfig):
-        if f.name == "command":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = _FLAGS.get(f.name, f.name.replace("_", " ")) + f" (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif f.name == "adapter":
-            parser.add_argument(flag, choices=("none", "lora"), default=default, help=help_text)
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, help=help_text)
+    add_dataclass_arguments(parser, TrainClipConfig, skip=("command",),
+                            choices={"adapter": ("none", "lora"), "colour_space": ("rgb", "vsh")})
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/train_state.pt")
     add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate and export; print the final metrics."""
+    from vla_ros.commands.dataclass_args import dataclass_from_args
     from vla_ros.grounding.training import ClipTrainer, TrainClipConfig, command_line
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainClipConfig)
-              if f.name != "command"}
-    config = TrainClipConfig(**values, command=command_line())
+    try:
+        config = dataclass_from_args(TrainClipConfig, args, skip=("command",), command=command_line())
+    except ValueError as error:
+        raise SystemExit(f"vla-ros train-clip: {error}") from None
     trainer = ClipTrainer(config, resume=args.resume)
     metrics = trainer.train()
     print(json.dumps(metrics, indent=2))

@@ -116,7 +116,8 @@ class SceneDataset:
 def _paint_named_colours(env, info: dict, named_colours, rng: np.random.Generator) -> tuple[dict, list[int]]:
     """Repaint each object in a named colour its shape allows, no two of one palette class; (obs, colour ids).
 
-    Colour ids index ``named_colours``. Distinct palette classes keep a scene's objects tellable apart.
+    Colour ids index ``named_colours``. Distinct palette classes keep a scene's objects tellable apart; where
+    the shapes leave no class unused (five balls, say) a class repeats, never a colour.
     """
     instructions = env.unwrapped.instructions
     used: set[str] = set()
@@ -124,6 +125,9 @@ def _paint_named_colours(env, info: dict, named_colours, rng: np.random.Generato
     for obj in info["objects"]:
         options = [i for i, c in enumerate(named_colours)
                    if c.allows(obj["shape"], instructions) and c.palette not in used]
+        if not options:
+            options = [i for i, c in enumerate(named_colours) if c.allows(obj["shape"], instructions)
+                       and i not in chosen]
         pick = options[rng.integers(len(options))]
         used.add(named_colours[pick].palette)
         chosen.append(pick)
@@ -157,6 +161,8 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
     """
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+    if corrupted and (distractor_fraction > 0 or jitter_fraction > 0):
+        raise ValueError("corrupted scenes are plain scenes: the env takes one perturbation at a time")
     rng = np.random.default_rng(seed)
     plain = "corrupted" if corrupted else None
     kinds = [("plain", plain, num_objects), ("distractors", "distractors", num_objects),

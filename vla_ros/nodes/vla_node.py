@@ -78,6 +78,7 @@ REJECT_BAD_COMMAND = "rejected.bad_command"
 REJECT_BAD_JOINT_STATE = "rejected.bad_joint_state"
 REJECT_NAN_JOINT_STATE = "rejected.nan_joint_state"
 HOLD_POLICY_ERROR = "hold.policy_error"
+HOLD_REFUSED_COMMAND = "hold.refused_command"
 CONTROL_ERROR = "control.error"
 
 
@@ -126,6 +127,8 @@ PARAMETERS = (
     ),
     ("debug_image_topic", "vla/grounding/debug_image", "Frame with the command and scores drawn."),
     ("grounding_scores_topic", "vla/grounding/scores", "Per-object grounding scores (JSON std_msgs/String)."),
+    ("command_status_topic", "vla/command_status",
+     "Whether the current command is acted on or refused, and why (JSON std_msgs/String, latched)."),
     ("max_frame_age_s", 0.5, "Hold position when the newest camera frame is older than this (s)."),
     ("max_joint_state_age_s", 0.5, "Hold position when the newest joint state is older than this (s)."),
     ("max_step", 0.0, "Extra cap on the per-step joint change (rad); 0 = velocity limit * period only."),
@@ -192,6 +195,7 @@ class VlaNode(LifecycleNode):
         self._command: str | None = None
         self._command_serial = 0
         self._estopped = False
+        self._command_status: tuple | None = None  # (command, (state, kind, reason)) last published
         self._last_log: dict[str, float] = {}
         self._device = "cpu"
         # What configure created, destroyed on cleanup.
@@ -266,6 +270,9 @@ class VlaNode(LifecycleNode):
         )
         self._scores_pub = self.create_lifecycle_publisher(
             String, self._param("grounding_scores_topic"), qos.STATUS_QOS
+        )
+        self._status_pub = self.create_lifecycle_publisher(
+            String, self._param("command_status_topic"), qos.COMMAND_STATUS_QOS
         )
         # Diagnostics are not lifecycle-managed: they also report while inactive.
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS_QOS)
@@ -601,7 +608,14 @@ class VlaNode(LifecycleNode):
                 self._policy_serial = serial
             target = policy.select_action(rgb, command, joint_state)
             self._stats.add_latency("policy", time.perf_counter() - policy_start)
+            self._set_command_status(command, None, getattr(policy, "last_presence", None))
         except Exception as error:  # a failing policy must not stop the node; hold and report
+            refusal = getattr(error, "refusal", None)  # Policy's CommandRefused (torch loads lazily, not here)
+            if refusal is not None:  # nothing in view matches the command: hold still and say why
+                self._set_command_status(command, refusal, refusal.score)
+                self._stats.count(HOLD_REFUSED_COMMAND)
+                self._finish_step(None, start)
+                return
             self._reject(HOLD_POLICY_ERROR, f"policy step failed: {type(error).__name__}: {error}")
             self._finish_step(None, start)
             return
@@ -613,6 +627,18 @@ class VlaNode(LifecycleNode):
             self._publish_grounding(rgb, command, frame.value.header)
         self._stats.add_latency("publish", time.perf_counter() - publish_start)
         self._finish_step(decision, start)
+
+    def _set_command_status(self, command: str, refusal, presence: float | None) -> None:
+        """Publish the command's status when it changes: acting, or refused with the reason."""
+        status = ("refused", refusal.kind, refusal.reason) if refusal is not None else ("acting", "", "")
+        if (command, status) == self._command_status:
+            return
+        self._command_status = (command, status)
+        if refusal is not None:
+            self.get_logger().warning(f"refusing command: {refusal.reason}; holding position")
+        message = {"command": command, "state": status[0], "kind": status[1], "reason": status[2],
+                   "presence": None if presence is None else round(float(presence), 4)}
+        self._status_pub.publish(String(data=json.dumps(message)))
 
     def _is_new_observation(self, frame: _Stamped | None, joint: _Stamped | None) -> bool:
         """Lockstep: a frame not acted on yet, and a joint state at least as new (same sim step)."""
@@ -673,6 +699,9 @@ class VlaNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "e-stop engaged"
         elif self._active and command is None:
             level, message = DiagnosticStatus.OK, "waiting for a command"
+        elif self._active and self._command_status and self._command_status[0] == command \
+                and self._command_status[1][0] == "refused":
+            level, message = DiagnosticStatus.WARN, f"command refused: {self._command_status[1][2]}"
         array = diagnostic_array(
             self.get_clock().now().to_msg(),
             f"{self.get_fully_qualified_name()}: control",

@@ -21,6 +21,8 @@ SPLITS = {
     "train": {"split": "train"},
     "heldout_combos": {"split": "heldout_combos"},
     "heldout_phrasings": {"split": "heldout_phrasings"},
+    "heldout_words": {"split": "heldout_words"},
+    "validation_words": {"split": "validation_words"},
     "distractors": {"split": "train", "perturbation": "distractors"},
     "jitter": {"split": "train", "perturbation": "jitter"},
     "corrupted": {"split": "train", "perturbation": "corrupted"},
@@ -40,36 +42,73 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 @dataclass
 class SplitResult:
-    """Outcome of one evaluation run."""
+    """Outcome of one evaluation run.
+
+    ``by_corruption`` and ``by_word_kind`` map a kind (``info["corruption"]``, ``info["word_kind"]``) to
+    (successes, episodes, refused); both are empty where the split has no such kinds.
+    """
 
     successes: int
     episodes: int
     mean_length: float
-    by_corruption: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """(successes, episodes) per kind of corrupted command (``info["corruption"]``); empty for clean splits"""
+    by_corruption: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    refused: int = 0
+    """episodes whose command the policy refused (it held still): false refusals on a valid split, correct
+    ones on ``corrupted``"""
+    by_word_kind: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float:
         """Fraction of successful episodes."""
         return self.successes / max(1, self.episodes)
 
+    @property
+    def refusal_rate(self) -> float:
+        """Fraction of episodes refused."""
+        return self.refused / max(1, self.episodes)
+
     def report(self) -> dict:
         """The per-split entry of the ``vla-ros eval`` JSON report."""
         lo, hi = wilson_interval(self.successes, self.episodes)
         entry = {"success_rate": self.success_rate, "ci95": [lo, hi], "episodes": self.episodes,
-                 "mean_length": self.mean_length}
-        if self.by_corruption:  # an absent object's name and a random string fail differently
-            entry["by_corruption"] = {
-                kind: {"success_rate": wins / n, "ci95": list(wilson_interval(wins, n)), "episodes": n}
-                for kind, (wins, n) in sorted(self.by_corruption.items())}
+                 "mean_length": self.mean_length, "refusal_rate": self.refusal_rate,
+                 "refusal_ci95": list(wilson_interval(self.refused, self.episodes))}
+        for key, kinds in (("by_corruption", self.by_corruption), ("by_word_kind", self.by_word_kind)):
+            if kinds:  # an absent object's name and a random string fail differently; so do new words
+                entry[key] = {kind: {"success_rate": wins / n, "ci95": list(wilson_interval(wins, n)),
+                                     "refusal_rate": refused / n, "episodes": n}
+                              for kind, (wins, n, refused) in sorted(kinds.items())}
         return entry
+
+
+def _count(table: dict[str, tuple[int, int, int]], kind: str | None, success: int, refused: int) -> None:
+    if kind is not None:
+        wins, n, held = table.get(kind, (0, 0, 0))
+        table[kind] = (wins + success, n + 1, held + refused)
+
+
+def _refused(rule, encoder, obs: dict, envs: np.ndarray) -> np.ndarray:
+    """Which of ``envs`` start an episode whose command the rule refuses (presence under its threshold)."""
+    from vla_ros.grounding.refusal import encoder_sigma, presence_scores
+    from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_TEXT
+
+    if rule is None or len(envs) == 0:
+        return np.zeros(len(envs), dtype=bool)
+    scores = presence_scores(torch.as_tensor(obs[FEAT_IMAGE_PATCHES][envs]), torch.as_tensor(obs[FEAT_TEXT][envs]),
+                             encoder.grid_size, encoder.image_size, encoder_sigma(encoder, rule.sigma_patches))
+    return scores.numpy() < rule.threshold
 
 
 @torch.no_grad()
 def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: int, num_envs: int = 2,
-                 vec_env: str = "subproc", image_scale: float = 1.0, text_scale: float = 1.0,
-                 **env_kwargs) -> SplitResult:
-    """Run ``episodes`` deterministic episodes of ``network`` and count ``info["is_success"]``."""
+                 vec_env: str = "subproc", image_scale: float = 1.0, text_scale: float = 1.0, refusal=None,
+                 progress: bool = False, **env_kwargs) -> SplitResult:
+    """Run ``episodes`` deterministic episodes of ``network`` and count ``info["is_success"]``.
+
+    With a :class:`vla_ros.grounding.refusal.RefusalRule` an episode whose command it refuses on the first
+    frame is held still to its time limit (zero action: the arm stays where it is), as ``Policy`` and the node
+    do. ``progress`` shows a progress bar.
+    """
     num_envs = max(1, min(num_envs, episodes))
     quotas = np.full(num_envs, episodes // num_envs)
     quotas[: episodes % num_envs] += 1
@@ -79,29 +118,44 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
     saved = (extractor.image_scale.clone(), extractor.text_scale.clone())
     extractor.image_scale.fill_(image_scale)
     extractor.text_scale.fill_(text_scale)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=int(quotas.sum()), desc=env_kwargs.get("split", "eval"), unit="ep", leave=False,
+                   dynamic_ncols=True)
     try:
         obs = venv.reset()
+        holding = _refused(refusal, encoder, obs, np.arange(num_envs))
         done_counts = np.zeros(num_envs, dtype=int)
-        successes, lengths = 0, []
-        by_corruption: dict[str, tuple[int, int]] = {}
+        successes, refused, lengths = 0, 0, []
+        by_corruption: dict[str, tuple[int, int, int]] = {}
+        by_word_kind: dict[str, tuple[int, int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
         while np.any(done_counts < quotas):
             actions, _ = network.predict(obs, deterministic=True)
+            actions = np.where(holding[:, None], 0.0, actions)  # a refused command: hold still
             obs, _, dones, infos = venv.step(actions)
             steps += 1
-            for i in np.flatnonzero(dones):
+            finished = np.flatnonzero(dones)
+            for i in finished:
                 if done_counts[i] < quotas[i]:
                     success = int(bool(infos[i].get("is_success", False)))
                     successes += success
+                    refused += int(holding[i])
                     lengths.append(int(steps[i]))
                     done_counts[i] += 1
-                    kind = infos[i].get("corruption")
-                    if kind is not None:
-                        wins, n = by_corruption.get(kind, (0, 0))
-                        by_corruption[kind] = (wins + success, n + 1)
+                    _count(by_corruption, infos[i].get("corruption"), success, int(holding[i]))
+                    _count(by_word_kind, infos[i].get("word_kind"), success, int(holding[i]))
+                    if bar is not None:
+                        bar.update(1)
                 steps[i] = 0
+            holding[finished] = _refused(refusal, encoder, obs, finished)
     finally:
+        if bar is not None:
+            bar.close()
         extractor.image_scale.copy_(saved[0])
         extractor.text_scale.copy_(saved[1])
         venv.close()
-    return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption)
+    return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption,
+                       refused, by_word_kind)

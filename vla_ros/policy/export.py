@@ -99,7 +99,8 @@ class ExportedFiles:
     metadata: Path
 
 
-def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path, context_length: int) -> None:
+def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path, context_length: int,
+            dynamic_length: bool = False) -> None:
     inputs, outputs = ["pixels", "text_embedding", "proprio"], ["action", "image_embedding"]
     if isinstance(frame_graph, FrameToActionWithReference):
         inputs, outputs = inputs + ["reference_patches"], outputs + ["patches"]
@@ -113,9 +114,13 @@ def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path
                               input_names=inputs, output_names=outputs,
                               dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
             tokens = torch.zeros(1, context_length, dtype=torch.long)
+            token_axes = {0: "batch"}
+            if dynamic_length:  # a masked (Hugging Face) tower: commands run at their own length, not the context's
+                tokens[0, :3] = 1  # padding after real tokens, so the traced graph keeps the attention mask
+                token_axes[1] = "length"
             torch.onnx.export(text_graph, (tokens,), str(text_path), opset_version=OPSET, dynamo=False,
                               input_names=["tokens"], output_names=["text_embedding"],
-                              dynamic_axes={"tokens": {0: "batch"}, "text_embedding": {0: "batch"}})
+                              dynamic_axes={"tokens": token_axes, "text_embedding": {0: "batch"}})
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -140,7 +145,8 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
         example += (torch.zeros(1, policy.encoder.num_patches, dim, dtype=dtype),)
     policy_path = out / f"policy{suffix}.onnx"
     text_path = out / f"text_encoder{suffix}.onnx"
-    _export(frame_graph, text_graph, example, policy_path, text_path, policy.encoder.context_length)
+    _export(frame_graph, text_graph, example, policy_path, text_path, policy.encoder.context_length,
+            dynamic_length=policy.encoder.pretrained_text)
     pre = policy.encoder.preprocessor
     std = (1.0 / (255.0 * pre._scale)).ravel()  # the preprocessor keeps (x/255 - mean)/std folded
     mean = -pre._shift.ravel() * std
@@ -155,6 +161,8 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
         "embed_dim": dim,
         "reference_frame": policy.reference_frame,
         "context_length": policy.encoder.context_length,
+        # text_encoder takes tokens cut after the command's last token (any length up to context_length)
+        "text_dynamic_length": bool(policy.encoder.pretrained_text),
         "joint_names": list(policy.joint_names),
         "proprio_normalization": policy.config["proprio_normalization"],
         "action": policy.config["action"],

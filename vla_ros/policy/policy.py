@@ -14,11 +14,23 @@ import torch
 
 from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder
+from vla_ros.grounding.refusal import Refusal, RefusalRule, encoder_sigma, presence_scores, unreadable
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.proprio import ProprioNormalizer
 
 BACKENDS = ("torch", "onnxruntime")
+
+
+class CommandRefused(ValueError):
+    """The policy will not act on a command: nothing in view matches it, or it cannot be read.
+
+    ``refusal`` (:class:`vla_ros.grounding.refusal.Refusal`) says which and why; the caller holds still.
+    """
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 ONNX_DIR = "onnx"  # beside policy.safetensors, written by `vla-ros export`
 
 
@@ -31,6 +43,10 @@ class Policy:
 
     Policies trained with a reference frame (``reference_frame``) remember the CLIP patches of the
     first frame of an episode: the first frame after :meth:`reset` or after the command changes.
+
+    On that same first frame the command is judged (:meth:`judge`): a command the text encoder cannot read,
+    or one whose presence score is under the checkpoint's refusal threshold (``config["refusal"]``), is
+    refused for the whole episode, and :meth:`select_action` raises :class:`CommandRefused`.
     """
 
     def __init__(self, network, config: dict, encoder: ClipEncoder, device: str = "cpu",
@@ -55,6 +71,10 @@ class Policy:
         self.reference_frame = bool(config["network"].get("reference_frame", False))
         self._reference = None  # patches of the episode's first frame (tensor; numpy for ONNX Runtime)
         self._reference_command: str | None = None
+        self.refusal_rule = RefusalRule.from_dict(config.get("refusal"))
+        self._judged_command: str | None = None
+        self._refusal: Refusal | None = None
+        self.last_presence: float | None = None  # presence score of the command on its episode's first frame
 
     def enable_cuda_graph(self) -> None:
         """Capture the per-frame computation at batch 1 as a CUDA graph (torch backend on CUDA only)."""
@@ -119,6 +139,31 @@ class Policy:
         self.last_features = None
         self._reference = None
         self._reference_command = None
+        self._judged_command = None
+        self._refusal = None
+        self.last_presence = None
+
+    @torch.no_grad()
+    def judge(self, frame: np.ndarray, command) -> Refusal | None:
+        """Whether to refuse ``command``; decided on the first frame of its episode and kept until it changes.
+
+        Unreadable commands are always refused; without a refusal rule in the checkpoint every readable
+        command is acted on.
+        """
+        if command is not None and command == self._judged_command:
+            return self._refusal
+        refusal = unreadable(self.encoder, command)
+        self.last_presence = None
+        if refusal is None and self.refusal_rule is not None:
+            rule = self.refusal_rule
+            patches = self.encoder.encode_images(frame).patches
+            score = float(presence_scores(patches, self.encoder.encode_text([command]), self.encoder.grid_size,
+                                          self.encoder.image_size, encoder_sigma(self.encoder, rule.sigma_patches))[0])
+            self.last_presence = score
+            refusal = rule.judge(command, score)
+        self._judged_command = command if isinstance(command, str) else None
+        self._refusal = refusal
+        return refusal
 
     def _episode_reference(self, command: str, batch: int):
         """The stored reference patches, or None when this frame starts the episode (new command or batch)."""
@@ -201,8 +246,15 @@ class Policy:
         return np.clip(q + np.asarray(action, dtype=np.float64) * self.max_delta, self.lower, self.upper)
 
     def select_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray) -> np.ndarray:
-        """Joint position targets (rad, (n,)) for one camera frame, command and joint state."""
-        return self.to_target(self.normalized_action(frame, command, joint_state), joint_state)
+        """Joint position targets (rad, (n,)) for one camera frame, command and joint state.
+
+        Raises :class:`CommandRefused` for a command :meth:`judge` refuses (the caller holds still).
+        """
+        state = self.check_joint_state(joint_state)
+        refusal = self.judge(frame, command)
+        if refusal is not None:
+            raise CommandRefused(refusal)
+        return self.to_target(self.normalized_action(frame, command, state), state)
 
 
 def _object_labels() -> list[str]:
@@ -240,6 +292,8 @@ class OnnxGraphs:
         """(1, D) embedding of ``command`` (cached: commands repeat)."""
         if command not in self._text_cache:
             tokens = encoder.tokenize([command]).numpy().astype(np.int64)
+            if encoder.pretrained_text:  # its graph takes any length: padding is masked out anyway
+                tokens = tokens[:, : max(1, int((tokens != 0).sum()))]
             self._text_cache[command] = self.text_session.run(None, {"tokens": tokens})[0].astype(self.dtype)
         return self._text_cache[command]
 

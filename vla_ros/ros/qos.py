@@ -58,3 +58,11 @@ DIAGNOSTICS_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
 )
 STATUS_QOS = DIAGNOSTICS_QOS
+
+# The current command's status (acting or refused): latched, so a late subscriber learns why the arm is still.
+COMMAND_STATUS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)

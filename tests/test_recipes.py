@@ -1,0 +1,80 @@
+"""Recipes: ``--config FILE`` for train and train-clip, and the recipe beside every shipped model rebuilds it."""
+
+import json
+
+import pytest
+
+from vla_ros.cli import build_parser
+from vla_ros.commands.dataclass_args import dataclass_from_args, load_recipe
+from vla_ros.grounding.training import TrainClipConfig
+from vla_ros.paths import share_path
+from vla_ros.policy.train import TrainConfig
+
+
+def _config(cls, argv):
+    args = build_parser().parse_args(argv)
+    return dataclass_from_args(cls, args, skip=("command",))
+
+
+def test_flags_override_the_recipe_which_overrides_the_defaults(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("fusion: region_map\nreference-frame: true\nppo_steps: 1234\nnet_arch: [64, 32]\n")
+    cfg = _config(TrainConfig, ["train", "--config", str(recipe), "--ppo-steps", "99"])
+    assert cfg.fusion == "region_map" and cfg.reference_frame is True and cfg.net_arch == (64, 32)
+    assert cfg.ppo_steps == 99  # the command line wins
+    assert cfg.batch_size == TrainConfig().batch_size  # neither: the default
+    cfg = _config(TrainConfig, ["train", "--config", str(recipe), "--no-reference-frame"])
+    assert cfg.reference_frame is False
+    assert _config(TrainConfig, ["train"]) == TrainConfig()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("fusoin: late\n", "unknown field 'fusoin'"),
+    ("ppo_steps: lots\n", "ppo_steps must be int"),
+    ("reference_frame: 1\n", "reference_frame must be true or false"),
+    ("- a\n- b\n", "mapping"),
+    ("fusion: [\n", "not valid YAML"),
+])
+def test_a_bad_recipe_is_a_clear_error(tmp_path, text, match):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_recipe(TrainConfig, recipe, skip=("command",))
+    with pytest.raises(SystemExit, match=match):
+        from vla_ros.commands import train
+
+        train.run(build_parser().parse_args(["train", "--config", str(recipe)]))
+
+
+def test_train_clip_reads_a_recipe(tmp_path):
+    recipe = tmp_path / "clip.yaml"
+    recipe.write_text("text_tower: all-MiniLM-L6-v2\nbroad_vocabulary: true\nsteps: 10\nlr: 1\n")
+    cfg = _config(TrainClipConfig, ["train-clip", "--config", str(recipe), "--steps", "3"])
+    assert cfg.text_tower == "all-MiniLM-L6-v2" and cfg.broad_vocabulary and cfg.steps == 3 and cfg.lr == 1.0
+
+
+def _recorded_clip_config(folder):
+    return json.loads((folder / "open_clip_config.json").read_text())["vla_ros"]["config"]
+
+
+SHIPPED = [
+    ("models/clip", TrainClipConfig, _recorded_clip_config),
+    ("models/policy/clip", TrainClipConfig, _recorded_clip_config),
+    ("models/policy", TrainConfig, lambda folder: json.loads((folder / "config.json").read_text())["training"]["config"]),
+]
+
+
+@pytest.mark.parametrize("folder, cls, recorded", SHIPPED, ids=[s[0] for s in SHIPPED])
+def test_each_shipped_model_has_the_recipe_that_made_it(folder, cls, recorded):
+    path = share_path(*folder.split("/"))
+    recipe = load_recipe(cls, path / "recipe.yaml", skip=("command",))
+    rebuilt = cls(**recipe)
+    trained_with = recorded(path)
+    for name, value in trained_with.items():
+        if name in ("out", "command", "clip", "eval_episodes", "eval_every", "checkpoint_every", "torch_threads",
+                    "threads"):
+            continue  # where it ran and how often it reported, not what it learned
+        mine = getattr(rebuilt, name)
+        assert (list(mine) if isinstance(mine, tuple) else mine) == value, f"{folder}: {name}"
+    card = (path / "MODEL_CARD.md").read_text()
+    assert "recipe.yaml" in card
