@@ -48,6 +48,21 @@ def test_training_smoke_run_exports_a_loadable_checkpoint(trained):
     assert config["metrics"]["selected_validation_success_train"] == float(last_ppo["success_train"])
 
 
+def test_training_logs_episodes_evaluations_and_imitation_to_tensorboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, _ = trained
+    logs = __import__("pathlib").Path(cfg.out) / "logs"
+    assert "rollout/ep_rew_mean" in (logs / "progress.csv").read_text().splitlines()[0]  # VecMonitor episodes
+    tags = set()
+    for events in logs.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"rollout/ep_len_mean", "eval/success_train", "eval/success_heldout_combos",
+            "imitation/action_mse", "imitation/expert_success"} <= tags
+
+
 def test_select_action_stays_within_limits_and_max_step(trained):
     _, final = trained
     policy = Policy.load(final)

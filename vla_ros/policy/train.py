@@ -26,6 +26,7 @@ from safetensors.torch import load_model, save_model
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecMonitor
 from tqdm import tqdm
 
 from vla_ros.grounding.checkpoint import sha256_file
@@ -169,6 +170,20 @@ def checkpoint_config(cfg: TrainConfig, encoder: ClipEncoder, clip_dir: Path, ro
     }
 
 
+class _Monitor(VecMonitor):
+    """SB3's VecMonitor that also passes on the wrapped env's ``reset_infos`` (imitation reads expert labels there)."""
+
+    def reset(self):
+        obs = super().reset()
+        self.reset_infos = self.venv.reset_infos
+        return obs
+
+    def step_wait(self):
+        result = super().step_wait()
+        self.reset_infos = self.venv.reset_infos
+        return result
+
+
 class _Progress(BaseCallback):
     """tqdm bar, resumable checkpoints and periodic held-out evaluation during PPO."""
 
@@ -222,6 +237,7 @@ class TrainingRun:
         self.normalizer = ProprioNormalizer.from_robot(self.robot)
         self.config = checkpoint_config(cfg, self.encoder, self.clip_dir, self.robot, self.control_dt,
                                         self.max_delta, self.out / "final")
+        self._writer = None  # TensorBoard writer for evaluations and imitation losses, opened on first use
 
     # ------------------------------------------------------------------ helpers
     # settings a resumed run may change: how long it runs and how it reports, not what it learns
@@ -238,6 +254,15 @@ class TrainingRun:
                              "use another --out or the same settings to resume")
         self.state["config"] = new
 
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        """A scalar in the run's TensorBoard log (``OUT/logs``, beside SB3's PPO scalars)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "logs"))
+        self._writer.add_scalar(tag, float(value), int(step))
+        self._writer.flush()
+
     def _save_state(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")
 
@@ -245,6 +270,7 @@ class TrainingRun:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            expert_labels=expert_labels, **kwargs)
+        raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame)
 
     def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
@@ -263,6 +289,9 @@ class TrainingRun:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        for key, value in row.items():
+            if key.startswith("success_"):
+                self.log_scalar(f"eval/{key}", value, row["env_steps"])
         tqdm.write(f"[eval] {phase} ppo_steps={ppo_steps} " +
                    " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.startswith("success")))
         if phase == "ppo":
@@ -313,6 +342,10 @@ class TrainingRun:
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(datasets), cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
+                for name, value in losses.items():
+                    self.log_scalar(f"imitation/{name}", value, k)
+                self.log_scalar("imitation/expert_success" if k == 0 else "imitation/dagger_success",
+                                data.successes / max(1, data.episodes), k)
                 save_model(network, str(weights))
                 self.state["imitation_rounds_done"] = k + 1
                 self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets))
