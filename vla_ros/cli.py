@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate-refusal": ("vla_ros.commands.calibrate_refusal",
                           "choose and store a policy's refusal threshold on validation scenes"),
     "export": ("vla_ros.commands.export", "export the inference graph to ONNX with parity checks"),
+    "figures": ("vla_ros.commands.figures", "the README figures table from the shipped reports (--check, --write)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "sim": ("vla_ros.bench.sim", "simulator steps/s with and without rendering"),

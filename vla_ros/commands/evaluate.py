@@ -18,7 +18,7 @@ DEFAULT_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "heldout_words
                   "corrupted")
 ALL_SPLITS = (*DEFAULT_SPLITS, "validation_words")
 ABLATIONS = ("image_blind", "command_blind", "late", "gated", "cross_attention", "region", "no_reference", "no_peak",
-             "no_stitch", "map_weights", "rgb_clip")
+             "no_stitch", "map_weights", "rgb_clip", "scratch_text")
 
 
 def add_arguments(parser) -> None:
@@ -37,7 +37,9 @@ def add_arguments(parser) -> None:
                         "without a reference frame (memory of the episode's first frame), no_peak the region_map "
                         "policy without the peak position estimate, no_stitch the one on the CLIP's own 8x8 patch "
                         "grid (no shift-and-stitch), map_weights the one whose MLP also reads the map itself, "
-                        "rgb_clip the same recipe on a CLIP that reads RGB instead of value, saturation and hue")
+                        "rgb_clip the same recipe on a CLIP that reads RGB instead of value, saturation and hue, "
+                        "scratch_text the same recipe on a CLIP whose text tower was trained from scratch on the "
+                        "simulator's captions (no pretrained sentence encoder, no presence term)")
     parser.add_argument("--no-refusal", action="store_true",
                         help="act on every command, ignoring the checkpoint's refusal rule")
     parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*ALL_SPLITS],

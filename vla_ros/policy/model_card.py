@@ -16,8 +16,47 @@ def _split_rows(results: dict) -> list[str]:
     rows = []
     for name, r in results.items():
         lo, hi = r["ci95"]
-        rows.append(f"| {name} | {r['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {r['episodes']} |")
+        refused = f"{r['refusal_rate']:.3f}" if "refusal_rate" in r else "-"
+        rows.append(f"| {name} | {r['success_rate']:.3f} | [{lo:.3f}, {hi:.3f}] | {refused} | {r['episodes']} |")
+        for key in ("by_corruption", "by_word_kind"):
+            for kind, k in r.get(key, {}).items():
+                klo, khi = k["ci95"]
+                krefused = f"{k['refusal_rate']:.3f}" if "refusal_rate" in k else "-"
+                rows.append(f"| {name}: {kind.replace('_', ' ')} | {k['success_rate']:.3f} | [{klo:.3f}, {khi:.3f}] "
+                            f"| {krefused} | {k['episodes']} |")
     return rows
+
+
+def _language_lines(config: dict, clip_metadata: dict) -> list[str]:
+    tower = clip_metadata.get("text_tower")
+    lines = ["## Language", ""]
+    if tower:
+        unlocked = tower.get("unlocked_layers", 0)
+        trained = f"its last {unlocked} layer(s) fine-tuned" if unlocked else "frozen"
+        lines.append(f"- text tower: pretrained `{tower['name']}` (sha256 `{tower['sha256'][:12]}...`, from its "
+                     f"pinned wheel, checked at load), {trained}; the CLIP's text projection trained on simulator "
+                     "captions")
+    else:
+        lines.append("- text tower: trained from scratch on the simulator's captions (it knows only their words)")
+    rule = config.get("refusal")
+    if rule:
+        calibration = rule.get("calibration", {})
+        lines.append(f"- refusal: a command is refused (the arm holds still) when its best region similarity on the "
+                     f"episode's first frame is under {rule['threshold']:.4f}, chosen by `vla-ros calibrate-refusal` "
+                     f"to refuse {100 * calibration.get('false_refusal_target', float('nan')):.1f}% of valid commands "
+                     f"on validation scenes ({calibration.get('scenes_per_split', '?')} per split of "
+                     f"{', '.join(calibration.get('valid_splits', []))}); unreadable commands are always refused")
+    else:
+        lines.append("- refusal: none calibrated (every readable command is acted on)")
+    return lines + [""]
+
+
+def _clip_metadata(checkpoint: Path, config: dict) -> dict:
+    path = checkpoint / config["clip"]["path"] / "open_clip_config.json"
+    try:
+        return json.loads(path.read_text()).get("vla_ros", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
@@ -56,14 +95,17 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",
-        f"- command: `{training.get('command') or '(not recorded)'}`",
+        f"- command: `{training.get('command') or '(not recorded)'}`"
+        + ("; recipe: `recipe.yaml` beside this card (`vla-ros train --config recipe.yaml` rebuilds it)"
+           if (checkpoint / "recipe.yaml").is_file() else ""),
         f"- environment steps: imitation {metrics.get('env_steps_imitation', '?')}, "
         f"PPO {metrics.get('env_steps_ppo', '?')}",
         "- learning curve: `learning_curve.png` in the run folder; held-out evaluations during training in `eval.csv`",
         "",
+        *_language_lines(config, _clip_metadata(checkpoint, config)),
     ]
     if evaluation:
-        header = ["| split | success rate | 95% CI | episodes |", "|---|---|---|---|"]
+        header = ["| split | success rate | 95% CI | refused | episodes |", "|---|---|---|---|---|"]
         lines += [f"## Evaluation (`vla-ros eval`, {evaluation['episodes_per_split']} episodes per split)", "",
                   *header, *_split_rows(evaluation["splits"])]
         for name, results in evaluation.get("ablations", {}).items():
