@@ -31,9 +31,8 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   standardised per frame and turned into attention weights by one learned temperature, plus their
   weighted mean position. ``[weights (P), xy (2)]`` -> MLP -> out_dim. Neither the text nor the image
   embedding reaches the MLP, so a colour-shape combination the policy never saw looks to it like any
-  other commanded object; it generalises exactly as far as CLIP's dense grounding does. The
-  ``cross_attention`` policies' learned text query, fitted on the training combinations, grounds
-  held-out combinations less often than the CLIP it reads (``scripts/reference_attention_pick.py``).
+  other commanded object; it generalises exactly as far as CLIP's dense grounding does, with no learned
+  text query (as ``cross_attention`` has) that is fitted on the training combinations only.
   ``peak_window=sigma`` (patches) adds a mode-seeking position: the same softmax re-weighted by a
   Gaussian around the map's maximum. Where CLIP half-matches a second object (an unseen "red ball"
   against a seen red cube) the weighted mean lands between the two; the peak estimate stays on the

@@ -26,8 +26,7 @@ def rgb_to_vsh(rgb: torch.Tensor) -> torch.Tensor:
 
     A shaded object's pattern (value) and outline (saturation) look the same whatever its colour, which
     sits in the flat hue channel. In RGB the same ball's pixels lie along a different direction for each
-    colour, and a CLIP trained from scratch never sees the direction of an unseen colour-shape combination
-    (``scripts/clip_attribute_probe.py``).
+    colour, and a CLIP trained from scratch never sees the direction of an unseen colour-shape combination.
     """
     value, _ = rgb.max(dim=1)
     chroma = value - rgb.min(dim=1).values

@@ -1,0 +1,114 @@
+"""Smoke tests of the research probes (``research/``): each ``main`` on a few scenes or episodes, real parts.
+
+The CLIP is a randomly initialised tiny one and the policy an untrained tiny one, so only the plumbing and
+the shape of what each probe prints and returns are checked, not its numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_ros.envs.instructions import load_instructions
+
+INSTRUCTIONS = load_instructions()
+COMBO_NAMES = [f"{c} {s}" for c, s in INSTRUCTIONS.all_combos]
+HELD_OUT = [f"{c} {s}" for c, s in INSTRUCTIONS.all_combos if (c, s) in INSTRUCTIONS.heldout_combos]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A randomly initialised tiny CLIP in the real checkpoint format."""
+    from vla_ros.grounding import create_clip, save_clip_checkpoint
+
+    folder = tmp_path_factory.mktemp("research_clip") / "clip"
+    loaded = create_clip(seed=0)
+    save_clip_checkpoint(loaded.model, folder, loaded.model_cfg, loaded.preprocess_cfg)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_policy(clip_dir):
+    """An untrained tiny ``region_map`` policy with a reference frame, on the tiny CLIP."""
+    import torch
+
+    from vla_ros.grounding.encoder import ClipEncoder
+    from vla_ros.policy.checkpoint import build_network, save_checkpoint
+    from vla_ros.policy.train import TrainConfig, checkpoint_config
+    from vla_ros.robot_description import load_robot_description
+
+    robot = load_robot_description()
+    out = clip_dir.parent / "policy"
+    cfg = TrainConfig(out=str(clip_dir.parent), clip=str(clip_dir), fusion="region_map", reference_frame=True,
+                      fusion_dim=32, hidden_dim=32, net_arch=(32,))
+    control_dt = 0.05
+    config = checkpoint_config(cfg, ClipEncoder.from_pretrained(clip_dir), clip_dir, robot, control_dt,
+                               robot.velocity * control_dt, out)
+    torch.manual_seed(0)
+    save_checkpoint(out, build_network(config), config)
+    return out
+
+
+def test_clip_attribute_probe_prints_a_row_per_combo_of_the_scenes(clip_dir, capsys):
+    from research.clip_attribute_probe import main
+
+    results = main([str(clip_dir), "--scenes", "3", "--split", "heldout_combos"])
+    out = capsys.readouterr().out
+    assert f"{clip_dir}, heldout_combos, 3 scenes" in out
+    assert results and set(results) <= set(COMBO_NAMES)
+    assert set(results) & set(HELD_OUT)  # each held-out scene commands a held-out combo
+    assert sum(row["objects"] for row in results.values()) >= 3
+    for name, row in results.items():
+        assert all(0.0 <= row[key] <= 1.0 for key in ("shape", "colour", "combo"))
+        assert f"  {name:18} {row['objects']:7}  {row['shape']:.2f}" in out
+
+
+def test_clip_map_localisation_scores_both_splits(clip_dir, capsys):
+    from research.clip_map_localisation import main
+
+    results = main([str(clip_dir), "--scenes", "3", "--temperature", "2.0", "--patch-stitch", "2"])
+    out = capsys.readouterr().out
+    assert set(results) == {"train", "heldout_combos"}
+    for split, rows in results.items():
+        assert f"{clip_dir} {split}, 3 scenes, temperature 2.0, patch_stitch 2" in out
+        assert rows["all"]["scenes"] == 3
+        assert sum(row["scenes"] for combo, row in rows.items() if combo != "all") == 3
+        for row in rows.values():
+            assert 0.0 <= row["pick"] <= 1.0 and 0.0 <= row["peak_pick"] <= 1.0
+            assert row["error"] >= 0 and row["peak_error"] >= 0
+        assert f"  all    {3:6}  {rows['all']['pick']:.3f}" in out
+    held_out_indices = {f"{list(INSTRUCTIONS.colours).index(c)}-{list(INSTRUCTIONS.shapes).index(s)}"
+                        for c, s in INSTRUCTIONS.heldout_combos}
+    assert set(results["heldout_combos"]) - {"all"} <= held_out_indices
+
+
+def test_pixel_shape_probe_reports_the_task_files_held_out_combos(capsys):
+    from research.pixel_shape_probe import main
+
+    results = main(["--train-scenes", "6", "--heldout-scenes", "4"])
+    out = capsys.readouterr().out
+    assert set(results) == {"RGB", "grey (mean of RGB)", "value", "value + saturation"}
+    header = next(line for line in out.splitlines() if line.strip().startswith("input"))
+    assert all(name in header for name in HELD_OUT)
+    for name, row in results.items():
+        assert list(row) == ["seen", *HELD_OUT]
+        assert 0.0 <= row["seen"] <= 1.0
+        assert any(np.isfinite(row[c]) for c in HELD_OUT)
+        assert f"  {name:20} {row['seen']:5.2f}" in out
+
+
+def test_reference_attention_pick_counts_first_frames_and_outcomes(reference_policy, capsys):
+    from research.reference_attention_pick import main
+
+    results = main([str(reference_policy), "--split", "heldout_combos", "--episodes", "1", "--num-envs", "1",
+                    "--vec-env", "dummy"])
+    out = capsys.readouterr().out
+    assert results["episodes"] == 1 and results["frames"] == 1
+    assert sum(results["outcomes"].values()) == 1
+    assert 0 <= results["hits"] <= 1 and 0 <= results["successes"] <= 1
+    assert f"{reference_policy} heldout_combos: reference attention nearest the commanded object on " \
+           f"{results['hits']}/1 first frames; success {results['successes']}/1" in out
+    for grounded in ("grounded", "not grounded"):
+        for outcome in ("success", "failure"):
+            assert f"  {grounded}, {outcome}: " in out
+
