@@ -23,8 +23,7 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   the sim-domain CLIP was trained with, :mod:`vla_ros.grounding.regions`) scored against the
   command, times a learned per-head scale, are added to each head's logits. The learned attention
   fits the training scenes; the prior carries CLIP's grounding of colour-shape combinations the
-  policy never saw (``vla-ros eval-clip``'s dense region pick, 500 scenes per split, with the CLIP of
-  the shipped policy: 98.4% training / 80.8% held-out combinations).
+  policy never saw (what ``vla-ros eval-clip`` measures as its dense region pick).
 
 * ``region_map``: no learned text-to-patch attention at all. The policy reads only *where* the frozen
   CLIP puts the command: the region-text similarity at every patch centre (as in ``region``),
@@ -50,8 +49,7 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
 object was: the same text-queried attention also runs over the patches of the episode's first frame
 (the frame the command arrived with), and ``[attended_ref (D), xy_ref (2)]`` join the MLP input. The
 camera looks down past the arm, so an approaching arm hides its target; the current frame alone
-then leaves a memoryless policy guessing (the shipped reach policy's grounding error doubles over
-its failed episodes as the arm moves in, while it stays flat in successful ones).
+then leaves a memoryless policy guessing where the target was.
 """
 
 from __future__ import annotations
