@@ -57,11 +57,23 @@ def _recorded_clip_config(folder):
     return json.loads((folder / "open_clip_config.json").read_text())["vla_ros"]["config"]
 
 
-SHIPPED = [
-    ("models/clip", TrainClipConfig, _recorded_clip_config),
-    ("models/policy/clip", TrainClipConfig, _recorded_clip_config),
-    ("models/policy", TrainConfig, lambda folder: json.loads((folder / "config.json").read_text())["training"]["config"]),
-]
+def _recorded_policy_config(folder):
+    return json.loads((folder / "config.json").read_text())["training"]["config"]
+
+
+def _shipped_models():
+    """Every shipped model folder: (path relative to the share folder, config class, recorded-config reader)."""
+    found = []
+    for folder in sorted(share_path("models").rglob("*")):
+        name = str(folder.relative_to(share_path())).replace("\\", "/")
+        if (folder / "config.json").is_file() and (folder / "policy.safetensors").is_file():
+            found.append((name, TrainConfig, _recorded_policy_config))
+        elif (folder / "open_clip_config.json").is_file():
+            found.append((name, TrainClipConfig, _recorded_clip_config))
+    return found
+
+
+SHIPPED = _shipped_models()
 
 
 @pytest.mark.parametrize("folder, cls, recorded", SHIPPED, ids=[s[0] for s in SHIPPED])
@@ -71,10 +83,11 @@ def test_each_shipped_model_has_the_recipe_that_made_it(folder, cls, recorded):
     rebuilt = cls(**recipe)
     trained_with = recorded(path)
     for name, value in trained_with.items():
-        if name in ("out", "command", "clip", "eval_episodes", "eval_every", "checkpoint_every", "torch_threads",
+        if name in ("out", "command", "clip", "init_from", "eval_episodes", "eval_every", "checkpoint_every", "torch_threads",
                     "threads"):
             continue  # where it ran and how often it reported, not what it learned
         mine = getattr(rebuilt, name)
         assert (list(mine) if isinstance(mine, tuple) else mine) == value, f"{folder}: {name}"
-    card = (path / "MODEL_CARD.md").read_text()
-    assert "recipe.yaml" in card
+    if cls is TrainConfig:  # the policy's CLIP is the folder its recipe names (which holds the weights it read)
+        config = json.loads((path / "config.json").read_text())
+        assert (share_path() / rebuilt.clip).resolve() == (path / config["clip"]["path"]).resolve()
