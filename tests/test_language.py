@@ -322,3 +322,45 @@ def test_presence_score_is_the_best_region_match():
     scores = presence_scores(patches, text, grid, size, sigma_patches=0.3)
     assert scores.shape == (2,)
     assert scores[0] > 0.9 and scores[1] < scores[0]
+
+
+# --------------------------------------------------------------------------- the shipped policy
+@pytest.fixture(scope="module")
+def shipped_policy():
+    from vla_ros.policy.policy import Policy
+
+    return Policy.load(share_path("models", "policy"))
+
+
+def test_shipped_policy_reads_a_pretrained_text_tower_and_has_a_calibrated_refusal(shipped_policy):
+    assert shipped_policy.encoder.pretrained_text
+    assert shipped_policy.encoder.metadata["text_tower"]["name"] == MINILM
+    rule = shipped_policy.refusal_rule
+    assert rule is not None and rule.calibration["valid_splits"] == ["train", "validation_words"]
+
+
+def test_shipped_policy_refuses_objects_that_are_not_there_and_acts_on_those_that_are(shipped_policy, instructions):
+    """Simulator scenes (seeds no evaluation uses): a colour absent from the table is refused, the env's command not."""
+    from vla_ros.envs.tabletop import TabletopEnv
+    from vla_ros.policy.policy import CommandRefused
+
+    env = TabletopEnv(split="train")
+    refused = acted = 0
+    try:
+        for seed in range(900_000, 900_012):
+            obs, info = env.reset(seed=seed)
+            state = obs["proprio"].astype(np.float64)  # joint positions then velocities
+            shipped_policy.reset()
+            target = shipped_policy.select_action(obs["image"], info["command"], state)  # valid: no refusal
+            assert np.all(np.isfinite(target))
+            acted += 1
+            colours_on_table = {o["colour"] for o in info["objects"]}
+            absent = next(c for c in instructions.colours if c not in colours_on_table)
+            shipped_policy.reset()
+            with pytest.raises(CommandRefused) as caught:
+                shipped_policy.select_action(obs["image"], f"touch the {absent} cube", state)
+            assert caught.value.refusal.kind == "not_in_view" and absent in caught.value.refusal.reason
+            refused += 1
+    finally:
+        env.close()
+    assert acted == refused == 12

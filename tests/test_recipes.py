@@ -83,11 +83,37 @@ def test_each_shipped_model_has_the_recipe_that_made_it(folder, cls, recorded):
     rebuilt = cls(**recipe)
     trained_with = recorded(path)
     for name, value in trained_with.items():
-        if name in ("out", "command", "clip", "init_from", "eval_episodes", "eval_every", "checkpoint_every", "torch_threads",
-                    "threads"):
+        if name in ("out", "command", "clip", "init_from", "eval_episodes", "eval_every", "checkpoint_every",
+                    "torch_threads", "threads"):
             continue  # where it ran and how often it reported, not what it learned
         mine = getattr(rebuilt, name)
         assert (list(mine) if isinstance(mine, tuple) else mine) == value, f"{folder}: {name}"
     if cls is TrainConfig:  # the policy's CLIP is the folder its recipe names (which holds the weights it read)
         config = json.loads((path / "config.json").read_text())
         assert (share_path() / rebuilt.clip).resolve() == (path / config["clip"]["path"]).resolve()
+
+
+def test_the_shipped_clip_recipe_trains_end_to_end_with_a_reduced_budget(tmp_path):
+    """The recipe models/clip/MODEL_CARD.md names, with only its sizes overridden on the command line."""
+    from vla_ros.cli import main
+
+    out = tmp_path / "clip"
+    assert main(["train-clip", "--config", str(share_path("models", "clip", "recipe.yaml")), "--out", str(out),
+                 "--steps", "2", "--batch-size", "8", "--train-scenes", "16", "--named-colour-scenes", "8",
+                 "--eval-scenes", "6", "--eval-every", "2", "--checkpoint-every", "2", "--warmup-steps", "1"]) == 0
+    recorded = _recorded_clip_config(out / "model")
+    assert recorded["text_tower"] == "all-MiniLM-L6-v2" and recorded["steps"] == 2
+
+
+def test_the_shipped_policy_recipe_trains_end_to_end_with_a_reduced_budget(tmp_path):
+    """The recipe models/policy/MODEL_CARD.md names (on the shipped CLIP), with only its budget overridden."""
+    from vla_ros.cli import main
+
+    out = tmp_path / "policy"
+    assert main(["train", "--config", str(share_path("models", "policy", "recipe.yaml")), "--out", str(out),
+                 "--clip", str(share_path("models", "policy", "clip")), "--num-envs", "2", "--vec-env", "dummy",
+                 "--bc-episodes", "2", "--dagger-rounds", "1", "--dagger-episodes", "2", "--bc-epochs", "1",
+                 "--ppo-steps", "64", "--n-steps", "32", "--batch-size", "32", "--n-epochs", "1",
+                 "--eval-every", "10000", "--eval-episodes", "2", "--checkpoint-every", "64"]) == 0
+    recorded = _recorded_policy_config(out / "final")
+    assert recorded["fusion"] == "region_map" and recorded["patch_stitch"] == 2 and recorded["ppo_steps"] == 64

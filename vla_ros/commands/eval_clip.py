@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     splits = {"train_combos": "train", "heldout_combos": "heldout_combos"}
     if encoder.pretrained_text:  # a text tower trained from scratch cannot read words it never saw
         splits["heldout_words"] = "heldout_words"
-    data = {name: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size)
+    data = {name: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size, progress=True)
             for name, split in splits.items()}
     accuracy = {name: zero_shot_accuracy(encoder, data[name]) for name in splits}
     dense, dense_errors, picks = {}, {}, {}
@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if name != "heldout_words":
             dense_errors[name] = pick_error_kinds(data[name], picks[name])
     retrieval = retrieval_r1(encoder, data["train_combos"], sampler)
-    corrupted = generate_scenes(args.scenes, seed=args.seed, split="train", image_size=image_size, corrupted=True)
+    corrupted = generate_scenes(args.scenes, seed=args.seed, split="train", image_size=image_size, corrupted=True,
+                                progress=True)
     valid_scores = score_frames(encoder, data["train_combos"].images, [str(c) for c in data["train_combos"].commands])
     invalid_scores = score_frames(encoder, corrupted.images, [str(c) for c in corrupted.commands])
     report = {
