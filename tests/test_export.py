@@ -40,6 +40,21 @@ def test_metadata_describes_inputs_and_both_precisions(exported):
     space = policy.encoder.preprocessor.colour_space  # the shipped CLIP reads value, saturation and hue
     assert space == "vsh" and meta["normalisation"]["colour_space"] == space
     assert meta["normalisation"]["input_layout"] == "NCHW VSH float"
+    # the shipped CLIP's text tower is a masked (Hugging Face) encoder: its graph takes any command length
+    assert meta["text_dynamic_length"] is policy.encoder.pretrained_text is True
+
+
+def test_the_text_graph_gives_the_same_embedding_at_any_length(exported):
+    from vla_ros.policy.export import onnx_session
+
+    checkpoint, policy, files = exported
+    session = onnx_session(files["fp32"].text_encoder)
+    commands = ["touch the crimson orb", "please move your gripper over to the small green cylinder on the left"]
+    tokens = policy.encoder.tokenize(commands).numpy().astype(np.int64)
+    full = session.run(None, {"tokens": tokens})[0]
+    trimmed = session.run(None, {"tokens": tokens[:, : int((tokens != 0).sum(1).max())]})[0]
+    np.testing.assert_allclose(trimmed, full, atol=1e-5)
+    np.testing.assert_allclose(full, policy.encoder.encode_text(commands).numpy(), atol=1e-4)
 
 
 def test_onnxruntime_backend_selects_the_same_targets(exported):
