@@ -112,3 +112,13 @@ def test_reference_attention_pick_counts_first_frames_and_outcomes(reference_pol
         for outcome in ("success", "failure"):
             assert f"  {grounded}, {outcome}: " in out
 
+
+
+def test_presence_statistics_compares_every_statistic(clip_dir, capsys):
+    from research.presence_statistics import main
+
+    results = main([str(clip_dir), "--scenes", "6", "--patch-stitch", "1", "--false-refusal", "0.1"])
+    assert set(results) == {"max", "z", "max-alt", "max-familiarity"}
+    for entry in results.values():
+        assert 0.0 <= entry["auroc"] <= 1.0 and set(entry["refused"]) <= {"absent_object", "random_string"}
+    assert "max-familiarity" in capsys.readouterr().out
