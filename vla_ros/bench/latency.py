@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", help="policy checkpoint folder (default: the shipped models/policy)")
     parser.add_argument("--iterations", type=int, default=200, help="timed calls per row (default: 200)")
     parser.add_argument("--models", nargs="+", default=["shipped", "vit-b-32"], choices=["shipped", "vit-b-32"])
+    parser.add_argument("--compare", metavar="CHECKPOINT",
+                        help="also time this checkpoint (rows 'previous/...') in the same run, with p50 ratios "
+                        "shipped/previous (e.g. models/ablations/scratch_text)")
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime CPU threads (default: 2)")
     add_json_argument(parser)
 
@@ -112,10 +115,14 @@ def run(args) -> int:
     shipped = Policy.load(checkpoint)
     cuda = torch.cuda.is_available()
     rows = []
+    models = list(args.models) + (["previous"] if args.compare else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            policy = shipped if model == "shipped" else _vit_b32_policy(shipped)
-            iterations = args.iterations if model == "shipped" else max(20, args.iterations // 4)
+        for model in models:
+            if model == "previous":
+                policy = Policy.load(args.compare)
+            else:
+                policy = shipped if model == "shipped" else _vit_b32_policy(shipped)
+            iterations = args.iterations if model in ("shipped", "previous") else max(20, args.iterations // 4)
             onnx_dir = Path(tmp) / model
             export_onnx(policy, onnx_dir)
             if cuda:
@@ -148,16 +155,23 @@ def run(args) -> int:
             policy.onnx, policy.cuda_graph = None, None
     by_name = {r["name"] + "@" + r["device"]: r for r in rows}
     ratios = {}
-    for model in args.models:
+    for model in models:
         torch_row, ort_row = by_name.get(f"{model}/torch/fp32@cpu"), by_name.get(f"{model}/onnxruntime/fp32@cpu")
         if torch_row and ort_row:
             ratios[f"{model}: torch_cpu/onnxruntime_cpu"] = torch_row["p50_ms"] / ort_row["p50_ms"]
         eager, graphed = by_name.get(f"{model}/torch/fp16@cuda"), by_name.get(f"{model}/torch+cuda_graph/fp16@cuda")
         if eager and graphed:
             ratios[f"{model}: torch_cuda_fp16/cuda_graph_fp16"] = eager["p50_ms"] / graphed["p50_ms"]
+    if args.compare:
+        for row in rows:
+            if row["name"].startswith("shipped/"):
+                before = by_name.get(row["name"].replace("shipped/", "previous/", 1) + "@" + row["device"])
+                if before:
+                    ratios[f"{row['name']}@{row['device']}: shipped/previous"] = row["p50_ms"] / before["p50_ms"]
     print(format_table(rows, ["name", "device", "p50_ms", "p99_ms", "per_s", "rss_mb"]))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    write_json(args.json, {"machine": machine_description(), "rows": rows, "ratios": ratios})
+    write_json(args.json, {"machine": machine_description(), "rows": rows, "ratios": ratios,
+                           "checkpoint": str(checkpoint), "previous": args.compare})
     return 0
 
