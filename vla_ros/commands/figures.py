@@ -51,6 +51,10 @@ def render(root: Path) -> str:
         refused = f", {_pct(entry['refusal_rate'])} refused" if "refusal_rate" in entry else ""
         rows.append(f"| {task} success, {label} | {_pct(entry['success_rate'])} (95% CI {_ci(entry)}){refused} "
                     f"| {source} |")
+    for name, results in evaluation.get("ablations", {}).items():
+        parts = [f"{key.split('/', 1)[1].replace('_', ' ')} {_pct(entry['success_rate'])}"
+                 for key, entry in results.items()]
+        rows.append(f"| ablation `{name}` (`vla-ros eval --ablations`, same scenes) | {', '.join(parts)} | {source} |")
     clip_path = root / "docs" / "benchmarks" / "eval_clip.json"
     if clip_path.is_file():
         clip = json.loads(clip_path.read_text())
