@@ -137,7 +137,12 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     network = copy.deepcopy(policy.network).float().cpu().eval()
     graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
     frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
-    text_graph = TextEncoder(clip_model).to(dtype).eval()
+    if policy.encoder.pretrained_text:
+        # the Hugging Face text tower's LayerNorms do not export in fp16 (mixed types in one node); it runs once
+        # per command, so its graph stays fp32 at both precisions and its output is cast where it is used
+        text_graph = TextEncoder(copy.deepcopy(policy.encoder.model).float().cpu().eval()).eval()
+    else:
+        text_graph = TextEncoder(clip_model).to(dtype).eval()
     size, dim, n = policy.encoder.image_size, policy.encoder.embed_dim, policy.num_joints
     example = (torch.zeros(1, 3, size, size, dtype=dtype), torch.zeros(1, dim, dtype=dtype),
                torch.zeros(1, 2 * n, dtype=dtype))
@@ -163,6 +168,7 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
         "context_length": policy.encoder.context_length,
         # text_encoder takes tokens cut after the command's last token (any length up to context_length)
         "text_dynamic_length": bool(policy.encoder.pretrained_text),
+        "text_encoder_precision": "fp32" if policy.encoder.pretrained_text else ("fp16" if fp16 else "fp32"),
         "joint_names": list(policy.joint_names),
         "proprio_normalization": policy.config["proprio_normalization"],
         "action": policy.config["action"],
