@@ -183,3 +183,22 @@ def test_copy_checkpoint_repoints_clip_and_checks_it(trained, tiny_clip, tmp_pat
     save_clip_checkpoint(loaded.model, other, loaded.model_cfg, loaded.preprocess_cfg)
     with pytest.raises(CheckpointError, match="not the CLIP"):
         copy_checkpoint(final, tmp_path / "elsewhere", other)
+
+
+def test_calibrated_refusal_is_stored_and_holds_refused_episodes_in_evaluation(trained, tmp_path):
+    from vla_ros.commands.calibrate_refusal import calibrate
+    from vla_ros.grounding.refusal import RefusalRule
+
+    policy = Policy.load(trained[1])
+    report = calibrate(policy, scenes=6, false_refusal=0.2, progress=False)
+    rule = RefusalRule.from_dict(report["rule"])
+    assert rule.calibration["valid_splits"] == ["train", "validation_words"]
+    assert set(report["invalid"]) <= {"absent_object", "random_string"}
+    valid_refused = [entry["false_refusal"] for entry in report["valid"].values()]
+    assert max(valid_refused) <= 0.5  # the threshold is a low quantile of the valid scores
+    args = (policy.network, policy.encoder, policy.normalizer, "reach")
+    everything = RefusalRule(threshold=1.0)  # no region reaches it: every episode is refused and held
+    held = run_episodes(*args, episodes=4, seed=3, num_envs=2, vec_env="dummy", refusal=everything,
+                        **SPLITS["corrupted"])
+    assert held.refused == held.episodes == 4 and held.report()["refusal_rate"] == 1.0
+    assert held.mean_length == 50  # held to the time limit

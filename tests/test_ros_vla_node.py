@@ -570,24 +570,26 @@ def test_an_accepted_command_reports_acting(make_node, policy_checkpoint):
 
 
 def test_the_shipped_policy_refuses_an_absent_object_through_the_node_and_nothing_moves(make_node):
-    """The shipped checkpoint and its calibrated threshold, a simulator frame, a command naming a colour not on it."""
+    """The shipped checkpoint and its calibrated rule, a simulator frame, a command naming a colour and a shape
+    that are not on it."""
     from vla_ros.envs.instructions import load_instructions
     from vla_ros.envs.tabletop import TabletopEnv
     from vla_ros.paths import share_path
 
     env = TabletopEnv(split="train")
     try:
-        obs, info = env.reset(seed=900_100)
+        obs, info = env.reset(seed=900_000)
     finally:
         env.close()
-    on_table = {o["colour"] for o in info["objects"]}
-    absent = next(c for c in load_instructions().colours if c not in on_table)
+    instructions = load_instructions()
+    absent = next(c for c in instructions.colours if c not in {o["colour"] for o in info["objects"]})
+    shape = next(s for s in instructions.shapes if s not in {o["shape"] for o in info["objects"]})
     node, probe = make_node("active", policy_path=str(share_path("models", "policy")))
     statuses: list[dict] = []
     probe.node.create_subscription(String, "vla/command_status", lambda m: statuses.append(json.loads(m.data)),
                                    qos.COMMAND_STATUS_QOS)
     probe.frame = obs["image"].copy()  # RGB; the probe sends it as bgr8
-    probe.send_command(f"touch the {absent} cube")
+    probe.send_command(f"touch the {absent} {shape}")
     wait_until(lambda: node.counter("hold.refused_command") >= 5, what="refused steps", timeout=60)
     assert node.counter("commands_published") == 0 and not probe.positions
     wait_until(lambda: statuses, what="a command status")

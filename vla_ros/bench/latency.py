@@ -115,11 +115,12 @@ def run(args) -> int:
     shipped = Policy.load(checkpoint)
     cuda = torch.cuda.is_available()
     rows = []
-    models = list(args.models) + (["previous"] if args.compare else [])
+    compare = getattr(args, "compare", None)
+    models = list(args.models) + (["previous"] if compare else [])
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             if model == "previous":
-                policy = Policy.load(args.compare)
+                policy = Policy.load(compare)
             else:
                 policy = shipped if model == "shipped" else _vit_b32_policy(shipped)
             iterations = args.iterations if model in ("shipped", "previous") else max(20, args.iterations // 4)
@@ -162,7 +163,7 @@ def run(args) -> int:
         eager, graphed = by_name.get(f"{model}/torch/fp16@cuda"), by_name.get(f"{model}/torch+cuda_graph/fp16@cuda")
         if eager and graphed:
             ratios[f"{model}: torch_cuda_fp16/cuda_graph_fp16"] = eager["p50_ms"] / graphed["p50_ms"]
-    if args.compare:
+    if compare:
         for row in rows:
             if row["name"].startswith("shipped/"):
                 before = by_name.get(row["name"].replace("shipped/", "previous/", 1) + "@" + row["device"])
@@ -172,6 +173,6 @@ def run(args) -> int:
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     write_json(args.json, {"machine": machine_description(), "rows": rows, "ratios": ratios,
-                           "checkpoint": str(checkpoint), "previous": args.compare})
+                           "checkpoint": str(checkpoint), "previous": compare})
     return 0
 

@@ -23,6 +23,7 @@ import torch
 from vla_ros.grounding.regions import patch_centres, region_embeddings
 
 PRESENCE_STATISTIC = "max_dense_region_similarity"
+STATISTICS = (PRESENCE_STATISTIC, "max_dense_region_similarity_minus_familiarity")
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,24 @@ class RefusalRule:
     sigma_patches: float = 0.75
     statistic: str = PRESENCE_STATISTIC
     calibration: dict[str, Any] = field(default_factory=dict)
+    familiarity_slope: float = 0.0
+    reference_captions: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not np.isfinite(self.threshold) or not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"refusal threshold must be a cosine similarity in [-1, 1], got {self.threshold}")
         if not np.isfinite(self.sigma_patches) or self.sigma_patches <= 0:
             raise ValueError(f"refusal sigma_patches must be > 0, got {self.sigma_patches}")
-        if self.statistic != PRESENCE_STATISTIC:
-            raise ValueError(f"unknown refusal statistic {self.statistic!r}; expected {PRESENCE_STATISTIC!r}")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown refusal statistic {self.statistic!r}; expected one of {STATISTICS}")
+        if not np.isfinite(self.familiarity_slope) or not 0.0 <= self.familiarity_slope <= 10.0:
+            raise ValueError(f"refusal familiarity_slope must be in [0, 10], got {self.familiarity_slope}")
+        uses_familiarity = self.statistic == STATISTICS[1]
+        if uses_familiarity != bool(self.reference_captions) or (not uses_familiarity and self.familiarity_slope):
+            raise ValueError(f"refusal statistic {self.statistic!r} goes with reference captions and a slope "
+                             "exactly when it is the familiarity one")
+        if not all(isinstance(c, str) and c.strip() for c in self.reference_captions):
+            raise ValueError("refusal reference_captions must be non-empty strings")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "RefusalRule | None":
@@ -68,13 +79,25 @@ class RefusalRule:
         try:
             return cls(threshold=float(data["threshold"]), sigma_patches=float(data.get("sigma_patches", 0.75)),
                        statistic=str(data.get("statistic", PRESENCE_STATISTIC)),
-                       calibration=dict(data.get("calibration") or {}))
+                       calibration=dict(data.get("calibration") or {}),
+                       familiarity_slope=float(data.get("familiarity_slope", 0.0)),
+                       reference_captions=tuple(data.get("reference_captions") or ()))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed refusal rule {data!r}: {error}") from error
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``config.json``'s ``refusal``)."""
-        return asdict(self)
+        data = asdict(self)
+        data["reference_captions"] = list(self.reference_captions)
+        return data
+
+    def scores(self, encoder, patches: torch.Tensor, texts: torch.Tensor) -> np.ndarray:
+        """The rule's statistic (N,) for patches (N, P, D) and command embeddings (N, D) from ``encoder``."""
+        presence = presence_scores(patches, texts, encoder.grid_size, encoder.image_size,
+                                   encoder_sigma(encoder, self.sigma_patches)).numpy()
+        if self.statistic == PRESENCE_STATISTIC:
+            return presence
+        return presence - self.familiarity_slope * familiarity(encoder, texts, self.reference_captions)
 
     def judge(self, command: str, score: float) -> Refusal | None:
         """A :class:`Refusal` when ``score`` (presence) is under the threshold, else None."""
@@ -108,9 +131,40 @@ def presence_scores(patches: torch.Tensor, texts: torch.Tensor, grid_size: tuple
     return (regions @ texts.unsqueeze(-1)).squeeze(-1).amax(dim=1)
 
 
+def familiarity(encoder, texts: torch.Tensor, reference_captions) -> np.ndarray:
+    """Each command's highest cosine similarity (N,) to the reference captions (embedded by ``encoder``)."""
+    references = encoder.encode_text(list(reference_captions))  # cached by the encoder after the first call
+    texts = torch.nn.functional.normalize(torch.as_tensor(texts, dtype=references.dtype), dim=-1)
+    return (texts @ references.T).amax(dim=1).numpy()
+
+
+def reference_captions(instructions=None) -> tuple[str, ...]:
+    """"the <colour> <shape>" for every colour-shape pair of the instruction set (the familiarity references)."""
+    if instructions is None:
+        from vla_ros.envs.instructions import load_instructions
+
+        instructions = load_instructions()
+    return tuple(f"the {colour} {shape}" for colour, shape in instructions.all_combos)
+
+
 def encoder_sigma(encoder, sigma_patches: float) -> float:
     """``sigma_patches`` of the CLIP's own grid on the encoder's (shift-and-stitch makes it denser)."""
     return float(sigma_patches) * int(getattr(encoder, "patch_stitch", 1))
+
+
+@torch.no_grad()
+def frame_features(encoder, frames: np.ndarray, commands: list[str], sigma_patches: float = 0.75,
+                   references=(), batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Presence (N,) and familiarity to ``references`` (N,; zeros without references) of commands on frames."""
+    presence, familiar = [], []
+    sigma = encoder_sigma(encoder, sigma_patches)
+    for start in range(0, len(frames), batch_size):
+        stop = min(start + batch_size, len(frames))
+        patches = encoder.encode_images(frames[start:stop]).patches
+        texts = encoder.encode_text(list(commands[start:stop]))
+        presence.append(presence_scores(patches, texts, encoder.grid_size, encoder.image_size, sigma).numpy())
+        familiar.append(familiarity(encoder, texts, references) if references else np.zeros(stop - start))
+    return np.concatenate(presence), np.concatenate(familiar)
 
 
 @torch.no_grad()

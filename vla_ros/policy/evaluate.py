@@ -89,14 +89,12 @@ def _count(table: dict[str, tuple[int, int, int]], kind: str | None, success: in
 
 def _refused(rule, encoder, obs: dict, envs: np.ndarray) -> np.ndarray:
     """Which of ``envs`` start an episode whose command the rule refuses (presence under its threshold)."""
-    from vla_ros.grounding.refusal import encoder_sigma, presence_scores
     from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_TEXT
 
     if rule is None or len(envs) == 0:
         return np.zeros(len(envs), dtype=bool)
-    scores = presence_scores(torch.as_tensor(obs[FEAT_IMAGE_PATCHES][envs]), torch.as_tensor(obs[FEAT_TEXT][envs]),
-                             encoder.grid_size, encoder.image_size, encoder_sigma(encoder, rule.sigma_patches))
-    return scores.numpy() < rule.threshold
+    scores = rule.scores(encoder, torch.as_tensor(obs[FEAT_IMAGE_PATCHES][envs]), torch.as_tensor(obs[FEAT_TEXT][envs]))
+    return scores < rule.threshold
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 
 from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder
-from vla_ros.grounding.refusal import Refusal, RefusalRule, encoder_sigma, presence_scores, unreadable
+from vla_ros.grounding.refusal import Refusal, RefusalRule, unreadable
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.proprio import ProprioNormalizer
@@ -157,8 +157,7 @@ class Policy:
         if refusal is None and self.refusal_rule is not None:
             rule = self.refusal_rule
             patches = self.encoder.encode_images(frame).patches
-            score = float(presence_scores(patches, self.encoder.encode_text([command]), self.encoder.grid_size,
-                                          self.encoder.image_size, encoder_sigma(self.encoder, rule.sigma_patches))[0])
+            score = float(rule.scores(self.encoder, patches, self.encoder.encode_text([command]))[0])
             self.last_presence = score
             refusal = rule.judge(command, score)
         self._judged_command = command if isinstance(command, str) else None
