@@ -41,7 +41,10 @@ def _language_lines(config: dict, clip_metadata: dict) -> list[str]:
     rule = config.get("refusal")
     if rule:
         calibration = rule.get("calibration", {})
-        lines.append(f"- refusal: a command is refused (the arm holds still) when its best region similarity on the "
+        statistic = "its best region similarity" if not rule.get("familiarity_slope") else (
+            f"its best region similarity minus {rule['familiarity_slope']:.2f} x its familiarity (closest cosine to "
+            f"{len(rule.get('reference_captions', []))} colour-shape captions)")
+        lines.append(f"- refusal: a command is refused (the arm holds still) when {statistic} on the "
                      f"episode's first frame is under {rule['threshold']:.4f}, chosen by `vla-ros calibrate-refusal` "
                      f"to refuse {100 * calibration.get('false_refusal_target', float('nan')):.1f}% of valid commands "
                      f"on validation scenes ({calibration.get('scenes_per_split', '?')} per split of "
