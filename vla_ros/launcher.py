@@ -25,8 +25,8 @@ def _param_value(value) -> str:
 
 
 # Fast DDS's builtin "LARGE_DATA" transports (SHM + TCP for data, UDP only for discovery): with the default
-# UDP transport, 640x480 best-effort camera frames between processes are lost almost entirely (measured: 1 of
-# 144 arrived; 144 of 144 with LARGE_DATA). Applied unless the environment already chooses.
+# UDP transport, 640x480 best-effort camera frames between processes are almost all lost (see
+# docs/EXPERIMENT_LOG.md). Applied unless the environment already chooses.
 FASTDDS_TRANSPORTS = ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
