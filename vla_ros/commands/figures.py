@@ -37,7 +37,7 @@ def render(root: Path) -> str:
     evaluation = json.loads((root / "models" / "policy" / "eval_report.json").read_text())
     rows = ["| figure | value | source |", "|---|---|---|"]
     episodes = evaluation["episodes_per_split"]
-    source = f"`vla-ros eval`, {episodes} episodes per split (`models/policy/eval_report.json`)"
+    source = "eval"
     for name, entry in evaluation["splits"].items():
         task, split = name.split("/", 1)
         if split == "corrupted":
@@ -54,7 +54,7 @@ def render(root: Path) -> str:
     for name, results in evaluation.get("ablations", {}).items():
         parts = [f"{key.split('/', 1)[1].replace('_', ' ')} {_pct(entry['success_rate'])}"
                  for key, entry in results.items()]
-        rows.append(f"| ablation `{name}` (`vla-ros eval --ablations`, same scenes) | {', '.join(parts)} | {source} |")
+        rows.append(f"| ablation `{name}` (same scenes) | {', '.join(parts)} | {source} |")
     clip_path = root / "docs" / "benchmarks" / "eval_clip.json"
     if clip_path.is_file():
         clip = json.loads(clip_path.read_text())
@@ -62,7 +62,7 @@ def render(root: Path) -> str:
         parts = [f"{key.replace('_', ' ')} {_pct(value)}" for key, value in zero_shot.items()]
         rows.append(f"| CLIP zero-shot object pick ({clip['scenes']} scenes per split) | {', '.join(parts)}"
                     + (f"; presence AUROC {clip['presence']['auroc']:.3f}" if "presence" in clip else "")
-                    + " | `vla-ros eval-clip` (`docs/benchmarks/eval_clip.json`) |")
+                    + " | eval-clip |")
     latency_path = root / "docs" / "benchmarks" / "bench_latency.json"
     if latency_path.is_file():
         latency = json.loads(latency_path.read_text())
@@ -70,11 +70,13 @@ def render(root: Path) -> str:
         frame = [f"{name.split('/')[1]} {r['p50_ms']:.2f} ms" for name, r in shipped.items()
                  if not name.endswith("/text")]
         text = [f"{name.split('/')[1]} {r['p50_ms']:.2f} ms" for name, r in shipped.items() if name.endswith("/text")]
-        rows.append(f"| frame to action, batch 1, CPU, p50 | {', '.join(frame)} | `vla-ros bench latency` "
-                    "(`docs/benchmarks/bench_latency.json`) |")
+        rows.append(f"| frame to action, batch 1, CPU, p50 | {', '.join(frame)} | bench latency |")
         if text:
-            rows.append(f"| encoding a new command (once per command), p50 | {', '.join(text)} | the same |")
-    return "\n".join([BEGIN, "", *rows, "", END])
+            rows.append(f"| encoding a new command (once per command), p50 | {', '.join(text)} | bench latency |")
+    sources = (f"Sources: eval = `vla-ros eval`, {episodes} episodes per split (`models/policy/eval_report.json`); "
+               "eval-clip = `vla-ros eval-clip` (`docs/benchmarks/eval_clip.json`); bench latency = `vla-ros bench "
+               "latency` (`docs/benchmarks/bench_latency.json`).")
+    return "\n".join([BEGIN, "", *rows, "", sources, "", END])
 
 
 def readme_block(readme: str) -> str | None:
