@@ -274,6 +274,8 @@ def test_train_clip_with_the_pretrained_tower_exports_and_reloads(tmp_path, unlo
         torch.testing.assert_close(value.float(), state[name].float(), atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="text_unlocked_layers"):
         ClipTrainer(TrainClipConfig(out=str(tmp_path / "bad"), text_unlocked_layers=1))
+    with pytest.raises(ValueError, match="text_projection"):
+        ClipTrainer(TrainClipConfig(out=str(tmp_path / "bad"), text_tower=MINILM, text_projection="conv"))
 
 
 # --------------------------------------------------------------------------- refusal

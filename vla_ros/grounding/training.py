@@ -162,6 +162,9 @@ class TrainClipConfig:
     """trainable last layers of the pretrained text tower (0 = frozen; its output is then cached per caption)"""
     text_lr_scale: float = 0.1
     """learning-rate factor of the unlocked pretrained text layers"""
+    text_projection: str = "mlp"
+    """projection of the pretrained text tower's output into the joint space: ``mlp`` (384 -> 256 -> 128, GELU) or
+    ``linear``"""
     broad_vocabulary: bool = False
     """captions also use the extra shape nouns and frames of ``sim/tasks/clip_vocabulary.yaml``"""
     named_colour_scenes: int = 0
@@ -283,6 +286,8 @@ def check_config(config: TrainClipConfig) -> None:
         raise ValueError("text_unlocked_layers needs a pretrained text_tower")
     if config.text_tower != "none" and not 0 <= config.text_unlocked_layers <= TEXT_TOWERS[config.text_tower].layers:
         raise ValueError(f"text_unlocked_layers must be 0..{TEXT_TOWERS[config.text_tower].layers}")
+    if config.text_projection not in ("mlp", "linear"):
+        raise ValueError(f"text_projection must be 'mlp' or 'linear', got {config.text_projection!r}")
     if config.named_colour_scenes and not config.broad_vocabulary:
         raise ValueError("named_colour_scenes needs broad_vocabulary (the colour names come from it)")
     if config.broad_vocabulary and config.name_novel_colours:
@@ -373,7 +378,7 @@ class ClipTrainer:
                 from vla_ros.grounding.text_tower import text_cfg
 
                 model_cfg = tiny_clip_config(config.model)
-                model_cfg["text_cfg"] = text_cfg(config.text_tower)
+                model_cfg["text_cfg"] = text_cfg(config.text_tower, proj_type=config.text_projection)
                 loaded = create_clip(model_cfg, seed=config.seed)
                 # the pretrained transformer (LayerNorms too) stays as it is but for its last layers
                 loaded.model.text.transformer.requires_grad_(False)
