@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from vla_ros.envs.instructions import load_instructions
     from vla_ros.grounding.data import CaptionSampler, generate_scenes
     from vla_ros.grounding.encoder import ClipEncoder
-    from vla_ros.grounding.evaluation import dense_picks, pick_error_kinds, retrieval_r1, zero_shot_accuracy
+    from vla_ros.grounding.evaluation import dense_picks, pick_error_kinds, retrieval_r1, zero_shot_hits
     from vla_ros.grounding.refusal import auroc, score_frames
     from vla_ros.paths import share_path
 
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         splits["heldout_words"] = "heldout_words"
     data = {name: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size, progress=True)
             for name, split in splits.items()}
-    accuracy = {name: zero_shot_accuracy(encoder, data[name]) for name in splits}
+    hits = {name: zero_shot_hits(encoder, data[name]) for name in splits}
+    accuracy = {name: float(hits[name].mean()) for name in splits}
     dense, dense_errors, picks = {}, {}, {}
     for name in splits:
         picks[name] = dense_picks(encoder, data[name])
@@ -96,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if "heldout_words" in splits:
         words = data["heldout_words"]
         kinds = np.asarray(words.kinds)
-        zero_shot_hits = _zero_shot_hits(encoder, words)
-        by_kind = {kind: {"zero_shot": float(zero_shot_hits[kinds == kind].mean()),
+        by_kind = {kind: {"zero_shot": float(hits["heldout_words"][kinds == kind].mean()),
                           "dense_pick": float((picks["heldout_words"] == words.target)[kinds == kind].mean()),
                           "scenes": int((kinds == kind).sum())} for kind in sorted(set(kinds.tolist()))}
         report["heldout_words_by_kind"] = by_kind
@@ -120,15 +120,3 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.json, report)
     return 0
 
-
-def _zero_shot_hits(encoder, dataset):
-    """Per scene, whether the zero-shot object pick is right (the same rule as ``zero_shot_accuracy``)."""
-    import numpy as np
-    import torch
-
-    from vla_ros.grounding.zero_shot import region_similarities
-
-    texts = encoder.encode_text([str(c) for c in dataset.commands])
-    sims = region_similarities(encoder, dataset.images, dataset.pixels, texts)
-    sims = sims.masked_fill(~torch.from_numpy(dataset.valid), float("-inf"))
-    return sims.argmax(dim=1).numpy() == np.asarray(dataset.target)

@@ -118,6 +118,15 @@ def _vision_tokens(visual: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch
     return pooled @ visual.proj, tokens @ visual.proj
 
 
+def trim_padding(tokens):
+    """Token ids (B, L), torch or numpy, cut after the longest row's last non-padding (id 0) token.
+
+    Padding is masked out of a Hugging Face tower's attention and mean pooling, so its output does not change;
+    a short command then costs a fraction of the full context.
+    """
+    return tokens[:, : max(1, int((tokens != 0).sum(1).max()))]
+
+
 class ClipEncoder:
     """Frozen open_clip model wrapped for inference on numpy frames and command strings.
 
@@ -265,9 +274,7 @@ class ClipEncoder:
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pretrained_text:
-            # padding is masked out of a Hugging Face tower's attention and mean pooling: drop the columns
-            # past the longest text (a short command costs a fraction of the full context)
-            tokens = tokens[:, : max(1, int((tokens != 0).sum(dim=1).max()))]
+            tokens = trim_padding(tokens)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     def _encode_uncached(self, text: str) -> torch.Tensor:

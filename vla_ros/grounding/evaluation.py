@@ -15,20 +15,25 @@ from vla_ros.grounding.regions import patch_centres, region_embeddings
 from vla_ros.grounding.zero_shot import object_pixels_to_model, region_similarities
 
 
-def zero_shot_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
-    """Fraction of scenes where the command's embedding is closest to the commanded object's region.
+def zero_shot_hits(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> np.ndarray:
+    """Per scene (N,), whether the command's embedding is closest to the commanded object's region.
 
     The candidates are the objects on the table (their pixels from the simulator); the command is
     the env's own command for the scene, encoded as is.
     """
-    correct = 0
+    hits = np.zeros(len(dataset), dtype=bool)
     for start in range(0, len(dataset), batch_size):
         stop = min(start + batch_size, len(dataset))
         texts = encoder.encode_text([str(c) for c in dataset.commands[start:stop]])
         sims = region_similarities(encoder, dataset.images[start:stop], dataset.pixels[start:stop], texts)
         sims = sims.masked_fill(~torch.from_numpy(dataset.valid[start:stop]), float("-inf"))
-        correct += int((sims.argmax(dim=1).numpy() == dataset.target[start:stop]).sum())
-    return correct / len(dataset)
+        hits[start:stop] = sims.argmax(dim=1).numpy() == dataset.target[start:stop]
+    return hits
+
+
+def zero_shot_accuracy(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> float:
+    """Fraction of scenes where the command's embedding is closest to the commanded object's region."""
+    return float(zero_shot_hits(encoder, dataset, batch_size).mean())
 
 
 def dense_picks(encoder: ClipEncoder, dataset: SceneDataset, batch_size: int = 256) -> np.ndarray:

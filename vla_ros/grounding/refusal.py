@@ -164,21 +164,15 @@ def frame_features(encoder, frames: np.ndarray, commands: list[str], sigma_patch
         texts = encoder.encode_text(list(commands[start:stop]))
         presence.append(presence_scores(patches, texts, encoder.grid_size, encoder.image_size, sigma).numpy())
         familiar.append(familiarity(encoder, texts, references) if references else np.zeros(stop - start))
+    if not presence:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return np.concatenate(presence), np.concatenate(familiar)
 
 
-@torch.no_grad()
 def score_frames(encoder, frames: np.ndarray, commands: list[str], sigma_patches: float = 0.75,
                  batch_size: int = 128) -> np.ndarray:
     """Presence scores (N,) of ``commands[i]`` on ``frames[i]`` with a :class:`ClipEncoder`."""
-    scores = []
-    sigma = encoder_sigma(encoder, sigma_patches)
-    for start in range(0, len(frames), batch_size):
-        stop = min(start + batch_size, len(frames))
-        patches = encoder.encode_images(frames[start:stop]).patches
-        texts = encoder.encode_text(list(commands[start:stop]))
-        scores.append(presence_scores(patches, texts, encoder.grid_size, encoder.image_size, sigma))
-    return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+    return frame_features(encoder, frames, commands, sigma_patches, batch_size=batch_size)[0]
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:

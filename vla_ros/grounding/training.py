@@ -46,7 +46,7 @@ from tqdm import tqdm
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip, save_clip_checkpoint
 from vla_ros.grounding.config import TINY_CLIP_NAME
 from vla_ros.grounding.data import NO_ATTRIBUTE, CaptionSampler, SceneDataset, load_or_generate
-from vla_ros.grounding.encoder import ClipEncoder, vision_forward
+from vla_ros.grounding.encoder import ClipEncoder, trim_padding, vision_forward
 from vla_ros.grounding.preprocess import OPENAI_MEAN, OPENAI_STD, FramePreprocessor
 from vla_ros.grounding.regions import patch_centres, region_embeddings, region_weights
 
@@ -441,15 +441,13 @@ class ClipTrainer:
         vector when the whole tower is frozen, else the hidden states entering the first unlocked layer), and
         only the unlocked layers and the projection run every step.
         """
-        tokens = self._tokenize(texts)
         if not self.pretrained_text:
-            return encode_text_trimmed(self.model, tokens)
+            return encode_text_trimmed(self.model, self._tokenize(texts))
         text = self.model.text
         unlocked = self.config.text_unlocked_layers
         missing = [i for i, t in enumerate(texts) if t not in self.text_cache]
-        if missing:
-            ids = tokens[missing]
-            ids = ids[:, : max(1, int((ids != 0).sum(dim=1).max()))]  # padding is masked out anyway
+        if missing:  # only captions not seen before are tokenised and run through the frozen layers
+            ids = trim_padding(self._tokenize([texts[i] for i in missing]))
             mask = (ids != text.config.pad_token_id).long()
             with torch.no_grad():
                 out = text.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=bool(unlocked))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vla_ros.grounding.checkpoint import sha256_file
-from vla_ros.grounding.encoder import ClipEncoder
+from vla_ros.grounding.encoder import ClipEncoder, trim_padding
 from vla_ros.grounding.refusal import Refusal, RefusalRule, unreadable
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
@@ -291,8 +291,8 @@ class OnnxGraphs:
         """(1, D) embedding of ``command`` (cached: commands repeat)."""
         if command not in self._text_cache:
             tokens = encoder.tokenize([command]).numpy().astype(np.int64)
-            if encoder.pretrained_text:  # its graph takes any length: padding is masked out anyway
-                tokens = tokens[:, : max(1, int((tokens != 0).sum()))]
+            if encoder.pretrained_text:  # its graph takes any length
+                tokens = trim_padding(tokens)
             self._text_cache[command] = self.text_session.run(None, {"tokens": tokens})[0].astype(self.dtype)
         return self._text_cache[command]
 
