@@ -44,10 +44,10 @@ def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden
     vocabulary = load_clip_vocabulary(instructions=instructions)
     assert len(vocabulary.named_colours) > 300
     assert not vocabulary.tokens() & forbidden
-    sampler = CaptionSampler.from_instructions(instructions, vocabulary=vocabulary)
+    sampler = CaptionSampler.from_instructions(instructions, vocabulary=vocabulary, named_absent_fraction=0.5)
     rng = np.random.default_rng(0)
     palette = len(instructions.colours)
-    texts = []
+    texts, named_absent = [], 0
     for _ in range(3000):
         colours = rng.integers(len(sampler.colour_names), size=3)
         shapes = rng.integers(len(instructions.shapes), size=3)
@@ -58,10 +58,14 @@ def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden
         absent = sampler.absent_caption(colours, shapes, rng)
         if absent is not None:
             texts.append(absent[0])
-            assert absent[1] < palette
+            # absent: no object on the table looks like it (named colours count as their palette colour)
+            present = {(int(sampler.colour_classes[c]), int(s)) for c, s in zip(colours, shapes)}
+            assert (int(sampler.colour_classes[absent[1]]), absent[2]) not in present
+            named_absent += absent[1] >= palette
         texts.append(nonsense_phrase(rng))
     leaked = {token for text in texts for token in word_tokens(text)} & forbidden
     assert not leaked, f"word-split words in training captions: {sorted(leaked)}"
+    assert 0.3 < named_absent / 3000 < 0.7  # about half the absent captions use a named colour
 
 
 def test_nonsense_phrases_name_no_colour_or_shape(instructions):
@@ -230,6 +234,7 @@ def test_unlocked_layers_on_cached_states_equal_the_full_tower():
     from vla_ros.grounding import create_clip
     from vla_ros.grounding.config import tiny_clip_config
     from vla_ros.grounding.text_tower import text_cfg
+    from vla_ros.grounding.text_pooling import pool_projected
     from vla_ros.grounding.training import unlocked_text_forward
 
     cfg = tiny_clip_config("vla-tiny-clip")
@@ -245,8 +250,42 @@ def test_unlocked_layers_on_cached_states_equal_the_full_tower():
         hidden = text.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         for layers in (1, 2):
             states = [hidden[-(layers + 1)][i, : int(mask[i].sum())] for i in range(len(commands))]
-            torch.testing.assert_close(text.proj(unlocked_text_forward(text, states, layers)), reference,
-                                       atol=1e-5, rtol=1e-4)
+            pooled = pool_projected(text, *unlocked_text_forward(text, states, layers), "mean")
+            torch.testing.assert_close(pooled, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_projected_tokens_pooling_is_the_mean_of_projected_token_states_and_survives_a_reload(tmp_path):
+    from vla_ros.grounding import ClipEncoder, create_clip, load_clip, save_clip_checkpoint
+    from vla_ros.grounding.config import tiny_clip_config
+    from vla_ros.grounding.text_pooling import TEXT_POOLING_KEY
+    from vla_ros.grounding.text_tower import text_cfg
+
+    cfg = tiny_clip_config("vla-tiny-clip")
+    cfg["text_cfg"] = text_cfg(MINILM)
+    mean = create_clip(cfg, seed=0)
+    cfg[TEXT_POOLING_KEY] = "projected_tokens"
+    tokens_first = create_clip(cfg, seed=0)
+    tokens_first.model.load_state_dict(mean.model.state_dict())
+    commands = ["reach the cherry spheroid", "a ball"]
+    tokens = mean.tokenizer(commands, context_length=64)
+    text = tokens_first.model.text.eval()
+    mask = (tokens != 0).long()
+    with torch.no_grad():
+        states = text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+        projected = text.proj(states)
+        expected = torch.stack([projected[i, mask[i].bool()].mean(0) for i in range(len(commands))])
+        got = tokens_first.model.encode_text(tokens)
+        before = mean.model.eval().encode_text(tokens)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, before, atol=1e-3)  # the MLP does not commute with the mean
+    # the choice is part of the checkpoint: a reload pools the same way
+    save_clip_checkpoint(tokens_first.model, tmp_path / "clip", cfg, tokens_first.preprocess_cfg)
+    reloaded = ClipEncoder(load_clip(tmp_path / "clip"))
+    torch.testing.assert_close(reloaded.encode_text(commands),
+                               ClipEncoder(tokens_first).encode_text(commands), atol=1e-4, rtol=1e-3)
+    cfg[TEXT_POOLING_KEY] = "max"
+    with pytest.raises(ValueError, match=TEXT_POOLING_KEY):
+        create_clip(cfg)
 
 
 @pytest.mark.parametrize("unlocked", [0, 1])

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vla_ros.grounding.training import TrainClipConfig
 
     add_dataclass_arguments(parser, TrainClipConfig, skip=("command",),
-                            choices={"adapter": ("none", "lora"), "colour_space": ("rgb", "vsh")})
+                            choices={"adapter": ("none", "lora"), "colour_space": ("rgb", "vsh"),
+                                     "text_pooling": ("mean", "projected_tokens")})
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/train_state.pt")
     add_json_argument(parser)
 

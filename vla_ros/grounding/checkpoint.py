@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from vla_ros.grounding.config import BUILTIN_CONFIGS, TINY_CLIP_NAME, register_model_config
+from vla_ros.grounding.text_pooling import apply_text_pooling, open_clip_cfg
 from vla_ros.grounding.text_tower import (
     TEXT_TOWERS,
     TextTowerError,
@@ -72,7 +73,11 @@ def _refuse_hub_config(model_cfg: dict[str, Any], source: str) -> None:
 
 
 def _registered_name(model_cfg: dict[str, Any], name: str) -> str:
-    """Register ``model_cfg`` (its text tower resolved to the verified local folder) under ``name``."""
+    """Register ``model_cfg`` (its text tower resolved to the verified local folder) under ``name``.
+
+    Our own keys (the text pooling) are left out: open_clip's constructors take only theirs.
+    """
+    model_cfg = open_clip_cfg(model_cfg)
     return register_model_config(name, resolve_text_cfg(model_cfg) if is_pretrained_text(model_cfg) else model_cfg)
 
 
@@ -121,6 +126,7 @@ def _load_pretrained_text_clip(folder: Path, model_cfg: dict[str, Any], weights:
     name = _registered_name(model_cfg, "vla-checkpoint-clip")
     with _quiet_transformers():
         model = open_clip.create_model(name, device="cpu", pretrained_image=False, pretrained_text=True)
+    apply_text_pooling(model, model_cfg)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
@@ -255,6 +261,7 @@ def create_clip(model_cfg: dict[str, Any] | str = TINY_CLIP_NAME, seed: int | No
     with _quiet_transformers():
         model = open_clip.create_model(name, device=device, pretrained_image=False,
                                        pretrained_text=is_pretrained_text(cfg))
+    apply_text_pooling(model, cfg)
     return LoadedClip(model=model, tokenizer=open_clip.get_tokenizer(name), model_cfg=cfg,
                       preprocess_cfg=dict(open_clip.get_model_preprocess_cfg(model)),
                       weights_path=None, weights_sha256=None)

@@ -238,7 +238,8 @@ class CaptionSampler:
                  command_fraction: float = 0.4,
                  directions: Sequence[str] = ("left", "right", "forward", "back"),
                  colour_classes: Sequence[int] | None = None,
-                 heldout_combos: frozenset[tuple[int, int]] = frozenset(), palette_size: int | None = None):
+                 heldout_combos: frozenset[tuple[int, int]] = frozenset(), palette_size: int | None = None,
+                 typical_names: dict[int, Sequence[int]] | None = None, named_absent_fraction: float = 0.0):
         self.colour_names = tuple(colour_names)
         self.shape_names = tuple(shape_names)
         self.shape_words = {s: tuple((shape_words or {}).get(s, (s,))) for s in self.shape_names}
@@ -250,6 +251,9 @@ class CaptionSampler:
         self.colour_classes = np.asarray(colour_classes if colour_classes is not None else range(len(colour_names)))
         self.heldout_combos = heldout_combos  # (palette colour index, shape index) pairs never named
         self.palette_size = palette_size if palette_size is not None else len(self.colour_names)
+        # palette colour index -> indices of named colours that clearly look like it (absent captions may use them)
+        self.typical_names = {int(c): tuple(names) for c, names in (typical_names or {}).items() if names}
+        self.named_absent_fraction = float(named_absent_fraction)
 
     @classmethod
     def from_instructions(cls, instructions, extra_colours: Sequence[str] = (), vocabulary=None,
@@ -272,6 +276,11 @@ class CaptionSampler:
                            for s, words in shape_words.items()}
             colours += tuple(c.name for c in vocabulary.named_colours)
             classes += [palette.index(c.palette) for c in vocabulary.named_colours]
+            typical: dict[int, list[int]] = {}
+            for k, named in enumerate(vocabulary.named_colours):
+                if named.is_typical(instructions):
+                    typical.setdefault(palette.index(named.palette), []).append(len(palette) + len(extra_colours) + k)
+            kwargs.setdefault("typical_names", typical)
         shapes = tuple(instructions.shapes)
         heldout = frozenset((palette.index(c), shapes.index(s)) for c, s in instructions.heldout_combos)
         return cls(colours, shapes, shape_words, templates, directions=directions, colour_classes=classes,
@@ -320,6 +329,9 @@ class CaptionSampler:
                        rng: np.random.Generator) -> tuple[str, int, int] | None:
         """A caption of a palette colour-shape pair that is not on the table, (text, colour, shape); None if none.
 
+        With probability ``named_absent_fraction`` the colour is named by a named colour that clearly looks
+        like it (``typical_names``) instead of the palette word; the returned colour is then that name's index.
+
         Not on the table means no object of that shape looks like that palette colour (a named colour counts
         as its palette class). Held-out combinations are never named. Two draws in three share the colour or
         the shape with an object on the table (the hard case: "the red ball" beside a red cube).
@@ -332,6 +344,9 @@ class CaptionSampler:
         near = [(c, s) for c, s in options if any(c == pc or s == ps for pc, ps in present)]
         pool = near if near and rng.random() < 2 / 3 else options
         colour, shape = pool[rng.integers(len(pool))]
+        if colour in self.typical_names and rng.random() < self.named_absent_fraction:
+            names = self.typical_names[colour]  # "the cerulean ball": absent in a word the CLIP learns from paint
+            colour = names[rng.integers(len(names))]
         if self.command_templates and rng.random() < self.command_fraction:
             template = self.command_templates[rng.integers(len(self.command_templates))]
             text = template.format(colour=self.colour_names[colour], shape=self._shape_word(shape, rng),

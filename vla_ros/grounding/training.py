@@ -49,6 +49,7 @@ from vla_ros.grounding.data import NO_ATTRIBUTE, CaptionSampler, SceneDataset, l
 from vla_ros.grounding.encoder import ClipEncoder, trim_padding, vision_forward
 from vla_ros.grounding.preprocess import OPENAI_MEAN, OPENAI_STD, FramePreprocessor
 from vla_ros.grounding.regions import patch_centres, region_embeddings, region_weights
+from vla_ros.grounding.text_pooling import pool_projected
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes use seeds far from any training seed
 NAMED_SEED_OFFSET = 500_000  # named-colour training scenes: other seeds than the palette ones
@@ -165,6 +166,9 @@ class TrainClipConfig:
     text_projection: str = "mlp"
     """projection of the pretrained text tower's output into the joint space: ``mlp`` (384 -> 256 -> 128, GELU) or
     ``linear``"""
+    text_pooling: str = "mean"
+    """how the pretrained text tower's token states become one vector: ``mean`` (average, then project) or
+    ``projected_tokens`` (project each token, then average; see :mod:`vla_ros.grounding.text_pooling`)"""
     broad_vocabulary: bool = False
     """captions also use the extra shape nouns and frames of ``sim/tasks/clip_vocabulary.yaml``"""
     named_colour_scenes: int = 0
@@ -175,6 +179,9 @@ class TrainClipConfig:
     scene's own object captions against absent colour-shape pairs and nonsense phrases (what refusal reads)"""
     nonsense_fraction: float = 0.25
     """share of scenes that add a nonsense phrase to the presence term's negatives"""
+    named_absent_fraction: float = 0.0
+    """share of the presence term's absent-object captions that name the colour with a named colour that
+    clearly looks like it ("the cerulean ball") instead of the palette word (needs ``broad_vocabulary``)"""
     eval_scenes: int = 300
     """held-out-seed scenes per evaluation split during training"""
     eval_every: int = 500
@@ -243,12 +250,8 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
-def unlocked_text_forward(text: torch.nn.Module, hidden: list[torch.Tensor], layers: int) -> torch.Tensor:
-    """Mean-pooled output of a Hugging Face text tower's last ``layers`` layers for cached hidden states.
-
-    ``hidden`` holds one (length, width) tensor per caption: the states entering the first of those layers.
-    Equals the tower's own forward (open_clip's ``HFTextEncoder`` with a mean pooler) up to float rounding.
-    """
+def pad_states(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, D) token states and their (B, L) boolean mask from one (length, D) tensor per caption."""
     width = hidden[0].shape[-1]
     length = max(h.shape[0] for h in hidden)
     states = hidden[0].new_zeros(len(hidden), length, width)
@@ -256,13 +259,25 @@ def unlocked_text_forward(text: torch.nn.Module, hidden: list[torch.Tensor], lay
     for i, h in enumerate(hidden):
         states[i, : len(h)] = h
         mask[i, : len(h)] = True
+    return states, mask
+
+
+def unlocked_text_forward(text: torch.nn.Module, hidden: list[torch.Tensor], layers: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states and mask after a Hugging Face text tower's last ``layers`` layers, for cached hidden states.
+
+    ``hidden`` holds one (length, width) tensor per caption: the states entering the first of those layers.
+    Pooled and projected (:func:`vla_ros.grounding.text_pooling.pool_projected`), this equals the tower's own
+    forward up to float rounding.
+    """
+    states, mask = pad_states(hidden)
+    length = states.shape[1]
     additive = torch.zeros(len(hidden), 1, 1, length, dtype=states.dtype).masked_fill(
         ~mask[:, None, None, :], torch.finfo(states.dtype).min)
     for layer in text.transformer.encoder.layer[-layers:]:
         states = layer(states, attention_mask=additive)
         states = states[0] if isinstance(states, tuple) else states
-    weights = mask.unsqueeze(-1).to(states.dtype)
-    return (states * weights).sum(dim=1) / weights.sum(dim=1)
+    return states, mask
 
 
 def _scene_sampler(config: TrainClipConfig, vocabulary=None) -> CaptionSampler:
@@ -271,11 +286,13 @@ def _scene_sampler(config: TrainClipConfig, vocabulary=None) -> CaptionSampler:
     return CaptionSampler.from_instructions(load_instructions(), attribute_fraction=config.attribute_fraction,
                                             command_fraction=config.command_fraction,
                                             extra_colours=NOVEL_COLOUR_NAMES if config.name_novel_colours else (),
-                                            vocabulary=vocabulary)
+                                            vocabulary=vocabulary,
+                                            named_absent_fraction=config.named_absent_fraction)
 
 
 def check_config(config: TrainClipConfig) -> None:
     """Raise ``ValueError`` for settings that contradict each other."""
+    from vla_ros.grounding.text_pooling import TEXT_POOLINGS
     from vla_ros.grounding.text_tower import TEXT_TOWERS
 
     if config.text_tower != "none" and config.text_tower not in TEXT_TOWERS:
@@ -288,10 +305,18 @@ def check_config(config: TrainClipConfig) -> None:
         raise ValueError(f"text_unlocked_layers must be 0..{TEXT_TOWERS[config.text_tower].layers}")
     if config.text_projection not in ("mlp", "linear"):
         raise ValueError(f"text_projection must be 'mlp' or 'linear', got {config.text_projection!r}")
+    if config.text_pooling not in TEXT_POOLINGS:
+        raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {config.text_pooling!r}")
+    if config.text_pooling != "mean" and config.text_tower == "none":
+        raise ValueError("text_pooling needs a pretrained text_tower")
     if config.named_colour_scenes and not config.broad_vocabulary:
         raise ValueError("named_colour_scenes needs broad_vocabulary (the colour names come from it)")
     if config.broad_vocabulary and config.name_novel_colours:
         raise ValueError("broad_vocabulary's named colours replace name_novel_colours (lime, cyan, pink)")
+    if config.named_absent_fraction and not config.broad_vocabulary:
+        raise ValueError("named_absent_fraction needs broad_vocabulary (the colour names come from it)")
+    if not 0 <= config.named_absent_fraction <= 1:
+        raise ValueError("named_absent_fraction must be in [0, 1]")
     if config.named_colour_scenes < 0 or config.presence_weight < 0:
         raise ValueError("named_colour_scenes and presence_weight must be >= 0")
 
@@ -375,10 +400,13 @@ class ClipTrainer:
                 raise ValueError("adapter='lora' adapts a pretrained model: pass init_from")
             if config.text_tower != "none":
                 from vla_ros.grounding.config import tiny_clip_config
+                from vla_ros.grounding.text_pooling import TEXT_POOLING_KEY
                 from vla_ros.grounding.text_tower import text_cfg
 
                 model_cfg = tiny_clip_config(config.model)
                 model_cfg["text_cfg"] = text_cfg(config.text_tower, proj_type=config.text_projection)
+                if config.text_pooling != "mean":
+                    model_cfg[TEXT_POOLING_KEY] = config.text_pooling
                 loaded = create_clip(model_cfg, seed=config.seed)
                 # the pretrained transformer (LayerNorms too) stays as it is but for its last layers
                 loaded.model.text.transformer.requires_grad_(False)
@@ -445,19 +473,26 @@ class ClipTrainer:
             return encode_text_trimmed(self.model, self._tokenize(texts))
         text = self.model.text
         unlocked = self.config.text_unlocked_layers
+        pooling = self.config.text_pooling
+        pooled_cache = not unlocked and pooling == "mean"  # else token states are cached
         missing = [i for i, t in enumerate(texts) if t not in self.text_cache]
         if missing:  # only captions not seen before are tokenised and run through the frozen layers
             ids = trim_padding(self._tokenize([texts[i] for i in missing]))
             mask = (ids != text.config.pad_token_id).long()
             with torch.no_grad():
                 out = text.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=bool(unlocked))
-                cached = text.pooler(out, mask) if not unlocked else out.hidden_states[-(unlocked + 1)]
+                if pooled_cache:
+                    cached = text.pooler(out, mask)
+                else:
+                    cached = out.hidden_states[-(unlocked + 1)] if unlocked else out.last_hidden_state
             for row, i in enumerate(missing):
                 length = int(mask[row].sum())
-                self.text_cache[texts[i]] = cached[row] if not unlocked else cached[row, :length].clone()
-        if not unlocked:
+                self.text_cache[texts[i]] = cached[row] if pooled_cache else cached[row, :length].clone()
+        if pooled_cache:
             return text.proj(torch.stack([self.text_cache[t] for t in texts]))
-        return text.proj(unlocked_text_forward(text, [self.text_cache[t] for t in texts], unlocked))
+        hidden = [self.text_cache[t] for t in texts]
+        states, mask = unlocked_text_forward(text, hidden, unlocked) if unlocked else pad_states(hidden)
+        return pool_projected(text, states, mask, pooling)
 
     def batch_loss(self, indices: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch of scenes (global + region terms) and its parts for logging."""

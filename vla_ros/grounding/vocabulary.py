@@ -45,6 +45,16 @@ class NamedColour:
         """Whether an object of ``shape`` may be rendered in this colour (not a held-out combo look-alike)."""
         return (self.palette, shape) not in instructions.heldout_combos
 
+    def is_typical(self, instructions: InstructionSet, margin_degrees: float = 20.0) -> bool:
+        """Whether this colour's hue is nearer its palette colour than any other by ``margin_degrees``.
+
+        Such a name can stand for its palette colour in an absent-object caption without being confused with
+        a neighbouring hue that is on the table.
+        """
+        hue = hue_degrees(self.rgb)
+        distances = sorted(hue_distance(hue, hue_degrees(rgb)) for rgb in instructions.colours.values())
+        return len(distances) < 2 or distances[1] - distances[0] >= margin_degrees
+
 
 @dataclass(frozen=True)
 class ClipVocabulary:
