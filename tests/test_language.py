@@ -233,8 +233,8 @@ def test_text_tower_loads_with_the_network_switched_off(tmp_path):
 def test_unlocked_layers_on_cached_states_equal_the_full_tower():
     from vla_ros.grounding import create_clip
     from vla_ros.grounding.config import tiny_clip_config
-    from vla_ros.grounding.text_tower import text_cfg
     from vla_ros.grounding.text_pooling import pool_projected
+    from vla_ros.grounding.text_tower import text_cfg
     from vla_ros.grounding.training import unlocked_text_forward
 
     cfg = tiny_clip_config("vla-tiny-clip")

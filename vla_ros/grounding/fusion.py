@@ -170,7 +170,7 @@ class PatchAttention(nn.Module):
 class LateFusion(nn.Module):
     """``[global (D), text (D)]`` -> MLP -> (B, out_dim)."""
 
-    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256, **_):
+    def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.mlp = _mlp(2 * embed_dim, hidden_dim, out_dim)
@@ -190,7 +190,7 @@ class CrossAttentionFusion(nn.Module):
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, region_prior: bool = False,
-                 reference_frame: bool = False, **_):
+                 reference_frame: bool = False):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.reference_frame = reference_frame
@@ -218,7 +218,7 @@ class GatedFusion(nn.Module):
     """``h = W global + tanh(alpha) * W_x [attended, xy]``, alpha = 0 at init; MLP(h) -> out_dim."""
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
-                 heads: int = 4, grid_size: tuple[int, int] | None = None, **_):
+                 heads: int = 4, grid_size: tuple[int, int] | None = None):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.image_projection = nn.Linear(embed_dim, hidden_dim)
@@ -256,7 +256,7 @@ class RegionMapFusion(nn.Module):
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
-                 reference_prior: bool = False, map_weights: bool = True, text_features: int = 0, **_):
+                 reference_prior: bool = False, map_weights: bool = True, text_features: int = 0):
         super().__init__()
         if reference_prior and not reference_frame:
             raise ValueError("reference_prior needs reference_frame=True")
@@ -369,5 +369,10 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["map_weights"] = False
     if text_features:
         extra["text_features"] = int(text_features)
+    if kind in ("cross_attention", "region", "gated"):
+        extra.update(heads=heads, grid_size=grid_size)
+    elif kind == "region_map":
+        extra["grid_size"] = grid_size
+    # each kind's constructor takes only its own options: an option it does not know is a TypeError
     return _FUSIONS[kind](embed_dim=embed_dim, num_patches=num_patches, out_dim=out_dim,
-                          hidden_dim=hidden_dim, heads=heads, grid_size=grid_size, **extra)
+                          hidden_dim=hidden_dim, **extra)

@@ -19,6 +19,7 @@ from safetensors.torch import load_model, save_model
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
 from vla_ros.policy.features import FusionFeaturesExtractor, clip_feature_space
+from vla_ros.policy.network_config import MAX_GRID, MAX_WIDTH, NetworkConfig, NetworkConfigError
 
 FORMAT = "vla_ros.policy/1"
 WEIGHTS_FILE = "policy.safetensors"
@@ -30,25 +31,15 @@ class CheckpointError(ValueError):
     """A policy checkpoint is missing, malformed or does not match what it is used with."""
 
 
-def policy_kwargs(net: dict[str, Any]) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for the network section of a checkpoint config."""
+def policy_kwargs(net: dict[str, Any] | NetworkConfig, source: str = "network config") -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for the network section of a checkpoint config (validated first)."""
+    network = net if isinstance(net, NetworkConfig) else NetworkConfig.from_dict(net, source)
     return {
-        "net_arch": {"pi": list(net["net_arch"]["pi"]), "vf": list(net["net_arch"]["vf"])},
-        "activation_fn": _ACTIVATIONS[net.get("activation", "tanh")],
-        "log_std_init": float(net.get("log_std_init", 0.0)),
+        "net_arch": {"pi": list(network.net_arch_pi), "vf": list(network.net_arch_vf)},
+        "activation_fn": _ACTIVATIONS[network.activation],
+        "log_std_init": network.log_std_init,
         "features_extractor_class": FusionFeaturesExtractor,
-        "features_extractor_kwargs": {
-            "fusion": net["fusion"],
-            "fusion_dim": int(net["fusion_dim"]),
-            "hidden_dim": int(net["hidden_dim"]),
-            "heads": int(net["heads"]),
-            "grid_size": tuple(net["grid_size"]),
-            "peak_window": float(net.get("peak_window", 0.0)),
-            "reference_prior": bool(net.get("reference_prior", False)),
-            "patch_stitch": int(net.get("patch_stitch", 1)),
-            "map_weights": bool(net.get("map_weights", True)),
-            "text_features": int(net.get("text_features", 0)),
-        },
+        "features_extractor_kwargs": {"network": network},
     }
 
 
@@ -57,11 +48,12 @@ def build_network(config: dict[str, Any]) -> MultiInputActorCriticPolicy:
     import gymnasium as gym
 
     clip, n = config["clip"], len(config["joint_names"])
+    network = NetworkConfig.from_dict(config["network"])
     obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n,
-                                   reference_frame=bool(config["network"].get("reference_frame", False)))
+                                   reference_frame=network.reference_frame)
     act_space = gym.spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
     return MultiInputActorCriticPolicy(obs_space, act_space, lr_schedule=lambda _: 0.0,
-                                       **policy_kwargs(config["network"]))
+                                       **policy_kwargs(network))
 
 
 def save_checkpoint(out_dir: str | Path, network: torch.nn.Module, config: dict[str, Any]) -> Path:
@@ -90,6 +82,24 @@ def read_config(path: str | Path) -> dict[str, Any]:
     for key in ("joint_names", "action", "proprio_normalization", "clip", "network"):
         if key not in config:
             raise CheckpointError(f"{config_path}: missing {key!r}")
+    # the network's sizes are bounded and its numbers finite before anything is allocated
+    try:
+        network = NetworkConfig.from_dict(config["network"], str(config_path))
+    except NetworkConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    clip = config["clip"]
+    for key, high in (("embed_dim", MAX_WIDTH), ("num_patches", MAX_GRID * MAX_GRID)):
+        value = clip.get(key) if isinstance(clip, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise CheckpointError(f"{config_path}: clip.{key} must be an integer in [1, {high}], got "
+                                  f"{str(value)[:40]!r}")
+    if clip["num_patches"] != network.num_patches:
+        raise CheckpointError(f"{config_path}: clip.num_patches {clip['num_patches']} does not match "
+                              f"network.grid_size {list(network.grid_size)}")
+    try:
+        network.check_embed_dim(clip["embed_dim"])
+    except NetworkConfigError as exc:
+        raise CheckpointError(str(exc)) from None
     n = len(config["joint_names"])
     sizes = {f"action.{k}": len(config["action"].get(k, ())) for k in ("max_delta", "lower", "upper")}
     sizes.update({f"proprio_normalization.{k}": len(v) for k, v in config["proprio_normalization"].items()})

@@ -22,6 +22,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from vla_ros.grounding.fusion import build_fusion
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.policy.network_config import NetworkConfig
 
 
 def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
@@ -46,22 +47,20 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
     command-blind ablations without changing the network.
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, fusion: str = "cross_attention",
-                 fusion_dim: int = 256, hidden_dim: int = 256, heads: int = 4,
-                 grid_size: tuple[int, int] | None = None, peak_window: float = 0.0,
-                 reference_prior: bool = False, patch_stitch: int = 1, map_weights: bool = True,
-                 text_features: int = 0):
+    def __init__(self, observation_space: gym.spaces.Dict, network: NetworkConfig):
         num_patches, embed_dim = observation_space[FEAT_IMAGE_PATCHES].shape
         proprio_dim = observation_space[OBS_PROPRIO].shape[0]
-        super().__init__(observation_space, features_dim=fusion_dim + proprio_dim)
+        if not isinstance(network, NetworkConfig):
+            raise TypeError(f"network must be a NetworkConfig, got {type(network).__name__}")
+        network.check_embed_dim(embed_dim)
+        super().__init__(observation_space, features_dim=network.fusion_dim + proprio_dim)
         self.reference_frame = FEAT_REFERENCE_PATCHES in observation_space.spaces
-        self.patch_stitch = int(patch_stitch)  # the image tower's shift-and-stitch factor (frame_forward reads it)
-        self.fusion = build_fusion(fusion, embed_dim=embed_dim, num_patches=num_patches, out_dim=fusion_dim,
-                                   hidden_dim=hidden_dim, heads=heads,
-                                   grid_size=tuple(grid_size) if grid_size else None,
-                                   reference_frame=self.reference_frame, peak_window=peak_window,
-                                   reference_prior=reference_prior, patch_stitch=self.patch_stitch,
-                                   map_weights=map_weights, text_features=text_features)
+        if self.reference_frame != network.reference_frame:
+            raise ValueError(f"the observation space {'has' if self.reference_frame else 'lacks'} reference "
+                             f"patches but network.reference_frame is {network.reference_frame}")
+        self.patch_stitch = network.patch_stitch  # the image tower's shift-and-stitch factor (frame_forward reads it)
+        self.fusion = build_fusion(network.fusion, embed_dim=embed_dim, num_patches=num_patches,
+                                   out_dim=network.fusion_dim, **network.fusion_kwargs())
         self.register_buffer("image_scale", torch.ones(()))
         self.register_buffer("text_scale", torch.ones(()))
 

@@ -37,6 +37,7 @@ from vla_ros.policy.checkpoint import build_network, policy_kwargs, save_checkpo
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
 from vla_ros.policy.envs import make_vec_env
 from vla_ros.policy.evaluate import run_episodes
+from vla_ros.policy.network_config import NetworkConfig
 from vla_ros.policy.proprio import ProprioNormalizer
 
 
@@ -133,14 +134,13 @@ class TrainConfig:
 
 
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
-    return {
-        "fusion": cfg.fusion, "reference_frame": cfg.reference_frame, "peak_window": cfg.peak_window,
-        "reference_prior": cfg.reference_prior, "patch_stitch": cfg.patch_stitch, "map_weights": cfg.map_weights,
-        "text_features": cfg.text_features,
-        "fusion_dim": cfg.fusion_dim, "hidden_dim": cfg.hidden_dim, "heads": 4,
-        "grid_size": list(encoder.grid_size), "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
-        "activation": "tanh", "log_std_init": cfg.log_std_init,
-    }
+    return NetworkConfig(
+        fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
+        reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
+        text_features=cfg.text_features, fusion_dim=cfg.fusion_dim, hidden_dim=cfg.hidden_dim, heads=4,
+        grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
+        net_arch_vf=tuple(cfg.net_arch), activation="tanh", log_std_init=float(cfg.log_std_init),
+        source="vla-ros train").to_dict()
 
 
 def checkpoint_config(cfg: TrainConfig, encoder: ClipEncoder, clip_dir: Path, robot, control_dt: float,
