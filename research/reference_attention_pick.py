@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         raise SystemExit(f"{checkpoint} has no reference frame")
     venv = ClipFeatureVecEnv(make_vec_env("reach", num_envs, args.seed, vec_env=args.vec_env, split=split),
                              policy.encoder, policy.normalizer, reference_frame=True)
-    fusion = policy.network.features_extractor.fusion
+    extractor = policy.network.features_extractor
     size = int(policy.config.get("env", {}).get("image_size", 64))  # object pixels are in frame pixels
     obs = venv.reset()
     infos, first = list(venv.reset_infos), [True] * num_envs
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     try:
         while done < episodes:
             action, _ = policy.network.predict(obs, deterministic=True)
-            attended = fusion.last_reference_xy.detach().numpy()  # (-1..1) image coordinates
+            with torch.no_grad():
+                tensors = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in obs.items()}
+                attended = extractor.extract(tensors)[1].reference_xy.numpy()  # (-1..1) image coordinates
             for i in range(num_envs):
                 if first[i]:
                     pixels = np.stack([np.asarray(o["pixel"]) / size * 2 - 1 for o in infos[i]["objects"]])

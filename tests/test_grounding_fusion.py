@@ -78,13 +78,13 @@ def test_region_prior_points_the_untrained_attention_at_the_matching_region():
     torch.manual_seed(0)
     fusion = build_fusion("region", embed_dim=D, num_patches=P, out_dim=16).eval()
     text, patches = _scene_matching_at(2, 6)  # the commanded object: right, upper half
-    fusion(torch.zeros(1, D), patches, text)
-    x, y = fusion.last_xy[0].tolist()
-    assert int(fusion.last_attention.argmax()) == 8 * 2 + 6 and x > 0 and y < 0
+    grounded = fusion.fuse(torch.zeros(1, D), patches, text)
+    x, y = grounded.xy[0].tolist()
+    assert int(grounded.attention.argmax()) == 8 * 2 + 6 and x > 0 and y < 0
     plain = build_fusion("cross_attention", embed_dim=D, num_patches=P, out_dim=16).eval()
     plain.load_state_dict(fusion.state_dict(), strict=False)  # same learned weights, no prior
-    plain(torch.zeros(1, D), patches, text)
-    assert fusion.last_attention[0, 8 * 2 + 6] > 5 * plain.last_attention[0, 8 * 2 + 6]
+    plain_grounded = plain.fuse(torch.zeros(1, D), patches, text)
+    assert grounded.attention[0, 8 * 2 + 6] > 5 * plain_grounded.attention[0, 8 * 2 + 6]
 
 
 def _random_rotation(dim, seed=1):
@@ -96,9 +96,10 @@ def test_region_map_sees_only_where_clip_matches_the_command():
     torch.manual_seed(0)
     fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
     text, patches = _scene_matching_at(5, 1)  # the commanded object: left, lower half
-    out = fusion(torch.randn(1, D), patches, text)
-    x, y = fusion.last_xy[0].tolist()
-    assert int(fusion.last_attention.argmax()) == 8 * 5 + 1 and x < 0 and y > 0
+    out, attention, xy, _ = fusion.fuse(torch.randn(1, D), patches, text)
+    assert torch.equal(out, fusion(torch.randn(1, D), patches, text))  # forward returns fuse's features
+    x, y = xy[0].tolist()
+    assert int(attention.argmax()) == 8 * 5 + 1 and x < 0 and y > 0
     # any other embedding of command and scene with the same similarities (here: both rotated), e.g. a
     # colour-shape combination never trained on, gives the same features; the global embedding is unused
     rotation = _random_rotation(D)
@@ -115,10 +116,10 @@ def test_region_map_of_a_blank_modality_is_flat_and_finite():
     fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16)
     image_global, patches, text = inputs()
     for blank_patches, blank_text in ((patches * 0, text), (patches, text * 0)):
-        out = fusion(image_global, blank_patches, blank_text)
+        out, attention, xy, _ = fusion.fuse(image_global, blank_patches, blank_text)
         assert torch.isfinite(out).all()
-        assert torch.allclose(fusion.last_attention, torch.full((B, P), 1 / P))
-        assert fusion.last_xy.abs().max() < 1e-6
+        assert torch.allclose(attention, torch.full((B, P), 1 / P))
+        assert xy.abs().max() < 1e-6
 
 
 def test_late_fusion_ignores_patches():
@@ -149,10 +150,10 @@ def test_region_map_peak_estimate_stays_on_the_stronger_of_two_matches():
     patches[0, 8 * 3 + 6] = 0.8 * text[0] + 0.6 * patches[0, 0] * 10  # a half match: row 3, column 6
     mean_only = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
     with_peak = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5).eval()
-    mean_only(torch.zeros(1, D), patches, text)
-    out = with_peak(torch.zeros(1, D), patches, text)
+    mean_xy = mean_only.fuse(torch.zeros(1, D), patches, text).xy
+    out, _, peak_xy, _ = with_peak.fuse(torch.zeros(1, D), patches, text)
     target_x = (1 + 0.5) / 8 * 2 - 1
-    assert abs(with_peak.last_xy[0, 0] - target_x) < abs(mean_only.last_xy[0, 0] - target_x) - 0.1
+    assert abs(peak_xy[0, 0] - target_x) < abs(mean_xy[0, 0] - target_x) - 0.1
     assert out.shape == (1, 16)
     with pytest.raises(ValueError, match="region_map"):
         build_fusion("cross_attention", embed_dim=D, num_patches=P, peak_window=1.5)
@@ -170,18 +171,18 @@ def test_region_map_reference_prior_keeps_the_estimate_on_a_covered_target():
     plain = build_fusion("region_map", **kwargs).eval()
     with_prior = build_fusion("region_map", reference_prior=True, **kwargs).eval()
     image_global = torch.zeros(1, D)
-    plain(image_global, current, text, reference)
+    plain_out = plain.fuse(image_global, current, text, reference)
     target_x = (2 + 0.5) / 8 * 2 - 1
-    assert plain.last_xy[0, 0] > 0.3  # alone, the current map jumps to the other match
+    assert plain_out.xy[0, 0] > 0.3  # alone, the current map jumps to the other match
     with torch.no_grad():
         with_prior.reference_prior.fill_(0.0)  # the learned weight: 0 is the plain map...
-    with_prior(image_global, current, text, reference)
-    assert torch.allclose(with_prior.last_xy, plain.last_xy)
+    prior_out = with_prior.fuse(image_global, current, text, reference)
+    assert torch.allclose(prior_out.xy, plain_out.xy)
     with torch.no_grad():
         with_prior.reference_prior.fill_(3.0)  # ...a weight training can reach keeps the covered target
-    with_prior(image_global, current, text, reference)
-    assert abs(with_prior.last_xy[0, 0] - target_x) < 0.1
-    assert torch.allclose(with_prior.last_reference_xy, plain.last_reference_xy)
+    prior_out = with_prior.fuse(image_global, current, text, reference)
+    assert abs(prior_out.xy[0, 0] - target_x) < 0.1
+    assert torch.allclose(prior_out.reference_xy, plain_out.reference_xy)
     with pytest.raises(ValueError, match="reference_frame"):
         build_fusion("region_map", embed_dim=D, num_patches=P, reference_prior=True)
 
@@ -194,10 +195,10 @@ def test_region_map_without_map_weights_feeds_the_mlp_only_position_estimates():
     image_global, text = torch.randn(B, D), torch.randn(B, D)
     patches, reference = torch.randn(B, P, D), torch.randn(B, P, D)
     with torch.no_grad():
-        out = fusion(image_global, patches, text, reference)
+        out, _, xy, reference_xy = fusion.fuse(image_global, patches, text, reference)
         mean = torch.softmax(fusion.logits(patches, text), -1) @ fusion.coordinates
         reference_mean = torch.softmax(fusion.logits(reference, text), -1) @ fusion.coordinates
-        expected = fusion.mlp(torch.cat([mean, fusion.last_xy, reference_mean, fusion.last_reference_xy], -1))
+        expected = fusion.mlp(torch.cat([mean, xy, reference_mean, reference_xy], -1))
     assert torch.allclose(out, expected, atol=1e-6)
     with pytest.raises(ValueError, match="region_map"):
         build_fusion("cross_attention", embed_dim=D, num_patches=P, map_weights=False)

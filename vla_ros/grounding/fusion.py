@@ -55,10 +55,25 @@ then leaves a memoryless policy guessing where the target was.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class FusionOutput(NamedTuple):
+    """What a fusion module computes: its features and, where it has them, where it grounds the command.
+
+    ``attention`` (B, P): its map over patches (debug heatmaps); ``xy`` (B, 2): its position estimate in
+    [-1, 1] (the imitation's grounding loss); ``reference_xy``: the same on the episode's first frame.
+    """
+
+    features: torch.Tensor
+    attention: torch.Tensor | None = None
+    xy: torch.Tensor | None = None
+    reference_xy: torch.Tensor | None = None
+
 
 FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
 
@@ -175,10 +190,14 @@ class LateFusion(nn.Module):
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
         self.mlp = _mlp(2 * embed_dim, hidden_dim, out_dim)
 
-    def forward(self, image_global, image_patches, text, reference_patches=None):
+    def forward(self, image_global, image_patches, text, reference_patches=None) -> torch.Tensor:
+        """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
+        return self.fuse(image_global, image_patches, text, reference_patches).features
+
+    def fuse(self, image_global, image_patches, text, reference_patches=None) -> FusionOutput:
         """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim); patches (and any reference) are ignored."""
         _check_inputs(self, image_global, image_patches, text)
-        return self.mlp(torch.cat([image_global, text], dim=-1))
+        return FusionOutput(self.mlp(torch.cat([image_global, text], dim=-1)))
 
 
 class CrossAttentionFusion(nn.Module):
@@ -197,21 +216,24 @@ class CrossAttentionFusion(nn.Module):
         self.patch_attention = PatchAttention(embed_dim, num_patches, grid_size, heads, region_prior=region_prior)
         self.mlp = _mlp(3 * embed_dim + 2 + (embed_dim + 2 if reference_frame else 0), hidden_dim, out_dim)
 
-    def forward(self, image_global, image_patches, text, reference_patches=None):
-        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim)."""
+    def forward(self, image_global, image_patches, text, reference_patches=None) -> torch.Tensor:
+        """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
+        return self.fuse(image_global, image_patches, text, reference_patches).features
+
+    def fuse(self, image_global, image_patches, text, reference_patches=None) -> FusionOutput:
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim), attention, xy."""
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
         xy = self.patch_attention.expected_xy(weights)
-        self.last_xy, self.last_attention = xy, weights  # for an auxiliary grounding loss and debug heatmaps
-        parts = [attended, text, image_global, xy]
+        parts, reference_xy = [attended, text, image_global, xy], None
         if self.reference_frame:
             if reference_patches is None or reference_patches.shape != image_patches.shape:
                 raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                                  f"image_patches {tuple(image_patches.shape)}")
             attended_ref, weights_ref = self.patch_attention(text, reference_patches)
-            self.last_reference_xy = self.patch_attention.expected_xy(weights_ref)
-            parts += [attended_ref, self.last_reference_xy]
-        return self.mlp(torch.cat(parts, dim=-1))
+            reference_xy = self.patch_attention.expected_xy(weights_ref)
+            parts += [attended_ref, reference_xy]
+        return FusionOutput(self.mlp(torch.cat(parts, dim=-1)), weights, xy, reference_xy)
 
 
 class GatedFusion(nn.Module):
@@ -231,15 +253,18 @@ class GatedFusion(nn.Module):
         """The path without text: MLP(W global) -> (B, out_dim)."""
         return self.head(self.image_projection(image_global))
 
-    def forward(self, image_global, image_patches, text, reference_patches=None):
-        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim) (no reference frame)."""
+    def forward(self, image_global, image_patches, text, reference_patches=None) -> torch.Tensor:
+        """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
+        return self.fuse(image_global, image_patches, text, reference_patches).features
+
+    def fuse(self, image_global, image_patches, text, reference_patches=None) -> FusionOutput:
+        """Fuse (B, D), (B, P, D), (B, D) -> (B, out_dim), attention, xy (no reference frame)."""
         _check_inputs(self, image_global, image_patches, text)
         attended, weights = self.patch_attention(text, image_patches)
-        self.last_xy = self.patch_attention.expected_xy(weights)  # for an auxiliary grounding loss
-        self.last_attention = weights  # for debug heatmaps
-        injected = self.injection(torch.cat([attended, self.last_xy], dim=-1))
+        xy = self.patch_attention.expected_xy(weights)
+        injected = self.injection(torch.cat([attended, xy], dim=-1))
         hidden = self.image_projection(image_global) + torch.tanh(self.gate) * injected
-        return self.head(hidden)
+        return FusionOutput(self.head(hidden), weights, xy)
 
 
 class RegionMapFusion(nn.Module):
@@ -298,15 +323,22 @@ class RegionMapFusion(nn.Module):
         estimate = torch.softmax(logits + self.log_window[logits.argmax(dim=-1)], dim=-1) @ self.coordinates
         return parts + [estimate], weights, estimate
 
-    def forward(self, image_global, image_patches, text, reference_patches=None):
-        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim); image_global is unused."""
+    def forward(self, image_global, image_patches, text, reference_patches=None) -> torch.Tensor:
+        """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
+        return self.fuse(image_global, image_patches, text, reference_patches).features
+
+    def fuse(self, image_global, image_patches, text, reference_patches=None) -> FusionOutput:
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim), map, estimate.
+
+        ``image_global`` is unused.
+        """
         _check_inputs(self, image_global, image_patches, text)
         current = self.logits(image_patches, text)
         # the command itself, for what the map cannot say (a push's direction); unit norm as CLIP compares it
         command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
         if not self.reference_frame:
-            parts, self.last_attention, self.last_xy = self._readout(current)  # grounding loss, heatmaps
-            return self.mlp(torch.cat(parts + command, dim=-1))
+            parts, weights, xy = self._readout(current)
+            return FusionOutput(self.mlp(torch.cat(parts + command, dim=-1)), weights, xy)
         if reference_patches is None or reference_patches.shape != image_patches.shape:
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
@@ -315,9 +347,9 @@ class RegionMapFusion(nn.Module):
             # where the target was before the arm moved in: a covered target then does not move the
             # current estimate to whichever other object matches the command next best
             current = current + self.reference_prior * reference
-        parts, self.last_attention, self.last_xy = self._readout(current)
-        reference_parts, _, self.last_reference_xy = self._readout(reference)
-        return self.mlp(torch.cat(parts + reference_parts + command, dim=-1))
+        parts, weights, xy = self._readout(current)
+        reference_parts, _, reference_xy = self._readout(reference)
+        return FusionOutput(self.mlp(torch.cat(parts + reference_parts + command, dim=-1)), weights, xy, reference_xy)
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:

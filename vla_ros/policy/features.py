@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from vla_ros.grounding.fusion import build_fusion
+from vla_ros.grounding.fusion import FusionOutput, build_fusion
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.network_config import NetworkConfig
 
@@ -66,8 +66,12 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fuse a batch of observations into features."""
+        return self.extract(observations)[0]
+
+    def extract(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, FusionOutput]:
+        """Features and the fusion's whole output (where it grounds the command) for a batch."""
         reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
-        fused = self.fusion(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
-                            observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                            observations[FEAT_TEXT] * self.text_scale, reference)
-        return torch.cat([fused, observations[OBS_PROPRIO]], dim=-1)
+        fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
+                                 observations[FEAT_IMAGE_PATCHES] * self.image_scale,
+                                 observations[FEAT_TEXT] * self.text_scale, reference)
+        return torch.cat([fused.features, observations[OBS_PROPRIO]], dim=-1), fused

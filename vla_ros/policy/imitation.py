@@ -148,17 +148,15 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
             returns = torch.as_tensor(data.returns[idx])
             target_xy = torch.as_tensor(data.target_xy[idx])
             reference_xy = torch.as_tensor(data.reference_xy[idx]) if data.reference_xy is not None else None
-            features = network.extract_features(obs)
+            features, grounding = network.features_extractor.extract(obs)  # Box observations: no preprocessing
             latent_pi, latent_vf = network.mlp_extractor(features)
             mean = network.action_net(latent_pi)
             values = network.value_net(latent_vf).squeeze(-1)
             action_loss = F.mse_loss(mean, target)
             value_loss = F.mse_loss(values, returns)
-            predicted_xy = getattr(network.features_extractor.fusion, "last_xy", None)
-            grounding_loss = F.mse_loss(predicted_xy, target_xy) if predicted_xy is not None else torch.zeros(())
-            if getattr(network.features_extractor, "reference_frame", False) and reference_xy is not None:
-                grounding_loss = grounding_loss + F.mse_loss(network.features_extractor.fusion.last_reference_xy,
-                                                             reference_xy)
+            grounding_loss = F.mse_loss(grounding.xy, target_xy) if grounding.xy is not None else torch.zeros(())
+            if grounding.reference_xy is not None and reference_xy is not None:
+                grounding_loss = grounding_loss + F.mse_loss(grounding.reference_xy, reference_xy)
             loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
             loss.backward()

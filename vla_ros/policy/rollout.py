@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vla_ros.keys import OBS_IMAGE, OBS_PROPRIO
+from vla_ros.keys import FEAT_REFERENCE_PATCHES, OBS_IMAGE, OBS_PROPRIO
 
 
 @dataclass
@@ -21,6 +21,18 @@ class EpisodeResult:
     success: bool
     steps: int
     frames: list[np.ndarray] = field(default_factory=list)
+
+
+def policy_attention(policy):
+    """The policy's map over patches (1, P) for its last action, or None (no map, or an ONNX/graph run)."""
+    import torch
+
+    features = getattr(policy, "last_features", None)
+    extractor = getattr(getattr(policy, "network", None), "features_extractor", None)
+    if not features or extractor is None or (extractor.reference_frame and FEAT_REFERENCE_PATCHES not in features):
+        return None
+    with torch.no_grad():
+        return extractor.extract(features)[1].attention
 
 
 def run_episode(policy, env, seed: int, options: dict | None = None, record: bool = False) -> EpisodeResult:
@@ -36,7 +48,7 @@ def run_episode(policy, env, seed: int, options: dict | None = None, record: boo
         action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
         if record:
             # the policy's own text-to-patch attention where its fusion has one, else CLIP's relevance map
-            attention = getattr(policy.network.features_extractor.fusion, "last_attention", None)
+            attention = policy_attention(policy)
             if attention is not None:
                 heat = attention[0].detach().float().cpu().numpy().reshape(policy.encoder.grid_size)
             else:
