@@ -54,5 +54,36 @@ def test_ros_closed_loop_matches_in_process_success(tmp_path):
     # lockstep feeds the node the very frames the in-process run sees: episodes should mostly agree one by one
     agreeing = sum(a == b for a, b in zip(over_ros, in_process))
     assert agreeing >= 0.8 * len(SEEDS), (over_ros, in_process)
-    assert (tmp_path / "demo" / "demo.mcap").stat().st_size > 0
-    assert (tmp_path / "demo" / "demo.mp4").stat().st_size > 0
+    _check_recording(tmp_path / "demo", episodes)
+
+
+def _check_recording(out, episodes):
+    """The MCAP read back: absolute topic names, counts that fit the episodes; the video and contact sheet."""
+    from collections import Counter
+
+    import imageio.v2 as imageio
+    from mcap.reader import make_reader
+
+    from vla_ros.commands.demo import FOXGLOVE_LAYOUT, RECORDED_TOPICS
+    from vla_ros.paths import share_path
+
+    with open(out / "demo.mcap", "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        topics = {channel.topic for channel in summary.channels.values()}
+        counts = Counter(channel.topic for _, channel, _ in reader.iter_messages())
+    assert topics == set(RECORDED_TOPICS) and all(t.startswith("/") for t in topics)
+    steps = sum(e["steps"] for e in episodes)
+    assert counts["/vla/command"] >= len(episodes)
+    # one viewing-camera frame per new observation (each step's); lockstep also republishes camera frames
+    assert steps <= counts["/viewer/image_raw"] <= counts["/camera/image_raw"]
+    assert counts["/vla/grounding/heatmap"] > 0 and counts["/forward_position_controller/commands"] >= steps
+    layout = json.loads(share_path(*FOXGLOVE_LAYOUT.split("/")).read_text())
+    shown = {panel.get("imageMode", {}).get("imageTopic") or panel.get("topicPath", "").split(".")[0]
+             for panel in layout["configById"].values()} - {""}
+    assert shown <= topics, shown - topics  # the layout shows recorded topics only
+    video = imageio.get_reader(out / "demo.mp4")
+    frame = video.get_data(0)
+    assert frame.shape[0] >= 480 and frame.shape[1] >= 640
+    assert (out / "contact_sheet.png").stat().st_size > 0
+

@@ -3,28 +3,39 @@
 Starts ``sim_node`` (MuJoCo arm, camera, controller) and ``vla_node`` (CLIP + policy + safety gate) as
 processes (the graph of ``launch/sim.launch.py``), then asks the simulator for a series of episodes;
 each episode's command goes out on the latched command topic and the VLA node drives the arm from
-camera frames alone. Prints a per-command success table, writes an MP4 of the camera with the
-command drawn in and an MCAP recording of the topics (Foxglove, ``ros2 bag``).
+camera frames alone. Prints a per-command success table and writes, into ``--out``:
+
+* ``demo.mp4``: the simulator's viewing camera (640x480, a three-quarter view of the arm; the policy never
+  sees it) with the policy's camera frame and grounding heatmap inset, the command in a caption band below
+  the scene, a title card per episode (layout: :mod:`vla_ros.envs.video_layout`);
+* ``contact_sheet.png``: the first and last frame of each episode with its outcome;
+* ``demo.mcap``: the topics under their absolute names (Foxglove, ``ros2 bag``); open it in Foxglove with
+  the layout ``config/foxglove/demo_layout.json``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from vla_ros.reporting import add_json_argument
 
-# topic -> message type recorded into the MCAP file
+# topic -> message type recorded into the MCAP file (absolute names, as ROS tools and rosbag2 write them)
 RECORDED_TOPICS = {
-    "camera/image_raw": "sensor_msgs/msg/Image",
-    "vla/command": "std_msgs/msg/String",
-    "joint_states": "sensor_msgs/msg/JointState",
-    "forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
-    "sim/episode_status": "std_msgs/msg/String",
-    "vla/grounding/debug_image": "sensor_msgs/msg/Image",
+    "/camera/image_raw": "sensor_msgs/msg/Image",
+    "/viewer/image_raw": "sensor_msgs/msg/Image",
+    "/vla/command": "std_msgs/msg/String",
+    "/vla/command_status": "std_msgs/msg/String",
+    "/joint_states": "sensor_msgs/msg/JointState",
+    "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
+    "/sim/episode_status": "std_msgs/msg/String",
+    "/vla/grounding/debug_image": "sensor_msgs/msg/Image",
+    "/vla/grounding/heatmap": "sensor_msgs/msg/Image",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
+FOXGLOVE_LAYOUT = "config/foxglove/demo_layout.json"
 
 
 def add_arguments(parser) -> None:
@@ -37,6 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", default="real_time", choices=["real_time", "lockstep"],
                         help="simulator stepping: real time on a timer, or one step per joint command")
     parser.add_argument("--out", default="artifacts/demo", help="folder for the MP4, MCAP, logs (default: %(default)s)")
+    parser.add_argument("--contact-sheet", metavar="PNG",
+                        help="also copy the contact sheet here (the README's: docs/media/demo_contact_sheet.png)")
     parser.add_argument("--episode-timeout", type=float, default=30.0, help="seconds allowed per episode")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds allowed for nodes to start")
     parser.add_argument("--allow-network", action="store_true",
@@ -59,13 +72,17 @@ class _DemoDriver:
         self.node = rclpy.create_node("vla_demo")
         self.recorder = recorder
         self.statuses: list[dict] = []
-        self.frames: list = []
+        self.frames: list = []  # (viewing-camera frame, policy view, command, status line, episode)
+        self.policy_view = None  # the latest grounding heatmap image, else camera frame
+        self.episode = 0
+        self.status_line = ""
         self.diagnostics_seen = False
         self.command = ""
-        self.start_pub = self.node.create_publisher(String, "sim/start_episode", 10)
-        profiles = {"camera/image_raw": qos.CAMERA_QOS, "vla/command": qos.COMMAND_QOS,
-                    "joint_states": qos.JOINT_STATES_QOS, "vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS,
-                    "forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
+        self.start_pub = self.node.create_publisher(String, "/sim/start_episode", 10)
+        profiles = {"/camera/image_raw": qos.CAMERA_QOS, "/viewer/image_raw": qos.CAMERA_QOS,
+                    "/vla/command": qos.COMMAND_QOS, "/joint_states": qos.JOINT_STATES_QOS,
+                    "/vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS, "/vla/grounding/heatmap": qos.DEBUG_IMAGE_QOS,
+                    "/forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
         for topic, type_name in RECORDED_TOPICS.items():
             package, _, name = type_name.split("/")  # "pkg/msg/Type" -> class Type of module pkg.msg
             msg_cls = getattr(importlib.import_module(f"{package}.msg"), name)
@@ -82,17 +99,52 @@ class _DemoDriver:
 
         def callback(data: bytes) -> None:
             self.recorder.write(topic, data)
-            if topic == "sim/episode_status":
+            if topic == "/sim/episode_status":
                 status = json.loads(deserialize_message(data, String).data)
                 self.statuses.append(status)
-            elif topic == "vla/command":
+                outcome = ("success" if status.get("is_success") else "no success") if status.get("done") else ""
+                self.status_line = f"step {status.get('step', 0)}" + (f" - {outcome}" if outcome else "")
+            elif topic == "/vla/command":
                 self.command = deserialize_message(data, String).data
             elif topic == "/diagnostics":
                 self.diagnostics_seen = True
-            elif topic == "camera/image_raw":
-                self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.command))
+            elif topic == "/vla/grounding/heatmap":
+                self.policy_view = image_to_numpy(deserialize_message(data, Image))
+            elif topic == "/camera/image_raw" and self.policy_view is None:
+                self.policy_view = image_to_numpy(deserialize_message(data, Image))
+            elif topic == "/viewer/image_raw":
+                self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.policy_view,
+                                    self.command, self.status_line, self.episode))
 
         return callback
+
+
+def write_demo_video(frames: list, rows: list[dict], out: Path) -> tuple[Path | None, Path | None]:
+    """Write ``demo.mp4`` (title card, then the composed frames, per episode) and ``contact_sheet.png``."""
+    import cv2
+
+    from vla_ros.envs.video import write_video
+    from vla_ros.envs.video_layout import compose_frame, contact_sheet, title_card
+
+    if not frames:
+        return None, None
+    video, sheet_rows = [], []
+    for row in rows:
+        episode = [f for f in frames if f[4] == row["episode"]]
+        if not episode:
+            continue
+        outcome = "success" if row["success"] else row.get("error", "no success")
+        composed = [compose_frame(view, policy_view, row["command"], status)  # the episode's own, never a stale one
+                    for view, policy_view, command, status, _ in episode]
+        height, width = composed[0].shape[:2]
+        video += [title_card(row["command"], row["episode"], width, height, f"seed {row['seed']}")] * 20
+        video += composed + [compose_frame(episode[-1][0], episode[-1][1], row["command"],
+                                           f"{row['steps']} steps - {outcome}")] * 20
+        sheet_rows.append((composed[0], video[-1], f"{row['episode']}: \"{row['command']}\" - {outcome}"))
+    path = write_video(video, out / "demo.mp4", fps=20)
+    sheet = out / "contact_sheet.png"
+    cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet(sheet_rows), cv2.COLOR_RGB2BGR))
+    return path, sheet
 
 
 def _spin_until(executor, predicate, timeout_s: float, graph) -> bool:
@@ -111,7 +163,6 @@ def run(args) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import String
 
-    from vla_ros.envs.video import annotate, write_video
     from vla_ros.graph import sim_graph
     from vla_ros.launcher import NodeGraphProcesses, only_loopback, use_large_data_transport
     from vla_ros.paths import share_path
@@ -126,7 +177,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = args.policy or str(share_path("models", "policy"))
-    vla_parameters = {"policy_path": policy}
+    vla_parameters = {"policy_path": policy, "publish_debug_image": True}  # the video's inset
     if args.mode == "lockstep":
         # The simulator steps once per command, so the node acts once per new frame; simulated time is not
         # wall-clock time there, so a slow (loaded) machine must not make frames count as stale.
@@ -134,7 +185,7 @@ def run(args) -> int:
     graph_specs = sim_graph(
         vla_parameters=vla_parameters,
         sim_parameters={"task": args.task, "split": args.split, "mode": args.mode,
-                        "start_episode_on_launch": False},
+                        "start_episode_on_launch": False, "publish_view": True},
     )
     recorder = McapRecorder(out / "demo.mcap")
     rows = []
@@ -151,6 +202,7 @@ def run(args) -> int:
             for i in range(args.episodes):
                 seed = args.seed + i
                 driver.statuses.clear()
+                driver.episode, driver.status_line, driver.policy_view = i + 1, "", None
                 request = {"seed": seed, "task": args.task, "split": args.split}
                 driver.start_pub.publish(String(data=json.dumps(request)))
                 start = time.monotonic()
@@ -170,13 +222,17 @@ def run(args) -> int:
         finally:
             rclpy.try_shutdown()
             recorder.close()
-    frames = [annotate(frame, command) for frame, command in driver.frames]
-    video = write_video(frames, out / "demo.mp4", fps=20) if frames else None
+    video, sheet = write_demo_video(driver.frames, rows, out)
+    if sheet is not None and args.contact_sheet:
+        Path(args.contact_sheet).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sheet, args.contact_sheet)
     successes = sum(r["success"] for r in rows)
     print(format_table(rows, ["episode", "seed", "command", "success", "steps", "seconds"]))
     print(f"success: {successes}/{len(rows)}; recording {out / 'demo.mcap'} "
-          f"({sum(recorder.counts.values())} messages); video {video}")
+          f"({sum(recorder.counts.values())} messages; Foxglove layout {FOXGLOVE_LAYOUT}); video {video}; "
+          f"contact sheet {sheet}")
     write_json(args.json, {"episodes": rows, "success_rate": successes / max(1, len(rows)),
                            "mcap": str(out / "demo.mcap"), "video": str(video) if video else None,
+                           "contact_sheet": str(sheet) if sheet else None,
                            "messages": recorder.counts})
     return 0 if len(rows) == args.episodes and all("error" not in r for r in rows) else 1

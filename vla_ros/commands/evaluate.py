@@ -47,8 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
                         "(default: models/ablations)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
-    parser.add_argument("--video", metavar="DIR", help="also write one sample MP4 per split into DIR (camera + "
-                        "grounding heatmap + command)")
+    parser.add_argument("--video", metavar="DIR", help="also write one sample MP4 per split into DIR (viewing "
+                        "camera, policy view + grounding heatmap, command)")
     add_json_argument(parser)
 
 

@@ -17,6 +17,7 @@ from vla_ros.envs.instructions import GEOMETRIES
 from vla_ros.robot_description import RobotDescription
 
 CAMERA_NAME = "workspace_camera"
+VIEWING_CAMERA_NAME = "viewing_camera"  # videos only: a three-quarter view of the arm (-1 if a scene has none)
 TABLE_TOP_Z = 0.0
 TABLE_HALF_EXTENT = np.array([0.55, 0.6])  # table centre (0.3, 0); see sim/scenes/tabletop.xml
 TABLE_CENTRE_XY = np.array([0.3, 0.0])
@@ -47,6 +48,7 @@ class SceneModel:
     object_dof_adr: np.ndarray  # (k,) start of each free joint's 6 dofs
     object_geom_ids: np.ndarray  # (k, len(GEOMETRIES)) geom ids, GEOMETRIES order
     camera_id: int
+    viewing_camera_id: int = -1
 
 
 def object_inertia(geometry: str, mass: float = OBJECT_MASS) -> np.ndarray:
@@ -141,6 +143,7 @@ def build_scene(robot: RobotDescription, num_object_slots: int,
         object_dof_adr=model.jnt_dofadr[object_joint_ids].copy(),
         object_geom_ids=np.array(geom_ids, dtype=int).reshape(num_object_slots, len(GEOMETRIES)),
         camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
+        viewing_camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, VIEWING_CAMERA_NAME),
     )
 
 

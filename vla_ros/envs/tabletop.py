@@ -29,6 +29,7 @@ from vla_ros.keys import COMMAND_MAX_BYTES, OBS_COMMAND, OBS_IMAGE, OBS_PROPRIO,
 from vla_ros.robot_description import RobotDescription, load_robot_description
 
 CONTROL_DT = 0.05  # s: 20 Hz policy rate, shared with the ROS node
+VIEW_WIDTH, VIEW_HEIGHT = 640, 480  # viewing-camera frames (videos only)
 PERTURBATIONS = (None, "distractors", "jitter", "corrupted")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 224
 EXTRA_DISTRACTORS = 2
@@ -168,6 +169,7 @@ class TabletopEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self.n_substeps = int(round(CONTROL_DT / self.model.opt.timestep))
         self._renderer: mujoco.Renderer | None = None
+        self._view_renderer: mujoco.Renderer | None = None  # the viewing camera's, made on first use
         self._scene_option = _scene_option()
         self._nominal_view = self._view_parameters()
 
@@ -484,16 +486,40 @@ class TabletopEnv(gym.Env):
             self.render_observation = False
         return self._image.copy()
 
+    def render_view(self, width: int = VIEW_WIDTH, height: int = VIEW_HEIGHT) -> np.ndarray:
+        """The current scene from the viewing camera, (height, width, 3) uint8 RGB: for videos only.
+
+        A three-quarter view of the arm and the table; the policy never sees it. Its renderer
+        is made on the first call, so runs that record no video never pay for it.
+        """
+        if self.scene.viewing_camera_id < 0:
+            raise ValueError("this scene has no viewing camera (sim/scenes/tabletop.xml: viewing_camera)")
+        limit = (int(self.model.vis.global_.offwidth), int(self.model.vis.global_.offheight))
+        if not (16 <= width <= limit[0] and 16 <= height <= limit[1]):
+            raise ValueError(f"view size {width}x{height} must be within 16x16..{limit[0]}x{limit[1]} "
+                             "(the scene's offscreen buffer)")
+        renderer = self._view_renderer
+        if renderer is None or (renderer.width, renderer.height) != (width, height):
+            if renderer is not None:
+                renderer.close()
+            _import_triton_before_gl()
+            renderer = self._view_renderer = mujoco.Renderer(self.model, height, width)
+        renderer.update_scene(self.data, camera=self.scene.viewing_camera_id, scene_option=self._scene_option)
+        return renderer.render()
+
     def close(self):
-        """Free the offscreen renderer (its GL context)."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        """Free the offscreen renderers (their GL contexts)."""
+        for name in ("_renderer", "_view_renderer"):
+            renderer = getattr(self, name, None)
+            if renderer is not None:
+                renderer.close()
+                setattr(self, name, None)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         # GL contexts and MjvOption do not pickle; both are remade (the renderer on the next frame).
         state["_renderer"] = None
+        state["_view_renderer"] = None
         del state["_scene_option"]
         return state
 

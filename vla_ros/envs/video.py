@@ -1,4 +1,4 @@
-"""Record the scripted expert as an MP4 or GIF, with the command written on every frame.
+"""Record the scripted expert as an MP4 or GIF in the demo's layout (:mod:`vla_ros.envs.video_layout`).
 
 ``python -m vla_ros.envs.video --task reach --out expert.mp4 [--episodes 3] [--size 224]``
 """
@@ -7,30 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import numpy as np
-
-TEXT_SCALE = 2  # frames are enlarged by this factor so the overlaid text stays legible
-
-
-def annotate(frame: np.ndarray, text: str, status: str | None = None, scale: int = TEXT_SCALE) -> np.ndarray:
-    """Return an enlarged copy of an RGB frame with ``text`` (wrapped) on top and ``status`` below."""
-    image = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    height, width = image.shape[:2]
-    font, font_scale, thickness, white = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1, (255, 255, 255)
-    chars_per_line = max(10, int(width / 12))
-    lines = textwrap.wrap(text, chars_per_line) or [""]
-    band = 10 + 22 * len(lines)
-    image[:band] = (image[:band] * 0.35).astype(np.uint8)  # dark band behind the text
-    for row, line in enumerate(lines):
-        cv2.putText(image, line, (6, 22 + 22 * row), font, font_scale, white, thickness, cv2.LINE_AA)
-    if status:
-        cv2.putText(image, status, (6, height - 8), font, font_scale, (255, 255, 0), thickness, cv2.LINE_AA)
-    return image
 
 
 def write_video(frames: Iterable[np.ndarray], path: str | Path, fps: int = 20) -> Path:
@@ -54,11 +34,12 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, fps: int = 20) -
 
 def expert_frames(task: str = "reach", episodes: int = 2, seed: int = 0, image_size: int = 224,
                   **env_kwargs) -> list[np.ndarray]:
-    """Run the scripted expert for ``episodes`` episodes and return the annotated frames."""
+    """Run the scripted expert for ``episodes`` episodes and return the composed frames."""
     import gymnasium as gym
 
     from vla_ros.envs import ENV_IDS
     from vla_ros.envs.expert import ScriptedExpert
+    from vla_ros.envs.video_layout import compose_frame, title_card
 
     env = gym.make(ENV_IDS[task], image_size=image_size, **env_kwargs)
     expert = ScriptedExpert(env)
@@ -67,13 +48,15 @@ def expert_frames(task: str = "reach", episodes: int = 2, seed: int = 0, image_s
         for episode in range(episodes):
             obs, info = env.reset(seed=seed + episode)
             expert.reset()
-            frames.append(annotate(obs["image"], info["command"], f"episode {episode + 1}"))
+            first = compose_frame(env.unwrapped.render_view(), obs["image"], info["command"], "start")
+            frames += [title_card(info["command"], episode + 1, first.shape[1], first.shape[0],
+                                  f"scripted expert, seed {seed + episode}")] * 10 + [first]
             done = False
             while not done:
                 obs, _, terminated, truncated, info = env.step(expert.act(info))
                 done = terminated or truncated
                 status = "success" if info["is_success"] else f"episode {episode + 1}"
-                frames.append(annotate(obs["image"], info["command"], status))
+                frames.append(compose_frame(env.unwrapped.render_view(), obs["image"], info["command"], status))
             frames.extend([frames[-1]] * 10)  # hold the last frame for half a second
     finally:
         env.close()

@@ -1,7 +1,8 @@
 """sim_node: the MuJoCo Gymnasium env acting as the robot, camera and ros2_control controllers.
 
 Publishes the camera (``camera/image_raw``, rgb8), ``joint_states`` and the episode status (JSON on
-``sim/episode_status``); accepts absolute joint position commands like a real controller
+``sim/episode_status``), and with ``publish_view`` the viewing camera for videos (``viewer/image_raw``, 640x480;
+the policy never sees it); accepts absolute joint position commands like a real controller
 (Float64MultiArray on ``forward_position_controller/commands`` in URDF joint order, or a
 JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) / max_delta, -1, 1)``
 (the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). Like a forward
@@ -44,6 +45,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_ros.envs.scene import VIEWING_CAMERA_NAME
 from vla_ros.ros import qos
 from vla_ros.ros.conversions import (
     arrays_to_joint_state,
@@ -75,6 +77,8 @@ PARAMETERS = (
     ),
     ("camera_frame_id", "workspace_camera", "frame_id of the camera images."),
     ("camera_topic", "camera/image_raw", "Camera frames (sensor_msgs/Image, rgb8)."),
+    ("publish_view", False, "Also render and publish the viewing camera (640x480, for videos; costs ~4 ms a step)."),
+    ("view_topic", "viewer/image_raw", "Viewing-camera frames (sensor_msgs/Image, rgb8), when publish_view."),
     ("joint_states_topic", "joint_states", "Joint positions and velocities (sensor_msgs/JointState)."),
     (
         "position_command_topic",
@@ -124,6 +128,9 @@ class SimNode(Node):
             JointState, self._param("joint_states_topic"), qos.JOINT_STATES_PUBLISHER_QOS
         )
         self._status_pub = self.create_publisher(String, self._param("episode_status_topic"), qos.STATUS_QOS)
+        self._publish_view = bool(self._param("publish_view"))
+        self._view_pub = (self.create_publisher(Image, self._param("view_topic"), qos.CAMERA_QOS)
+                          if self._publish_view else None)
         self._command_pub = self.create_publisher(String, self._param("command_topic"), qos.COMMAND_QOS)
         self.create_subscription(
             Float64MultiArray, self._param("position_command_topic"), self._on_position_command,
@@ -244,6 +251,9 @@ class SimNode(Node):
         self._observation = observation
         self._stamp = self.get_clock().now()
         self._publish_observation()
+        if self._view_pub is not None:  # once per new observation, never on lockstep republishes
+            view = self._on_env_thread(self._env.unwrapped.render_view)
+            self._view_pub.publish(numpy_to_image(view, "rgb8", self._stamp, VIEWING_CAMERA_NAME))
         self._last_publish = time.monotonic()
         self._status_pub.publish(String(data=json.dumps(self._status)))
 

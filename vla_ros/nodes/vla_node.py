@@ -64,7 +64,7 @@ from vla_ros.ros.conversions import (
     validate_command,
     validate_image,
 )
-from vla_ros.ros.debug_image import draw_grounding
+from vla_ros.ros.debug_image import draw_grounding, grounding_overlay
 from vla_ros.ros.diagnostics import NodeStats, diagnostic_array
 from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
 
@@ -125,7 +125,8 @@ PARAMETERS = (
         "joint_trajectory_controller/joint_trajectory",
         "JointTrajectory command (output_mode trajectory).",
     ),
-    ("debug_image_topic", "vla/grounding/debug_image", "Frame with the command and scores drawn."),
+    ("debug_image_topic", "vla/grounding/debug_image", "Frame with the heatmap, the command and scores drawn."),
+    ("heatmap_image_topic", "vla/grounding/heatmap", "The policy's camera frame with its grounding heatmap only."),
     ("grounding_scores_topic", "vla/grounding/scores", "Per-object grounding scores (JSON std_msgs/String)."),
     ("command_status_topic", "vla/command_status",
      "Whether the current command is acted on or refused, and why (JSON std_msgs/String, latched)."),
@@ -267,6 +268,9 @@ class VlaNode(LifecycleNode):
             )
         self._debug_image_pub = self.create_lifecycle_publisher(
             Image, self._param("debug_image_topic"), qos.DEBUG_IMAGE_QOS
+        )
+        self._heatmap_pub = self.create_lifecycle_publisher(
+            Image, self._param("heatmap_image_topic"), qos.DEBUG_IMAGE_QOS
         )
         self._scores_pub = self.create_lifecycle_publisher(
             String, self._param("grounding_scores_topic"), qos.STATUS_QOS
@@ -426,7 +430,7 @@ class VlaNode(LifecycleNode):
             self.destroy_publisher(publisher)
         self._timers_made, self._subscriptions_made, self._services_made = [], [], []
         self._publishers_made = []
-        for name in ("_command_pub", "_debug_image_pub", "_scores_pub"):
+        for name in ("_command_pub", "_debug_image_pub", "_heatmap_pub", "_scores_pub"):
             publisher = getattr(self, name, None)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
@@ -667,7 +671,9 @@ class VlaNode(LifecycleNode):
         scores = getattr(self._policy, "last_grounding", None)
         if scores:
             self._scores_pub.publish(String(data=json.dumps({"command": command, "scores": scores})))
-        debug = draw_grounding(rgb, command, scores)
+        overlay = grounding_overlay(self._policy, rgb)
+        self._heatmap_pub.publish(numpy_to_image(overlay, "rgb8", stamp=header.stamp, frame_id=header.frame_id))
+        debug = draw_grounding(overlay, command, scores)
         self._debug_image_pub.publish(
             numpy_to_image(debug, "rgb8", stamp=header.stamp, frame_id=header.frame_id)
         )

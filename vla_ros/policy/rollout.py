@@ -37,7 +37,7 @@ def policy_attention(policy):
 
 def run_episode(policy, env, seed: int, options: dict | None = None, record: bool = False) -> EpisodeResult:
     """Run one episode of ``env`` (a Gymnasium env with a time limit) driven by ``policy``."""
-    from vla_ros.envs.video import annotate
+    from vla_ros.envs.video_layout import compose_frame, title_card
     from vla_ros.grounding.zero_shot import draw_heatmap, relevance_heatmap
 
     obs, info = env.reset(seed=seed, options=options)
@@ -47,21 +47,25 @@ def run_episode(policy, env, seed: int, options: dict | None = None, record: boo
     while True:
         action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
         if record:
-            # the policy's own text-to-patch attention where its fusion has one, else CLIP's relevance map
+            # the policy's own map over patches where its fusion has one, else CLIP's relevance map
             attention = policy_attention(policy)
             if attention is not None:
-                heat = attention[0].detach().float().cpu().numpy().reshape(policy.encoder.grid_size)
+                weights = attention[0].detach().float().cpu().numpy()
+                side = int(round(np.sqrt(weights.size)))
+                overlay = draw_heatmap(obs[OBS_IMAGE], weights.reshape(side, side), alpha=0.4)
             else:
                 heat = relevance_heatmap(policy.encoder, obs[OBS_IMAGE], command)
-            overlay = draw_heatmap(obs[OBS_IMAGE], heat, alpha=0.4, encoder=policy.encoder)
-            frames.append(annotate(np.concatenate([obs[OBS_IMAGE], overlay], axis=1), command,
-                                   f"step {steps}", scale=4))
+                overlay = draw_heatmap(obs[OBS_IMAGE], heat, alpha=0.4, encoder=policy.encoder)
+            frame = compose_frame(env.unwrapped.render_view(), overlay, command, f"step {steps}")
+            if not frames:
+                frames += [title_card(command, 1, frame.shape[1], frame.shape[0], f"seed {seed}")] * 10
+            frames.append(frame)
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         if terminated or truncated:
             break
     if record:
-        status = "success" if info["is_success"] else "failure"
-        frames.extend([annotate(np.concatenate([obs[OBS_IMAGE], obs[OBS_IMAGE]], axis=1), command,
-                                f"{status} after {steps} steps", scale=4)] * 10)
+        status = "success" if info["is_success"] else "no success"
+        frames.extend([compose_frame(env.unwrapped.render_view(), obs[OBS_IMAGE], command,
+                                     f"{steps} steps - {status}")] * 10)
     return EpisodeResult(command, bool(info["is_success"]), steps, frames)

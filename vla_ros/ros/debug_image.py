@@ -29,3 +29,24 @@ def draw_grounding(frame_rgb: np.ndarray, command: str, scores: dict[str, float]
         cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
     return canvas
+
+
+def grounding_overlay(policy, frame_rgb: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``frame_rgb`` with the policy's map over patches for its last action blended in, when it has one.
+
+    The map is the fusion's own (``region_map``: where the CLIP puts the command); policies without one,
+    or runs whose last action did not go through torch (ONNX), get the frame unchanged.
+    """
+    from vla_ros.grounding.zero_shot import draw_heatmap
+    from vla_ros.policy.rollout import policy_attention
+
+    if policy is None:
+        return frame_rgb
+    attention = policy_attention(policy)
+    if attention is None:
+        return frame_rgb
+    weights = attention[0].detach().float().cpu().numpy()
+    side = int(round(np.sqrt(weights.size)))
+    if side * side != weights.size:
+        return frame_rgb
+    return draw_heatmap(frame_rgb, weights.reshape(side, side), alpha=alpha)
