@@ -34,14 +34,23 @@ def test_share_folders_found():
         share_path("etc", "passwd")
 
 
-def test_package_xml_is_format_3_with_ros_deps_only():
+def test_package_xml_is_format_3_and_declares_every_ros_package_and_rosdep_key():
+    import re
+
     root = ET.parse(ROOT / "package.xml").getroot()
     assert root.get("format") == "3"
     assert root.findtext("name") == "vla_ros"
     assert root.findtext("license") == "Apache-2.0"
     deps = {e.text for e in root if e.tag.endswith("depend")}
-    assert {"rclpy", "std_msgs", "sensor_msgs", "trajectory_msgs"} <= deps
-    assert not deps & {"torch", "python3-torch", "open_clip_torch", "stable-baselines3", "mujoco"}
+    # every ROS interface package the code imports ("from sensor_msgs.msg import ...", "from rclpy ...")
+    imported = set()
+    for path in (ROOT / "vla_ros").rglob("*.py"):
+        imported |= set(re.findall(r"^\s*from (\w+)\.(?:msg|srv|action) import", path.read_text(), re.M))
+    assert imported and imported <= deps, f"imported but not declared: {sorted(imported - deps)}"
+    assert {"rclpy", "rcl_interfaces", "builtin_interfaces"} <= deps
+    # Python dependencies appear by their rosdep keys, never by pip names
+    assert {"python3-numpy", "python3-torch", "python3-mujoco-pip", "python3-stable-baselines3-pip"} <= deps
+    assert not deps & {"torch", "numpy", "open_clip_torch", "stable-baselines3", "mujoco", "gymnasium"}
     assert root.find("export/build_type").text == "ament_python"
 
 

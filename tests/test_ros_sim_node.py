@@ -128,10 +128,26 @@ def test_every_parameter_has_a_description_and_the_config_file_matches(make_sim)
     sim, _ = make_sim()
     names = [name for name, _, _ in PARAMETERS]
     assert all(d.description for d in sim.describe_parameters(names))
-    configured = yaml.safe_load(CONFIG.read_text())["sim_node"]["ros__parameters"]
+    configured = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     assert set(configured) <= set(names)
     for name, default, _ in PARAMETERS:
         assert type(configured.get(name, default)) is type(default), name
+
+
+def test_the_config_file_applies_under_any_namespace(ros_context, tmp_path):
+    """``/**`` keys: a robot started with ``-r __ns:=/robot1`` gets the file's parameters (not the defaults)."""
+    shipped = yaml.safe_load(CONFIG.read_text())
+    (key, section), = shipped.items()
+    section["ros__parameters"].update(seed=77, num_objects=4, start_episode_on_launch=False)
+    path = tmp_path / "sim_node.yaml"
+    path.write_text(yaml.safe_dump({key: section}))
+    for namespace in ("/robot1", "/robot2/arm"):
+        sim = SimNode(namespace=namespace, context=ros_context, cli_args=["--ros-args", "--params-file", str(path)])
+        try:
+            assert sim.get_fully_qualified_name() == f"{namespace}/sim_node"
+            assert sim.get_parameter("seed").value == 77 and sim.get_parameter("num_objects").value == 4
+        finally:
+            sim.destroy_node()
 
 
 def test_episode_start_publishes_command_camera_and_joint_states(make_sim):

@@ -194,7 +194,7 @@ def test_every_parameter_has_a_description_and_the_config_file_matches(make_node
     names = [name for name, _, _ in PARAMETERS]
     for descriptor in node.describe_parameters(names):
         assert descriptor.description, f"parameter {descriptor.name} has no description"
-    configured = yaml.safe_load(CONFIG.read_text())["vla_node"]["ros__parameters"]
+    configured = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     assert set(configured) <= set(names), f"unknown parameters in {CONFIG}: {set(configured) - set(names)}"
     for name, default, _ in PARAMETERS:
         if name in configured and not isinstance(default, Parameter.Type):

@@ -5,18 +5,31 @@ Imports ``launch``/``launch_ros`` lazily: the rest of the package never needs th
 
 from __future__ import annotations
 
+import yaml
+
 from vla_ros.graph import PACKAGE, NodeSpec
 from vla_ros.paths import share_path
+
+
+def configured(node: str, name: str) -> str:
+    """The value of parameter ``name`` in ``config/<node>.yaml``, as a launch argument's default (text).
+
+    Launch arguments override the YAML, so their defaults must be the YAML's: one place sets each value.
+    """
+    section = yaml.safe_load(share_path("config", f"{node}.yaml").read_text())["/**"]["ros__parameters"]
+    return str(section[name])
+
 
 # (name, default, description) of the launch arguments both launch files declare.
 COMMON_ARGUMENTS = (
     ("policy_path", str(share_path("models", "policy")),
      "policy checkpoint folder (policy.safetensors + config.json)"),
-    ("device", "cpu", "inference device of the VLA node: cpu or cuda"),
-    ("backend", "torch", "inference backend of the VLA node: torch or onnxruntime"),
-    ("output_mode", "position_array",
+    ("device", configured("vla_node", "device"), "inference device of the VLA node: cpu or cuda"),
+    ("backend", configured("vla_node", "backend"), "inference backend of the VLA node: torch or onnxruntime"),
+    ("output_mode", configured("vla_node", "output_mode"),
      "joint command output: position_array (forward_position_controller) or trajectory"),
-    ("control_rate_hz", "10.0", "policy rate of the VLA node in Hz"),
+    ("control_rate_hz", configured("vla_node", "control_rate_hz"),
+     "policy rate of the VLA node in Hz (default: config/vla_node.yaml's, the rate the policy was trained at)"),
     ("log_level", "info", "ROS log level of every node"),
 )
 
