@@ -7,7 +7,13 @@ from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
 from vla_ros.graph import sim_graph
-from vla_ros.launch_support import declare_arguments, node_action, robot_state_publisher_action, vla_overrides
+from vla_ros.launch_support import (
+    declare_arguments,
+    large_data_transport_action,
+    node_action,
+    robot_state_publisher_action,
+    vla_overrides,
+)
 
 SIM_ARGUMENTS = (
     ("task", "reach", "simulated task: reach or push"),
@@ -19,6 +25,7 @@ def generate_launch_description():
     sim_spec, vla_spec = sim_graph()
     sim_overrides = {"task": LaunchConfiguration("task"), "image_size": LaunchConfiguration("image_size")}
     return LaunchDescription([
+        large_data_transport_action(),
         *declare_arguments(SIM_ARGUMENTS),
         robot_state_publisher_action(),
         node_action(sim_spec, sim_overrides),

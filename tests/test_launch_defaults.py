@@ -15,3 +15,15 @@ def test_launch_argument_defaults_are_the_config_files_values():
         assert type(configured[name])(defaults[name]) == configured[name], name
     # the shipped policy acts at the rate it was trained at (control_dt 0.05 s)
     assert float(defaults["control_rate_hz"]) == 20.0
+
+
+def test_both_launch_files_select_the_large_data_transport_first():
+    import ast
+
+    for name in ("vla.launch.py", "sim.launch.py"):
+        tree = ast.parse(share_path("launch", name).read_text())
+        calls = [node.func.id for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+        assert "large_data_transport_action" in calls, name
+        # before any node is created: the environment is read when a node process starts
+        assert calls.index("large_data_transport_action") < calls.index("node_action"), name

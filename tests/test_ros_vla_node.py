@@ -282,6 +282,20 @@ def test_a_bad_command_replaces_the_current_command(make_node):
     wait_until(lambda: probe.diagnostics.get("command") == "", what="the command cleared")
 
 
+def test_a_default_qos_publisher_is_followed_and_a_latched_command_counts_once(make_node):
+    node, probe = make_node()
+    # `ros2 topic pub` and most GUIs publish reliable + volatile: no transient-local subscription matches them
+    default_qos = probe.node.create_publisher(String, "vla/command", 10)
+    wait_until(lambda: default_qos.get_subscription_count() >= 1, what="the node matching a volatile publisher")
+    default_qos.publish(String(data="touch the blue ball"))
+    wait_until(lambda: probe.diagnostics.get("command") == "touch the blue ball", what="the volatile command")
+    serial = node._command_serial
+    probe.send_command(COMMAND)  # latched: it reaches both of the node's command subscriptions
+    wait_until(lambda: probe.diagnostics.get("command") == COMMAND, what="the latched command")
+    time.sleep(0.5)  # the second copy, had it been kept, arrives within this
+    assert node._command_serial == serial + 1
+
+
 def test_estop_and_clear_command_services(make_node):
     node, probe = make_node()
     probe.send_command(COMMAND)

@@ -70,6 +70,20 @@ def vla_overrides() -> dict:
     }
 
 
+def large_data_transport_action():
+    """Fast DDS's large-data transports for every node of the launch, unless the environment already chooses.
+
+    Raw VGA images between processes need them (the default UDP transport fragments and drops them).
+    """
+    from launch.actions import SetEnvironmentVariable
+    from launch.substitutions import EnvironmentVariable
+
+    from vla_ros.launcher import FASTDDS_TRANSPORTS
+
+    name, value = FASTDDS_TRANSPORTS
+    return SetEnvironmentVariable(name, EnvironmentVariable(name, default_value=value))
+
+
 def robot_state_publisher_action():
     """robot_state_publisher with the package's URDF (the same file MuJoCo loads)."""
     from launch_ros.actions import Node

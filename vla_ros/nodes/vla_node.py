@@ -38,6 +38,7 @@ import gc
 import json
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,15 @@ def _default_policy_path() -> str:
         return ""
 
 
+def _message_key(info) -> tuple | None:
+    """(publisher gid, publication sequence number) of a received message, or None where the RMW gives none."""
+    if not info or info.get("publication_sequence_number") is None or not info.get("publisher_gid"):
+        return None
+    gid = info["publisher_gid"]
+    gid = gid.get("data", gid) if isinstance(gid, dict) else gid
+    return bytes(gid), int(info["publication_sequence_number"])
+
+
 @dataclass
 class _Stamped:
     """The latest message of an input with the time (s, node clock) it stands for."""
@@ -195,6 +205,7 @@ class VlaNode(LifecycleNode):
         self._joint_state: _Stamped | None = None  # (positions, velocities) in robot joint order
         self._command: str | None = None
         self._command_serial = 0
+        self._recent_commands: deque = deque(maxlen=32)  # (publisher gid, sequence number) of commands seen
         self._estopped = False
         self._command_status: tuple | None = None  # (command, (state, kind, reason)) last published
         self._last_log: dict[str, float] = {}
@@ -287,6 +298,9 @@ class VlaNode(LifecycleNode):
             ),
             self.create_subscription(
                 String, self._param("command_topic"), self._on_command, qos.COMMAND_QOS
+            ),
+            self.create_subscription(  # default-QoS publishers too; duplicates dropped in _on_command
+                String, self._param("command_topic"), self._on_command, qos.COMMAND_VOLATILE_QOS
             ),
             self.create_subscription(
                 JointState,
@@ -466,7 +480,13 @@ class VlaNode(LifecycleNode):
             self._frame = _Stamped(msg, self._stamp_or_now(msg.header))
         self._new_input.set()
 
-    def _on_command(self, msg: String) -> None:
+    def _on_command(self, msg: String, info: dict) -> None:
+        # a latched publisher's message reaches both command subscriptions: act on it once
+        key = _message_key(info)
+        if key is not None:
+            if key in self._recent_commands:
+                return
+            self._recent_commands.append(key)
         try:
             command = validate_command(msg.data)
         except ValueError as error:

@@ -33,6 +33,16 @@ COMMAND_QOS = QoSProfile(
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 
+# A second command subscription, volatile: it also matches publishers with default QoS (`ros2 topic pub`,
+# GUIs, voice nodes), which a transient-local subscription does not. A latched publisher reaches both
+# subscriptions; vla_node drops the second copy (same publisher and sequence number).
+COMMAND_VOLATILE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
 # joint_states subscriptions: sensor data (best effort matches both best-effort and reliable
 # publishers such as joint_state_broadcaster).
 JOINT_STATES_QOS = qos_profile_sensor_data
