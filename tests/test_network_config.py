@@ -76,3 +76,41 @@ def test_fusion_modules_take_only_their_own_options():
         LateFusion(embed_dim=8, num_patches=4, heads=2)
     with pytest.raises(TypeError):
         RegionMapFusion(embed_dim=8, num_patches=4, grid_size=(2, 2), heads=2)
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("action", "max_delta", "nan", "NaN or infinite"),
+    ("action", "max_delta", 0.0, "> 0"),
+    ("proprio_normalization", "position_half_range", 0.0, "> 0"),
+    ("action", "lower", 99.0, "below action.upper"),
+    ("action", "upper", "x", "list of numbers"),
+])
+def test_a_checkpoint_whose_numbers_would_give_nan_actions_is_refused(tmp_path, section, field, value, message):
+    folder = tmp_path / "policy"
+    shutil.copytree(MODELS / "policy", folder, ignore=shutil.ignore_patterns("clip", "*.png"))
+    config = json.loads((folder / "config.json").read_text())
+    values = config[section][field]
+    values[0] = float(value) if value == "nan" else value
+    (folder / "config.json").write_text(json.dumps(config))  # json writes NaN, as a hostile file may carry it
+    with pytest.raises(CheckpointError, match=rf"config.json: {section}.{field}.*{message}|{message}"):
+        read_config(folder)
+
+
+def test_unreadable_config_files_are_refused_with_the_file_named(tmp_path):
+    folder = tmp_path / "policy"
+    shutil.copytree(MODELS / "policy", folder, ignore=shutil.ignore_patterns("clip", "*.png"))
+    for content, message in ((b"\xff\xfe{", "invalid JSON or not UTF-8"), (b"[1, 2]", "JSON object"),
+                             (b" " * ((1 << 20) + 1), "at most")):
+        (folder / "config.json").write_bytes(content)
+        with pytest.raises(CheckpointError, match=message) as error:
+            read_config(folder)
+        assert "config.json" in str(error.value)
+
+
+def test_log_lines_quote_at_most_a_bounded_part_of_hostile_text():
+    from vla_ros.nodes.vla_node import LOG_TEXT_LIMIT, for_log
+
+    huge = "x" * 1_000_000
+    line = for_log(f"unsupported encoding {huge!r}")
+    assert len(line) < LOG_TEXT_LIMIT + 40 and line.endswith("more characters]")
+    assert for_log("short") == "short"

@@ -136,6 +136,9 @@ def test_state_far_outside_limits_holds(gate):
         (dict(joint_state_stamp=None), GateReason.NO_JOINT_STATE),
         (dict(frame_stamp=NOW - 0.51), GateReason.STALE_FRAME),
         (dict(frame_stamp=NOW + 5.0), GateReason.STALE_FRAME),  # stamped in the future: bad clock
+        # a camera 0.4 s ahead: within max_frame_age_s but beyond the skew tolerance, so stale
+        (dict(frame_stamp=NOW + 0.4), GateReason.STALE_FRAME),
+        (dict(joint_state_stamp=NOW + 0.1), GateReason.STALE_JOINT_STATE),
         (dict(frame_stamp=math.nan), GateReason.STALE_FRAME),
         (dict(joint_state_stamp=NOW - 0.21), GateReason.STALE_JOINT_STATE),
     ],
@@ -150,6 +153,9 @@ def test_inputs_at_the_age_limit_still_pass(gate):
     decision = passing(
         gate, np.zeros(4), state(np.zeros(4)), frame_stamp=NOW - 0.499, joint_state_stamp=NOW - 0.199
     )
+    assert decision.reason is GateReason.OK
+    # clock skew between machines up to FUTURE_STAMP_TOLERANCE_S is tolerated
+    decision = passing(gate, np.zeros(4), state(np.zeros(4)), frame_stamp=NOW + 0.04, joint_state_stamp=NOW + 0.04)
     assert decision.reason is GateReason.OK
 
 

@@ -243,7 +243,15 @@ class SafetyGate:
         )
 
 
+FUTURE_STAMP_TOLERANCE_S = 0.05
+"""how far ahead of the node's clock a stamp may be (clock skew between machines); beyond, it is stale"""
+
+
 def _is_fresh(now: float, stamp: float, max_age: float) -> bool:
-    """Whether ``stamp`` is at most ``max_age`` old; a stamp as far in the future means a bad clock."""
+    """Whether ``stamp`` is at most ``max_age`` old and not more than a small tolerance in the future.
+
+    A stamp from the future is a bad clock: allowing it ``max_age`` ahead would keep a frozen frame fresh
+    for up to twice as long.
+    """
     age = now - stamp
-    return math.isfinite(age) and -max_age <= age <= max_age
+    return math.isfinite(age) and -min(max_age, FUTURE_STAMP_TOLERANCE_S) <= age <= max_age

@@ -167,6 +167,15 @@ def _default_policy_path() -> str:
         return ""
 
 
+LOG_TEXT_LIMIT = 300  # characters of message content a log line may quote (hostile input can be megabytes)
+
+
+def for_log(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
 def _message_key(info) -> tuple | None:
     """(publisher gid, publication sequence number) of a received message, or None where the RMW gives none."""
     if not info or info.get("publication_sequence_number") is None or not info.get("publisher_gid"):
@@ -266,7 +275,7 @@ class VlaNode(LifecycleNode):
             urdf = self._param("urdf_path") or None
             self._robot_limits = JointLimits.from_robot(load_robot_description(urdf))
         except Exception as error:  # a failed transition must say why; rclpy would swallow it
-            self.get_logger().error(f"configure failed: {error}")
+            self.get_logger().error(f"configure failed: {for_log(str(error))}")
             return TransitionCallbackReturn.FAILURE
 
         if self._output_mode == "position_array":
@@ -329,7 +338,7 @@ class VlaNode(LifecycleNode):
             self._policy = self._load_policy()
             self._gate = self._build_gate(self._policy)
         except Exception as error:
-            self.get_logger().error(f"activate failed: {error}")
+            self.get_logger().error(f"activate failed: {for_log(str(error))}")
             self._free_policy()
             return TransitionCallbackReturn.FAILURE
         self._gate.set_estop(self._estopped)
@@ -466,7 +475,7 @@ class VlaNode(LifecycleNode):
         now = time.monotonic()
         if now - self._last_log.get(key, -np.inf) >= self._log_throttle:
             self._last_log[key] = now
-            self.get_logger().warning(f"{key}: {message} (counted in /diagnostics; holding position)")
+            self.get_logger().warning(f"{key}: {for_log(message)} (counted in /diagnostics; holding position)")
 
     def _on_image(self, msg: Image) -> None:
         try:
@@ -504,7 +513,7 @@ class VlaNode(LifecycleNode):
                 # it from a frame received after the command, not one of the scene before.
                 self._frame = None
         if changed:
-            self.get_logger().info(f"command: {command!r}")
+            self.get_logger().info(f"command: {for_log(repr(command))}")
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -659,7 +668,7 @@ class VlaNode(LifecycleNode):
             return
         self._command_status = (command, status)
         if refusal is not None:
-            self.get_logger().warning(f"refusing command: {refusal.reason}; holding position")
+            self.get_logger().warning(f"refusing command: {for_log(refusal.reason)}; holding position")
         message = {"command": command, "state": status[0], "kind": status[1], "reason": status[2],
                    "presence": None if presence is None else round(float(presence), 4)}
         self._status_pub.publish(String(data=json.dumps(message)))

@@ -24,6 +24,7 @@ from vla_ros.policy.network_config import MAX_GRID, MAX_WIDTH, NetworkConfig, Ne
 FORMAT = "vla_ros.policy/1"
 WEIGHTS_FILE = "policy.safetensors"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 1 << 20  # a policy config is a few kB; refuse anything huge before parsing it
 _ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
@@ -73,10 +74,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"policy checkpoint folder not found: {folder}")
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{folder} is not a policy checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{config_path}: {config_path.stat().st_size} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES}")
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: invalid JSON: {exc}") from exc
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: invalid JSON or not UTF-8: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
     for key in ("joint_names", "action", "proprio_normalization", "clip", "network"):
@@ -100,6 +106,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         network.check_embed_dim(clip["embed_dim"])
     except NetworkConfigError as exc:
         raise CheckpointError(str(exc)) from None
+    _check_numbers(config, config_path)
     n = len(config["joint_names"])
     sizes = {f"action.{k}": len(config["action"].get(k, ())) for k in ("max_delta", "lower", "upper")}
     sizes.update({f"proprio_normalization.{k}": len(v) for k, v in config["proprio_normalization"].items()})
@@ -107,6 +114,39 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if wrong:
         raise CheckpointError(f"{config_path}: joint set does not match: {n} joint names but {wrong}")
     return config
+
+
+def _check_numbers(config: dict[str, Any], config_path: Path) -> None:
+    """The action scaling and the proprioception normalisation: lists of finite numbers, in range.
+
+    A NaN ``max_delta`` or a zero half-range would make every action NaN (the node would never move, or
+    worse); they are refused here, naming the file and the field.
+    """
+    action, norm = config["action"], config["proprio_normalization"]
+    if not isinstance(config["joint_names"], list) or not all(isinstance(j, str) for j in config["joint_names"]):
+        raise CheckpointError(f"{config_path}: joint_names must be a list of strings")
+    if not isinstance(action, dict) or not isinstance(norm, dict):
+        raise CheckpointError(f"{config_path}: action and proprio_normalization must be objects")
+
+    def numbers(section: dict, field: str, where: str, positive: bool = False) -> np.ndarray:
+        values = section.get(field)
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in values):
+            raise CheckpointError(f"{config_path}: {where}.{field} must be a list of numbers")
+        array = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(array)):
+            raise CheckpointError(f"{config_path}: {where}.{field} holds a NaN or infinite value")
+        if positive and not np.all(array > 0):
+            raise CheckpointError(f"{config_path}: {where}.{field} must be > 0 for every joint")
+        return array
+
+    numbers(action, "max_delta", "action", positive=True)
+    lower, upper = numbers(action, "lower", "action"), numbers(action, "upper", "action")
+    if lower.shape == upper.shape and not np.all(lower < upper):
+        raise CheckpointError(f"{config_path}: action.lower must be below action.upper for every joint")
+    numbers(norm, "position_center", "proprio_normalization")
+    numbers(norm, "position_half_range", "proprio_normalization", positive=True)
+    numbers(norm, "velocity_scale", "proprio_normalization", positive=True)
 
 
 def load_network(path: str | Path, config: dict[str, Any] | None = None,
