@@ -318,3 +318,49 @@ def test_messages_are_independent_of_threads():
     for thread in threads:
         thread.join()
     assert results == [True] * 8
+
+
+# ------------------------------------------------------------------------------ compressed frames
+
+
+def test_png_compressed_frames_decode_to_the_raw_frames_pixels_and_jpeg_close():
+    from vla_ros.ros.conversions import compressed_to_numpy, frame_to_numpy, numpy_to_compressed_image
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    raw = numpy_to_image(frame, "bgr8")
+    png = numpy_to_compressed_image(frame, "png")
+    assert png.format.endswith("png compressed bgr8")
+    np.testing.assert_array_equal(frame_to_numpy(png), frame_to_numpy(raw))
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    jpeg = compressed_to_numpy(numpy_to_compressed_image(smooth, "jpeg"))
+    assert jpeg.shape == smooth.shape and np.median(np.abs(jpeg.astype(int) - smooth)) <= 4  # lossy, close
+
+
+def test_hostile_compressed_frames_are_refused_before_decoding():
+    import struct
+    import zlib
+
+    from sensor_msgs.msg import CompressedImage
+
+    from vla_ros.ros.conversions import MAX_FRAME_PIXELS, compressed_to_numpy, validate_image
+
+    def png(width, height):  # a valid header whose pixels were never written: a decompression bomb
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        chunk = b"IHDR" + ihdr
+        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+    cases = [
+        (png(100_000, 100_000), "at most"),
+        (b"", "empty"),
+        (b"GIF89a....", "neither PNG nor JPEG"),
+        (b"\xff\xd8\xff\xe0\x00\x01", "JPEG"),
+        (png(64, 48), "could not be decoded"),  # a header and nothing else
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            compressed_to_numpy(CompressedImage(format="png", data=data))
+    # raw frames have the same cap, checked from the header before any pixel is copied
+    side = int(MAX_FRAME_PIXELS ** 0.5) + 1
+    with pytest.raises(ValueError, match="at most"):
+        validate_image(Image(height=side, width=side, encoding="mono8", step=side, data=b"\0"))

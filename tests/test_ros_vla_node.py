@@ -354,6 +354,27 @@ def test_valid_inputs_give_commands_within_limits(make_node, policy_checkpoint, 
     assert int(probe.diagnostics["commands_published"]) >= 1 and "frame_age_s" in probe.diagnostics
 
 
+def test_compressed_and_raw_camera_frames_give_the_same_commands(make_node, policy_checkpoint):
+    from sensor_msgs.msg import CompressedImage
+
+    from vla_ros.ros.conversions import numpy_to_compressed_image
+
+    frame = np.random.default_rng(3).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    raw_node, raw_probe = make_node("active", policy_path=str(policy_checkpoint))
+    raw_probe.frame = frame
+    packed_node, packed_probe = make_node("active", policy_path=str(policy_checkpoint), image_transport="compressed")
+    packed_probe.frame = None  # its camera sends only PNG-compressed frames, on camera/image_raw/compressed
+    publisher = packed_probe.node.create_publisher(CompressedImage, "camera/image_raw/compressed", qos.CAMERA_QOS)
+    packed_probe.node.create_timer(0.02, lambda: publisher.publish(numpy_to_compressed_image(
+        frame, "png", stamp=packed_probe.node.get_clock().now())))
+    for probe in (raw_probe, packed_probe):
+        probe.send_command(COMMAND)
+    wait_until(lambda: len(raw_probe.positions) >= 3 and len(packed_probe.positions) >= 3, what="commands from both")
+    # the same frame, joint state and command: the same first command, whichever transport carried the frame
+    np.testing.assert_allclose(packed_probe.positions[0], raw_probe.positions[0], atol=1e-9)
+    assert packed_node.counter("rejected.malformed_image") == 0
+
+
 def test_commands_are_clamped_to_limits_when_the_arm_is_at_a_limit(make_node, policy_checkpoint):
     node, probe = make_node("active", policy_path=str(policy_checkpoint), max_step=0.01)
     probe.joint_positions = ROBOT.upper.copy()

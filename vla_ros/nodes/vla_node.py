@@ -48,7 +48,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -56,19 +56,21 @@ from trajectory_msgs.msg import JointTrajectory
 from vla_ros.ros import qos
 from vla_ros.ros.conversions import (
     NonFiniteJointStateError,
-    image_to_numpy,
+    frame_to_numpy,
     joint_state_to_arrays,
     joint_trajectory,
     numpy_to_image,
     position_command_array,
     stamp_to_seconds,
     validate_command,
+    validate_compressed_image,
     validate_image,
 )
 from vla_ros.ros.debug_image import draw_grounding, grounding_overlay
 from vla_ros.ros.diagnostics import NodeStats, diagnostic_array
 from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
 
+IMAGE_TRANSPORTS = ("raw", "compressed")
 OUTPUT_MODES = ("position_array", "trajectory")
 BACKENDS = ("torch", "onnxruntime")
 CONTROL_TRIGGERS = ("timer", "frame")
@@ -114,6 +116,9 @@ PARAMETERS = (
         "Joint order of the position_array command (the controller's 'joints'); unset = policy order.",
     ),
     ("camera_topic", "camera/image_raw", "Camera frames (sensor_msgs/Image, best effort)."),
+    ("image_transport", "raw",
+     "raw: sensor_msgs/Image on camera_topic; compressed: sensor_msgs/CompressedImage (PNG or JPEG) on "
+     "camera_topic + '/compressed', as image_transport names it."),
     ("command_topic", "vla/command", "Language command (std_msgs/String, latched)."),
     ("joint_states_topic", "joint_states", "Measured joint states (sensor_msgs/JointState)."),
     (
@@ -237,6 +242,9 @@ class VlaNode(LifecycleNode):
         return self.get_parameter(name).value
 
     def _read_parameters(self) -> None:
+        self._image_transport = self._param("image_transport")
+        if self._image_transport not in IMAGE_TRANSPORTS:
+            raise ValueError(f"image_transport must be one of {IMAGE_TRANSPORTS}, got {self._image_transport!r}")
         self._output_mode = self._param("output_mode")
         if self._output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {self._output_mode!r}")
@@ -304,6 +312,8 @@ class VlaNode(LifecycleNode):
         self._subscriptions_made = [
             self.create_subscription(
                 Image, self._param("camera_topic"), self._on_image, qos.CAMERA_QOS
+            ) if self._image_transport == "raw" else self.create_subscription(
+                CompressedImage, self._param("camera_topic") + "/compressed", self._on_image, qos.CAMERA_QOS
             ),
             self.create_subscription(
                 String, self._param("command_topic"), self._on_command, qos.COMMAND_QOS
@@ -477,9 +487,10 @@ class VlaNode(LifecycleNode):
             self._last_log[key] = now
             self.get_logger().warning(f"{key}: {for_log(message)} (counted in /diagnostics; holding position)")
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         try:
-            validate_image(msg)  # cheap header/size checks; decoding waits for the control step
+            # cheap header/size checks; decoding waits for the control step
+            validate_compressed_image(msg) if isinstance(msg, CompressedImage) else validate_image(msg)
         except ValueError as error:
             with self._input_lock:
                 self._frame = None  # a broken camera must not leave an older frame in use
@@ -633,7 +644,7 @@ class VlaNode(LifecycleNode):
         self._last_frame_stamp = frame.stamp
         try:
             decode_start = time.perf_counter()
-            rgb = image_to_numpy(frame.value)
+            rgb = frame_to_numpy(frame.value)
             policy_start = time.perf_counter()
             self._stats.add_latency("decode", policy_start - decode_start)
             if serial != self._policy_serial:  # a new command starts a new episode for the policy

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -95,6 +95,17 @@ def _as_stamp(stamp) -> Time:
 
 # -------------------------------------------------------------------------------------- images
 
+MAX_FRAME_PIXELS = 3840 * 2160
+"""largest camera frame accepted (4K UHD): bigger ones are refused before any pixel is copied or decoded"""
+MAX_COMPRESSED_BYTES = 16 * 1024 * 1024
+"""largest compressed frame accepted"""
+
+
+def _check_frame_size(width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise ValueError(f"image is {width}x{height} = {width * height} pixels; at most {MAX_FRAME_PIXELS} "
+                         "(3840x2160) are accepted")
+
 
 def validate_image(msg: Image) -> ImageLayout:
     """Check an Image's encoding, size, step and data length without copying its pixels."""
@@ -106,6 +117,7 @@ def validate_image(msg: Image) -> ImageLayout:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ValueError(f"image has zero size ({width}x{height})")
+    _check_frame_size(width, height)
     channels, depth = IMAGE_ENCODINGS[encoding]
     row_bytes = width * channels * depth
     if step < row_bytes:
@@ -144,6 +156,84 @@ def image_to_numpy(msg: Image) -> np.ndarray:
         return pixels.copy()  # a copy so the array does not alias the message buffer
     # Fancy indexing on the channel axis copies into a new contiguous array in one pass.
     return np.ascontiguousarray(pixels[:, :, order])
+
+
+def _compressed_size(data: bytes) -> tuple[str, int, int]:
+    """(kind, width, height) read from a PNG or JPEG header, without decoding the pixels."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                raise ValueError("compressed image: corrupt JPEG marker stream")
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                return "jpeg", int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            if length < 2:
+                raise ValueError("compressed image: corrupt JPEG segment length")
+            i += 2 + length
+        raise ValueError("compressed image: JPEG without a frame header")
+    raise ValueError("compressed image is neither PNG nor JPEG")
+
+
+def validate_compressed_image(msg: CompressedImage) -> tuple[str, int, int]:
+    """Check a CompressedImage's size and header (PNG or JPEG, dimensions within the cap) without decoding."""
+    data = bytes(msg.data)
+    if not data:
+        raise ValueError("compressed image data is empty")
+    if len(data) > MAX_COMPRESSED_BYTES:
+        raise ValueError(f"compressed image is {len(data)} bytes; at most {MAX_COMPRESSED_BYTES} are accepted")
+    kind, width, height = _compressed_size(data)
+    if width == 0 or height == 0:
+        raise ValueError(f"compressed image has zero size ({width}x{height})")
+    _check_frame_size(width, height)
+    return kind, width, height
+
+
+def compressed_to_numpy(msg: CompressedImage) -> np.ndarray:
+    """Decode a PNG or JPEG CompressedImage (image_transport's ``compressed``) to (H, W, 3) uint8 RGB.
+
+    The header is checked first (:func:`validate_compressed_image`), so a small file declaring a huge frame is
+    refused before OpenCV allocates it. Grey and 16-bit images are converted like raw ones.
+    """
+    _, width, height = validate_compressed_image(msg)
+    pixels = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ValueError("compressed image could not be decoded")
+    if pixels.shape[:2] != (height, width):
+        raise ValueError(f"compressed image decodes to {pixels.shape[1]}x{pixels.shape[0]}, "
+                         f"its header says {width}x{height}")
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    if pixels.ndim == 2:
+        return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))
+    code = cv2.COLOR_BGRA2RGB if pixels.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(pixels, code)
+
+
+def numpy_to_compressed_image(array_rgb: np.ndarray, fmt: str = "png", stamp=None,
+                              frame_id: str = "") -> CompressedImage:
+    """Encode an (H, W, 3) uint8 RGB array as a CompressedImage (``png``: lossless, or ``jpeg``)."""
+    if fmt not in ("png", "jpeg"):
+        raise ValueError(f"format must be png or jpeg, got {fmt!r}")
+    ok, encoded = cv2.imencode(".png" if fmt == "png" else ".jpg",
+                               cv2.cvtColor(np.ascontiguousarray(array_rgb, np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the image")
+    msg = CompressedImage(format=f"rgb8; {fmt} compressed bgr8", data=encoded.tobytes())
+    msg.header.stamp = _as_stamp(stamp)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def frame_to_numpy(msg: Image | CompressedImage) -> np.ndarray:
+    """A raw or compressed camera frame as (H, W, 3) uint8 RGB."""
+    return compressed_to_numpy(msg) if isinstance(msg, CompressedImage) else image_to_numpy(msg)
 
 
 def numpy_to_image(
