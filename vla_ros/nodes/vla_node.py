@@ -430,6 +430,10 @@ class VlaNode(LifecycleNode):
             max_joint_state_age_s=self._max_joint_state_age,
         )
 
+    def stop_control(self) -> None:
+        """Stop the control thread and free the policy (shutdown, deactivation)."""
+        self._stop_control()
+
     def _stop_control(self) -> None:
         thread, self._control_thread = self._control_thread, None
         self._stop_control_event.set()
@@ -759,8 +763,15 @@ class VlaNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    """Run vla_node: its callbacks on a single-threaded executor, the policy on its control thread."""
-    rclpy.init(args=args)
+    """Run vla_node: its callbacks on a single-threaded executor, the policy on its control thread.
+
+    rclpy's own SIGINT handler would shut the context down at once, while the control thread may be
+    publishing ("publisher's context is invalid"); here SIGINT raises KeyboardInterrupt in this thread
+    instead, and the control thread is stopped before the context goes.
+    """
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = VlaNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -771,6 +782,7 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        node.stop_control()  # no command after this; then the executor and the context
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
