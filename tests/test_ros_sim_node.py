@@ -150,6 +150,25 @@ def test_the_config_file_applies_under_any_namespace(ros_context, tmp_path):
             sim.destroy_node()
 
 
+def test_use_sim_time_runs_on_the_simulators_own_clock(make_sim):
+    """With use_sim_time the simulator still steps (its timers are steady), publishes /clock, stamps on it."""
+    from rclpy.clock import ClockType
+    from rosgraph_msgs.msg import Clock
+
+    sim, probe = make_sim(use_sim_time=True, real_time_factor=4.0)
+    clocks = []
+    probe.node.create_subscription(Clock, "/clock", lambda msg: clocks.append(msg.clock), qos.CLOCK_QOS)
+    probe.start(seed=3, command=COMMAND)
+    wait_until(lambda: len(probe.images) >= 5 and len(clocks) >= 5, what="camera frames and /clock under sim time")
+    seconds = [c.sec + c.nanosec * 1e-9 for c in clocks]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))  # advances
+    step = sim._control_dt
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in probe.images[-3:]]
+    assert all(abs((b - a) / step - round((b - a) / step)) < 1e-6 for a, b in zip(stamps, stamps[1:]))
+    assert stamps[-1] <= sim.sim_time_ns * 1e-9 + 1e-9  # camera stamps are simulated time, not wall time
+    assert sim.get_clock().clock_type == ClockType.ROS_TIME
+
+
 def test_episode_start_publishes_command_camera_and_joint_states(make_sim):
     sim, probe = make_sim(real_time_factor=4.0)
     status = probe.start(seed=3, command=COMMAND)

@@ -31,6 +31,8 @@ COMMON_ARGUMENTS = (
     ("control_rate_hz", configured("vla_node", "control_rate_hz"),
      "policy rate of the VLA node in Hz (default: config/vla_node.yaml's, the rate the policy was trained at)"),
     ("log_level", "info", "ROS log level of every node"),
+    ("namespace", "", "namespace of every node (e.g. robot1); config/*.yaml apply under any namespace"),
+    ("use_sim_time", "false", "run every node on /clock (sim_node publishes it) instead of the wall clock"),
 )
 
 
@@ -53,8 +55,10 @@ def node_action(spec: NodeSpec, overrides: dict):
         package=PACKAGE,
         executable=spec.executable,
         name=spec.name,
+        namespace=LaunchConfiguration("namespace"),
         output="screen",
-        parameters=[*spec.param_file_paths(), {**spec.parameters, **overrides}],
+        parameters=[*spec.param_file_paths(),
+                    {**spec.parameters, **overrides, "use_sim_time": LaunchConfiguration("use_sim_time")}],
         remappings=list(spec.remappings.items()),
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
@@ -86,6 +90,7 @@ def large_data_transport_action():
 
 def robot_state_publisher_action():
     """robot_state_publisher with the package's URDF (the same file MuJoCo loads)."""
+    from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
     urdf_text = share_path("sim", "robot", "vla_arm.urdf").read_text()
@@ -93,5 +98,6 @@ def robot_state_publisher_action():
         package="robot_state_publisher",
         executable="robot_state_publisher",
         output="screen",
-        parameters=[{"robot_description": urdf_text}],
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[{"robot_description": urdf_text, "use_sim_time": LaunchConfiguration("use_sim_time")}],
     )

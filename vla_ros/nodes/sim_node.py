@@ -1,7 +1,8 @@
 """sim_node: the MuJoCo Gymnasium env acting as the robot, camera and ros2_control controllers.
 
 Publishes the camera (``camera/image_raw``, rgb8), ``joint_states`` and the episode status (JSON on
-``sim/episode_status``), and with ``publish_view`` the viewing camera for videos (``viewer/image_raw``, 640x480;
+``sim/episode_status``), ``/clock`` (simulated time: one control period per step; with ``use_sim_time`` the stamps follow it
+and its own timers stay on the steady clock), and with ``publish_view`` the viewing camera for videos (``viewer/image_raw``, 640x480;
 the policy never sees it); accepts absolute joint position commands like a real controller
 (Float64MultiArray on ``forward_position_controller/commands`` in URDF joint order, or a
 JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) / max_delta, -1, 1)``
@@ -38,8 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock as RosClock
+from rclpy.clock import ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.time import Time as RosTime
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -102,6 +107,9 @@ PARAMETERS = (
 )
 
 
+SIM_TIME_START_NS = 1_000_000_000
+
+
 def action_from_target(target: np.ndarray, position: np.ndarray, max_delta: np.ndarray) -> np.ndarray:
     """The env action that moves from ``position`` towards the absolute ``target`` in one step."""
     return np.clip((np.asarray(target, float) - np.asarray(position, float)) / max_delta, -1.0, 1.0)
@@ -148,13 +156,22 @@ class SimNode(Node):
         self._status: dict = {}
         self._observation = None
         self._stamp = None
+        # Simulated time, published on /clock: it advances one control period per env step (and, in real time,
+        # per camera tick between episodes). It starts at 1 s: a zero stamp means "unstamped" to ROS tools.
+        self._sim_time_ns = SIM_TIME_START_NS
+        self._use_sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._clock_pub = self.create_publisher(Clock, "/clock", qos.CLOCK_QOS)
+        self._publish_clock()
+        # The simulator is the time source: its own timers run on the steady clock, else with use_sim_time
+        # they would wait for a /clock that only they publish.
+        steady = RosClock(clock_type=ClockType.STEADY_TIME)
         if self._mode == "real_time":
             period = self._control_dt / float(self._param("real_time_factor"))
-            self.create_timer(period, self._on_timer)
+            self.create_timer(period, self._on_timer, clock=steady)
         else:
             self._first_observation_due: float | None = None  # monotonic time; None = already sent
             self._last_publish = 0.0
-            self.create_timer(0.02, self._on_lockstep_timer)
+            self.create_timer(0.02, self._on_lockstep_timer, clock=steady)
         if self._param("start_episode_on_launch"):
             self.start_episode(seed=self._param("seed"), command=self._param("command") or None)
 
@@ -234,6 +251,7 @@ class SimNode(Node):
         observation, reward, terminated, truncated, info = self._on_env_thread(
             self._env.step, action.astype(np.float32)
         )
+        self._advance_clock()
         self._status.update(
             step=self._status["step"] + 1,
             reward=float(reward),
@@ -247,9 +265,25 @@ class SimNode(Node):
         if self._status["done"]:
             self.get_logger().info(f"episode {self._episode} done: {self._status}")
 
+    def _advance_clock(self) -> None:
+        self._sim_time_ns += int(round(self._control_dt * 1e9))
+        self._publish_clock()
+
+    def _publish_clock(self) -> None:
+        self._clock_pub.publish(Clock(clock=RosTime(nanoseconds=self._sim_time_ns).to_msg()))
+
+    def _now_stamp(self):
+        """The stamp of a new observation: simulated time with use_sim_time, else the node's clock."""
+        return RosTime(nanoseconds=self._sim_time_ns) if self._use_sim_time else self.get_clock().now()
+
+    @property
+    def sim_time_ns(self) -> int:
+        """Simulated time (ns) as last published on /clock."""
+        return self._sim_time_ns
+
     def _set_observation(self, observation) -> None:
         self._observation = observation
-        self._stamp = self.get_clock().now()
+        self._stamp = self._now_stamp()
         self._publish_observation()
         if self._view_pub is not None:  # once per new observation, never on lockstep republishes
             view = self._on_env_thread(self._env.unwrapped.render_view)
@@ -275,7 +309,8 @@ class SimNode(Node):
             self.step(self._target)  # a controller tracks its last command until a new one comes
         else:
             # Between episodes the camera keeps running (fresh stamps), like a real one.
-            self._stamp = self.get_clock().now()
+            self._advance_clock()
+            self._stamp = self._now_stamp()
             self._publish_observation()
 
     def _on_lockstep_timer(self) -> None:
@@ -283,7 +318,7 @@ class SimNode(Node):
         if self._first_observation_due is not None:
             if now >= self._first_observation_due:
                 self._first_observation_due = None
-                self._stamp = self.get_clock().now()
+                self._stamp = self._now_stamp()
                 self._publish_observation()
                 self._last_publish = now
         elif now - self._last_publish >= float(self._param("lockstep_republish_s")):
