@@ -3,12 +3,12 @@
 Publishes the camera (``camera/image_raw``, rgb8), ``joint_states``, the episode status (JSON on
 ``sim/episode_status``), ``/clock`` (simulated time, one control period per step; with ``use_sim_time`` the
 stamps follow it while the node's own timers stay on the steady clock), and with ``publish_view`` the viewing
-camera for videos (``viewer/image_raw``, 640x480; the policy never sees it); accepts absolute joint position commands like a real controller
-(Float64MultiArray on ``forward_position_controller/commands`` in URDF joint order, or a
-JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) / max_delta, -1, 1)``
-(the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). Like a forward
-position controller, a real-time step without a new command keeps moving towards the last target
-(at most ``max_delta`` per step); before an episode's first command the arm holds position.
+camera for videos (``viewer/image_raw``, 640x480; the policy never sees it). It accepts absolute joint
+position commands like a real controller (Float64MultiArray on ``forward_position_controller/commands`` in
+URDF joint order, or a JointTrajectory) and converts them into the env's action ``a = clip((q_target - q) /
+max_delta, -1, 1)`` (the inverse of the env's ``q_target = clip(q + a * max_delta, lower, upper)``). Like a
+forward position controller, a real-time step without a new command keeps moving towards the last target (at
+most ``max_delta`` per step); before an episode's first command the arm holds position.
 
 Episodes start from the ``sim/start_episode`` service (``std_srvs/Trigger``: an episode with the
 current ``seed``, ``command`` and ``task`` parameters, e.g. after ``ros2 param set``; the reply
