@@ -6,7 +6,7 @@ starts the same specs as plain processes where ``ros2 launch`` is not installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vla_ros.paths import share_path
 
@@ -23,6 +23,12 @@ class NodeSpec:
     param_files: tuple[str, ...] = ()  # paths relative to the share folder, e.g. config/vla_node.yaml
     parameters: dict = field(default_factory=dict)
     remappings: dict = field(default_factory=dict)
+    namespace: str = ""  # e.g. "/robot1"; config/*.yaml (keyed /**) apply in any namespace
+
+    @property
+    def key(self) -> str:
+        """A name unique within several namespaced graphs: ``vla_node``, ``robot1.vla_node``."""
+        return ".".join([*self.namespace.strip("/").split("/"), self.name]) if self.namespace else self.name
 
     def param_file_paths(self) -> list[str]:
         """Absolute paths of the parameter files."""
@@ -58,11 +64,13 @@ def robot_graph(vla_parameters: dict | None = None) -> list[NodeSpec]:
     return [vla_node_spec(vla_parameters)]
 
 
-def sim_graph(vla_parameters: dict | None = None, sim_parameters: dict | None = None) -> list[NodeSpec]:
-    """Nodes of the closed loop in simulation: simulator bridge + VLA node.
+def sim_graph(vla_parameters: dict | None = None, sim_parameters: dict | None = None,
+              namespace: str = "") -> list[NodeSpec]:
+    """Nodes of the closed loop in simulation: simulator bridge + VLA node (in ``namespace``, if given).
 
     The simulator publishes one frame per control step, so the VLA node acts on each new frame
     (``control_trigger: frame``) instead of on a timer that drifts in phase against the simulator's.
     """
     vla_parameters = {"control_trigger": "frame", **(vla_parameters or {})}
-    return [sim_node_spec(sim_parameters), vla_node_spec(vla_parameters)]
+    specs = [sim_node_spec(sim_parameters), vla_node_spec(vla_parameters)]
+    return [replace(spec, namespace=namespace) for spec in specs] if namespace else specs

@@ -38,6 +38,8 @@ def use_large_data_transport() -> None:
 def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
     """The command line that starts ``spec`` as a process."""
     cmd = [python, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.namespace:
+        cmd += ["-r", f"__ns:={spec.namespace}"]
     for path in spec.param_file_paths():
         cmd += ["--params-file", path]
     for key, value in spec.parameters.items():
@@ -79,9 +81,9 @@ class NodeGraphProcesses:
         """Start every node; raise if one exits at once."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
-            log = open(self.log_dir / f"{spec.name}.log", "w")
+            log = open(self.log_dir / f"{spec.key}.log", "w")
             self._logs.append(log)
-            self.processes[spec.name] = subprocess.Popen(
+            self.processes[spec.key] = subprocess.Popen(
                 node_command(spec), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                 start_new_session=True,
             )
