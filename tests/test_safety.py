@@ -250,3 +250,15 @@ def test_random_corruptions_always_hold(gate):
         else:
             stamps["joint_state_stamp"] = NOW - rng.uniform(0.2001, 1e4)
         assert passing(gate, target, joint_state, **stamps).hold
+
+
+@pytest.mark.parametrize("velocity", [1e308, -1e308, 10.01 * 3.0])
+def test_an_implausible_joint_velocity_holds(gate, velocity):
+    decision = passing(gate, np.zeros(4), state(np.zeros(4), [0.0, 0.0, 0.0, velocity]))
+    assert decision.hold and decision.reason is GateReason.IMPLAUSIBLE_JOINT_VELOCITY
+
+
+def test_fast_but_possible_joint_velocities_pass(gate):
+    # up to ten times the URDF limit still passes (overshoot, sensor noise); the step cap limits the command
+    decision = passing(gate, np.zeros(4), state(np.zeros(4), 9.9 * VELOCITY))
+    assert decision.reason is GateReason.OK

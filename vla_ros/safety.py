@@ -40,6 +40,7 @@ class GateReason(str, enum.Enum):
     NONFINITE_TARGET = "nonfinite_target"
     SHAPE_MISMATCH = "shape_mismatch"
     JOINT_STATE_OUT_OF_LIMITS = "joint_state_out_of_limits"
+    IMPLAUSIBLE_JOINT_VELOCITY = "implausible_joint_velocity"
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ class SafetyGate:
             return GateDecision(None, GateReason.SHAPE_MISMATCH)
         if not np.all(np.isfinite(state)):
             return GateDecision(None, GateReason.NONFINITE_JOINT_STATE)
+        velocity = state[self.limits.num_joints:]
+        if np.any(np.abs(velocity) > IMPLAUSIBLE_VELOCITY_FACTOR * self.limits.velocity):
+            # a joint state no arm can be in (1e308 rad/s): a broken driver or a hostile publisher
+            return GateDecision(None, GateReason.IMPLAUSIBLE_JOINT_VELOCITY)
         if not _is_fresh(now, frame_stamp, self.max_frame_age_s):
             return GateDecision(None, GateReason.STALE_FRAME)
         if not _is_fresh(now, joint_state_stamp, self.max_joint_state_age_s):
@@ -243,6 +248,8 @@ class SafetyGate:
         )
 
 
+IMPLAUSIBLE_VELOCITY_FACTOR = 10.0
+"""a measured joint speed above this many times the URDF velocity limit is a broken reading: hold"""
 FUTURE_STAMP_TOLERANCE_S = 0.05
 """how far ahead of the node's clock a stamp may be (clock skew between machines); beyond, it is stale"""
 
