@@ -72,12 +72,11 @@ class _DemoDriver:
         self.node = rclpy.create_node("vla_demo")
         self.recorder = recorder
         self.statuses: list[dict] = []
-        self.frames: list = []  # (viewing-camera frame, policy view, command, status line, episode)
+        self.frames: list = []  # (viewing-camera frame, policy view, status line, episode)
         self.policy_view = None  # the latest grounding heatmap image, else camera frame
         self.episode = 0
         self.status_line = ""
         self.diagnostics_seen = False
-        self.command = ""
         self.start_pub = self.node.create_publisher(String, "/sim/start_episode", 10)
         profiles = {"/camera/image_raw": qos.CAMERA_QOS, "/viewer/image_raw": qos.CAMERA_QOS,
                     "/vla/command": qos.COMMAND_QOS, "/joint_states": qos.JOINT_STATES_QOS,
@@ -104,8 +103,6 @@ class _DemoDriver:
                 self.statuses.append(status)
                 outcome = ("success" if status.get("is_success") else "no success") if status.get("done") else ""
                 self.status_line = f"step {status.get('step', 0)}" + (f" - {outcome}" if outcome else "")
-            elif topic == "/vla/command":
-                self.command = deserialize_message(data, String).data
             elif topic == "/diagnostics":
                 self.diagnostics_seen = True
             elif topic == "/vla/grounding/heatmap":
@@ -114,7 +111,7 @@ class _DemoDriver:
                 self.policy_view = image_to_numpy(deserialize_message(data, Image))
             elif topic == "/viewer/image_raw":
                 self.frames.append((image_to_numpy(deserialize_message(data, Image)), self.policy_view,
-                                    self.command, self.status_line, self.episode))
+                                    self.status_line, self.episode))
 
         return callback
 
@@ -130,12 +127,13 @@ def write_demo_video(frames: list, rows: list[dict], out: Path) -> tuple[Path | 
         return None, None
     video, sheet_rows = [], []
     for row in rows:
-        episode = [f for f in frames if f[4] == row["episode"]]
+        episode = [f for f in frames if f[3] == row["episode"]]
         if not episode:
             continue
         outcome = "success" if row["success"] else row.get("error", "no success")
-        composed = [compose_frame(view, policy_view, row["command"], status)  # the episode's own, never a stale one
-                    for view, policy_view, command, status, _ in episode]
+        # captioned with the episode's own command: the scene's first frame arrives before its command does
+        composed = [compose_frame(view, policy_view, row["command"], status)
+                    for view, policy_view, status, _ in episode]
         height, width = composed[0].shape[:2]
         video += [title_card(row["command"], row["episode"], width, height, f"seed {row['seed']}")] * 20
         video += composed + [compose_frame(episode[-1][0], episode[-1][1], row["command"],

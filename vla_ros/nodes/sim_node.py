@@ -136,9 +136,8 @@ class SimNode(Node):
             JointState, self._param("joint_states_topic"), qos.JOINT_STATES_PUBLISHER_QOS
         )
         self._status_pub = self.create_publisher(String, self._param("episode_status_topic"), qos.STATUS_QOS)
-        self._publish_view = bool(self._param("publish_view"))
         self._view_pub = (self.create_publisher(Image, self._param("view_topic"), qos.CAMERA_QOS)
-                          if self._publish_view else None)
+                          if self._param("publish_view") else None)
         self._command_pub = self.create_publisher(String, self._param("command_topic"), qos.COMMAND_QOS)
         self.create_subscription(
             Float64MultiArray, self._param("position_command_topic"), self._on_position_command,

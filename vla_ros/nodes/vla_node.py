@@ -366,7 +366,7 @@ class VlaNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop the control thread and free the policy."""
-        self._stop_control()
+        self.stop_control()
         self.get_logger().info("deactivated")
         return super().on_deactivate(state)
 
@@ -377,7 +377,7 @@ class VlaNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop and destroy everything, from any state."""
-        self._stop_control()
+        self.stop_control()
         self._destroy_entities()
         return super().on_shutdown(state)
 
@@ -431,10 +431,7 @@ class VlaNode(LifecycleNode):
         )
 
     def stop_control(self) -> None:
-        """Stop the control thread and free the policy (shutdown, deactivation)."""
-        self._stop_control()
-
-    def _stop_control(self) -> None:
+        """Stop the control thread and free the policy (deactivation, shutdown, main()'s exit)."""
         thread, self._control_thread = self._control_thread, None
         self._stop_control_event.set()
         if thread is not None and thread is not threading.current_thread():
@@ -730,7 +727,7 @@ class VlaNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         """Stop the control thread before the entities it publishes with are destroyed."""
-        self._stop_control()
+        self.stop_control()
         super().destroy_node()
 
     def _publish_diagnostics(self) -> None:

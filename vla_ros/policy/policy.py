@@ -65,6 +65,8 @@ class Policy:
         self.upper = np.asarray(action["upper"], dtype=np.float64)
         self.normalizer = ProprioNormalizer.from_dict(config["proprio_normalization"])
         self.last_features: dict[str, torch.Tensor] | None = None
+        # the fusion's map over patches (1, P) for the last action; eager torch only (ONNX and CUDA graphs: None)
+        self.last_attention: torch.Tensor | None = None
         self.last_grounding: dict[str, float] | None = None  # per-object scores of the last frame (torch backend)
         self.grounding_labels = _object_labels()
         self.cuda_graph = None  # CudaGraphFrame replaying batch-1 torch inference on CUDA
@@ -137,6 +139,7 @@ class Policy:
     def reset(self) -> None:
         """Start a new episode: forget the reference frame (if any) and the last grounding output."""
         self.last_features = None
+        self.last_attention = None
         self._reference = None
         self._reference_command = None
         self._judged_command = None
@@ -194,6 +197,7 @@ class Policy:
         """The network's deterministic action in [-1, 1]^n (the simulator's action space)."""
         state = self.check_joint_state(joint_state)
         reference = self._episode_reference(command, 1 if np.ndim(frame) == 3 else len(frame))
+        self.last_attention = None
         if self.onnx is not None:
             action, self._reference = self.onnx.action(self.encoder, frame, command, self.normalizer(state[None]),
                                                        image_scale, text_scale, reference=reference,
@@ -216,7 +220,10 @@ class Policy:
             obs[FEAT_REFERENCE_PATCHES] = reference * image_scale
         self.last_features = obs
         self.last_grounding = self._object_scores(image.patches[0])
-        action = self.network._predict(obs, deterministic=True)
+        # SB3's deterministic action (the Gaussian's mean), keeping the fusion's map on the way
+        features, fused = self.network.features_extractor.extract(obs)
+        self.last_attention = fused.attention
+        action = self.network.action_net(self.network.mlp_extractor.forward_actor(features))
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
 
     def _graph_action(self, frame: np.ndarray, command: str, state: np.ndarray, reference) -> np.ndarray:

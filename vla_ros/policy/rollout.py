@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vla_ros.keys import FEAT_REFERENCE_PATCHES, OBS_IMAGE, OBS_PROPRIO
+from vla_ros.keys import OBS_IMAGE, OBS_PROPRIO
 
 
 @dataclass
@@ -23,16 +23,22 @@ class EpisodeResult:
     frames: list[np.ndarray] = field(default_factory=list)
 
 
-def policy_attention(policy):
-    """The policy's map over patches (1, P) for its last action, or None (no map, or an ONNX/graph run)."""
-    import torch
+def attention_overlay(policy, frame: np.ndarray, alpha: float = 0.4) -> np.ndarray | None:
+    """``frame`` with the policy's map over patches for its last action blended in; None if it has none.
 
-    features = getattr(policy, "last_features", None)
-    extractor = getattr(getattr(policy, "network", None), "features_extractor", None)
-    if not features or extractor is None or (extractor.reference_frame and FEAT_REFERENCE_PATCHES not in features):
+    The map is the fusion's own (``region_map``: where the CLIP puts the command), kept by an eager torch
+    policy (``Policy.last_attention``); ONNX and CUDA-graph runs, and fusions without a map, give None.
+    """
+    from vla_ros.grounding.zero_shot import draw_heatmap
+
+    attention = getattr(policy, "last_attention", None)
+    if attention is None:
         return None
-    with torch.no_grad():
-        return extractor.extract(features)[1].attention
+    weights = attention[0].detach().float().cpu().numpy()
+    side = int(round(np.sqrt(weights.size)))
+    if side * side != weights.size:
+        return None
+    return draw_heatmap(frame, weights.reshape(side, side), alpha=alpha)
 
 
 def run_episode(policy, env, seed: int, options: dict | None = None, record: bool = False) -> EpisodeResult:
@@ -48,12 +54,8 @@ def run_episode(policy, env, seed: int, options: dict | None = None, record: boo
         action = policy.normalized_action(obs[OBS_IMAGE], command, obs[OBS_PROPRIO])
         if record:
             # the policy's own map over patches where its fusion has one, else CLIP's relevance map
-            attention = policy_attention(policy)
-            if attention is not None:
-                weights = attention[0].detach().float().cpu().numpy()
-                side = int(round(np.sqrt(weights.size)))
-                overlay = draw_heatmap(obs[OBS_IMAGE], weights.reshape(side, side), alpha=0.4)
-            else:
+            overlay = attention_overlay(policy, obs[OBS_IMAGE])
+            if overlay is None:
                 heat = relevance_heatmap(policy.encoder, obs[OBS_IMAGE], command)
                 overlay = draw_heatmap(obs[OBS_IMAGE], heat, alpha=0.4, encoder=policy.encoder)
             frame = compose_frame(env.unwrapped.render_view(), overlay, command, f"step {steps}")

@@ -32,21 +32,11 @@ def draw_grounding(frame_rgb: np.ndarray, command: str, scores: dict[str, float]
 
 
 def grounding_overlay(policy, frame_rgb: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """``frame_rgb`` with the policy's map over patches for its last action blended in, when it has one.
+    """``frame_rgb`` with the policy's grounding map blended in when it has one, else unchanged.
 
-    The map is the fusion's own (``region_map``: where the CLIP puts the command); policies without one,
-    or runs whose last action did not go through torch (ONNX), get the frame unchanged.
+    See :func:`vla_ros.policy.rollout.attention_overlay`.
     """
-    from vla_ros.grounding.zero_shot import draw_heatmap
-    from vla_ros.policy.rollout import policy_attention
+    from vla_ros.policy.rollout import attention_overlay
 
-    if policy is None:
-        return frame_rgb
-    attention = policy_attention(policy)
-    if attention is None:
-        return frame_rgb
-    weights = attention[0].detach().float().cpu().numpy()
-    side = int(round(np.sqrt(weights.size)))
-    if side * side != weights.size:
-        return frame_rgb
-    return draw_heatmap(frame_rgb, weights.reshape(side, side), alpha=alpha)
+    overlay = attention_overlay(policy, frame_rgb, alpha)
+    return frame_rgb if overlay is None else overlay
