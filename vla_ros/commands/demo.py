@@ -197,6 +197,11 @@ def run(args) -> int:
             if not _spin_until(executor, lambda: driver.diagnostics_seen, args.startup_timeout, graph):
                 print("vla-ros demo: vla_node did not come up:\n" + graph.log_tail("vla_node"))
                 return 1
+            # a request published before discovery has matched sim_node's subscription is lost (volatile topic)
+            if not _spin_until(executor, lambda: driver.start_pub.get_subscription_count() >= 1,
+                               args.startup_timeout, graph):
+                print("vla-ros demo: sim_node never subscribed to /sim/start_episode:\n" + graph.log_tail("sim_node"))
+                return 1
             for i in range(args.episodes):
                 seed = args.seed + i
                 driver.statuses.clear()
