@@ -213,6 +213,10 @@ def run(args) -> int:
                     executor, lambda: any(s.get("done") or "error" in s for s in driver.statuses),
                     args.episode_timeout, graph)
                 last = driver.statuses[-1] if driver.statuses else {}
+                # the last step's viewing-camera frame (large, best effort) may arrive after the final status
+                steps_done = int(last.get("step", 0))
+                _spin_until(executor, lambda e=i + 1, n=steps_done: sum(f[3] == e for f in driver.frames) >= n,
+                            2.0, graph)
                 row = {"episode": i + 1, "seed": seed, "command": last.get("command", "?"),
                        "success": bool(last.get("is_success")) and finished, "steps": last.get("step", 0),
                        "seconds": round(time.monotonic() - start, 2)}
