@@ -9,7 +9,9 @@ Lifecycle (yolo_ros style):
 * ``deactivate``: stop the control thread, free the policy (and the CUDA cache).
 * ``cleanup`` / ``shutdown``: destroy everything ``configure`` created.
 
-The control loop runs at ``control_rate_hz`` (steady clock) on the newest frame only
+The control loop runs at ``control_rate_hz`` (steady clock; with ``use_sim_time``, on the ROS clock that
+``/clock`` drives, so a simulator slower or faster than real time gets one step per simulated period) on the newest
+frame only
 (subscriptions keep just the latest message; nothing is queued). With ``control_trigger: frame`` it
 instead runs as soon as a new frame and a joint state at least as new have arrived (at most
 ``control_rate_hz``): a timer at the camera's own rate drifts in phase against it, and a tick that comes
@@ -53,6 +55,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_ros.goal_tracker import Outcome, StepReport
 from vla_ros.ros import qos
 from vla_ros.ros.conversions import (
     NonFiniteJointStateError,
@@ -68,6 +71,7 @@ from vla_ros.ros.conversions import (
 )
 from vla_ros.ros.debug_image import draw_grounding, grounding_overlay
 from vla_ros.ros.diagnostics import NodeStats, diagnostic_array
+from vla_ros.ros.follow_command import FollowCommandServer, interfaces_available
 from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -152,6 +156,8 @@ PARAMETERS = (
         "as a new camera frame and a joint state at least as new have arrived, at most control_rate_hz (for a "
         "camera that runs at the control rate, e.g. the simulator).",
     ),
+    ("default_goal_timeout_s", 30.0,
+     "FollowCommand goals without a timeout_s end as timed out after this long (node-clock seconds)."),
     ("diagnostics_period_s", 1.0, "Period of /diagnostics reports (s)."),
     ("log_throttle_s", 2.0, "Minimum time between two log lines about the same kind of rejected input (s)."),
     ("autostart", True, "Configure and activate at start (when run without a lifecycle manager)."),
@@ -235,6 +241,7 @@ class VlaNode(LifecycleNode):
         self._control_thread: threading.Thread | None = None
         self._stop_control_event = threading.Event()
         self._active = False
+        self._goals: FollowCommandServer | None = None  # the FollowCommand action (configure creates it)
 
     # ------------------------------------------------------------------------------ parameters
 
@@ -335,6 +342,12 @@ class VlaNode(LifecycleNode):
         self._timers_made = [
             self.create_timer(float(self._param("diagnostics_period_s")), self._publish_diagnostics)
         ]
+        if interfaces_available():
+            self._goals = FollowCommandServer(self, float(self._param("default_goal_timeout_s")))
+            self._timers_made.append(self.create_timer(0.1, self._goals.check_timeout))
+        else:
+            self.get_logger().warning("vla_ros_interfaces is not installed: no FollowCommand action "
+                                      "(scripts/setup.sh or colcon builds it); the command topic works")
         self._configured = True
         self.get_logger().info(
             f"configured: output {self._output_mode}, {1 / self._control_period:.1f} Hz, "
@@ -432,6 +445,7 @@ class VlaNode(LifecycleNode):
 
     def stop_control(self) -> None:
         """Stop the control thread and free the policy (deactivation, shutdown, main()'s exit)."""
+        self._end_goal(Outcome.FAILED, "vla_node stopped acting (deactivated or shutting down)", "node")
         thread, self._control_thread = self._control_thread, None
         self._stop_control_event.set()
         if thread is not None and thread is not threading.current_thread():
@@ -462,6 +476,9 @@ class VlaNode(LifecycleNode):
             self.destroy_service(service)
         for publisher in self._publishers_made:
             self.destroy_publisher(publisher)
+        goals, self._goals = self._goals, None
+        if goals is not None:
+            goals.destroy()
         self._timers_made, self._subscriptions_made, self._services_made = [], [], []
         self._publishers_made = []
         for name in ("_command_pub", "_debug_image_pub", "_heatmap_pub", "_scores_pub"):
@@ -508,24 +525,66 @@ class VlaNode(LifecycleNode):
             if key in self._recent_commands:
                 return
             self._recent_commands.append(key)
+        self._end_goal(Outcome.PREEMPTED, "a command arrived on the command topic", "preemption")
+        _, error = self.follow(msg.data)
+        if error is not None:
+            self._reject(REJECT_BAD_COMMAND, error)
+
+    def follow(self, text) -> tuple[int | None, str | None]:
+        """Make ``text`` the command (a new episode for the policy): (its serial, None), or (None, why not).
+
+        An unreadable command still replaces the current one: the operator meant to change the task, and
+        continuing the old one would be wrong, so the arm holds.
+        """
         try:
-            command = validate_command(msg.data)
+            command = validate_command(text)
         except ValueError as error:
-            # The operator meant to change the task: continuing the old one would be wrong, so hold.
             with self._input_lock:
                 self._command = None
-            self._reject(REJECT_BAD_COMMAND, str(error))
-            return
+            return None, str(error)
         with self._input_lock:
             changed = command != self._command
             self._command = command
             self._command_serial += 1
+            serial = self._command_serial
             if getattr(self._policy, "reference_frame", False):
                 # The policy remembers the first frame of each command as where the objects are: take
                 # it from a frame received after the command, not one of the scene before.
                 self._frame = None
         if changed:
             self.get_logger().info(f"command: {for_log(repr(command))}")
+        return serial, None
+
+    def drop_command(self, serial: int | None = None, wait_for_step: bool = False) -> None:
+        """Hold: drop the command (only if it is still command ``serial``, when given).
+
+        ``wait_for_step`` also waits for a control step in flight, so nothing is published after this returns
+        (never from the control thread itself).
+        """
+        with self._input_lock:
+            if serial is None or serial == self._command_serial:
+                self._command = None
+        if wait_for_step:
+            with self._control_lock:
+                pass
+
+    def now(self) -> float:
+        """Node-clock time (s): simulated time under use_sim_time."""
+        return self._now()
+
+    @property
+    def is_active(self) -> bool:
+        """True while the policy is loaded and the control loop runs."""
+        return self._active
+
+    @property
+    def has_done_signal(self) -> bool:
+        """True when the loaded policy predicts that its command is fulfilled."""
+        return bool(getattr(self._policy, "has_done_signal", False))
+
+    def _end_goal(self, outcome: Outcome, reason: str, decided_by: str) -> None:
+        if self._goals is not None:
+            self._goals.end(outcome, reason, decided_by)
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -550,6 +609,7 @@ class VlaNode(LifecycleNode):
         if gate is not None:
             gate.set_estop(self._estopped)
         if self._estopped:
+            self._end_goal(Outcome.ESTOPPED, "the e-stop was engaged", "estop")
             self._stats.count("estop.engaged")
             self.get_logger().warning("e-stop engaged: holding position")
             response.message = "e-stop engaged"
@@ -563,6 +623,7 @@ class VlaNode(LifecycleNode):
         return response
 
     def _on_clear_command(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._end_goal(Outcome.CANCELLED, "the clear_command service cleared it", "clear_command")
         with self._input_lock:
             had = self._command
             self._command = None
@@ -579,6 +640,9 @@ class VlaNode(LifecycleNode):
         if self._control_trigger == "frame":
             self._frame_triggered_loop(stop, period)
             return
+        if self.get_parameter("use_sim_time").value:
+            self._ros_clock_loop(stop, period)
+            return
         next_tick = time.monotonic()
         while not stop.is_set():
             self._guarded_control_step()
@@ -589,6 +653,20 @@ class VlaNode(LifecycleNode):
                 next_tick += np.ceil(-delay / period) * period
                 delay = next_tick - time.monotonic()
             stop.wait(max(0.0, delay))
+
+    def _ros_clock_loop(self, stop: threading.Event, period: float, poll_s: float = 0.002) -> None:
+        """A step every ``period`` of ROS (simulated) time; none while it stands still; restart if it jumps back."""
+        next_tick = None
+        while not stop.is_set():
+            now = self._now()
+            if next_tick is None or now < next_tick - 2 * period:  # start, or the simulator was reset
+                next_tick = now
+            if now >= next_tick:
+                self._guarded_control_step()
+                next_tick += period
+                if now >= next_tick:  # overran: skip the missed ticks, as on the steady clock
+                    next_tick += np.ceil((now - next_tick) / period + 1e-9) * period
+            stop.wait(poll_s)
 
     def _frame_triggered_loop(self, stop: threading.Event, period: float) -> None:
         # a new input wakes the loop; _step acts only on a frame not acted on yet with a joint state at
@@ -640,6 +718,7 @@ class VlaNode(LifecycleNode):
         # Validation first: the policy (the expensive part) runs only if the gate could pass a command.
         decision = gate.check_inputs(joint_state, *stamps)
         if decision is not None:
+            self._goal_step(serial, policy, decision)
             self._finish_step(decision, start)
             return
         self._last_frame_stamp = frame.stamp
@@ -658,20 +737,43 @@ class VlaNode(LifecycleNode):
             refusal = getattr(error, "refusal", None)  # Policy's CommandRefused (torch loads lazily, not here)
             if refusal is not None:  # nothing in view matches the command: hold still and say why
                 self._set_command_status(command, refusal, refusal.score)
+                self._goal_step(serial, policy, None, refusal_reason=refusal.reason)
                 self._stats.count(HOLD_REFUSED_COMMAND)
                 self._finish_step(None, start)
                 return
             self._reject(HOLD_POLICY_ERROR, f"policy step failed: {type(error).__name__}: {error}")
+            self._goal_step(serial, policy, None, hold="policy_error")
             self._finish_step(None, start)
             return
         decision = gate.filter(target, joint_state, *stamps)
+        goal_ended = self._goal_step(serial, policy, decision, acted=True)
         publish_start = time.perf_counter()
-        if decision.command is not None:
+        if decision.command is not None and not goal_ended:
             self._publish_command(decision.command)
         if self._publish_debug_image:
             self._publish_grounding(rgb, command, frame.value.header)
         self._stats.add_latency("publish", time.perf_counter() - publish_start)
         self._finish_step(decision, start)
+
+    def _goal_step(self, serial: int, policy, decision: GateDecision | None, acted: bool = False,
+                   refusal_reason: str | None = None, hold: str = "") -> bool:
+        """Report a control step to the FollowCommand goal of command ``serial``; True if the goal ended."""
+        goals = self._goals
+        if goals is None:
+            return False
+        if decision is not None and decision.hold:
+            hold = decision.reason.value
+        scores = getattr(policy, "last_grounding", None) or {}
+        rule = getattr(policy, "refusal_rule", None)
+        presence = getattr(policy, "last_presence", None)
+        report = StepReport(
+            gate_state=f"hold: {hold}" if hold or refusal_reason else "open",
+            grounded_object=max(scores, key=scores.get) if scores else "",
+            grounding_score=float("nan") if presence is None else float(presence),
+            refusal_threshold=float("nan") if rule is None else float(rule.threshold),
+        )
+        done = bool(getattr(policy, "last_done", False)) if acted else False
+        return goals.on_step(serial, report, acted=acted, refusal_reason=refusal_reason, done_signal=done)
 
     def _set_command_status(self, command: str, refusal, presence: float | None) -> None:
         """Publish the command's status when it changes: acting, or refused with the reason."""
