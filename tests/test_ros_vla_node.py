@@ -519,6 +519,28 @@ def test_an_unknown_control_trigger_makes_configure_fail(make_node):
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
 
 
+def test_use_sim_time_paces_the_control_loop_on_the_clock_topic(make_node, policy_checkpoint):
+    """A simulator at half real time: one control step per simulated period, not per wall-clock period."""
+    from rclpy.time import Time
+    from rosgraph_msgs.msg import Clock
+
+    node, probe = make_node("active", policy_path=str(policy_checkpoint), use_sim_time=True)
+    clock_pub = probe.node.create_publisher(Clock, "/clock", qos.CLOCK_QOS)
+    sim = [1.0]
+
+    def tick():
+        sim[0] += 0.025  # 25 ms of simulated time per 50 ms of wall-clock time
+        clock_pub.publish(Clock(clock=Time(seconds=sim[0]).to_msg()))
+
+    probe.node.create_timer(0.05, tick)
+    wait_until(lambda: node.counter("steps") > 0, what="steps on simulated time")
+    start_steps, start_sim = node.counter("steps"), sim[0]
+    time.sleep(2.0)
+    steps, simulated = node.counter("steps") - start_steps, sim[0] - start_sim
+    assert simulated < 1.6, "the probe's clock ran too fast for this check"
+    assert abs(steps - simulated * 20) <= 4, (steps, simulated)  # 20 Hz of simulated time (about 40 on the wall)
+
+
 def test_deactivate_stops_commands_and_reactivate_resumes(make_node, policy_checkpoint):
     node, probe = make_node("active", policy_path=str(policy_checkpoint))
     probe.send_command(COMMAND)
