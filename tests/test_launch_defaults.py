@@ -27,3 +27,19 @@ def test_both_launch_files_select_the_large_data_transport_first():
         assert "large_data_transport_action" in calls, name
         # before any node is created: the environment is read when a node process starts
         assert calls.index("large_data_transport_action") < calls.index("node_action"), name
+
+
+def test_the_large_frame_profile_applies_unless_the_environment_chooses():
+    import xml.etree.ElementTree as ET
+
+    from vla_ros.launcher import FASTDDS_PROFILE_VARIABLE, large_frame_transport_env
+
+    chosen = large_frame_transport_env({})
+    profile = chosen[FASTDDS_PROFILE_VARIABLE]
+    root = ET.parse(profile).getroot()
+    ns = {"f": "http://www.eprosima.com"}
+    shm = [d for d in root.iterfind(".//f:transport_descriptor", ns) if d.findtext("f:type", namespaces=ns) == "SHM"]
+    assert shm and int(shm[0].findtext("f:segment_size", namespaces=ns)) >= 4 * 640 * 480 * 3  # frames queue
+    assert root.find(".//f:participant", ns).get("is_default_profile") == "true"
+    for name in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        assert large_frame_transport_env({name: "LARGE_DATA"}) == {}, name

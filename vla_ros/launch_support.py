@@ -75,17 +75,17 @@ def vla_overrides() -> dict:
 
 
 def large_data_transport_action():
-    """Fast DDS's large-data transports for every node of the launch, unless the environment already chooses.
+    """The large-frame Fast DDS profile for every node of the launch, unless the environment already chooses.
 
-    Raw VGA images between processes need them (the default UDP transport fragments and drops them).
+    Raw VGA images between processes need it (the default transports drop almost all of them); see
+    ``vla_ros.launcher.large_frame_transport_env``. Without a choice to make it sets nothing.
     """
-    from launch.actions import SetEnvironmentVariable
-    from launch.substitutions import EnvironmentVariable
+    from launch.actions import GroupAction, SetEnvironmentVariable
 
-    from vla_ros.launcher import FASTDDS_TRANSPORTS
+    from vla_ros.launcher import large_frame_transport_env
 
-    name, value = FASTDDS_TRANSPORTS
-    return SetEnvironmentVariable(name, EnvironmentVariable(name, default_value=value))
+    return GroupAction([SetEnvironmentVariable(name, value) for name, value in large_frame_transport_env().items()],
+                       scoped=False)
 
 
 def robot_state_publisher_action():

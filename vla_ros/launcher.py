@@ -24,15 +24,31 @@ def _param_value(value) -> str:
     return json.dumps(value)
 
 
-# Fast DDS's builtin "LARGE_DATA" transports (SHM + TCP for data, UDP only for discovery): with the default
-# UDP transport, 640x480 best-effort camera frames between processes are almost all lost (see
-# docs/EXPERIMENT_LOG.md). Applied unless the environment already chooses.
-FASTDDS_TRANSPORTS = ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+# Large camera frames between processes on one machine. Fast DDS's default transports (UDP and shared memory
+# with 512 KB segments) lose almost every 640x480 frame (2 of 173 at 30 Hz); its builtin LARGE_DATA mode (TCP
+# and shared memory) carries them, but nodes started together on a loaded machine sometimes never matched (CI:
+# a node that never received a topic for 120 s; 1 graph in 5 in a loaded reproduction). The shipped profile
+# config/fastdds/shm_large_frames.xml (UDP for discovery and other hosts, shared memory with 16 MB segments)
+# carried 173 of 173 frames and matched every graph (docs/EXPERIMENT_LOG.md, 2026-12-05). It applies unless
+# the environment already chooses transports or a profile (e.g. LARGE_DATA for cameras on another host).
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_CHOICE_VARIABLES = ("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_PROFILE_VARIABLE, "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS_PROFILE = ("config", "fastdds", "shm_large_frames.xml")
+
+
+def large_frame_transport_env(environ=None) -> dict[str, str]:
+    """Environment variables that select the large-frame profile; none when ``environ`` already chooses."""
+    from vla_ros.paths import share_path
+
+    environ = os.environ if environ is None else environ
+    if any(environ.get(name) for name in FASTDDS_CHOICE_VARIABLES):
+        return {}
+    return {FASTDDS_PROFILE_VARIABLE: str(share_path(*FASTDDS_PROFILE))}
 
 
 def use_large_data_transport() -> None:
-    """Select Fast DDS's large-data transports for this process unless the environment already chooses."""
-    os.environ.setdefault(*FASTDDS_TRANSPORTS)
+    """Select the large-frame Fast DDS profile for this process unless the environment already chooses."""
+    os.environ.update(large_frame_transport_env())
 
 
 def node_command(spec: NodeSpec, python: str = sys.executable) -> list[str]:
@@ -66,7 +82,7 @@ class NodeGraphProcesses:
     def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path, env: dict | None = None):
         self.specs = list(specs)
         self.log_dir = Path(log_dir)
-        self.env = {FASTDDS_TRANSPORTS[0]: FASTDDS_TRANSPORTS[1], **os.environ, **(env or {})}
+        self.env = {**os.environ, **large_frame_transport_env(), **(env or {})}
         self.processes: dict[str, subprocess.Popen] = {}
         self._logs = []
 
