@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vla_ros.reporting import add_json_argument
 
+VIDEO_TOPICS = ("/viewer/image_raw", "/camera/image_raw")  # the demo waits for these to match before starting
 # topic -> message type recorded into the MCAP file (absolute names, as ROS tools and rosbag2 write them)
 RECORDED_TOPICS = {
     "/camera/image_raw": "sensor_msgs/msg/Image",
@@ -78,7 +79,8 @@ class _DemoDriver:
         self.status_line = ""
         self.diagnostics_seen = False
         self.start_pub = self.node.create_publisher(String, "/sim/start_episode", 10)
-        profiles = {"/camera/image_raw": qos.CAMERA_QOS, "/viewer/image_raw": qos.CAMERA_QOS,
+        self.subscriptions: dict = {}
+        profiles = {"/camera/image_raw": qos.CAMERA_QOS, "/viewer/image_raw": qos.VIEW_QOS,
                     "/vla/command": qos.COMMAND_QOS, "/joint_states": qos.JOINT_STATES_QOS,
                     "/vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS, "/vla/grounding/heatmap": qos.DEBUG_IMAGE_QOS,
                     "/forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
@@ -87,7 +89,8 @@ class _DemoDriver:
             msg_cls = getattr(importlib.import_module(f"{package}.msg"), name)
             recorder.add_topic(topic, type_name)
             profile = profiles.get(topic, QoSProfile(depth=50))
-            self.node.create_subscription(msg_cls, topic, self._raw_callback(topic), profile, raw=True)
+            self.subscriptions[topic] = self.node.create_subscription(
+                msg_cls, topic, self._raw_callback(topic), profile, raw=True)
 
     def _raw_callback(self, topic: str):
         from rclpy.serialization import deserialize_message
@@ -197,10 +200,13 @@ def run(args) -> int:
             if not _spin_until(executor, lambda: driver.diagnostics_seen, args.startup_timeout, graph):
                 print("vla-ros demo: vla_node did not come up:\n" + graph.log_tail("vla_node"))
                 return 1
-            # a request published before discovery has matched sim_node's subscription is lost (volatile topic)
-            if not _spin_until(executor, lambda: driver.start_pub.get_subscription_count() >= 1,
-                               args.startup_timeout, graph):
-                print("vla-ros demo: sim_node never subscribed to /sim/start_episode:\n" + graph.log_tail("sim_node"))
+            # a request published before discovery has matched sim_node's subscription is lost (volatile topic), and
+            # so is a first frame published before the recorder's subscription matched its publisher
+            if not _spin_until(executor, lambda: driver.start_pub.get_subscription_count() >= 1 and all(
+                    driver.subscriptions[t].get_publisher_count() >= 1 for t in VIDEO_TOPICS),
+                    args.startup_timeout, graph):
+                print("vla-ros demo: sim_node never matched /sim/start_episode or the camera topics:\n"
+                      + graph.log_tail("sim_node"))
                 return 1
             for i in range(args.episodes):
                 seed = args.seed + i

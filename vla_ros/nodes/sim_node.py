@@ -136,7 +136,7 @@ class SimNode(Node):
             JointState, self._param("joint_states_topic"), qos.JOINT_STATES_PUBLISHER_QOS
         )
         self._status_pub = self.create_publisher(String, self._param("episode_status_topic"), qos.STATUS_QOS)
-        self._view_pub = (self.create_publisher(Image, self._param("view_topic"), qos.CAMERA_QOS)
+        self._view_pub = (self.create_publisher(Image, self._param("view_topic"), qos.VIEW_QOS)
                           if self._param("publish_view") else None)
         self._command_pub = self.create_publisher(String, self._param("command_topic"), qos.COMMAND_QOS)
         self.create_subscription(
