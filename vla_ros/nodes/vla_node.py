@@ -9,10 +9,12 @@ Lifecycle (yolo_ros style):
 * ``deactivate``: stop the control thread, free the policy (and the CUDA cache).
 * ``cleanup`` / ``shutdown``: destroy everything ``configure`` created.
 
+The e-stop service (``vla/estop``) is not the lifecycle's: a companion node with an executor thread of its own
+serves it from construction on (:mod:`vla_ros.ros.estop_server`), so loading a checkpoint cannot delay it.
+
 The control loop runs at ``control_rate_hz`` (steady clock; with ``use_sim_time``, on the ROS clock that
 ``/clock`` drives, so a simulator slower or faster than real time gets one step per simulated period) on the newest
-frame only
-(subscriptions keep just the latest message; nothing is queued). With ``control_trigger: frame`` it
+frame only (subscriptions keep just the latest message; nothing is queued). With ``control_trigger: frame`` it
 instead runs as soon as a new frame and a joint state at least as new have arrived (at most
 ``control_rate_hz``): a timer at the camera's own rate drifts in phase against it, and a tick that comes
 just before a frame acts on the previous frame and joint state. The command is then computed from the
@@ -71,6 +73,7 @@ from vla_ros.ros.conversions import (
 )
 from vla_ros.ros.debug_image import draw_grounding, grounding_overlay
 from vla_ros.ros.diagnostics import NodeStats, diagnostic_array
+from vla_ros.ros.estop_server import EstopServer
 from vla_ros.ros.follow_command import FollowCommandServer, interfaces_available
 from vla_ros.safety import GateDecision, GateReason, JointLimits, SafetyGate
 
@@ -242,6 +245,11 @@ class VlaNode(LifecycleNode):
         self._stop_control_event = threading.Event()
         self._active = False
         self._goals: FollowCommandServer | None = None  # the FollowCommand action (configure creates it)
+        # Import the policy stack (torch, open_clip, transformers) now: imports hold the GIL for up to 0.2 s at a
+        # time, which would stall the e-stop thread if they ran during activation; loading weights does not.
+        import vla_ros.policy.policy  # noqa: F401
+        # e-stop on a thread of its own, in every state: activation (loading a checkpoint) cannot delay it
+        self._estop_server = EstopServer(self, self._on_estop)
 
     # ------------------------------------------------------------------------------ parameters
 
@@ -336,7 +344,6 @@ class VlaNode(LifecycleNode):
             ),
         ]
         self._services_made = [
-            self.create_service(SetBool, "vla/estop", self._on_estop),
             self.create_service(Trigger, "vla/clear_command", self._on_clear_command),
         ]
         self._timers_made = [
@@ -604,6 +611,8 @@ class VlaNode(LifecycleNode):
         self._new_input.set()
 
     def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        # runs on the e-stop server's own thread (vla_ros.ros.estop_server)
+        changed = self._estopped != bool(request.data)
         self._estopped = bool(request.data)
         gate = self._gate
         if gate is not None:
@@ -611,13 +620,15 @@ class VlaNode(LifecycleNode):
         if self._estopped:
             self._end_goal(Outcome.ESTOPPED, "the e-stop was engaged", "estop")
             self._stats.count("estop.engaged")
-            self.get_logger().warning("e-stop engaged: holding position")
+            if changed:
+                self.get_logger().warning("e-stop engaged: holding position")
             response.message = "e-stop engaged"
         else:
             # Releasing an e-stop must not restart motion by itself (ISO 13850): a new command is needed.
             with self._input_lock:
                 self._command = None
-            self.get_logger().info("e-stop released; send a new command to move")
+            if changed:
+                self.get_logger().info("e-stop released; send a new command to move")
             response.message = "e-stop released; command cleared, send a new command to move"
         response.success = True
         return response
@@ -830,6 +841,7 @@ class VlaNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Stop the control thread before the entities it publishes with are destroyed."""
         self.stop_control()
+        self._estop_server.destroy()
         super().destroy_node()
 
     def _publish_diagnostics(self) -> None:

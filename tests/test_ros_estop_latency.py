@@ -1,0 +1,76 @@
+"""The e-stop answers within 50 ms while vla_node's own executor activates a checkpoint (lifecycle service).
+
+Activation runs where a lifecycle manager puts it: in the ``change_state`` service callback, on the node's
+single-threaded executor, loading the shipped checkpoint. Meanwhile a client on another executor calls
+``vla/estop`` back to back and times each reply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+
+from vla_ros.nodes.vla_node import VlaNode  # noqa: E402
+from vla_ros.paths import share_path  # noqa: E402
+
+ESTOP_BUDGET_S = 0.05
+
+
+def _spin_in_thread(executor):
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_estop_answers_while_the_executor_activates_a_checkpoint(ros_context):
+    namespace = "/estop_latency"
+    node = VlaNode(namespace=namespace, context=ros_context, parameter_overrides=[
+        Parameter("autostart", value=False), Parameter("policy_path", value=str(share_path("models", "policy")))])
+    node_executor = SingleThreadedExecutor(context=ros_context)
+    node_executor.add_node(node)
+    client_node = rclpy.create_node("estop_client", namespace=namespace, context=ros_context)
+    client_executor = SingleThreadedExecutor(context=ros_context)
+    client_executor.add_node(client_node)
+    threads = [_spin_in_thread(node_executor), _spin_in_thread(client_executor)]
+    try:
+        change_state = client_node.create_client(ChangeState, f"{namespace}/vla_node/change_state")
+        estop = client_node.create_client(SetBool, "vla/estop")
+        assert change_state.wait_for_service(timeout_sec=10) and estop.wait_for_service(timeout_sec=10)
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        activation = change_state.call_async(
+            ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
+        latencies = []
+        while not activation.done():
+            start = time.perf_counter()
+            reply = estop.call_async(SetBool.Request(data=True))
+            while not reply.done() and time.perf_counter() - start < 30:
+                time.sleep(0.0005)
+            latencies.append(time.perf_counter() - start)
+            assert reply.result().success
+        assert activation.result().success
+        during = latencies[:-1]  # the last reply may have come after activation finished
+        print(f"e-stop during activation: {len(during)} calls, median {sorted(during)[len(during) // 2] * 1e3:.1f} ms, "
+              f"max {max(during) * 1e3:.1f} ms")
+        assert len(during) >= 3, f"activation too short to measure ({len(latencies)} e-stop calls)"
+        assert max(during) <= ESTOP_BUDGET_S, f"e-stop took {max(during) * 1e3:.1f} ms during activation"
+        assert node.counter("estop.engaged") == len(latencies)
+        assert node.is_active and node._gate is not None and node._gate.check_inputs(None, 0, 0, 0, True).hold
+    finally:
+        node_executor.shutdown()
+        client_executor.shutdown()
+        for thread in threads:
+            thread.join(timeout=5)
+        node.trigger_shutdown()
+        node.destroy_node()
+        client_node.destroy_node()
