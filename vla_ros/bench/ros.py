@@ -7,6 +7,13 @@ settings are measured in one run: ``event`` (act on each new frame, polled at 20
 latency; frames not acted on count as dropped) and ``timer`` (the default 20 Hz loop on the newest
 frame: latency including the wait for the next tick; frames skipped between ticks are by design).
 RSS is the node process's resident memory.
+
+Where the time goes: the node times each stage of a step and reports rolling windows (its last 200 samples)
+on ``/diagnostics``; the bench reads them at the end of each setting. Stages, in order: ``transport`` (frame
+header stamp -> the node's image callback), ``queued`` (callback -> the control step that acts on it),
+``decode`` (Image -> array), ``policy`` (resize, CLIP, fusion, actor), ``gate`` (safety filter), ``publish``;
+``step`` is decode..publish. What end-to-end latency has beyond their sum is the command's way back to the
+bench and its callback.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 from vla_ros.reporting import add_json_argument
 
 FRAME_SHAPE = (480, 640)
+STAGES = ("transport", "queued", "decode", "policy", "gate", "publish", "step")
 
 
 def add_arguments(parser) -> None:
@@ -59,6 +67,7 @@ def _rss_mb(pid: int) -> float:
 def measure(setting: str, args, frames: list[np.ndarray], tmp_dir) -> dict:
     """Run vla_node with one setting and measure; returns a report row."""
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray, String
@@ -69,6 +78,7 @@ def measure(setting: str, args, frames: list[np.ndarray], tmp_dir) -> dict:
     from vla_ros.robot_description import load_robot_description
     from vla_ros.ros import qos
     from vla_ros.ros.conversions import arrays_to_joint_state, numpy_to_image, stamp_to_seconds
+    from vla_ros.ros.diagnostics import key_values_to_dict
 
     robot = load_robot_description()
     n = len(robot.joint_names)
@@ -100,6 +110,14 @@ def measure(setting: str, args, frames: list[np.ndarray], tmp_dir) -> dict:
 
             node.create_subscription(Float64MultiArray, "forward_position_controller/commands", on_command,
                                      qos.JOINT_COMMAND_QOS)
+            diagnostics: dict[str, str] = {}
+
+            def on_diagnostics(msg):
+                for status in msg.status:
+                    if "vla_node" in status.name:
+                        diagnostics.update(key_values_to_dict(status))
+
+            node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS_QOS)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             command_pub.publish(String(data="touch the red cube"))
@@ -137,7 +155,7 @@ def measure(setting: str, args, frames: list[np.ndarray], tmp_dir) -> dict:
                     index += 1
                     next_frame += period
                 executor.spin_once(timeout_sec=max(0.0, min(next_frame, next_joint) - time.perf_counter()))
-            settle = time.perf_counter() + 0.5
+            settle = time.perf_counter() + 1.5  # and one more diagnostics report (1 s period)
             while time.perf_counter() < settle:
                 executor.spin_once(timeout_sec=0.05)
             rss = _rss_mb(graph.processes[spec.name].pid)
@@ -150,7 +168,9 @@ def measure(setting: str, args, frames: list[np.ndarray], tmp_dir) -> dict:
             "frames_acted_on": int(len(lat)), "dropped_frames": int(sent - len(lat)),
             "p50_ms": float(np.median(lat)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "per_s": float(len(lat) / args.seconds), "node_rss_mb": rss}
+            "per_s": float(len(lat) / args.seconds), "node_rss_mb": rss,
+            "stages_ms": {stage: {q: float(diagnostics.get(f"latency_ms.{stage}.{q}", "nan")) for q in ("p50", "p99")}
+                          for stage in STAGES}}
 
 
 def run(args) -> int:
@@ -176,5 +196,9 @@ def run(args) -> int:
                   f"dropped {row['dropped_frames']}/{row['frames_published']}", flush=True)
     columns = ["name", "device", "p50_ms", "p99_ms", "per_s", "frames_published", "dropped_frames", "node_rss_mb"]
     print(format_table(rows, columns))
+    stage_rows = [{"stage": stage, **{f"{row['name']} {q}_ms": row["stages_ms"][stage][q] for row in rows
+                                      for q in ("p50", "p99")}} for stage in STAGES]
+    print("per stage (the node's last 200 samples of each):")
+    print(format_table(stage_rows, list(stage_rows[0])))
     write_json(args.json, {"machine": machine_description(), "rows": rows, "ratios": {}})
     return 0

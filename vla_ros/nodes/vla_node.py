@@ -205,6 +205,7 @@ class _Stamped:
 
     value: object
     stamp: float
+    received: float = 0.0  # time.perf_counter() when the callback stored it (latency breakdown)
 
 
 class VlaNode(LifecycleNode):
@@ -522,7 +523,10 @@ class VlaNode(LifecycleNode):
             self._reject(REJECT_MALFORMED_IMAGE, str(error))
             return
         with self._input_lock:
-            self._frame = _Stamped(msg, self._stamp_or_now(msg.header))
+            self._frame = _Stamped(msg, self._stamp_or_now(msg.header), time.perf_counter())
+        transport = self._now() - self._frame.stamp  # header stamp -> here: transport (and clock offset)
+        if 0.0 <= transport < 10.0:
+            self._stats.add_latency("transport", transport)
         self._new_input.set()
 
     def _on_command(self, msg: String, info: dict) -> None:
@@ -732,6 +736,8 @@ class VlaNode(LifecycleNode):
             self._goal_step(serial, policy, decision)
             self._finish_step(decision, start)
             return
+        if frame.stamp != self._last_frame_stamp:  # received -> acted on: the wait for this step
+            self._stats.add_latency("queued", start - frame.received)
         self._last_frame_stamp = frame.stamp
         try:
             decode_start = time.perf_counter()
@@ -756,7 +762,9 @@ class VlaNode(LifecycleNode):
             self._goal_step(serial, policy, None, hold="policy_error")
             self._finish_step(None, start)
             return
+        gate_start = time.perf_counter()
         decision = gate.filter(target, joint_state, *stamps)
+        self._stats.add_latency("gate", time.perf_counter() - gate_start)
         goal_ended = self._goal_step(serial, policy, decision, acted=True)
         publish_start = time.perf_counter()
         if decision.command is not None and not goal_ended:
