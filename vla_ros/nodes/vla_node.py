@@ -6,7 +6,9 @@ Lifecycle (yolo_ros style):
   the input subscriptions. From here on inputs are validated and rejections are counted in
   ``/diagnostics`` (so a broken camera shows before activation), but nothing is acted upon.
 * ``activate``: load the policy, build the safety gate, start the control thread.
-* ``deactivate``: stop the control thread, free the policy (and the CUDA cache).
+* ``deactivate``: stop the control thread, free the policy (and the CUDA cache). Deactivation is a pause:
+  a command from the topic stays, and re-activation resumes it (the lifecycle manager chose to); a
+  FollowCommand goal ends as failed and its command is dropped. Releasing the e-stop never resumes motion.
 * ``cleanup`` / ``shutdown``: destroy everything ``configure`` created.
 
 The e-stop service (``vla/estop``) is not the lifecycle's: a companion node with an executor thread of its own
