@@ -65,7 +65,8 @@ def test_the_estop_answers_while_the_executor_activates_a_checkpoint(ros_context
         assert len(during) >= 3, f"activation too short to measure ({len(latencies)} e-stop calls)"
         assert max(during) <= ESTOP_BUDGET_S, f"e-stop took {max(during) * 1e3:.1f} ms during activation"
         assert node.counter("estop.engaged") == len(latencies)
-        assert node.is_active and node._gate is not None and node._gate.check_inputs(None, 0, 0, 0, True).hold
+        gate = node.controller.gate
+        assert node.is_active and gate is not None and gate.check_inputs(None, 0, 0, 0, True).hold
     finally:
         node_executor.shutdown()
         client_executor.shutdown()

@@ -20,6 +20,7 @@ import yaml
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from policy_fixtures import make_policy_checkpoint  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -42,28 +43,6 @@ HOME = (ROBOT.lower + ROBOT.upper) / 2
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "vla_node.yaml"
 COMMAND = "touch the red cube"
 _namespaces = itertools.count()
-
-
-def make_policy_checkpoint(root: Path, **network) -> Path:
-    """A small untrained policy checkpoint in the real format (tiny CLIP; ``network``: TrainConfig fields)."""
-    pytest.importorskip("vla_ros.policy.policy")
-    import torch
-
-    from vla_ros.grounding.checkpoint import create_clip, save_clip_checkpoint
-    from vla_ros.grounding.encoder import ClipEncoder
-    from vla_ros.policy.checkpoint import build_network, save_checkpoint
-    from vla_ros.policy.train import TrainConfig, checkpoint_config
-
-    clip_dir, out = root / "clip", root / "policy"
-    loaded = create_clip(seed=0)
-    save_clip_checkpoint(loaded.model, clip_dir, loaded.model_cfg, loaded.preprocess_cfg)
-    encoder = ClipEncoder.from_pretrained(clip_dir)
-    cfg = TrainConfig(out=str(root), clip=str(clip_dir), fusion_dim=32, hidden_dim=32, net_arch=(32,), **network)
-    control_dt = 0.05
-    config = checkpoint_config(cfg, encoder, clip_dir, ROBOT, control_dt, ROBOT.velocity * control_dt, out)
-    torch.manual_seed(0)
-    save_checkpoint(out, build_network(config), config)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -289,11 +268,11 @@ def test_a_default_qos_publisher_is_followed_and_a_latched_command_counts_once(m
     wait_until(lambda: default_qos.get_subscription_count() >= 1, what="the node matching a volatile publisher")
     default_qos.publish(String(data="touch the blue ball"))
     wait_until(lambda: probe.diagnostics.get("command") == "touch the blue ball", what="the volatile command")
-    serial = node._command_serial
+    serial = node.controller.command_serial
     probe.send_command(COMMAND)  # latched: it reaches both of the node's command subscriptions
     wait_until(lambda: probe.diagnostics.get("command") == COMMAND, what="the latched command")
     time.sleep(0.5)  # the second copy, had it been kept, arrives within this
-    assert node._command_serial == serial + 1
+    assert node.controller.command_serial == serial + 1
 
 
 def test_estop_and_clear_command_services(make_node):
@@ -490,7 +469,7 @@ def test_a_reference_frame_policy_takes_its_reference_from_a_frame_after_the_com
     new_scene = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     probe.frame = new_scene
     wait_until(lambda: probe.positions, what="commands on frames after the command")
-    policy = node._policy
+    policy = node.controller.policy
     expected = policy.encoder.encode_images(new_scene).patches  # RGB in, bgr8 on the wire, RGB in the node
     assert torch.allclose(policy._reference, expected, atol=1e-5)
 

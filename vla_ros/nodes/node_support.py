@@ -1,0 +1,54 @@
+"""What vla_node and sim_node share: declaring described parameters, quoting input in logs, and ``main()``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+LOG_TEXT_LIMIT = 300  # characters of message content a log line may quote (hostile input can be megabytes)
+
+
+def for_log(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def declare_parameters(node: Node, table) -> None:
+    """Declare every ``(name, default, description)`` of ``table`` with a ParameterDescriptor."""
+    for name, default, description in table:
+        node.declare_parameter(name, default, ParameterDescriptor(description=description))
+
+
+def run_node(make_node: Callable[[], Node], args=None, start: Callable[[Node], None] | None = None,
+             stop: Callable[[Node], None] | None = None, own_sigint: bool = False) -> None:
+    """Create a node, ``start`` it, spin it on a SingleThreadedExecutor until shut down, ``stop`` it, clean up.
+
+    ``own_sigint``: SIGINT raises KeyboardInterrupt here instead of rclpy shutting the context down at once, so
+    ``stop`` runs (e.g. a control thread stopped) while the context is still valid.
+    """
+    if own_sigint:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    else:
+        rclpy.init(args=args)
+    node = make_node()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if start is not None:
+            start(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if stop is not None:
+            stop(node)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,83 @@
+"""Every parameter of vla_node with its default and description (``config/vla_node.yaml`` sets the same names)."""
+
+from rclpy.parameter import Parameter
+
+from vla_ros.controller import TRIGGERS as CONTROL_TRIGGERS
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
+OUTPUT_MODES = ("position_array", "trajectory")
+BACKENDS = ("torch", "onnxruntime")
+
+# (name, default, description) of every parameter; config/vla_node.yaml sets the same names.
+PARAMETERS = (
+    (
+        "policy_path",
+        "",
+        "Policy checkpoint folder (policy.safetensors + config.json); empty = models/policy.",
+    ),
+    ("device", "cpu", "Torch device for the policy: 'cpu', 'cuda' or 'cuda:N'."),
+    ("fp16", False, "Run the policy in half precision (GPU only)."),
+    ("backend", "torch", f"Policy inference backend, one of {BACKENDS}."),
+    (
+        "cuda_graphs",
+        True,
+        "With the torch backend on CUDA, replay batch-1 inference from a captured CUDA graph (falls back to "
+        "eager execution with a warning if capture fails); ignored elsewhere.",
+    ),
+    ("urdf_path", "", "URDF with the joint limits; empty = the package's sim/robot/vla_arm.urdf."),
+    (
+        "control_rate_hz",
+        20.0,
+        "Rate of the policy/control timer (Hz); should be 1 / the policy's control_dt, the period its "
+        "step size was trained for.",
+    ),
+    ("output_mode", "position_array", f"Joint command message, one of {OUTPUT_MODES}."),
+    # Declared by type (no value): an empty list default would make it a byte array parameter.
+    (
+        "output_joint_names",
+        Parameter.Type.STRING_ARRAY,
+        "Joint order of the position_array command (the controller's 'joints'); unset = policy order.",
+    ),
+    ("camera_topic", "camera/image_raw", "Camera frames (sensor_msgs/Image, best effort)."),
+    ("image_transport", "raw",
+     "raw: sensor_msgs/Image on camera_topic; compressed: sensor_msgs/CompressedImage (PNG or JPEG) on "
+     "camera_topic + '/compressed', as image_transport names it."),
+    ("command_topic", "vla/command", "Language command (std_msgs/String, latched)."),
+    ("joint_states_topic", "joint_states", "Measured joint states (sensor_msgs/JointState)."),
+    (
+        "position_command_topic",
+        "forward_position_controller/commands",
+        "Float64MultiArray absolute joint positions (output_mode position_array).",
+    ),
+    (
+        "trajectory_topic",
+        "joint_trajectory_controller/joint_trajectory",
+        "JointTrajectory command (output_mode trajectory).",
+    ),
+    ("debug_image_topic", "vla/grounding/debug_image", "Frame with the heatmap, the command and scores drawn."),
+    ("heatmap_image_topic", "vla/grounding/heatmap", "The policy's camera frame with its grounding heatmap only."),
+    ("grounding_scores_topic", "vla/grounding/scores", "Per-object grounding scores (JSON std_msgs/String)."),
+    ("command_status_topic", "vla/command_status",
+     "Whether the current command is acted on or refused, and why (JSON std_msgs/String, latched)."),
+    ("max_frame_age_s", 0.5, "Hold position when the newest camera frame is older than this (s)."),
+    ("max_joint_state_age_s", 0.5, "Hold position when the newest joint state is older than this (s)."),
+    ("max_step", 0.0, "Extra cap on the per-step joint change (rad); 0 = velocity limit * period only."),
+    ("publish_debug_image", False, "Publish the grounding debug image (and scores) each control step."),
+    (
+        "require_new_frame",
+        False,
+        "Run a control step only when a frame arrived since the last one (lockstep simulation).",
+    ),
+    (
+        "control_trigger",
+        "timer",
+        f"When a control step runs, one of {CONTROL_TRIGGERS}: 'timer' every 1/control_rate_hz; 'frame' as soon "
+        "as a new camera frame and a joint state at least as new have arrived, at most control_rate_hz (for a "
+        "camera that runs at the control rate, e.g. the simulator).",
+    ),
+    ("default_goal_timeout_s", 30.0,
+     "FollowCommand goals without a timeout_s end as timed out after this long (node-clock seconds)."),
+    ("diagnostics_period_s", 1.0, "Period of /diagnostics reports (s)."),
+    ("log_throttle_s", 2.0, "Minimum time between two log lines about the same kind of rejected input (s)."),
+    ("autostart", True, "Configure and activate at start (when run without a lifecycle manager)."),
+)
