@@ -199,3 +199,15 @@ def test_frame_trigger_steps_on_new_frames_only(policy_path):
         stop.set()
         thread.join()
     assert [c is not None and c.acted for c in calls] == [True, True, True]
+
+
+def test_the_diagnostics_summary_names_the_most_important_state(policy_path):
+    controller, _ = make_controller(policy_path)
+    assert controller.summary(active=False) == (False, "inactive")
+    assert controller.summary(active=True) == (False, "waiting for a command")
+    controller.set_command("touch the purple cube")
+    assert controller.summary(active=True) == (False, "running")
+    assert controller.summary(active=True, refused_reason="no object matches") == (
+        True, "command refused: no object matches")
+    controller.set_estop(True)
+    assert controller.summary(active=True, refused_reason="no object matches") == (True, "e-stop engaged")

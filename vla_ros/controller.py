@@ -174,6 +174,18 @@ class Controller:
             self.drop_command()
         return changed
 
+    def summary(self, active: bool, refused_reason: str | None = None) -> tuple[bool, str]:
+        """(whether it is a warning, a one-line state) for diagnostics: e-stop, waiting, refused or running."""
+        if self.estopped:
+            return True, "e-stop engaged"
+        if not active:
+            return False, "inactive"
+        if self.command is None:
+            return False, "waiting for a command"
+        if refused_reason:
+            return True, f"command refused: {refused_reason}"
+        return False, "running"
+
     # ------------------------------------------------------------------------------ the policy
 
     def bind(self, policy, robot_limits: JointLimits, output_joint_names: tuple[str, ...] = (),

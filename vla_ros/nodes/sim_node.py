@@ -37,11 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock as RosClock
 from rclpy.clock import ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time as RosTime
 from rosgraph_msgs.msg import Clock
@@ -51,6 +48,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.envs.scene import VIEWING_CAMERA_NAME
+from vla_ros.nodes.node_support import declare_parameters, run_node
 from vla_ros.ros import qos
 from vla_ros.ros.conversions import (
     arrays_to_joint_state,
@@ -121,8 +119,7 @@ class SimNode(Node):
     def __init__(self, node_name: str = "sim_node", **kwargs) -> None:
         """Declare parameters, create the env, publishers and subscriptions; maybe start an episode."""
         super().__init__(node_name, **kwargs)
-        for name, default, description in PARAMETERS:
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters(self, PARAMETERS)
         self._mode = self._param("mode")
         if self._mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self._mode!r}")
@@ -380,18 +377,7 @@ class SimNode(Node):
 
 def main(args=None) -> None:
     """Run sim_node until shut down."""
-    rclpy.init(args=args)
-    node = SimNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SimNode, args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Every parameter of vla_node with its default and description (``config/vla_node.yaml`` sets the same names)."""
 
+from dataclasses import dataclass
+from typing import Callable
+
 from rclpy.parameter import Parameter
 
 from vla_ros.controller import TRIGGERS as CONTROL_TRIGGERS
@@ -81,3 +84,56 @@ PARAMETERS = (
     ("log_throttle_s", 2.0, "Minimum time between two log lines about the same kind of rejected input (s)."),
     ("autostart", True, "Configure and activate at start (when run without a lifecycle manager)."),
 )
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """vla_node's parameters read once at configure, checked: a bad value is a clear error, not a later surprise."""
+
+    image_transport: str
+    output_mode: str
+    backend: str
+    control_trigger: str
+    device: str
+    control_period: float
+    require_new_frame: bool
+    output_joint_names: tuple[str, ...]
+    max_step: float | None
+    max_frame_age_s: float
+    max_joint_state_age_s: float
+    log_throttle_s: float
+    policy_kwargs: dict
+
+    @classmethod
+    def read(cls, param: Callable[[str], object], output_joint_names=()) -> "NodeSettings":
+        """Read and check every setting; ``param(name)`` returns a parameter's value."""
+        def choice(name: str, choices: tuple):
+            if param(name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {param(name)!r}")
+            return param(name)
+
+        device = param("device")
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        rate = float(param("control_rate_hz"))
+        if not rate > 0.1:
+            raise ValueError(f"control_rate_hz must be > 0.1, got {rate}")
+        trigger = choice("control_trigger", CONTROL_TRIGGERS)
+        backend = choice("backend", BACKENDS)
+        kwargs = {"device": device, "backend": backend}
+        if not param("cuda_graphs"):
+            kwargs["cuda_graphs"] = False  # else automatic: on where it applies
+        if param("fp16"):
+            kwargs["precision"] = "fp16"
+        max_step = float(param("max_step"))
+        return cls(
+            image_transport=choice("image_transport", IMAGE_TRANSPORTS),
+            output_mode=choice("output_mode", OUTPUT_MODES),
+            backend=backend, control_trigger=trigger, device=device, control_period=1.0 / rate,
+            # acting on frames means acting on each frame once, as in lockstep
+            require_new_frame=bool(param("require_new_frame")) or trigger == "frame",
+            output_joint_names=tuple(name for name in output_joint_names if name),
+            max_step=max_step if max_step > 0 else None, max_frame_age_s=float(param("max_frame_age_s")),
+            max_joint_state_age_s=float(param("max_joint_state_age_s")),
+            log_throttle_s=float(param("log_throttle_s")), policy_kwargs=kwargs,
+        )

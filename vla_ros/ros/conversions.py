@@ -428,3 +428,12 @@ def positions_from_trajectory(msg: JointTrajectory, joint_names, horizon_s: floa
     if not np.all(np.isfinite(values)):
         raise ValueError(f"joint trajectory has non-finite positions: {values.tolist()}")
     return values
+
+
+def message_key(info) -> tuple | None:
+    """(publisher gid, publication sequence number) of a received message, or None where the RMW gives none."""
+    if not info or info.get("publication_sequence_number") is None or not info.get("publisher_gid"):
+        return None
+    gid = info["publisher_gid"]
+    gid = gid.get("data", gid) if isinstance(gid, dict) else gid
+    return bytes(gid), int(info["publication_sequence_number"])
