@@ -33,10 +33,25 @@ def _spin_in_thread(executor):
     return thread
 
 
-def test_the_estop_answers_while_the_executor_activates_a_checkpoint(ros_context):
-    namespace = "/estop_latency"
+def _oversized_checkpoint(root):
+    """The shipped policy with hostile size fields (``net_arch`` 8192 x 8192: once 26 s and 2.2 GB to activate)."""
+    import json
+    import shutil
+
+    out = root / "oversized"
+    shutil.copytree(share_path("models", "policy"), out, symlinks=False)
+    config = json.loads((out / "config.json").read_text())
+    config["network"]["net_arch"] = {"pi": [8192, 8192], "vf": [8192, 8192]}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("checkpoint", ["shipped", "oversized"])
+def test_the_estop_answers_while_the_executor_activates_a_checkpoint(ros_context, tmp_path, checkpoint):
+    namespace = f"/estop_latency_{checkpoint}"
+    path = share_path("models", "policy") if checkpoint == "shipped" else _oversized_checkpoint(tmp_path)
     node = VlaNode(namespace=namespace, context=ros_context, parameter_overrides=[
-        Parameter("autostart", value=False), Parameter("policy_path", value=str(share_path("models", "policy")))])
+        Parameter("autostart", value=False), Parameter("policy_path", value=str(path))])
     node_executor = SingleThreadedExecutor(context=ros_context)
     node_executor.add_node(node)
     client_node = rclpy.create_node("estop_client", namespace=namespace, context=ros_context)
@@ -58,6 +73,10 @@ def test_the_estop_answers_while_the_executor_activates_a_checkpoint(ros_context
                 time.sleep(0.0005)
             latencies.append(time.perf_counter() - start)
             assert reply.result().success
+        if checkpoint == "oversized":  # refused before any allocation; the e-stop answered throughout
+            assert not activation.result().success and not node.is_active
+            assert max(latencies) <= ESTOP_BUDGET_S, f"e-stop took {max(latencies) * 1e3:.1f} ms"
+            return
         assert activation.result().success
         during = latencies[:-1]  # the last reply may have come after activation finished
         print(f"e-stop during activation: {len(during)} calls, median {sorted(during)[len(during) // 2] * 1e3:.1f} ms, "

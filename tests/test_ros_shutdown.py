@@ -2,6 +2,7 @@
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -44,7 +45,14 @@ def test_sigint_while_moving_exits_cleanly(tmp_path):
             assert len(commands) >= 5, graph.log_tail("vla_node")
             process = graph.processes["vla_node"]
             process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=20) == 0
+            try:
+                code = process.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # say where it hangs: SIGUSR1 dumps every thread's stack to the log
+                process.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                raise AssertionError("vla_node did not exit within 20 s of SIGINT:\n"
+                                     + graph.log_tail("vla_node", 120)) from None
+            assert code == 0
         finally:
             node.destroy_node()
             rclpy.try_shutdown(context=context)

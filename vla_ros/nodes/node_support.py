@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 from typing import Callable
 
 import rclpy
@@ -29,8 +31,10 @@ def run_node(make_node: Callable[[], Node], args=None, start: Callable[[Node], N
     """Create a node, ``start`` it, spin it on a SingleThreadedExecutor until shut down, ``stop`` it, clean up.
 
     ``own_sigint``: SIGINT raises KeyboardInterrupt here instead of rclpy shutting the context down at once, so
-    ``stop`` runs (e.g. a control thread stopped) while the context is still valid.
+    ``stop`` runs (e.g. a control thread stopped) while the context is still valid. SIGUSR1 writes every thread's
+    Python stack to stderr (the node's log), for a node that hangs.
     """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if own_sigint:
         from rclpy.signals import SignalHandlerOptions
 
