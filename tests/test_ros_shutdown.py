@@ -1,6 +1,9 @@
-"""SIGINT while vla_node is sending joint commands: a clean exit, no 'context is invalid' error."""
+"""SIGINT while vla_node is sending joint commands: a clean exit, no 'context is invalid' error, even when
+the node was started with SIGINT ignored."""
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -25,7 +28,16 @@ def test_sigint_while_moving_exits_cleanly(tmp_path):
     # a slow simulator: the episode is still running when the signal comes
     specs = sim_graph(sim_parameters={"start_episode_on_launch": False, "real_time_factor": 0.25})
     context = rclpy.Context()
-    with NodeGraphProcesses(specs, tmp_path / "logs") as graph:
+    # Start the nodes with SIGINT ignored, as a shell's background job (`cmd &`, nohup) starts them: they must
+    # still stop on SIGINT (vla_node did not, until it installed its handler explicitly).
+    graph = NodeGraphProcesses(specs, tmp_path / "logs")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        graph.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with contextlib.ExitStack() as stack:
+        stack.callback(graph.stop)
         rclpy.init(context=context)
         node = rclpy.create_node("sigint_probe", context=context)
         try:
@@ -58,3 +70,29 @@ def test_sigint_while_moving_exits_cleanly(tmp_path):
             rclpy.try_shutdown(context=context)
         log = (tmp_path / "logs" / "vla_node.log").read_text()
         assert "context is invalid" not in log and "Traceback" not in log and "control.error" not in log, log[-2000:]
+
+
+def test_an_idle_node_started_with_sigint_ignored_still_stops_on_sigint(tmp_path):
+    """An unconfigured vla_node (no timers: its executor waits without end) from a shell's background job."""
+    import sys
+
+    from vla_ros.launcher import large_frame_transport_env
+
+    env = {**os.environ, **large_frame_transport_env()}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script gives its children
+    try:
+        with open(tmp_path / "vla_node.log", "w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "vla_ros.nodes.vla_node", "--ros-args", "-p",
+                                        "autostart:=false"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        time.sleep(8)  # imports and construction done, waiting for a lifecycle transition
+        assert process.poll() is None, (tmp_path / "vla_node.log").read_text()[-2000:]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

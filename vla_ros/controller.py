@@ -151,8 +151,8 @@ class Controller:
     def drop_command(self, serial: int | None = None, wait_for_step: bool = False) -> str | None:
         """Hold: drop the command (only if it is still command ``serial``, when given); returns the dropped one.
 
-        ``wait_for_step`` also waits for a step in flight, so nothing is published for it after this returns
-        (never from the control thread itself).
+        ``wait_for_step`` also waits for a step in flight, so nothing is published for it after this returns (the
+        lock is re-entrant: on the control thread itself it does not wait).
         """
         with self.input_lock:
             dropped = self.command

@@ -35,6 +35,9 @@ def run_node(make_node: Callable[[], Node], args=None, start: Callable[[Node], N
     Python stack to stderr (the node's log), for a node that hangs.
     """
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # A process started from a shell's background job inherits SIGINT ignored, and then neither Python nor rclpy
+    # handles it: SIGINT (how ros2 launch and the launcher stop nodes) would do nothing. Take it explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if own_sigint:
         from rclpy.signals import SignalHandlerOptions
 
@@ -47,7 +50,8 @@ def run_node(make_node: Callable[[], Node], args=None, start: Callable[[Node], N
     try:
         if start is not None:
             start(node)
-        executor.spin()
+        while rclpy.ok():  # wake at least every 0.2 s: a KeyboardInterrupt is raised only between waits, and an
+            executor.spin_once(timeout_sec=0.2)  # idle node (unconfigured, no timers) would otherwise never wake
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

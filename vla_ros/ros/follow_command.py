@@ -69,7 +69,8 @@ class FollowCommandServer:
 
         def on_done(result: GoalResult) -> None:
             if result.outcome != Outcome.PREEMPTED:
-                node.drop_command(self._goal_serial_of(goal), wait_for_step=False)
+                # and wait for a step in flight (re-entrant on the control thread): no command after the outcome
+                node.drop_command(self._goal_serial_of(goal), wait_for_step=True)
             finished.set_result(result)
             if node.executor is not None:
                 node.executor.wake()  # the coroutine resumes on the executor, maybe from the control thread
