@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the vla_ros_interfaces package (the FollowCommand action) with plain CMake against the
 # ROS 2 wheels in .venv and installs it into .venv, so nothing needs sourcing at run time.
-# On a ROS machine use colcon instead (README). Called by scripts/setup.sh; about 20 s.
+# On a ROS machine use colcon instead (README). Called by scripts/setup.sh; about 12 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$(pwd)/.venv

@@ -27,7 +27,7 @@ def _param_value(value) -> str:
 # Large camera frames between processes on one machine. Fast DDS's default transports (UDP and shared memory
 # with 512 KB segments) lose almost every 640x480 frame (2 of 173 at 30 Hz); its builtin LARGE_DATA mode (TCP
 # and shared memory) carries them, but nodes started together on a loaded machine sometimes never matched (CI:
-# a node that never received a topic for 120 s; 1 graph in 5 in a loaded reproduction). The shipped profile
+# a node that never received a topic for 120 s; 2 of 33 graphs in a reproduction). The shipped profile
 # config/fastdds/shm_large_frames.xml (UDP for discovery and other hosts, shared memory with 16 MB segments)
 # carried 173 of 173 frames and matched every graph (docs/EXPERIMENT_LOG.md, 2026-12-05). It applies unless
 # the environment already chooses transports or a profile (e.g. LARGE_DATA for cameras on another host).
@@ -82,7 +82,8 @@ class NodeGraphProcesses:
     def __init__(self, specs: Sequence[NodeSpec], log_dir: str | Path, env: dict | None = None):
         self.specs = list(specs)
         self.log_dir = Path(log_dir)
-        self.env = {**os.environ, **large_frame_transport_env(), **(env or {})}
+        base = {**os.environ, **(env or {})}
+        self.env = {**base, **large_frame_transport_env(base)}  # the caller's env may choose transports itself
         self.processes: dict[str, subprocess.Popen] = {}
         self._logs = []
 

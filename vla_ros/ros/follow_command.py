@@ -111,8 +111,8 @@ class FollowCommandServer:
         goal = self._goal
         if goal is None or goal_handle is not self._goal_handle:
             return CancelResponse.ACCEPT  # already finished or not started; its execute ends it
-        # Hold first and wait for a step in flight: nothing is published once the cancel is accepted.
-        self._node.drop_command(self._goal_serial, wait_for_step=True)
+        # Finishing the goal drops its command and waits for a step in flight (on_done in _execute): nothing is
+        # published once the cancel is accepted.
         goal.finish(Outcome.CANCELLED, "cancelled by the client", "cancel", self._node.now())
         return CancelResponse.ACCEPT
 
