@@ -30,29 +30,16 @@ from vla_ros.goal_tracker import Outcome
 from vla_ros.nodes.node_support import LOG_TEXT_LIMIT, declare_parameters, for_log, run_node  # noqa: F401
 from vla_ros.nodes.vla_node_parameters import PARAMETERS, NodeSettings
 from vla_ros.ros import qos
-from vla_ros.ros.conversions import (
-    NonFiniteJointStateError,
-    frame_to_numpy,
-    joint_state_to_arrays,
-    message_key,
-    stamp_to_seconds,
-    validate_command,
-    validate_compressed_image,
-    validate_image,
-)
+from vla_ros.ros.conversions import frame_to_numpy, message_key
 from vla_ros.ros.diagnostics import diagnostic_array, stats_key_values
 from vla_ros.ros.estop_server import EstopServer
 from vla_ros.ros.follow_command import FollowCommandServer, interfaces_available
+from vla_ros.ros.input_callbacks import REJECT_BAD_COMMAND, InputCallbacks
 from vla_ros.ros.step_publishers import StepPublishers
 from vla_ros.safety import JointLimits
 from vla_ros.stats import NodeStats
 
-# Diagnostics counter keys for inputs rejected before they reach the policy.
-REJECT_MALFORMED_IMAGE = "rejected.malformed_image"
-REJECT_BAD_COMMAND = "rejected.bad_command"
-REJECT_BAD_JOINT_STATE = "rejected.bad_joint_state"
-REJECT_NAN_JOINT_STATE = "rejected.nan_joint_state"
-CONTROL_ERROR = "control.error"
+CONTROL_ERROR = "control.error"  # diagnostics counter: a control step raised (rejected inputs: input_callbacks)
 
 
 class VlaNode(LifecycleNode):
@@ -73,11 +60,11 @@ class VlaNode(LifecycleNode):
         self._made: list = []  # (destroy function, entity) that configure created
         self._out: StepPublishers | None = None  # the step's outputs (configure creates them)
         self._goals: FollowCommandServer | None = None
-        self._last_log: dict[str, float] = {}
         self._control_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._settings: NodeSettings | None = None  # configure reads them
-        self._log_throttle = float(self._param("log_throttle_s"))
+        self.inputs = InputCallbacks(self.controller, self._stats, self.now, self.get_logger(),
+                                     lambda: self._robot_limits.joint_names, float(self._param("log_throttle_s")))
         # Import the policy stack (torch, open_clip, transformers) now: imports hold the GIL for up to 0.2 s at a
         # time, which would stall the e-stop thread if they ran during activation; loading weights does not.
         import vla_ros.policy.policy  # noqa: F401
@@ -101,7 +88,7 @@ class VlaNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.controller.control_period = settings.control_period
         self.controller.require_new_frame = settings.require_new_frame
-        self._log_throttle = settings.log_throttle_s
+        self.inputs.log_throttle_s = settings.log_throttle_s
         p = self._param
         self._out = StepPublishers(self, p, settings.output_mode)
         # diagnostics are not lifecycle-managed: they also report while inactive
@@ -109,11 +96,12 @@ class VlaNode(LifecycleNode):
         camera = ((Image, p("camera_topic")) if settings.image_transport == "raw"
                   else (CompressedImage, p("camera_topic") + "/compressed"))
         self._made = [(self.destroy_publisher, self._diagnostics_pub)] + [(self.destroy_subscription, s) for s in (
-            self.create_subscription(*camera, self._on_image, qos.CAMERA_QOS),
+            self.create_subscription(*camera, self.inputs.on_image, qos.CAMERA_QOS),
             self.create_subscription(String, p("command_topic"), self._on_command, qos.COMMAND_QOS),
             # default-QoS publishers too; a message reaching both subscriptions is acted on once
             self.create_subscription(String, p("command_topic"), self._on_command, qos.COMMAND_VOLATILE_QOS),
-            self.create_subscription(JointState, p("joint_states_topic"), self._on_joint_state, qos.JOINT_STATES_QOS),
+            self.create_subscription(JointState, p("joint_states_topic"), self.inputs.on_joint_state,
+                                     qos.JOINT_STATES_QOS),
         )] + [(self.destroy_service, self.create_service(Trigger, "vla/clear_command", self._on_clear_command)),
               (self.destroy_timer, self.create_timer(float(p("diagnostics_period_s")), self._publish_diagnostics))]
         if interfaces_available():
@@ -130,7 +118,8 @@ class VlaNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the policy, bind it to the controller and start the control thread."""
         try:
-            policy, settings = self._load_policy(), self._settings
+            settings = self._settings
+            policy = settings.load_policy(self._param("policy_path"), self.get_logger())
             self.controller.bind(policy, self._robot_limits, settings.output_joint_names, settings.max_step,
                                  settings.max_frame_age_s, settings.max_joint_state_age_s)
         except Exception as error:
@@ -176,18 +165,6 @@ class VlaNode(LifecycleNode):
             return False
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
-    def _load_policy(self):
-        from vla_ros.policy.policy import Policy
-
-        path, kwargs, start = self._param("policy_path"), self._settings.policy_kwargs, time.perf_counter()
-        if not path:
-            raise ValueError("parameter policy_path is empty")
-        policy = Policy.load(path, **kwargs)
-        graph = ", CUDA graph" if policy.cuda_graph is not None else ""
-        self.get_logger().info(f"loaded policy {path} on {kwargs['device']} ({kwargs['backend']}{graph}) in "
-                               f"{time.perf_counter() - start:.2f} s")
-        return policy
-
     def stop_control(self) -> None:
         """Stop the control thread and free the policy (deactivation, shutdown, main()'s exit)."""
         self._end_goal(Outcome.FAILED, "vla_node stopped acting (deactivated or shutting down)", "node")
@@ -228,46 +205,17 @@ class VlaNode(LifecycleNode):
         """Node-clock time (s): simulated time under use_sim_time."""
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _reject(self, key: str, message: str) -> None:
-        """Count a rejected input and log it, at most once per log_throttle_s per kind."""
-        self._stats.count(key)
-        now = time.monotonic()
-        if now - self._last_log.get(key, float("-inf")) >= self._log_throttle:
-            self._last_log[key] = now
-            self.get_logger().warning(f"{key}: {for_log(message)} (counted in /diagnostics; holding position)")
-
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        try:  # cheap header/size checks; decoding waits for the control step
-            validate_compressed_image(msg) if isinstance(msg, CompressedImage) else validate_image(msg)
-        except ValueError as error:
-            self.controller.clear_frame()
-            self._reject(REJECT_MALFORMED_IMAGE, str(error))
-            return
-        now, stamp = self.now(), stamp_to_seconds(msg.header.stamp)
-        stamp = stamp if stamp > 0 else now  # some drivers leave it at zero: the receive time is the best guess
-        if 0.0 <= now - stamp < 10.0:
-            self._stats.add_latency("transport", now - stamp)  # header stamp -> here (and any clock offset)
-        self.controller.set_frame(msg, stamp)
-
     def _on_command(self, msg: String, info: dict) -> None:
         if self.controller.seen(message_key(info)):  # a latched message reaches both command subscriptions
             return
         self._end_goal(Outcome.PREEMPTED, "a command arrived on the command topic", "preemption")
         _, error = self.follow(msg.data)
         if error is not None:
-            self._reject(REJECT_BAD_COMMAND, error)
+            self.inputs.reject(REJECT_BAD_COMMAND, error)
 
     def follow(self, text) -> tuple[int | None, str | None]:
-        """Make ``text`` the command: (its serial, None), or (None, why not). An unreadable one still holds."""
-        try:
-            command = validate_command(text)
-        except ValueError as error:  # the operator meant to change the task: continuing the old one is wrong
-            self.controller.set_command(None)
-            return None, str(error)
-        serial, changed = self.controller.set_command(command)
-        if changed:
-            self.get_logger().info(f"command: {for_log(repr(command))}")
-        return serial, None
+        """Make ``text`` the command: (its serial, None), or (None, why not) (the FollowCommand server calls it)."""
+        return self.inputs.follow(text)
 
     def drop_command(self, serial: int | None = None, wait_for_step: bool = False) -> None:
         """Hold: drop the command (if still command ``serial``); ``wait_for_step`` waits for a step in flight."""
@@ -286,17 +234,6 @@ class VlaNode(LifecycleNode):
     def _end_goal(self, outcome: Outcome, reason: str, decided_by: str) -> None:
         if self._goals is not None:
             self._goals.end(outcome, reason, decided_by)
-
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            positions, velocities = joint_state_to_arrays(msg, self._robot_limits.joint_names)
-        except ValueError as error:
-            self.controller.clear_joint_state()
-            nan = isinstance(error, NonFiniteJointStateError)
-            self._reject(REJECT_NAN_JOINT_STATE if nan else REJECT_BAD_JOINT_STATE, str(error))
-            return
-        stamp = stamp_to_seconds(msg.header.stamp)
-        self.controller.set_joint_state(positions, velocities, stamp if stamp > 0 else self.now())
 
     def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         # runs on the e-stop server's own thread (vla_ros.ros.estop_server)
@@ -332,12 +269,12 @@ class VlaNode(LifecycleNode):
                     if result is not None:
                         self._publish_step(result)
         except Exception as error:  # the loop must outlive any one step; the gate holds meanwhile
-            self._reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
+            self.inputs.reject(CONTROL_ERROR, f"control step failed: {type(error).__name__}: {error}")
 
     def _publish_step(self, result: StepResult) -> None:
         policy, out = self.controller.policy, self._out
         if result.error is not None:
-            self._reject(HOLD_POLICY_ERROR, result.error)
+            self.inputs.reject(HOLD_POLICY_ERROR, result.error)
         elif result.acted or result.refusal is not None:
             out.status(result.command, result.refusal, getattr(policy, "last_presence", None))
         goal_ended = self._goals is not None and self._goals.on_step_result(result, policy)
@@ -362,15 +299,15 @@ class VlaNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         with self._diagnostics_lock:
-            if not self._configured:
-                return
-            command, controller = self.controller.command, self.controller
-            for key, value in (("active", self._active), ("estop", controller.estopped), ("command", command or "")):
-                self._stats.set_value(key, value)
-            warn, message = controller.summary(self._active, self._out and self._out.refused_reason(command))
-            self._diagnostics_pub.publish(diagnostic_array(
-                self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: control",
-                DiagnosticStatus.WARN if warn else DiagnosticStatus.OK, message, stats_key_values(self._stats)))
+            if self._configured:
+                for key, value in (("active", self._active), ("estop", self.controller.estopped),
+                                   ("command", self.controller.command or "")):
+                    self._stats.set_value(key, value)
+                warn, message = self.controller.summary(self._active,
+                                                        self._out and self._out.refused_reason(self.controller.command))
+                self._diagnostics_pub.publish(diagnostic_array(
+                    self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: control",
+                    DiagnosticStatus.WARN if warn else DiagnosticStatus.OK, message, stats_key_values(self._stats)))
 
 
 def main(args=None) -> None:

@@ -137,3 +137,18 @@ class NodeSettings:
             max_joint_state_age_s=float(param("max_joint_state_age_s")),
             log_throttle_s=float(param("log_throttle_s")), policy_kwargs=kwargs,
         )
+
+    def load_policy(self, path: str, logger):
+        """Load the checkpoint at ``path`` with these settings' device, backend and precision; log how long it took."""
+        import time
+
+        from vla_ros.policy.policy import Policy
+
+        if not path:
+            raise ValueError("parameter policy_path is empty")
+        start = time.perf_counter()
+        policy = Policy.load(path, **self.policy_kwargs)
+        graph = ", CUDA graph" if policy.cuda_graph is not None else ""
+        logger.info(f"loaded policy {path} on {self.policy_kwargs['device']} ({self.policy_kwargs['backend']}{graph}) "
+                    f"in {time.perf_counter() - start:.2f} s")
+        return policy
