@@ -65,6 +65,7 @@ class Probe:
         self.trajectories: list[JointTrajectory] = []
         self.debug_images: list[Image] = []
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_status: tuple[bytes, str] | None = None  # (level, message) of vla_node's last status
         node.create_subscription(
             Float64MultiArray,
             "forward_position_controller/commands",
@@ -98,6 +99,7 @@ class Probe:
         for status in msg.status:
             if status.name.startswith(f"{self.namespace}/vla_node"):
                 self.diagnostics = key_values_to_dict(status)
+                self.diagnostics_status = (status.level, status.message)
 
     def _feed(self) -> None:
         now = self.node.get_clock().now().nanoseconds * 1e-9
@@ -591,6 +593,27 @@ def test_a_refused_command_moves_nothing_and_says_why(make_node, policy_checkpoi
     assert status["state"] == "refused" and status["kind"] == "not_in_view"
     assert "touch the purple cube" in status["reason"] and status["presence"] < 1.0
     wait_until(lambda: probe.diagnostics.get("command") == "touch the purple cube", what="diagnostics")
+
+
+def test_a_command_over_the_encoders_token_limit_is_refused_with_a_clear_status(make_node, policy_checkpoint):
+    """Within the node's byte limit but over the text encoder's context (the tiny CLIP's 32 tokens): refused as
+    unreadable, reported on the status topic and as a WARN in /diagnostics; nothing moves. Before, it was shown
+    as current, /diagnostics said OK and every step failed with a policy error."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node, probe = make_node("active", policy_path=str(_with_refusal(policy_checkpoint, -1.0)))
+    statuses: list[dict] = []
+    probe.node.create_subscription(String, "vla/command_status", lambda m: statuses.append(json.loads(m.data)),
+                                   qos.COMMAND_STATUS_QOS)
+    too_long = " ".join("abcdefghijklmnopqrstuvwxyzabcde")  # 31 one-letter words: 33 tokens with start and end
+    probe.send_command(too_long)
+    wait_until(lambda: statuses, what="a command status")
+    status = statuses[-1]
+    assert status["state"] == "refused" and status["kind"] == "unreadable" and "context" in status["reason"]
+    wait_until(lambda: probe.diagnostics_status and probe.diagnostics_status[0] == DiagnosticStatus.WARN
+               and "refused" in probe.diagnostics_status[1], what="a WARN diagnostics status")
+    assert node.counter("commands_published") == 0 and not probe.positions
+    assert node.counter("hold.policy_error") == 0  # refused before the policy, not failing in it
 
 
 def test_an_accepted_command_reports_acting(make_node, policy_checkpoint):
