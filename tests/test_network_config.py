@@ -114,3 +114,31 @@ def test_log_lines_quote_at_most_a_bounded_part_of_hostile_text():
     line = for_log(f"unsupported encoding {huge!r}")
     assert len(line) < LOG_TEXT_LIMIT + 40 and line.endswith("more characters]")
     assert for_log("short") == "short"
+
+
+def test_loader_errors_name_the_file_and_field(tmp_path):
+    """Corrupt weights, a config without clip.path and a CLIP config that is not UTF-8: each error names its file
+    (before: the folder only, a bare KeyError 'path', a bare UnicodeDecodeError)."""
+    import struct
+
+    from vla_ros.policy.policy import Policy
+
+    folder = tmp_path / "policy"
+    shutil.copytree(MODELS / "policy", folder, ignore=shutil.ignore_patterns("clip", "*.png"))
+    shutil.copytree(MODELS / "clip", folder / "clip")
+    weights = folder / "policy.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")  # a header length of 1 TB
+    with pytest.raises(CheckpointError, match=r"policy\.safetensors: cannot read weights"):
+        load_network(folder)
+    weights.write_bytes(original)
+    config = json.loads((folder / "config.json").read_text())
+    del config["clip"]["path"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: clip\.path"):
+        read_config(folder)
+    config["clip"]["path"] = "clip"
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "clip" / "open_clip_config.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match=r"open_clip_config\.json: invalid JSON or not UTF-8"):
+        Policy.load(folder)

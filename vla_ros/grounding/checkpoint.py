@@ -200,8 +200,12 @@ def load_clip(name_or_dir: str | Path, pretrained: str | Path | None = None,
     model_name, weights = resolve_checkpoint(name_or_dir, pretrained)
     metadata: dict[str, Any] = {}
     if model_name.startswith(LOCAL_DIR_PREFIX):
-        config = json.loads((Path(model_name[len(LOCAL_DIR_PREFIX):]) / CONFIG_FILE).read_text())
-        if "model_cfg" not in config:
+        config_path = Path(model_name[len(LOCAL_DIR_PREFIX):]) / CONFIG_FILE
+        try:
+            config = json.loads(config_path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{config_path}: invalid JSON or not UTF-8: {str(exc)[:120]}") from None
+        if not isinstance(config, dict) or "model_cfg" not in config:
             raise ValueError(f"{model_name}: {CONFIG_FILE} has no 'model_cfg'")
         model_cfg = config["model_cfg"]
         metadata = config.get("vla_ros", {})

@@ -99,6 +99,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise CheckpointError(f"{config_path}: clip.{key} must be an integer in [1, {high}], got "
                                   f"{str(value)[:40]!r}")
+    if not isinstance(clip.get("path"), str) or not clip["path"].strip():
+        raise CheckpointError(f"{config_path}: clip.path must be the CLIP folder (relative to the checkpoint), got "
+                              f"{str(clip.get('path'))[:40]!r}")
     if clip["num_patches"] != network.num_patches:
         raise CheckpointError(f"{config_path}: clip.num_patches {clip['num_patches']} does not match "
                               f"network.grid_size {list(network.grid_size)}")
@@ -159,7 +162,7 @@ def load_network(path: str | Path, config: dict[str, Any] | None = None,
     except RuntimeError as exc:  # torch's size mismatch
         raise CheckpointError(f"{path}: weights do not match the config: {str(exc)[:300]}") from exc
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: cannot read weights: {exc}") from exc
+        raise CheckpointError(f"{Path(path) / WEIGHTS_FILE}: cannot read weights: {exc}") from exc
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]})")
