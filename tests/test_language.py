@@ -37,8 +37,10 @@ def test_both_word_splits_are_defined_and_new(instructions, forbidden):
 
 
 def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden):
-    """The captions train-clip can produce: sampler captions, named colours, absent-object and nonsense negatives."""
+    """The captions train-clip can produce (sampler captions, named colours, absent-object and nonsense negatives)
+    and the texts the refusal's text gate is fitted on."""
     from vla_ros.grounding.data import CaptionSampler
+    from vla_ros.grounding.text_gate import gate_training_texts
     from vla_ros.grounding.vocabulary import load_clip_vocabulary, nonsense_phrase
 
     vocabulary = load_clip_vocabulary(instructions=instructions)
@@ -63,6 +65,8 @@ def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden
             assert (int(sampler.colour_classes[absent[1]]), absent[2]) not in present
             named_absent += absent[1] >= palette
         texts.append(nonsense_phrase(rng))
+    positives, negatives = gate_training_texts(3000, seed=0, instructions=instructions, vocabulary=vocabulary)
+    texts += positives + negatives  # the refusal text gate's training texts
     leaked = {token for text in texts for token in word_tokens(text)} & forbidden
     assert not leaked, f"word-split words in training captions: {sorted(leaked)}"
     assert 0.3 < named_absent / 3000 < 0.7  # about half the absent captions use a named colour
@@ -348,6 +352,73 @@ def test_refusal_rule_and_calibration_statistics():
             RefusalRule.from_dict(bad)
 
 
+def test_familiar_commands_are_judged_by_contrast_others_by_presence_and_the_gate_refuses_first():
+    from vla_ros.grounding import ClipEncoder
+    from vla_ros.grounding.refusal import TWO_BAR_STATISTIC, RefusalRule, contrast_scores
+    from vla_ros.grounding.text_gate import TextGate
+
+    # contrast: presence minus the best *other* reference caption at the command's best region
+    contrast, rival = contrast_scores(np.array([0.6, 0.6]), torch.tensor([[0.6, 0.7, 0.1], [0.6, 0.2, 0.5]]),
+                                      np.array([0, 0]))
+    np.testing.assert_allclose(contrast, [-0.1, 0.1], atol=1e-6)
+    assert rival.tolist() == [1, 2]
+
+    encoder = ClipEncoder.random_init("vla-tiny-clip")
+    captions = ("the red cube", "the blue ball")
+    rule = RefusalRule(threshold=0.05, statistic=TWO_BAR_STATISTIC, reference_captions=captions,
+                       unfamiliar_threshold=-1.0, familiarity_boundary=0.99)
+    texts = encoder.encode_text([captions[0], "zq"])
+    patches = torch.nn.functional.normalize(torch.randn(2, encoder.num_patches, encoder.embed_dim), dim=-1)
+    judged = rule.judged(encoder, patches, texts)
+    # a reference caption itself has familiarity 1: judged by contrast; the other by presence against -1
+    assert judged["familiarity"][0] == pytest.approx(1.0, abs=1e-5) and judged["rival"][0] == captions[1]
+    assert judged["bar"].tolist() == [0.05, -1.0] and judged["rival"][1] == ""
+    assert judged["score"][1] == judged["presence"][1] and np.isnan(judged["contrast"][1])
+    refusals = rule.refusals(encoder, patches, texts, [captions[0], "zq"])
+    assert refusals[1] is None  # presence is always >= -1
+    assert (refusals[0] is None) == (judged["score"][0] >= 0.05)
+    if refusals[0] is not None:
+        assert refusals[0].kind == "not_in_view" and captions[1] in refusals[0].reason
+
+    gate = TextGate(weights=(1.0,) + (0.0,) * 15, bias=0.0, threshold=0.5)
+    gated = RefusalRule(**{**rule.__dict__, "text_gate": gate})
+    assert RefusalRule.from_dict(gated.to_dict()) == gated
+    sentences = torch.eye(16)[:2] * torch.tensor([[1.0], [0.0]])
+    assert gate.scores(sentences).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="sentence embeddings"):
+        gate.scores(torch.zeros(1, 8))
+    base = gated.to_dict()
+    for change in ({"unfamiliar_threshold": None}, {"familiarity_boundary": 2.0}, {"reference_captions": []},
+                   {"statistic": "max_dense_region_similarity"},
+                   {"text_gate": {**gate.to_dict(), "weights": [float("nan")] * 16}},
+                   {"text_gate": {**gate.to_dict(), "weights": [1.0] * 3}},
+                   {"text_gate": {**gate.to_dict(), "threshold": float("inf")}},
+                   {"text_gate": {"weights": [1.0] * 16}}):
+        with pytest.raises(ValueError):
+            RefusalRule.from_dict({**base, **change})
+
+
+def test_sentence_embedding_is_the_text_towers_mean_pooled_output():
+    """What the text gate reads: MiniLM's masked mean over the command's tokens, the input of the CLIP's projection."""
+    from vla_ros.grounding import ClipEncoder
+
+    encoder = ClipEncoder.from_pretrained(share_path("models", "clip"))
+    captured = []
+    hook = encoder.model.text.proj.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    commands = ["touch the red cube", "qzkx fjwoa", "go to the crimson box please"]
+    try:
+        encoder.encode_text(commands)
+    finally:
+        hook.remove()
+    pooled = torch.nn.functional.normalize(captured[0].float(), dim=-1)
+    sentences = encoder.encode_sentences(commands)
+    assert sentences.shape == (3, 384)
+    torch.testing.assert_close(sentences, pooled, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(encoder.encode_sentences(commands[1:2])[0], sentences[1])  # cached, batch-independent
+    with pytest.raises(ValueError, match="pretrained"):
+        ClipEncoder.random_init("vla-tiny-clip").encode_sentences(["the red cube"])
+
+
 def test_unreadable_commands_are_refused_before_scoring():
     from vla_ros.grounding import ClipEncoder
     from vla_ros.grounding.refusal import unreadable
@@ -384,7 +455,9 @@ def test_shipped_policy_reads_a_pretrained_text_tower_and_has_a_calibrated_refus
     assert shipped_policy.encoder.pretrained_text
     assert shipped_policy.encoder.metadata["text_tower"]["name"] == MINILM
     rule = shipped_policy.refusal_rule
-    assert rule is not None and rule.calibration["valid_splits"] == ["train", "validation_words"]
+    assert rule is not None
+    assert rule.calibration["valid_splits"] == ["train", "validation_words", "validation_phrasings"]
+    assert rule.text_gate is not None and rule.text_gate.width == 384
 
 
 def test_shipped_policy_refuses_objects_that_are_not_there_and_acts_on_those_that_are(shipped_policy, instructions):
@@ -415,6 +488,10 @@ def test_shipped_policy_refuses_objects_that_are_not_there_and_acts_on_those_tha
                 shipped_policy.select_action(obs["image"], f"touch the {colours[0]} {shapes[0]}", state)
             assert caught.value.refusal.kind == "not_in_view" and colours[0] in caught.value.refusal.reason
             absent_checked += 1
+            shipped_policy.reset()
+            with pytest.raises(CommandRefused) as caught:  # made-up words: refused by the text gate
+                shipped_policy.select_action(obs["image"], "vorbl quizzet frandle", state)
+            assert caught.value.refusal.kind == "not_an_object"
     finally:
         env.close()
     assert absent_checked >= 6

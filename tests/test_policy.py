@@ -192,7 +192,8 @@ def test_calibrated_refusal_is_stored_and_holds_refused_episodes_in_evaluation(t
     policy = Policy.load(trained[1])
     report = calibrate(policy, scenes=6, false_refusal=0.2, progress=False)
     rule = RefusalRule.from_dict(report["rule"])
-    assert rule.calibration["valid_splits"] == ["train", "validation_words"]
+    assert rule.calibration["valid_splits"] == ["train", "validation_words", "validation_phrasings"]
+    assert rule.text_gate is None  # the tiny CLIP's text tower is not pretrained: no gate
     assert set(report["invalid"]) <= {"absent_object", "random_string"}
     valid_refused = [entry["false_refusal"] for entry in report["valid"].values()]
     assert max(valid_refused) <= 0.5  # the threshold is a low quantile of the valid scores

@@ -183,6 +183,7 @@ class ClipEncoder:
         self.pretrained_text = is_pretrained_text(loaded.model_cfg)
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._sentence_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -272,6 +273,32 @@ class ClipEncoder:
         return torch.stack([self._text_cache[t] if t in self._text_cache else self._encode_uncached(t)
                             for t in texts])
 
+    @torch.inference_mode()
+    def encode_sentences(self, texts: Sequence[str]) -> torch.Tensor:
+        """The pretrained text tower's own sentence embeddings (B, width), L2-normalised float32.
+
+        The mean of the tower's last hidden states over each command's tokens, before the CLIP's projection
+        (all-MiniLM-L6-v2's sentence-transformers pooling). The refusal text gate reads it
+        (:mod:`vla_ros.grounding.text_gate`); a CLIP with a text tower trained from scratch has none.
+        """
+        if not self.pretrained_text:
+            raise ValueError("sentence embeddings need a pretrained (Hugging Face) text tower")
+        texts = list(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._sentence_cache]
+        if missing:
+            tokens = trim_padding(self.tokenize(missing)).to(self.device)
+            mask = (tokens != 0).long()
+            hidden = self.model.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
+            mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            for text, embedding in zip(missing, F.normalize(mean, dim=-1).cpu()):
+                self._sentence_cache[text] = embedding
+                if len(self._sentence_cache) > self.text_cache_size:
+                    self._sentence_cache.popitem(last=False)
+        found = [self._sentence_cache.get(t) for t in texts]
+        if any(f is None for f in found):  # more distinct strings in one call than the cache keeps
+            return torch.cat([self.encode_sentences([t]) for t in texts])
+        return torch.stack(found)
+
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pretrained_text:
             tokens = trim_padding(tokens)
@@ -284,6 +311,7 @@ class ClipEncoder:
     def clear_text_cache(self) -> None:
         """Forget cached text embeddings and reset the hit/miss counters."""
         self._text_cache.clear()
+        self._sentence_cache.clear()
         self.cache_hits = 0
         self.cache_misses = 0
 

@@ -87,14 +87,15 @@ def _count(table: dict[str, tuple[int, int, int]], kind: str | None, success: in
         table[kind] = (wins + success, n + 1, held + refused)
 
 
-def _refused(rule, encoder, obs: dict, envs: np.ndarray) -> np.ndarray:
-    """Which of ``envs`` start an episode whose command the rule refuses (presence under its threshold)."""
+def _refused(rule, encoder, obs: dict, envs: np.ndarray, commands: list[str]) -> np.ndarray:
+    """Which of ``envs`` start an episode whose command (``commands[env]``) the rule refuses."""
     from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_TEXT
 
     if rule is None or len(envs) == 0:
         return np.zeros(len(envs), dtype=bool)
-    scores = rule.scores(encoder, torch.as_tensor(obs[FEAT_IMAGE_PATCHES][envs]), torch.as_tensor(obs[FEAT_TEXT][envs]))
-    return scores < rule.threshold
+    refusals = rule.refusals(encoder, torch.as_tensor(obs[FEAT_IMAGE_PATCHES][envs]),
+                             torch.as_tensor(obs[FEAT_TEXT][envs]), [commands[i] for i in envs])
+    return np.array([r is not None for r in refusals], dtype=bool)
 
 
 @torch.no_grad()
@@ -124,7 +125,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                    dynamic_ncols=True)
     try:
         obs = venv.reset()
-        holding = _refused(refusal, encoder, obs, np.arange(num_envs))
+        holding = _refused(refusal, encoder, obs, np.arange(num_envs), venv.commands)
         done_counts = np.zeros(num_envs, dtype=int)
         successes, refused, lengths = 0, 0, []
         by_corruption: dict[str, tuple[int, int, int]] = {}
@@ -148,7 +149,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                     if bar is not None:
                         bar.update(1)
                 steps[i] = 0
-            holding[finished] = _refused(refusal, encoder, obs, finished)
+            holding[finished] = _refused(refusal, encoder, obs, finished, venv.commands)
     finally:
         if bar is not None:
             bar.close()

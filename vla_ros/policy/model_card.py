@@ -41,12 +41,24 @@ def _language_lines(config: dict, clip_metadata: dict) -> list[str]:
     rule = config.get("refusal")
     if rule:
         calibration = rule.get("calibration", {})
-        statistic = "its best region similarity" if not rule.get("familiarity_slope") else (
-            f"its best region similarity minus {rule['familiarity_slope']:.2f} x its familiarity (closest cosine to "
-            f"{len(rule.get('reference_captions', []))} colour-shape captions)")
-        lines.append(f"- refusal: a command is refused (the arm holds still) when {statistic} on the "
-                     f"episode's first frame is under {rule['threshold']:.4f}, chosen by `vla-ros calibrate-refusal` "
-                     f"to refuse {100 * calibration.get('false_refusal_target', float('nan')):.1f}% of valid commands "
+        captions = f"{len(rule.get('reference_captions', []))} colour-shape captions"
+        if rule.get("familiarity_boundary") is not None:
+            condition = (f"on the episode's first frame, with a familiarity (closest cosine to {captions}) of at "
+                         f"least {rule['familiarity_boundary']:.2f}, its contrast (its best region's similarity minus "
+                         f"the best other caption's there) is under {rule['threshold']:.4f}, or, less familiar, its "
+                         f"best region similarity is under {rule['unfamiliar_threshold']:.4f}")
+        elif rule.get("familiarity_slope"):
+            condition = (f"its best region similarity minus {rule['familiarity_slope']:.2f} x its familiarity "
+                         f"(closest cosine to {captions}) on the episode's first frame is under "
+                         f"{rule['threshold']:.4f}")
+        else:
+            condition = f"its best region similarity on the episode's first frame is under {rule['threshold']:.4f}"
+        if rule.get("text_gate"):
+            condition = ("it does not read as words naming an object (a linear text gate on the text tower's "
+                         f"sentence embedding, under {rule['text_gate']['threshold']:.3f}), or when " + condition)
+        lines.append(f"- refusal: a command is refused (the arm holds still) when {condition}; chosen by "
+                     f"`vla-ros calibrate-refusal` to refuse "
+                     f"{100 * calibration.get('false_refusal_target', float('nan')):.1f}% of valid commands "
                      f"on validation scenes ({calibration.get('scenes_per_split', '?')} per split of "
                      f"{', '.join(calibration.get('valid_splits', []))}); unreadable commands are always refused")
     else:

@@ -77,6 +77,9 @@ class Policy:
         self._judged_command: str | None = None
         self._refusal: Refusal | None = None
         self.last_presence: float | None = None  # presence score of the command on its episode's first frame
+        # the score the refusal rule judged that command by (presence, or contrast for familiar words) and its bar
+        self.last_refusal_score: float | None = None
+        self.last_refusal_bar: float | None = None
 
     def enable_cuda_graph(self) -> None:
         """Capture the per-frame computation at batch 1 as a CUDA graph (torch backend on CUDA only)."""
@@ -144,7 +147,7 @@ class Policy:
         self._reference_command = None
         self._judged_command = None
         self._refusal = None
-        self.last_presence = None
+        self.last_presence = self.last_refusal_score = self.last_refusal_bar = None
 
     @torch.no_grad()
     def judge(self, frame: np.ndarray, command) -> Refusal | None:
@@ -156,13 +159,15 @@ class Policy:
         if command is not None and command == self._judged_command:
             return self._refusal
         refusal = unreadable(self.encoder, command)
-        self.last_presence = None
+        self.last_presence = self.last_refusal_score = self.last_refusal_bar = None
         if refusal is None and self.refusal_rule is not None:
             rule = self.refusal_rule
             patches = self.encoder.encode_images(frame).patches
-            score = float(rule.scores(self.encoder, patches, self.encoder.encode_text([command]))[0])
-            self.last_presence = score
-            refusal = rule.judge(command, score)
+            text = self.encoder.encode_text([command])
+            judged = rule.judged(self.encoder, patches, text)
+            self.last_presence = float(judged["presence"][0])
+            self.last_refusal_score, self.last_refusal_bar = float(judged["score"][0]), float(judged["bar"][0])
+            refusal = rule.refusals(self.encoder, patches, text, [command])[0]
         self._judged_command = command if isinstance(command, str) else None
         self._refusal = refusal
         return refusal

@@ -154,12 +154,12 @@ class FollowCommandServer:
     def on_step_result(self, result, policy) -> bool:
         """Report a controller step (``vla_ros.controller.StepResult``) of ``policy``; True if it ended the goal."""
         scores = getattr(policy, "last_grounding", None) or {}
-        rule, presence = getattr(policy, "refusal_rule", None), getattr(policy, "last_presence", None)
+        presence, bar = getattr(policy, "last_refusal_score", None), getattr(policy, "last_refusal_bar", None)
         report = StepReport(
             gate_state=f"hold: {result.hold_reason}" if result.hold_reason else "open",
             grounded_object=max(scores, key=scores.get) if scores else "",
             grounding_score=float("nan") if presence is None else float(presence),
-            refusal_threshold=float("nan") if rule is None else float(rule.threshold),
+            refusal_threshold=float("nan") if bar is None else float(bar),  # this command's bar
         )
         done = bool(getattr(policy, "last_done", False)) if result.acted else False
         refusal = result.refusal.reason if result.refusal is not None else None
