@@ -46,6 +46,8 @@ def test_no_word_split_word_reaches_any_training_caption(instructions, forbidden
     vocabulary = load_clip_vocabulary(instructions=instructions)
     assert len(vocabulary.named_colours) > 300
     assert not vocabulary.tokens() & forbidden
+    wide = load_clip_vocabulary(share_path("sim", "tasks", "clip_vocabulary_wide.yaml"), instructions=instructions)
+    assert not wide.tokens() & forbidden and len(wide.tokens()) > len(vocabulary.tokens()) - 5
     sampler = CaptionSampler.from_instructions(instructions, vocabulary=vocabulary, named_absent_fraction=0.5)
     rng = np.random.default_rng(0)
     palette = len(instructions.colours)
@@ -319,6 +321,30 @@ def test_train_clip_with_the_pretrained_tower_exports_and_reloads(tmp_path, unlo
         ClipTrainer(TrainClipConfig(out=str(tmp_path / "bad"), text_unlocked_layers=1))
     with pytest.raises(ValueError, match="text_projection"):
         ClipTrainer(TrainClipConfig(out=str(tmp_path / "bad"), text_tower=MINILM, text_projection="conv"))
+
+
+def test_continuing_only_the_text_projection_leaves_the_image_tower_and_text_tower_unchanged(tmp_path):
+    """trainable='text_projection' from a shipped-style CLIP: the image tower's weights (what a policy's patch
+    features come from) and MiniLM stay bit-identical; the projection trains; a wider vocabulary file is read."""
+    from vla_ros.grounding.training import ClipTrainer, TrainClipConfig
+
+    base = tmp_path / "base"
+    common = dict(steps=2, batch_size=8, train_scenes=16, eval_scenes=6, eval_every=2, checkpoint_every=2,
+                  warmup_steps=1, text_tower=MINILM, broad_vocabulary=True, named_colour_scenes=8,
+                  presence_weight=1.0, moved_arm_fraction=0.0)
+    ClipTrainer(TrainClipConfig(out=str(base), **common)).train()
+    config = TrainClipConfig(out=str(tmp_path / "continued"), init_from=str(base / "model"),
+                             trainable="text_projection",
+                             vocabulary=str(share_path("sim", "tasks", "clip_vocabulary_wide.yaml")), **common)
+    trainer = ClipTrainer(config)
+    assert "crate" in trainer.vocabulary.shape_words["cube"]
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("text.proj.") or n == "logit_scale" for n in changed)
+    for bad in (dict(init_from=None), dict(text_tower="none"), dict(adapter="lora"), dict(trainable="image")):
+        with pytest.raises(ValueError, match="trainable"):
+            ClipTrainer(TrainClipConfig(**{**config.__dict__, "out": str(tmp_path / "bad"), **bad}))
 
 
 # --------------------------------------------------------------------------- refusal

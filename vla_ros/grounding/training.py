@@ -103,6 +103,9 @@ def repaint_each_object(frame: np.ndarray, pixels: np.ndarray, bands: np.ndarray
     return repainted
 
 
+TRAINABLE_PARTS = ("all", "text_projection")
+
+
 @dataclass
 class TrainClipConfig:
     """Every setting of a ``train-clip`` run (saved with checkpoints and the exported model)."""
@@ -194,6 +197,12 @@ class TrainClipConfig:
     """local weights file for ``init_from`` given as a model name"""
     adapter: str = "none"
     """``none`` (train all weights) or ``lora`` (only low-rank adapters; needs ``init_from``)"""
+    trainable: str = "all"
+    """``all``, or ``text_projection``: only the text projection, the temperature and the presence head train, on
+    a CLIP continued from ``init_from`` (with its ``text_tower``). The image tower stays as it is, so the patch
+    features a policy was trained on do not change"""
+    vocabulary: str | None = None
+    """the extra-vocabulary file of ``broad_vocabulary`` (default ``sim/tasks/clip_vocabulary.yaml``)"""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     export_fp16: bool = True
@@ -297,8 +306,11 @@ def check_config(config: TrainClipConfig) -> None:
 
     if config.text_tower != "none" and config.text_tower not in TEXT_TOWERS:
         raise ValueError(f"text_tower must be 'none' or one of {sorted(TEXT_TOWERS)}, got {config.text_tower!r}")
-    if config.text_tower != "none" and config.init_from is not None:
-        raise ValueError("text_tower builds a new CLIP around a pretrained text tower; init_from adapts another")
+    if config.trainable not in TRAINABLE_PARTS:
+        raise ValueError(f"trainable must be one of {TRAINABLE_PARTS}, got {config.trainable!r}")
+    if config.trainable != "all" and (config.adapter != "none" or config.text_tower == "none" or not config.init_from):
+        raise ValueError("trainable='text_projection' continues a CLIP with a pretrained text tower: pass init_from "
+                         "and its text_tower, without an adapter")
     if config.text_unlocked_layers and config.text_tower == "none":
         raise ValueError("text_unlocked_layers needs a pretrained text_tower")
     if config.text_tower != "none" and not 0 <= config.text_unlocked_layers <= TEXT_TOWERS[config.text_tower].layers:
@@ -355,7 +367,7 @@ class ClipTrainer:
         if config.broad_vocabulary:
             from vla_ros.grounding.vocabulary import load_clip_vocabulary
 
-            self.vocabulary = load_clip_vocabulary()
+            self.vocabulary = load_clip_vocabulary(config.vocabulary)
         render = dict(split="train", image_size=config.image_size, distractor_fraction=config.distractor_fraction,
                       jitter_fraction=config.jitter_fraction, moved_arm_fraction=config.moved_arm_fraction,
                       progress=True)
@@ -419,6 +431,18 @@ class ClipTrainer:
         if loaded.colour_space != config.colour_space:
             raise ValueError(f"{config.init_from} reads {loaded.colour_space!r} images; colour_space="
                              f"{config.colour_space!r} would feed it another input")
+        if config.text_tower != "none":  # continue a CLIP built around this pretrained tower
+            tower = loaded.metadata.get("text_tower", {}).get("name")
+            if tower != config.text_tower:
+                raise ValueError(f"{config.init_from} has text tower {tower!r}, not text_tower={config.text_tower!r}")
+            loaded.model.text.transformer.requires_grad_(False)
+            if config.text_unlocked_layers:
+                for layer in loaded.model.text.transformer.encoder.layer[-config.text_unlocked_layers:]:
+                    layer.requires_grad_(True)
+        if config.trainable == "text_projection":
+            loaded.model.requires_grad_(False)
+            loaded.model.text.proj.requires_grad_(True)
+            loaded.model.logit_scale.requires_grad_(True)
         return loaded
 
     def _setup_trainable(self) -> list[torch.nn.Parameter]:
