@@ -185,6 +185,31 @@ def test_copy_checkpoint_repoints_clip_and_checks_it(trained, tiny_clip, tmp_pat
         copy_checkpoint(final, tmp_path / "elsewhere", other)
 
 
+def test_rebind_clip_accepts_only_a_clip_with_the_same_image_tower(trained, tiny_clip, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vla_ros.policy.checkpoint import rebind_clip
+
+    final = trained[1]
+    weights = load_file(str(tiny_clip / "open_clip_model.safetensors"))
+    for name, changed in (("text", "text"), ("image", "visual.")):
+        clip = tmp_path / f"clip_{name}"
+        shutil.copytree(tiny_clip, clip)
+        edited = {k: v + 0.01 if k.startswith(changed) and v.is_floating_point() else v for k, v in weights.items()}
+        save_file(edited, str(clip / "open_clip_model.safetensors"))
+        if name == "image":
+            with pytest.raises(CheckpointError, match="image tower"):
+                rebind_clip(final, tmp_path / "rebound_image", clip)
+            continue
+        rebound = rebind_clip(final, tmp_path / "rebound", clip)
+        config = json.loads((rebound / "config.json").read_text())
+        assert config["clip"]["rebound_from"] == json.loads((final / "config.json").read_text())["clip"]["sha256"]
+        policy = Policy.load(rebound)  # the recorded hash is the new CLIP's
+        assert not torch.equal(policy.encoder.encode_text(["the red cube"]),
+                               Policy.load(final).encoder.encode_text(["the red cube"]))
+
+
 def test_calibrated_refusal_is_stored_and_holds_refused_episodes_in_evaluation(trained, tmp_path):
     from vla_ros.commands.calibrate_refusal import calibrate
     from vla_ros.grounding.refusal import RefusalRule

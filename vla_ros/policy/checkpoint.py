@@ -193,3 +193,36 @@ def copy_checkpoint(src: str | Path, dst: str | Path, clip_dir: str | Path) -> P
     config["clip"]["path"] = os.path.relpath(clip_dir.resolve(), dst.resolve())
     (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return dst
+
+
+def rebind_clip(src: str | Path, dst: str | Path, clip_dir: str | Path) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` pointing at ``clip_dir``, a CLIP with the very image tower of ``src``'s.
+
+    Its text projection may differ (``train-clip --trainable text_projection``); its image tower must be the
+    one ``src`` was trained with, bit for bit. The policy reads the image tower's patch features and the
+    command's similarity to them: with the same image tower, a text projection that places new words better
+    serves the same network. The new CLIP's hash is recorded; ``clip.rebound_from`` keeps the old one.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from vla_ros.grounding.checkpoint import sha256_file
+
+    src, dst, clip_dir = Path(src), Path(dst), Path(clip_dir)
+    config = read_config(src)
+    old_dir = resolve_clip_path(src, config)
+    old = load_file(str(old_dir / "open_clip_model.safetensors"))
+    new = load_file(str(clip_dir / "open_clip_model.safetensors"))
+    visual = sorted(k for k in old if k.startswith("visual."))
+    if not visual or visual != sorted(k for k in new if k.startswith("visual.")) or \
+            not all(torch.equal(old[k], new[k]) for k in visual):
+        raise CheckpointError(f"{clip_dir}: its image tower is not the one {src} was trained with ({old_dir})")
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
+    config["clip"]["rebound_from"] = config["clip"].get("sha256")
+    config["clip"]["sha256"] = sha256_file(clip_dir / "open_clip_model.safetensors")
+    config["clip"]["path"] = os.path.relpath(clip_dir.resolve(), dst.resolve())
+    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return dst
