@@ -211,3 +211,75 @@ def test_the_diagnostics_summary_names_the_most_important_state(policy_path):
         True, "command refused: no object matches")
     controller.set_estop(True)
     assert controller.summary(active=True, refused_reason="no object matches") == (True, "e-stop engaged")
+
+
+def _with_done_head(policy_path, folder, fire: bool, threshold: float = 0.5):
+    """A copy of the policy checkpoint with a done head whose output bias makes it always (or never) fire."""
+    import shutil
+
+    import torch
+
+    from vla_ros.commands.train_done import save_done_head
+    from vla_ros.policy.done_head import DoneConfig, DoneHead
+    from vla_ros.policy.policy import Policy
+
+    shutil.copytree(policy_path, folder, symlinks=True)
+    if not (folder.parent / "clip").exists():
+        shutil.copytree(policy_path.parent / "clip", folder.parent / "clip")  # its CLIP path is relative
+    features_dim = Policy.load(policy_path).network.features_extractor.features_dim
+    head = DoneHead(features_dim, hidden=8)
+    with torch.no_grad():
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.fill_(20.0 if fire else -20.0)
+    save_done_head(folder, head, DoneConfig(features_dim=features_dim, threshold=threshold, hidden=8))
+    return folder
+
+
+def test_the_done_signal_holds_the_arm_until_a_new_command(policy_path, tmp_path):
+    controller, clock = make_controller(_with_done_head(policy_path, tmp_path / "done", fire=True))
+    assert controller.policy.has_done_signal
+    feed(controller, clock)
+    controller.set_command("touch the red cube")
+    first = controller.step()
+    assert first.acted and first.done and first.joint_command is None and first.hold_reason == "command_done"
+    clock.t += 0.05
+    feed(controller, clock)
+    held = controller.step()  # the same command: held without running the policy
+    assert held.done and not held.acted and held.joint_command is None
+    controller.set_command("touch the blue ball")
+    clock.t += 0.05
+    feed(controller, clock)
+    again = controller.step()
+    assert again.acted and again.done  # a new command runs the policy again (this head always fires)
+    assert controller.stats.counter("hold.command_done") == 3
+
+
+def test_a_done_signal_that_does_not_fire_lets_commands_flow(policy_path, tmp_path):
+    controller, clock = make_controller(_with_done_head(policy_path, tmp_path / "never", fire=False))
+    feed(controller, clock)
+    controller.set_command("touch the red cube")
+    result = controller.step()
+    assert result.acted and not result.done and result.joint_command is not None
+    assert controller.policy.last_done_probability < 1e-6
+
+
+def test_a_hostile_done_head_is_refused_naming_the_file(policy_path, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vla_ros.policy.checkpoint import CheckpointError
+    from vla_ros.policy.policy import Policy
+
+    folder = _with_done_head(policy_path, tmp_path / "hostile", fire=True)
+    weights = load_file(str(folder / "done_head.safetensors"))
+    weights["net.0.weight"][0, 0] = float("nan")
+    save_file(weights, str(folder / "done_head.safetensors"))
+    with pytest.raises(CheckpointError, match="done_head.safetensors: the done head has NaN"):
+        Policy.load(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for field, value in (("threshold", 1.5), ("features_dim", 10 ** 9), ("hidden", "64")):
+        bad = {**config, "done": {**config["done"], field: value}}
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=f"config.json: done.{field}"):
+            Policy.load(folder)

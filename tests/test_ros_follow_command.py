@@ -69,6 +69,29 @@ def test_a_goal_gets_feedback_moves_the_arm_and_times_out_without_a_done_signal(
     wait_until(lambda: probe.diagnostics.get("command") == "", what="diagnostics without a command")
 
 
+def test_the_done_signal_ends_a_goal_succeeded_and_holds_the_arm(make_node, policy_checkpoint, tmp_path):
+    """A done head that fires on the first frame: the goal succeeds (decided by the done signal), no joint command
+    is published, and the command status says done."""
+    import json
+
+    from std_msgs.msg import String
+    from test_controller import _with_done_head
+
+    from vla_ros.ros import qos
+
+    node, probe = make_node("active", policy_path=str(_with_done_head(policy_checkpoint, tmp_path / "done", True)))
+    statuses: list[dict] = []
+    probe.node.create_subscription(String, "vla/command_status", lambda m: statuses.append(json.loads(m.data)),
+                                   qos.COMMAND_STATUS_QOS)
+    client = GoalClient(probe)
+    _, _, result_future = client.send(COMMAND, timeout_s=10.0)
+    status, result = client.result(result_future)
+    assert status == GoalStatus.STATUS_SUCCEEDED
+    assert result.outcome_name == "succeeded" and result.decided_by == "done_signal"
+    wait_until(lambda: statuses and statuses[-1]["state"] == "done", what="a done status")
+    assert node.counter("commands_published") == 0 and not probe.positions
+
+
 def test_cancel_mid_motion_holds_at_once(make_node, policy_checkpoint):
     node, probe = make_node("active", policy_path=str(policy_checkpoint))
     client = GoalClient(probe)

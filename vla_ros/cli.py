@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vla_ros.commands.evaluate", "success rates of a policy checkpoint per task and split"),
     "calibrate-refusal": ("vla_ros.commands.calibrate_refusal",
                           "choose and store a policy's refusal threshold on validation scenes"),
+    "train-done": ("vla_ros.commands.train_done", "fit and store a policy's learned done signal"),
     "export": ("vla_ros.commands.export", "export the inference graph to ONNX with parity checks"),
     "figures": ("vla_ros.commands.figures", "the README figures table from the shipped reports (--check, --write)"),
 }

@@ -30,6 +30,7 @@ from vla_ros.stats import NodeStats
 
 TRIGGERS = ("timer", "frame")
 HOLD_POLICY_ERROR = "hold.policy_error"
+HOLD_COMMAND_DONE = "hold.command_done"  # the policy's done signal fired for the current command
 HOLD_REFUSED_COMMAND = "hold.refused_command"
 
 
@@ -58,6 +59,7 @@ class StepResult:
     refusal: object | None = None  # the policy's Refusal, when it refused
     error: str | None = None  # why the policy step failed
     acted: bool = False  # the policy ran
+    done: bool = False  # the policy's done signal fired for this command (this step or before): holding
     rgb: np.ndarray | None = None  # the decoded frame (debug images)
     header: object | None = None  # the frame message's header (stamps of debug images)
 
@@ -66,6 +68,8 @@ class StepResult:
         """``""`` when commands flow, else why the step holds."""
         if self.refusal is not None:
             return "refused_command"
+        if self.done:
+            return "command_done"
         if self.error is not None:
             return "policy_error"
         return self.decision.reason.value if self.decision is not None and self.decision.hold else ""
@@ -99,6 +103,7 @@ class Controller:
         self.output_names: tuple[str, ...] = ()
         self._policy_index = self._output_index = np.zeros(0, int)
         self._policy_serial = 0
+        self._done_serial = -1  # the command serial whose done signal fired (held until the command changes)
         self._last_frame_stamp: float | None = None
         self.estopped = False
 
@@ -269,6 +274,10 @@ class Controller:
             if serial != self._policy_serial:  # a new command starts a new episode for the policy
                 policy.reset()
                 self._policy_serial = serial
+            if serial == self._done_serial:  # fulfilled: hold until a new command (no drift)
+                result.done = True
+                self.stats.count(HOLD_COMMAND_DONE)
+                return result
             result.acted = True
             target = policy.select_action(result.rgb, command, joint_state)
             self.stats.add_latency("policy", time.perf_counter() - policy_start)
@@ -280,6 +289,10 @@ class Controller:
                 self.stats.count(HOLD_REFUSED_COMMAND)
             else:  # the caller reports it (and counts HOLD_POLICY_ERROR)
                 result.error = f"policy step failed: {type(error).__name__}: {error}"
+            return result
+        if getattr(policy, "has_done_signal", False) and getattr(policy, "last_done", False):
+            result.done, self._done_serial = True, serial  # this frame shows the command fulfilled: stop here
+            self.stats.count(HOLD_COMMAND_DONE)
             return result
         gate_start = time.perf_counter()
         result.decision = gate.filter(target, joint_state, *stamps)

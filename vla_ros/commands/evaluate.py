@@ -2,10 +2,12 @@
 
 Report (``--json``): ``{"checkpoint", "episodes_per_split", "refusal": rule or null, "splits":
 {"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
-"by_corruption"?, "by_word_kind"?}}, "ablations": {"<variant>": {"<task>/<split>": {...}}}}``.
+"by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "fired", "fulfilled"}}}, "ablations":
+{"<variant>": {"<task>/<split>": {...}}}}``.
 
 The checkpoint runs with its refusal rule (``config.json``'s ``refusal``): on valid splits ``refusal_rate`` counts
-false refusals, on ``corrupted`` correct ones. Ablations measure the network alone, without refusal.
+false refusals, on ``corrupted`` correct ones. A checkpoint with a learned done signal (``vla-ros train-done``)
+also gets its precision and recall per split. Ablations measure the network alone, without refusal.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def add_arguments(parser) -> None:
 
 
 def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0,
-                     refusal=None) -> dict:
+                     refusal=None, done=None) -> dict:
     from vla_ros.policy.evaluate import SPLITS, run_episodes
 
     results = {}
@@ -63,10 +65,12 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
             kwargs["templates_path"] = args.templates
         result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
                               num_envs=args.num_envs, image_scale=image_scale, text_scale=text_scale,
-                              refusal=refusal, progress=True, **env_kwargs, **kwargs)
+                              refusal=refusal, progress=True, done=done, **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: success {result.success_rate:.3f} ({result.successes}/{result.episodes}), "
-              f"refused {result.refusal_rate:.3f}", flush=True)
+              f"refused {result.refusal_rate:.3f}" + (
+                  f", done signal precision {results[f'{task}/{split}']['done_signal']['precision']:.3f} recall "
+                  f"{results[f'{task}/{split}']['done_signal']['recall']:.3f}" if done is not None else ""), flush=True)
         for kind, (wins, n, refused) in [*sorted(result.by_corruption.items()), *sorted(result.by_word_kind.items())]:
             print(f"    {kind}: success {wins / n:.3f} ({wins}/{n}), refused {refused / n:.3f}", flush=True)
         if getattr(args, "video", None) and image_scale == text_scale == 1.0:
@@ -113,7 +117,9 @@ def run(args) -> int:
           f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}", flush=True)
     report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
               "refusal": refusal.to_dict() if refusal else None,
-              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal),
+              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal,
+                                         done=(policy.done_head, policy.done_config.threshold)
+                                         if policy.has_done_signal else None),
               "ablations": {}}
     ablation_dir = Path(args.ablation_dir) if args.ablation_dir else share_path("models", "ablations")
     for name in args.ablations:

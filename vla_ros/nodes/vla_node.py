@@ -275,8 +275,8 @@ class VlaNode(LifecycleNode):
         policy, out = self.controller.policy, self._out
         if result.error is not None:
             self.inputs.reject(HOLD_POLICY_ERROR, result.error)
-        elif result.acted or result.refusal is not None:
-            out.status(result.command, result.refusal, getattr(policy, "last_presence", None))
+        elif result.acted or result.refusal is not None or result.done:
+            out.status(result.command, result.refusal, getattr(policy, "last_presence", None), result.done)
         goal_ended = self._goals is not None and self._goals.on_step_result(result, policy)
         publish_start = time.perf_counter()
         if result.joint_command is not None and not goal_ended:

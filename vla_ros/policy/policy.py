@@ -80,6 +80,11 @@ class Policy:
         # the score the refusal rule judged that command by (presence, or contrast for familiar words) and its bar
         self.last_refusal_score: float | None = None
         self.last_refusal_bar: float | None = None
+        # the learned done signal (config["done"], torch backend): P(the command is fulfilled) of the last frame
+        self.done_head, self.done_config = (None, None) if onnx is not None else \
+            _load_done_head(checkpoint, config, network)
+        self.last_done = False
+        self.last_done_probability: float | None = None
 
     def enable_cuda_graph(self) -> None:
         """Capture the per-frame computation at batch 1 as a CUDA graph (torch backend on CUDA only)."""
@@ -135,6 +140,11 @@ class Policy:
         return policy
 
     @property
+    def has_done_signal(self) -> bool:
+        """True when the checkpoint has a done head and it runs here (torch backend, without a CUDA graph)."""
+        return self.done_head is not None and self.cuda_graph is None
+
+    @property
     def num_joints(self) -> int:
         """Number of controlled joints."""
         return len(self.joint_names)
@@ -148,6 +158,7 @@ class Policy:
         self._judged_command = None
         self._refusal = None
         self.last_presence = self.last_refusal_score = self.last_refusal_bar = None
+        self.last_done, self.last_done_probability = False, None
 
     @torch.no_grad()
     def judge(self, frame: np.ndarray, command) -> Refusal | None:
@@ -228,6 +239,10 @@ class Policy:
         # SB3's deterministic action (the Gaussian's mean), keeping the fusion's map on the way
         features, fused = self.network.features_extractor.extract(obs)
         self.last_attention = fused.attention
+        if self.done_head is not None:
+            probability = float(torch.sigmoid(self.done_head(features.float().cpu()))[0])
+            self.last_done_probability = probability
+            self.last_done = probability >= self.done_config.threshold
         action = self.network.action_net(self.network.mlp_extractor.forward_actor(features))
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
 
@@ -326,3 +341,31 @@ class OnnxGraphs:
                  "text_embedding": self.text_embedding(encoder, command)}
         action, _, reference = run_frame_graph(self.frame_session, feeds, reference, reference_frame)
         return np.clip(action[0].astype(np.float64), -1.0, 1.0), reference
+
+
+def _load_done_head(checkpoint: Path | None, config: dict, network):
+    """(DoneHead, DoneConfig) from ``config["done"]`` and ``done_head.safetensors``, or (None, None) without one."""
+    if not config.get("done") or checkpoint is None:
+        return None, None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE, DoneConfig, DoneHead
+
+    path = Path(checkpoint) / DONE_WEIGHTS_FILE
+    try:
+        done = DoneConfig.from_dict(config["done"])
+    except ValueError as error:
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: {error}") from None
+    expected = getattr(getattr(network, "features_extractor", None), "features_dim", done.features_dim)
+    if done.features_dim != expected:
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.features_dim {done.features_dim} is not the "
+                              f"network's {expected}")
+    head = DoneHead(done.features_dim, done.hidden)
+    try:
+        head.load_state_dict(load_file(str(path)))
+    except (OSError, SafetensorError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: cannot load the done head: {str(error)[:200]}") from None
+    if any(not torch.all(torch.isfinite(p)) for p in head.parameters()):
+        raise CheckpointError(f"{path}: the done head has NaN or Inf weights")
+    return head.eval(), done

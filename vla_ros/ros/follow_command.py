@@ -161,6 +161,6 @@ class FollowCommandServer:
             grounding_score=float("nan") if presence is None else float(presence),
             refusal_threshold=float("nan") if bar is None else float(bar),  # this command's bar
         )
-        done = bool(getattr(policy, "last_done", False)) if result.acted else False
+        done = bool(result.done)  # the controller holds from the step the done signal fired
         refusal = result.refusal.reason if result.refusal is not None else None
         return self.on_step(result.serial, report, acted=result.acted, refusal_reason=refusal, done_signal=done)

@@ -54,9 +54,10 @@ class StepPublishers:
         for key, image in (("heatmap", overlay), ("debug_image", draw_grounding(overlay, command, scores))):
             self._pubs[key].publish(numpy_to_image(image, "rgb8", header.stamp, header.frame_id))
 
-    def status(self, command: str, refusal, presence: float | None) -> None:
-        """Publish the command's status when it changes: acting, or refused with the reason."""
-        status = ("refused", refusal.kind, refusal.reason) if refusal is not None else ("acting", "", "")
+    def status(self, command: str, refusal, presence: float | None, done: bool = False) -> None:
+        """Publish the command's status when it changes: acting, done (holding), or refused with the reason."""
+        status = ("refused", refusal.kind, refusal.reason) if refusal is not None else (
+            ("done", "", "the policy's done signal fired: holding position") if done else ("acting", "", ""))
         if (command, status) == self._status:
             return
         self._status = (command, status)

@@ -1,0 +1,105 @@
+"""``vla-ros train-done``: fit a policy's done head on its own episodes and store it in the checkpoint.
+
+The policy stays as it is. Training data: ``--episodes`` deterministic episodes of the ``train`` split from seed
+:data:`DONE_SEED`; the firing threshold is chosen on ``--validation-episodes`` more from
+:data:`DONE_VALIDATION_SEED` (neither range is used by ``vla-ros eval``, seed 1 on) as the lowest probability whose
+firings are at least ``--min-precision`` right. See :mod:`vla_ros.policy.done_head`.
+
+Report (``--json``): ``{"checkpoint", "task", "episodes", "validation_episodes", "done": config["done"],
+"train": {precision, recall, ...}, "validation": {...}, "wall_time_s"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vla_ros.reporting import add_json_argument
+
+DONE_SEED = 4_000_000
+DONE_VALIDATION_SEED = 4_100_000
+
+
+def add_arguments(parser) -> None:
+    """Options of ``vla-ros train-done``."""
+    parser.add_argument("--checkpoint", help="policy checkpoint folder (default: the shipped models/policy)")
+    parser.add_argument("--episodes", type=int, default=400, help="training episodes (default: 400)")
+    parser.add_argument("--validation-episodes", type=int, default=200, help="episodes choosing the threshold "
+                        "(default: 200)")
+    parser.add_argument("--min-precision", type=float, default=0.97,
+                        help="share of firings on validation episodes that must be right (default: 0.97)")
+    parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation (default: 0)")
+    parser.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint as it is")
+    add_json_argument(parser)
+
+
+def train_done(policy, episodes: int, validation_episodes: int, min_precision: float = 0.97, num_envs: int = 2,
+               seed: int = 0, progress: bool = True, vec_env: str = "subproc"):
+    """(head, DoneConfig, report) for ``policy`` (a :class:`vla_ros.policy.policy.Policy`)."""
+    from vla_ros.policy.done_head import (
+        DoneConfig,
+        collect_done_data,
+        done_probabilities,
+        precision_recall,
+        threshold_for_precision,
+        train_done_head,
+    )
+
+    task = policy.config.get("task", "reach")
+    args = (policy.network, policy.encoder, policy.normalizer, task)
+    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=progress, split="train")
+    train = collect_done_data(*args, episodes, DONE_SEED, **kwargs)
+    validation = collect_done_data(*args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
+    head = train_done_head(train["features"], train["labels"], seed=seed)
+    threshold = threshold_for_precision(done_probabilities(head, validation["features"]), validation["labels"],
+                                        min_precision)
+    config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, calibration={
+        "episodes": episodes, "seed": DONE_SEED, "validation_episodes": validation_episodes,
+        "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train"})
+    report = {"task": task, "episodes": episodes, "validation_episodes": validation_episodes, "done": config.to_dict(),
+              "train": precision_recall(done_probabilities(head, train["features"]), train["labels"], threshold),
+              "validation": precision_recall(done_probabilities(head, validation["features"]), validation["labels"],
+                                             threshold)}
+    return head, config, report
+
+
+def save_done_head(checkpoint: Path, head, config) -> None:
+    """Write ``done_head.safetensors`` and ``config["done"]`` into ``checkpoint``."""
+    from safetensors.torch import save_file
+
+    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE
+
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(checkpoint / DONE_WEIGHTS_FILE))
+    path = checkpoint / "config.json"
+    data = json.loads(path.read_text())
+    data["done"] = config.to_dict()
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run(args) -> int:
+    """Fit, print precision and recall, store the head."""
+    import time
+
+    import torch
+
+    from vla_ros.paths import share_path
+    from vla_ros.policy.policy import Policy
+    from vla_ros.reporting import format_table, write_json
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
+    policy = Policy.load(checkpoint)
+    head, config, report = train_done(policy, args.episodes, args.validation_episodes, args.min_precision,
+                                      args.num_envs, args.seed)
+    report = {"checkpoint": str(checkpoint), **report, "wall_time_s": round(time.perf_counter() - start, 1)}
+    rows = [{"episodes": name, **{k: report[name][k] for k in ("precision", "recall", "fired", "positives")}}
+            for name in ("train", "validation")]
+    print(format_table(rows, ["episodes", "precision", "recall", "fired", "positives"]))
+    print(f"done threshold {config.threshold:.4f} (validation precision >= {args.min_precision})")
+    if not args.dry_run:
+        save_done_head(checkpoint, head, config)
+        print(f"done head written to {checkpoint}")
+    write_json(args.json, report)
+    return 0
