@@ -319,3 +319,20 @@ def test_custom_template_file_is_used_and_validated(tmp_path):
     bad = dict(data, shapes={"cube": {"geometry": "pyramid"}})
     with pytest.raises(ValueError, match="geometry"):
         TabletopEnv(templates_path=_write_yaml(tmp_path / "bad4.yaml", bad))
+
+
+def test_without_terminate_on_success_an_episode_runs_past_its_success():
+    """What a done signal is learnt and scored on: the arm goes on after success until something stops it."""
+    from vla_ros.envs.expert import ScriptedExpert
+
+    env = make("reach", render_observation=False, terminate_on_success=False)
+    expert = ScriptedExpert(env.unwrapped)
+    _, info = env.reset(seed=3)
+    expert.reset()
+    successes, steps, terminated, truncated = 0, 0, False, False
+    while not (terminated or truncated):
+        _, _, terminated, truncated, info = env.step(expert.act(info))
+        successes += info["is_success"]
+        steps += 1
+    assert successes > 1 and not terminated and truncated and steps == 50
+    env.close()

@@ -2,12 +2,15 @@
 
 Report (``--json``): ``{"checkpoint", "episodes_per_split", "refusal": rule or null, "splits":
 {"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
-"by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "fired", "fulfilled"}}}, "ablations":
+"by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "stopped", "reached_success",
+"task_success_when_stopping", "episodes"}}}, "ablations":
 {"<variant>": {"<task>/<split>": {...}}}}``.
 
 The checkpoint runs with its refusal rule (``config.json``'s ``refusal``): on valid splits ``refusal_rate`` counts
 false refusals, on ``corrupted`` correct ones. A checkpoint with a learned done signal (``vla-ros train-done``)
-also gets its precision and recall per split. Ablations measure the network alone, without refusal.
+also gets its precision and recall on :data:`DONE_SPLITS`, from a second pass of the same scenes run to the time
+limit, each episode stopped where the signal first fires (see :mod:`vla_ros.policy.done_head`). Ablations
+measure the network alone, without refusal.
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ def add_arguments(parser) -> None:
     add_json_argument(parser)
 
 
+DONE_SPLITS = ("train", "heldout_combos", "heldout_phrasings", "heldout_words")  # where the done signal is scored
+
+
+def _score_done(policy, task: str, done, args, env_kwargs: dict, split_kwargs: dict) -> dict:
+    """Episodes of the split run to the time limit; each stops where the done signal first fires."""
+    from vla_ros.policy.done_head import collect_done_data, done_probabilities, episode_metrics
+
+    head, threshold = done
+    data = collect_done_data(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
+                             num_envs=args.num_envs, progress=True, **env_kwargs, **split_kwargs)
+    return episode_metrics(done_probabilities(head, data["features"]), data, threshold)
+
+
 def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0,
                      refusal=None, done=None) -> dict:
     from vla_ros.policy.evaluate import SPLITS, run_episodes
@@ -65,12 +81,15 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
             kwargs["templates_path"] = args.templates
         result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
                               num_envs=args.num_envs, image_scale=image_scale, text_scale=text_scale,
-                              refusal=refusal, progress=True, done=done, **env_kwargs, **kwargs)
+                              refusal=refusal, progress=True, **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: success {result.success_rate:.3f} ({result.successes}/{result.episodes}), "
-              f"refused {result.refusal_rate:.3f}" + (
-                  f", done signal precision {results[f'{task}/{split}']['done_signal']['precision']:.3f} recall "
-                  f"{results[f'{task}/{split}']['done_signal']['recall']:.3f}" if done is not None else ""), flush=True)
+              f"refused {result.refusal_rate:.3f}", flush=True)
+        if done is not None and split in DONE_SPLITS:
+            results[f"{task}/{split}"]["done_signal"] = metrics = _score_done(policy, task, done, args, env_kwargs,
+                                                                               kwargs)
+            print(f"    done signal: precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
+                  f"success when stopping on it {metrics['task_success_when_stopping']:.3f}", flush=True)
         for kind, (wins, n, refused) in [*sorted(result.by_corruption.items()), *sorted(result.by_word_kind.items())]:
             print(f"    {kind}: success {wins / n:.3f} ({wins}/{n}), refused {refused / n:.3f}", flush=True)
         if getattr(args, "video", None) and image_scale == text_scale == 1.0:

@@ -3,10 +3,12 @@
 The policy stays as it is. Training data: ``--episodes`` deterministic episodes of the ``train`` split from seed
 :data:`DONE_SEED`; the firing threshold is chosen on ``--validation-episodes`` more from
 :data:`DONE_VALIDATION_SEED` (neither range is used by ``vla-ros eval``, seed 1 on) as the lowest probability whose
-firings are at least ``--min-precision`` right. See :mod:`vla_ros.policy.done_head`.
+firings are at least ``--min-precision`` right, stopping each episode where it first fires (as vla_node does).
+See :mod:`vla_ros.policy.done_head`.
 
 Report (``--json``): ``{"checkpoint", "task", "episodes", "validation_episodes", "done": config["done"],
-"train": {precision, recall, ...}, "validation": {...}, "wall_time_s"}``.
+"train": {"precision", "recall", "stopped", "reached_success", "task_success_when_stopping", "episodes"},
+"validation": {...}, "wall_time_s"}``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
         DoneConfig,
         collect_done_data,
         done_probabilities,
-        precision_recall,
-        threshold_for_precision,
+        episode_metrics,
+        threshold_for_episode_precision,
         train_done_head,
     )
 
@@ -52,15 +54,16 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
     train = collect_done_data(*args, episodes, DONE_SEED, **kwargs)
     validation = collect_done_data(*args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
     head = train_done_head(train["features"], train["labels"], seed=seed)
-    threshold = threshold_for_precision(done_probabilities(head, validation["features"]), validation["labels"],
-                                        min_precision)
+    threshold = threshold_for_episode_precision(done_probabilities(head, validation["features"]), validation,
+                                                min_precision)
     config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, calibration={
         "episodes": episodes, "seed": DONE_SEED, "validation_episodes": validation_episodes,
-        "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train"})
+        "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train",
+        "observations": int(len(train["labels"])), "fulfilled_observations": int(train["labels"].sum())})
     report = {"task": task, "episodes": episodes, "validation_episodes": validation_episodes, "done": config.to_dict(),
-              "train": precision_recall(done_probabilities(head, train["features"]), train["labels"], threshold),
-              "validation": precision_recall(done_probabilities(head, validation["features"]), validation["labels"],
-                                             threshold)}
+              "train": episode_metrics(done_probabilities(head, train["features"]), train, threshold),
+              "validation": episode_metrics(done_probabilities(head, validation["features"]), validation,
+                                            threshold)}
     return head, config, report
 
 
@@ -94,9 +97,9 @@ def run(args) -> int:
     head, config, report = train_done(policy, args.episodes, args.validation_episodes, args.min_precision,
                                       args.num_envs, args.seed)
     report = {"checkpoint": str(checkpoint), **report, "wall_time_s": round(time.perf_counter() - start, 1)}
-    rows = [{"episodes": name, **{k: report[name][k] for k in ("precision", "recall", "fired", "positives")}}
-            for name in ("train", "validation")]
-    print(format_table(rows, ["episodes", "precision", "recall", "fired", "positives"]))
+    columns = ["precision", "recall", "stopped", "reached_success", "task_success_when_stopping"]
+    rows = [{"episodes": name, **{k: report[name][k] for k in columns}} for name in ("train", "validation")]
+    print(format_table(rows, ["episodes", *columns]))
     print(f"done threshold {config.threshold:.4f} (validation precision >= {args.min_precision})")
     if not args.dry_run:
         save_done_head(checkpoint, head, config)

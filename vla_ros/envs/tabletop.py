@@ -84,7 +84,8 @@ class TabletopEnv(gym.Env):
 
     reach: ``-d(fingertip, target)`` per step, +1 on success. push: ``-0.5 d(fingertip, target)
     + 5 * progress`` (progress = displacement along the direction, at most the success distance),
-    +1 on success, -1 if the target leaves the table. Success and falling off terminate.
+    +1 on success, -1 if the target leaves the table. Success (unless ``terminate_on_success=False``: learning
+    and scoring a done signal, which must say when to stop) and falling off terminate.
 
     ## Success (``info["is_success"]``)
 
@@ -102,7 +103,7 @@ class TabletopEnv(gym.Env):
     (``None`` | ``distractors`` | ``jitter`` | ``corrupted``), ``templates_path`` (instruction YAML),
     ``colours`` (restrict the palette), ``render_mode`` (``rgb_array``: the observation image),
     ``render_observation`` (False: the image is all zeros, for state-only use and benchmarks),
-    ``urdf_path``.
+    ``urdf_path``, ``terminate_on_success`` (False: an episode runs on after success, to its time limit).
 
     ``reset(seed=, options=)`` options: ``command`` (str: replaces the sampled command; the object and
     direction it names become the target where they are on the table), ``split``, ``target``
@@ -123,6 +124,7 @@ class TabletopEnv(gym.Env):
         render_mode: str | None = None,
         render_observation: bool = True,
         urdf_path: str | Path | None = None,
+        terminate_on_success: bool = True,
     ):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -151,6 +153,7 @@ class TabletopEnv(gym.Env):
         self.num_scene_objects = total
         self.render_mode = render_mode
         self.render_observation = bool(render_observation)
+        self.terminate_on_success = bool(terminate_on_success)
         self.instructions = load_instructions(templates_path)
         if colours is None:
             colours = tuple(self.instructions.colours)
@@ -401,7 +404,8 @@ class TabletopEnv(gym.Env):
         mujoco.mj_kinematics(self.model, self.data)
         self._render_observation()
         success, fell, reward = self._evaluate()
-        return self._observation(), reward, bool(success or fell), False, self._info(success)
+        terminated = bool((success and self.terminate_on_success) or fell)
+        return self._observation(), reward, terminated, False, self._info(success)
 
     def _object_positions(self) -> np.ndarray:
         return self.data.xpos[self.scene.object_body_ids]

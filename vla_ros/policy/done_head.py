@@ -4,11 +4,11 @@
 reads). It is trained after the policy, which stays frozen, from the simulator's success flag
 (``info["is_success"]``, e.g. the fingertip within 5 cm of the commanded object for reach):
 
-- **data** (:func:`collect_done_data`): the policy's own deterministic episodes. Every observation it acted on is
-  a negative (the simulator ends an episode at its first success); the final observation of a successful
-  episode (SB3's ``terminal_observation``) is a positive;
-- **threshold** (:func:`threshold_for_precision`): the lowest probability at which firings on validation
-  episodes, which training never sees, are at least ``min_precision`` right.
+- **data** (:func:`collect_done_data`): the policy's own deterministic episodes, run to the time limit instead
+  of ending at the first success; each observation is labelled by whether its state is a success;
+- **threshold** (:func:`threshold_for_episode_precision`): the lowest probability at which stopping at the first
+  firing lands on a success in at least ``min_precision`` of validation episodes (which training never sees);
+- **scoring** (:func:`episode_metrics`): stopping each episode where the signal first fires, as vla_node does.
 
 Stored in the policy checkpoint as ``done_head.safetensors`` with ``config["done"]``. ``Policy`` then exposes
 ``has_done_signal`` and ``last_done``; vla_node holds still and reports completion when it fires.
@@ -76,21 +76,24 @@ class DoneConfig:
 @torch.no_grad()
 def collect_done_data(network, encoder, normalizer, task: str, episodes: int, seed: int, num_envs: int = 2,
                       vec_env: str = "subproc", progress: bool = False, **env_kwargs) -> dict[str, np.ndarray]:
-    """The policy's features and done labels over ``episodes`` deterministic episodes.
+    """The policy's features and done labels on every observation of ``episodes`` deterministic episodes.
 
-    Returns ``features`` (N, F) float32, ``labels`` (N,) bool and ``episode`` (N,) int: each acted-on
-    observation (label False) and each episode's final observation (label: it succeeded).
+    Episodes do not end at success (``terminate_on_success=False``): they run to the time limit, as the arm
+    would until a done signal stops it, so fulfilled observations are seen well inside success too. Returns
+    ``features`` (N, F) float32, ``labels`` (N,) bool (the observation's state is a success), ``episode`` (N,)
+    and ``step`` (N,) int.
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
 
     extractor = network.features_extractor
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, **env_kwargs), encoder, normalizer,
-                             reference_frame=getattr(extractor, "reference_frame", False))
-    features, labels, episode_of = [], [], []
-    current = np.arange(num_envs)
-    next_episode = num_envs
-    finished = 0
+    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, terminate_on_success=False,
+                                          **env_kwargs),
+                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False))
+    rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": []}
+    current, steps = np.arange(num_envs), np.zeros(num_envs, int)
+    success = np.zeros(num_envs, bool)  # the state of the current observation (a reset state is not)
+    next_episode, finished = num_envs, 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -99,21 +102,17 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
     try:
         obs = venv.reset()
         while finished < episodes:
-            tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
-            features.append(extractor.extract(tensors)[0].float().numpy())
-            labels.append(np.zeros(num_envs, bool))
-            episode_of.append(current.copy())
+            keep = current < episodes
+            features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0].float().numpy()
+            for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps)):
+                rows[key].append(np.asarray(value)[keep].copy())
             actions, _ = network.predict(obs, deterministic=True)
             obs, _, dones, infos = venv.step(actions)
-            for i in np.flatnonzero(dones):
-                terminal = infos[i].get("terminal_observation")
-                if terminal is not None and finished < episodes:
-                    one = {k: torch.as_tensor(np.asarray(v)[None]) for k, v in terminal.items()}
-                    features.append(extractor.extract(one)[0].float().numpy())
-                    labels.append(np.array([bool(infos[i].get("is_success", False))]))
-                    episode_of.append(np.array([current[i]]))
-                finished += 1
-                current[i] = next_episode
+            success = np.array([bool(info.get("is_success", False)) for info in infos])
+            steps += 1
+            for i in np.flatnonzero(dones):  # time limit (or the object fell): the next observation is a reset
+                finished += int(current[i] < episodes)
+                current[i], steps[i], success[i] = next_episode, 0, False
                 next_episode += 1
                 if bar is not None:
                     bar.update(1)
@@ -121,10 +120,33 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
         if bar is not None:
             bar.close()
         venv.close()
-    episode = np.concatenate(episode_of)
-    keep = episode < episodes  # steps of episodes started after the quota are dropped
-    return {"features": np.concatenate(features)[keep], "labels": np.concatenate(labels)[keep],
-            "episode": episode[keep]}
+    return {key: np.concatenate(values) for key, values in rows.items()}
+
+
+def episode_metrics(probabilities: np.ndarray, data: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+    """How the done signal would stop each episode of ``data`` (from :func:`collect_done_data`).
+
+    The arm stops at the first observation where it fires. ``precision``: of the episodes where it fires, the
+    share where that observation is a success; ``recall``: of the episodes that reach success within the time
+    limit, the share where it fires on a success; ``task_success_when_stopping``: episodes stopped on a success.
+    """
+    fired = probabilities >= threshold
+    stopped_right = stopped = reached = fired_on_success = 0
+    episodes = np.unique(data["episode"])
+    for episode in episodes:
+        rows = np.flatnonzero(data["episode"] == episode)
+        rows = rows[np.argsort(data["step"][rows])]
+        labels, fires = data["labels"][rows], fired[rows]
+        reached += int(labels.any())
+        if fires.any():
+            first = np.argmax(fires)
+            stopped += 1
+            stopped_right += int(labels[first])
+        fired_on_success += int((fires & labels).any())
+    return {"episodes": len(episodes), "stopped": stopped, "reached_success": reached,
+            "precision": stopped_right / stopped if stopped else float("nan"),
+            "recall": stopped_right / reached if reached else float("nan"),
+            "task_success_when_stopping": stopped_right / max(1, len(episodes))}
 
 
 def train_done_head(features: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 200,
@@ -151,21 +173,16 @@ def done_probabilities(head: DoneHead, features: np.ndarray) -> np.ndarray:
     return torch.sigmoid(head(torch.as_tensor(features, dtype=torch.float32))).numpy()
 
 
-def threshold_for_precision(probabilities: np.ndarray, labels: np.ndarray, min_precision: float = 0.97) -> float:
-    """The lowest threshold whose firings (probability >= it) are at least ``min_precision`` positives."""
-    order = np.argsort(-probabilities)
-    hits = np.cumsum(labels[order])
-    precision = hits / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero(precision >= min_precision)
-    if len(ok) == 0:
-        return float(np.nextafter(1.0, 0.0))
-    threshold = float(probabilities[order][ok[-1]])
-    return float(np.clip(threshold, 1e-6, 1.0 - 1e-6))
+def threshold_for_episode_precision(probabilities: np.ndarray, data: dict[str, np.ndarray],
+                                    min_precision: float = 0.97, candidates: int = 200) -> float:
+    """The lowest threshold (of ``candidates`` probability quantiles) precise enough when stopping on it.
 
-
-def precision_recall(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision and recall of firing at ``threshold``, with the counts."""
-    fired = probabilities >= threshold
-    true = int((fired & labels).sum())
-    return {"precision": true / max(1, int(fired.sum())), "recall": true / max(1, int(labels.sum())),
-            "fired": int(fired.sum()), "positives": int(labels.sum()), "observations": len(labels)}
+    Stopping each episode at the first firing must land on a success in at least ``min_precision`` of the
+    episodes where it fires (:func:`episode_metrics`).
+    """
+    levels = np.unique(np.quantile(probabilities, np.linspace(0.5, 1.0, candidates)))
+    for level in levels:  # ascending: the first that is precise enough fires the most
+        metrics = episode_metrics(probabilities, data, float(level))
+        if metrics["stopped"] and metrics["precision"] >= min_precision:
+            return float(np.clip(level, 1e-6, 1.0 - 1e-6))
+    return float(np.nextafter(1.0, 0.0))

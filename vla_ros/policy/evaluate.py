@@ -56,10 +56,6 @@ class SplitResult:
     """episodes whose command the policy refused (it held still): false refusals on a valid split, correct
     ones on ``corrupted``"""
     by_word_kind: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    done: tuple[int, int, int] | None = None
-    """learned done signal, when evaluated: (firings on fulfilled observations, firings, fulfilled observations);
-    every observation acted on is unfulfilled (an episode ends at its first success), an episode's last one is
-    fulfilled when it succeeded"""
 
     @property
     def success_rate(self) -> float:
@@ -82,11 +78,6 @@ class SplitResult:
                 entry[key] = {kind: {"success_rate": wins / n, "ci95": list(wilson_interval(wins, n)),
                                      "refusal_rate": refused / n, "episodes": n}
                               for kind, (wins, n, refused) in sorted(kinds.items())}
-        if self.done is not None:
-            right, fired, fulfilled = self.done
-            entry["done_signal"] = {"precision": right / fired if fired else float("nan"),
-                                    "recall": right / fulfilled if fulfilled else float("nan"),
-                                    "fired": fired, "fulfilled": fulfilled}
         return entry
 
 
@@ -110,13 +101,12 @@ def _refused(rule, encoder, obs: dict, envs: np.ndarray, commands: list[str]) ->
 @torch.no_grad()
 def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: int, num_envs: int = 2,
                  vec_env: str = "subproc", image_scale: float = 1.0, text_scale: float = 1.0, refusal=None,
-                 progress: bool = False, done=None, **env_kwargs) -> SplitResult:
+                 progress: bool = False, **env_kwargs) -> SplitResult:
     """Run ``episodes`` deterministic episodes of ``network`` and count ``info["is_success"]``.
 
     With a :class:`vla_ros.grounding.refusal.RefusalRule` an episode whose command it refuses on the first
     frame is held still to its time limit (zero action: the arm stays where it is), as ``Policy`` and the node
-    do. ``progress`` shows a progress bar. ``done`` (a (DoneHead, threshold) pair) also scores the learned done
-    signal on every observation (:attr:`SplitResult.done`).
+    do. ``progress`` shows a progress bar.
     """
     num_envs = max(1, min(num_envs, episodes))
     quotas = np.full(num_envs, episodes // num_envs)
@@ -141,12 +131,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         by_corruption: dict[str, tuple[int, int, int]] = {}
         by_word_kind: dict[str, tuple[int, int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
-        done_counts_signal = [0, 0, 0]  # right, fired, fulfilled
         while np.any(done_counts < quotas):
-            if done is not None:
-                fired = _done_fires(done, extractor, obs)
-                active = done_counts < quotas
-                done_counts_signal[1] += int((fired & active).sum())
             actions, _ = network.predict(obs, deterministic=True)
             actions = np.where(holding[:, None], 0.0, actions)  # a refused command: hold still
             obs, _, dones, infos = venv.step(actions)
@@ -161,12 +146,6 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                     done_counts[i] += 1
                     _count(by_corruption, infos[i].get("corruption"), success, int(holding[i]))
                     _count(by_word_kind, infos[i].get("word_kind"), success, int(holding[i]))
-                    terminal = infos[i].get("terminal_observation")
-                    if done is not None and terminal is not None:
-                        last = _done_fires(done, extractor, {k: np.asarray(v)[None] for k, v in terminal.items()})[0]
-                        done_counts_signal[0] += int(last and success)
-                        done_counts_signal[1] += int(last)
-                        done_counts_signal[2] += success
                     if bar is not None:
                         bar.update(1)
                 steps[i] = 0
@@ -178,11 +157,4 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         extractor.text_scale.copy_(saved[1])
         venv.close()
     return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption,
-                       refused, by_word_kind, tuple(done_counts_signal) if done is not None else None)
-
-
-def _done_fires(done, extractor, obs: dict) -> np.ndarray:
-    """Whether the done head (head, threshold) fires on each observation of a batch."""
-    head, threshold = done
-    features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0]
-    return (torch.sigmoid(head(features.float().cpu())) >= threshold).numpy()
+                       refused, by_word_kind)
