@@ -220,13 +220,13 @@ def _with_done_head(policy_path, folder, fire: bool, threshold: float = 0.5):
     import torch
 
     from vla_ros.commands.train_done import save_done_head
-    from vla_ros.policy.done_head import DoneConfig, DoneHead
+    from vla_ros.policy.done_head import DoneConfig, DoneHead, done_input_dim
     from vla_ros.policy.policy import Policy
 
     shutil.copytree(policy_path, folder, symlinks=True)
     if not (folder.parent / "clip").exists():
         shutil.copytree(policy_path.parent / "clip", folder.parent / "clip")  # its CLIP path is relative
-    features_dim = Policy.load(policy_path).network.features_extractor.features_dim
+    features_dim = done_input_dim(Policy.load(policy_path).network)
     head = DoneHead(features_dim, hidden=8)
     with torch.no_grad():
         head.net[-1].weight.zero_()

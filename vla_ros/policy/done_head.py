@@ -1,8 +1,10 @@
 """A learned "done" signal: whether the current observation shows the command fulfilled (no rclpy).
 
-:class:`DoneHead` is a small MLP on the policy's features (the fusion's output and proprioception, what its actor
-reads). It is trained after the policy, which stays frozen, from the simulator's success flag
-(``info["is_success"]``, e.g. the fingertip within 5 cm of the commanded object for reach):
+:class:`DoneHead` is a small MLP on what the policy computes anyway (:func:`done_inputs`): its features (the
+fusion's output and proprioception), its critic's latent and value and its actor's action. Near the goal the action
+shrinks and the value saturates, which the features alone do not show as sharply. It is trained after the policy,
+which stays frozen, from the simulator's success flag (``info["is_success"]``, e.g. the fingertip within 5 cm of the
+commanded object for reach):
 
 - **data** (:func:`collect_done_data`): the policy's own deterministic episodes, run to the time limit instead
   of ending at the first success; each observation is labelled by whether its state is a success;
@@ -25,8 +27,21 @@ import torch
 DONE_WEIGHTS_FILE = "done_head.safetensors"
 
 
+def done_inputs(network, features: torch.Tensor) -> torch.Tensor:
+    """The done head's input (B, D) for the policy's features (B, F): features, critic latent, value, action."""
+    critic = network.mlp_extractor.forward_critic(features)
+    action = network.action_net(network.mlp_extractor.forward_actor(features))
+    return torch.cat([features, critic, network.value_net(critic), action], dim=-1).float()
+
+
+def done_input_dim(network) -> int:
+    """Width of :func:`done_inputs` for ``network`` (an SB3 actor-critic policy)."""
+    return int(network.features_extractor.features_dim + network.mlp_extractor.latent_dim_vf + 1
+               + network.action_space.shape[0])
+
+
 class DoneHead(torch.nn.Module):
-    """features (B, F) -> done logit (B,)."""
+    """done inputs (B, D) (:func:`done_inputs`) -> done logit (B,)."""
 
     def __init__(self, features_dim: int, hidden: int = 64):
         super().__init__()
@@ -40,7 +55,10 @@ class DoneHead(torch.nn.Module):
 
 @dataclass(frozen=True)
 class DoneConfig:
-    """``config["done"]``: the head's size and the probability at which it fires."""
+    """``config["done"]``: the head's size and the probability at which it fires.
+
+    ``features_dim`` is the width of its input (:func:`done_input_dim`).
+    """
 
     features_dim: int
     threshold: float
@@ -80,8 +98,8 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
 
     Episodes do not end at success (``terminate_on_success=False``): they run to the time limit, as the arm
     would until a done signal stops it, so fulfilled observations are seen well inside success too. Returns
-    ``features`` (N, F) float32, ``labels`` (N,) bool (the observation's state is a success), ``episode`` (N,)
-    and ``step`` (N,) int.
+    ``features`` (N, D) float32 (the head's inputs, :func:`done_inputs`), ``labels`` (N,) bool (the
+    observation's state is a success), ``episode`` (N,) and ``step`` (N,) int.
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
@@ -103,7 +121,8 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
         obs = venv.reset()
         while finished < episodes:
             keep = current < episodes
-            features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0].float().numpy()
+            features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0]
+            features = done_inputs(network, features).numpy()
             for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps)):
                 rows[key].append(np.asarray(value)[keep].copy())
             actions, _ = network.predict(obs, deterministic=True)
@@ -170,19 +189,19 @@ def train_done_head(features: np.ndarray, labels: np.ndarray, seed: int = 0, epo
 @torch.no_grad()
 def done_probabilities(head: DoneHead, features: np.ndarray) -> np.ndarray:
     """P(done) (N,) for features (N, F)."""
-    return torch.sigmoid(head(torch.as_tensor(features, dtype=torch.float32))).numpy()
+    return torch.sigmoid(head(torch.as_tensor(features, dtype=torch.float32)).double()).numpy()
 
 
 def threshold_for_episode_precision(probabilities: np.ndarray, data: dict[str, np.ndarray],
-                                    min_precision: float = 0.97, candidates: int = 200) -> float:
+                                    min_precision: float = 0.97, candidates: int = 300) -> float:
     """The lowest threshold (of ``candidates`` probability quantiles) precise enough when stopping on it.
 
     Stopping each episode at the first firing must land on a success in at least ``min_precision`` of the
     episodes where it fires (:func:`episode_metrics`).
     """
-    levels = np.unique(np.quantile(probabilities, np.linspace(0.5, 1.0, candidates)))
+    levels = np.unique(np.quantile(probabilities, np.linspace(0.3, 0.999, candidates)))
     for level in levels:  # ascending: the first that is precise enough fires the most
         metrics = episode_metrics(probabilities, data, float(level))
         if metrics["stopped"] and metrics["precision"] >= min_precision:
-            return float(np.clip(level, 1e-6, 1.0 - 1e-6))
+            return float(np.clip(level, 1e-9, 1.0 - 1e-9))
     return float(np.nextafter(1.0, 0.0))

@@ -240,7 +240,9 @@ class Policy:
         features, fused = self.network.features_extractor.extract(obs)
         self.last_attention = fused.attention
         if self.done_head is not None:
-            probability = float(torch.sigmoid(self.done_head(features.float().cpu()))[0])
+            from vla_ros.policy.done_head import done_inputs
+
+            probability = float(torch.sigmoid(self.done_head(done_inputs(self.network, features).cpu()).double())[0])
             self.last_done_probability = probability
             self.last_done = probability >= self.done_config.threshold
         action = self.network.action_net(self.network.mlp_extractor.forward_actor(features))
@@ -350,17 +352,17 @@ def _load_done_head(checkpoint: Path | None, config: dict, network):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE, DoneConfig, DoneHead
+    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE, DoneConfig, DoneHead, done_input_dim
 
     path = Path(checkpoint) / DONE_WEIGHTS_FILE
     try:
         done = DoneConfig.from_dict(config["done"])
     except ValueError as error:
         raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: {error}") from None
-    expected = getattr(getattr(network, "features_extractor", None), "features_dim", done.features_dim)
+    expected = done_input_dim(network)
     if done.features_dim != expected:
-        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.features_dim {done.features_dim} is not the "
-                              f"network's {expected}")
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.features_dim {done.features_dim} is not "
+                              f"the width of this network's done inputs, {expected}")
     head = DoneHead(done.features_dim, done.hidden)
     try:
         head.load_state_dict(load_file(str(path)))
