@@ -6,7 +6,9 @@ ONNX Runtime on the CPU; on a CUDA machine also torch fp32/fp16 eager, torch fp1
 graph (``+cuda_graph``) and ONNX Runtime's CUDA/TensorRT providers.
 Each row times ``Policy.normalized_action`` (preprocessing included; the command's text embedding is
 cached, as on the robot) and reports the process's resident memory after it. A ``/text`` row per backend
-times what a new command costs once: encoding it with the text tower (nothing cached).
+times what a new command costs once: encoding it with the text tower (nothing cached). A ``/refusal`` row (torch,
+checkpoints with a refusal rule) times judging a new command on its first frame (``Policy.judge``: the text gate's
+sentence embedding, the CLIP text embedding, the frame's patches and the bars), also once per command.
 """
 
 from __future__ import annotations
@@ -98,6 +100,29 @@ def time_text(policy, iterations: int) -> dict:
     return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
 
 
+def time_refusal(policy, iterations: int) -> dict:
+    """Latency statistics of judging a command not seen before on a frame (``Policy.judge``).
+
+    Each call judges a string never seen (a counter appended), so the command misses every cache while the
+    rule's reference captions, embedded once, stay cached as on the robot.
+    """
+    frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def judge(command: str) -> None:
+        policy.reset()
+        policy.judge(frame, command)
+
+    for k, command in enumerate(COMMANDS):
+        judge(f"{command} {k}")
+    times = []
+    for i in range(iterations):
+        start = time.perf_counter()
+        judge(f"{COMMANDS[i % len(COMMANDS)]} {len(COMMANDS) + i}")
+        times.append((time.perf_counter() - start) * 1e3)
+    t = np.asarray(times)
+    return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
+
+
 def run(args) -> int:
     """Time every available model x backend; print the table; write JSON."""
     import tempfile
@@ -149,7 +174,11 @@ def run(args) -> int:
                        "rss_mb": _rss_mb()}
                 text_row = {"name": f"{model}/{backend}/{precision}/text", "device": device,
                             **time_text(policy, max(20, iterations // 4)), "rss_mb": _rss_mb()}
-                for entry in (row, text_row):
+                entries = [row, text_row]
+                if backend == "torch" and policy.refusal_rule is not None:
+                    entries.append({"name": f"{model}/{backend}/{precision}/refusal", "device": device,
+                                    **time_refusal(policy, max(20, iterations // 4)), "rss_mb": _rss_mb()})
+                for entry in entries:
                     rows.append(entry)
                     print(f"{entry['name']} ({device}): p50 {entry['p50_ms']:.2f} ms, p99 {entry['p99_ms']:.2f} ms",
                           flush=True)
