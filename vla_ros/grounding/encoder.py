@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
 from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
+from vla_ros.grounding.text_pooling import masked_mean, pool_projected, text_pooling
 from vla_ros.grounding.text_tower import is_pretrained_text
 
 PRECISIONS = ("fp32", "fp16")
@@ -181,6 +182,7 @@ class ClipEncoder:
         self.context_length = int(loaded.model_cfg.get("text_cfg", {}).get("context_length")
                                   or getattr(model, "context_length", 77))
         self.pretrained_text = is_pretrained_text(loaded.model_cfg)
+        self.text_pooling = text_pooling(loaded.model_cfg)  # how a pretrained tower's token states are pooled
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._sentence_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -265,11 +267,8 @@ class ClipEncoder:
             else:
                 self.cache_misses += 1
         if missing:
-            embedded = self._embed(self.tokenize(missing).to(self.device))
-            for text, emb in zip(missing, embedded):
-                self._text_cache[text] = emb
-                if len(self._text_cache) > self.text_cache_size:
-                    self._text_cache.popitem(last=False)
+            for text, emb in zip(missing, self._embed(missing)):
+                self._remember(self._text_cache, text, emb)
         return torch.stack([self._text_cache[t] if t in self._text_cache else self._encode_uncached(t)
                             for t in texts])
 
@@ -286,27 +285,37 @@ class ClipEncoder:
         texts = list(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self._sentence_cache]
         if missing:
-            tokens = trim_padding(self.tokenize(missing)).to(self.device)
-            mask = (tokens != 0).long()
-            hidden = self.model.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
-            mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            for text, embedding in zip(missing, F.normalize(mean, dim=-1).cpu()):
-                self._sentence_cache[text] = embedding
-                if len(self._sentence_cache) > self.text_cache_size:
-                    self._sentence_cache.popitem(last=False)
+            self._embed(missing)  # caches their sentence embeddings
         found = [self._sentence_cache.get(t) for t in texts]
         if any(f is None for f in found):  # more distinct strings in one call than the cache keeps
             return torch.cat([self.encode_sentences([t]) for t in texts])
         return torch.stack(found)
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.pretrained_text:
-            tokens = trim_padding(tokens)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        """Normalised joint-space embeddings (B, D) of ``texts``.
+
+        With a pretrained tower, the one transformer pass also gives the texts' sentence embeddings, which are
+        cached for :meth:`encode_sentences` (a new command's refusal reads both).
+        """
+        tokens = self.tokenize(texts).to(self.device)
+        if not self.pretrained_text:
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        text = self.model.text
+        tokens = trim_padding(tokens)
+        mask = (tokens != text.config.pad_token_id).long()
+        states = text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+        for string, sentence in zip(texts, F.normalize(masked_mean(states.float(), mask), dim=-1).cpu()):
+            self._remember(self._sentence_cache, string, sentence)
+        return F.normalize(pool_projected(text, states, mask, self.text_pooling).float(), dim=-1)
+
+    def _remember(self, cache: OrderedDict, text: str, value: torch.Tensor) -> None:
+        cache[text] = value
+        if len(cache) > self.text_cache_size:
+            cache.popitem(last=False)
 
     def _encode_uncached(self, text: str) -> torch.Tensor:
         # only reached when one call holds more distinct strings than the cache can keep
-        return self._embed(self.tokenize([text]).to(self.device))[0]
+        return self._embed([text])[0]
 
     def clear_text_cache(self) -> None:
         """Forget cached text embeddings and reset the hit/miss counters."""
