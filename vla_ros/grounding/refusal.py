@@ -128,11 +128,6 @@ class RefusalRule:
             data["text_gate"] = self.text_gate.to_dict()
         return data
 
-    def presence(self, encoder, patches: torch.Tensor, texts: torch.Tensor) -> np.ndarray:
-        """Presence scores (N,): each command's best region similarity, patches (N, P, D), texts (N, D)."""
-        return best_regions(patches, texts, encoder.grid_size, encoder.image_size,
-                            encoder_sigma(encoder, self.sigma_patches))[0].numpy()
-
     def judged(self, encoder, patches: torch.Tensor, texts: torch.Tensor) -> dict[str, np.ndarray]:
         """What the rule compares, per command (N,): ``score`` against ``bar``.
 
@@ -243,13 +238,6 @@ def presence_scores(patches: torch.Tensor, texts: torch.Tensor, grid_size: tuple
     return best_regions(patches, texts, grid_size, image_size, sigma_patches)[0]
 
 
-def familiarity(encoder, texts: torch.Tensor, reference_captions) -> np.ndarray:
-    """Each command's highest cosine similarity (N,) to the reference captions (embedded by ``encoder``)."""
-    references = encoder.encode_text(list(reference_captions))  # cached by the encoder after the first call
-    texts = torch.nn.functional.normalize(torch.as_tensor(texts, dtype=references.dtype), dim=-1)
-    return (texts @ references.T).amax(dim=1).numpy()
-
-
 def reference_captions(instructions=None) -> tuple[str, ...]:
     """"the <colour> <shape>" for every colour-shape pair of the instruction set (the familiarity references)."""
     if instructions is None:
@@ -290,17 +278,10 @@ def command_statistics(encoder, frames: np.ndarray, commands: list[str], sigma_p
     return out
 
 
-def frame_features(encoder, frames: np.ndarray, commands: list[str], sigma_patches: float = 0.75,
-                   references=(), batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Presence (N,) and familiarity to ``references`` (N,; zeros without references) of commands on frames."""
-    stats = command_statistics(encoder, frames, commands, sigma_patches, references, batch_size)
-    return stats["presence"], stats["familiarity"]
-
-
 def score_frames(encoder, frames: np.ndarray, commands: list[str], sigma_patches: float = 0.75,
                  batch_size: int = 128) -> np.ndarray:
     """Presence scores (N,) of ``commands[i]`` on ``frames[i]`` with a :class:`ClipEncoder`."""
-    return frame_features(encoder, frames, commands, sigma_patches, batch_size=batch_size)[0]
+    return command_statistics(encoder, frames, commands, sigma_patches, batch_size=batch_size)["presence"]
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
