@@ -64,11 +64,13 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
     ``text_gate`` None: fit one when the CLIP has a pretrained text tower. With the text gate, half the
     false-refusal budget goes to the gate and half to the presence bars.
     """
+    from dataclasses import replace
+
     import numpy as np
 
     from vla_ros.grounding.data import generate_scenes
     from vla_ros.grounding.refusal import PRESENCE_STATISTIC, RefusalRule, auroc, command_statistics, reference_captions
-    from vla_ros.grounding.text_gate import TextGate, fit_text_gate
+    from vla_ros.grounding.text_gate import TextGate, embed_sentences, fit_text_gate
 
     env = policy.config.get("env", {})
     render = dict(image_size=int(env.get("image_size", 64)), distractor_fraction=0.2, jitter_fraction=0.2,
@@ -102,14 +104,14 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
     passes, bad_passes = np.ones(len(commands), bool), np.ones(len(bad_commands), bool)
     if text_gate:
         weights, bias = fit_text_gate(policy.encoder, seed=seed)
-        valid_gate = _gate_scores(policy.encoder, weights, bias, commands)
-        bad_gate = _gate_scores(policy.encoder, weights, bias, bad_commands)
+        fitted = TextGate(weights=tuple(weights.tolist()), bias=bias, threshold=0.0)
+        valid_gate = fitted.scores(embed_sentences(policy.encoder, commands))
+        bad_gate = fitted.scores(embed_sentences(policy.encoder, bad_commands))
         budget = false_refusal / 2
-        gate = TextGate(weights=tuple(weights.tolist()), bias=bias,
-                        threshold=threshold_at_false_refusal(valid_gate, budget),
-                        calibration={"positives": "object captions in the CLIP's training vocabulary (4,000)",
-                                     "negatives": "phrases of made-up words (4,000)", "seed": seed,
-                                     "false_refusal_target": budget})
+        gate = replace(fitted, threshold=threshold_at_false_refusal(valid_gate, budget),
+                       calibration={"positives": "object captions in the CLIP's training vocabulary (4,000)",
+                                    "negatives": "phrases of made-up words (4,000)", "seed": seed,
+                                    "false_refusal_target": budget})
         passes, bad_passes = valid_gate >= gate.threshold, bad_gate >= gate.threshold
 
     candidates = []
@@ -196,14 +198,6 @@ def _bar_options(statistic: str, valid: dict, false_refusal: float):
                        s["familiarity"] >= b, s["contrast"] < h, s["presence"] < lo),
                    "rule": {"threshold": high, "statistic": TWO_BAR_STATISTIC, "unfamiliar_threshold": low,
                             "familiarity_boundary": boundary}}
-
-
-def _gate_scores(encoder, weights, bias: float, commands: list[str]):
-    import numpy as np
-
-    embedded = np.concatenate([encoder.encode_sentences(commands[i:i + 256]).numpy()
-                               for i in range(0, len(commands), 256)])
-    return embedded.astype(np.float64) @ np.asarray(weights, np.float64) + bias
 
 
 def run(args) -> int:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# syllables of made-up words (the negatives): consonant-vowel pieces and a few clusters, no English stems
-_SYLLABLES = ("ba", "zo", "ke", "lu", "mi", "tra", "vo", "quo", "ny", "fle", "dro", "sk", "ip", "ul", "gre",
-              "po", "xa", "wi", "rth", "ond", "ez", "ka", "mu", "ste", "shi", "ga", "blo", "rf", "ix", "an",
-              "qe", "zy", "vr", "oj", "pt", "hu", "ef", "gn", "wu", "yx")
+from vla_ros.grounding.vocabulary import MADE_UP_SYLLABLES, pseudo_word
+
+# syllables of made-up words (the negatives): the presence term's, and ten more; no English stems
+_SYLLABLES = MADE_UP_SYLLABLES + ("qe", "zy", "vr", "oj", "pt", "hu", "ef", "gn", "wu", "yx")
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,9 @@ class TextGate:
                 "threshold": float(self.threshold), "calibration": dict(self.calibration)}
 
 
-def made_up_word(rng: np.random.Generator) -> str:
-    """One made-up word of 1-3 syllables."""
-    return "".join(_SYLLABLES[i] for i in rng.integers(len(_SYLLABLES), size=int(rng.integers(1, 4))))
-
-
 def made_up_phrase(rng: np.random.Generator) -> str:
     """1-5 made-up words (a negative of the gate)."""
-    return " ".join(made_up_word(rng) for _ in range(int(rng.integers(1, 6))))
+    return " ".join(pseudo_word(rng, _SYLLABLES) for _ in range(int(rng.integers(1, 6))))
 
 
 def gate_training_texts(count: int, seed: int = 0, instructions=None, vocabulary=None) -> tuple[list[str], list[str]]:
@@ -107,7 +102,7 @@ def gate_training_texts(count: int, seed: int = 0, instructions=None, vocabulary
 def fit_text_gate(encoder, count: int = 4000, seed: int = 0, steps: int = 500) -> tuple[np.ndarray, float]:
     """Logistic regression (weights, bias) on ``encoder.encode_sentences`` of :func:`gate_training_texts`."""
     positives, negatives = gate_training_texts(count, seed)
-    x = torch.cat([_embed(encoder, positives), _embed(encoder, negatives)]).double()
+    x = torch.cat([embed_sentences(encoder, positives), embed_sentences(encoder, negatives)]).double()
     y = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).double()
     generator = torch.Generator().manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], 1).double()
@@ -123,5 +118,6 @@ def fit_text_gate(encoder, count: int = 4000, seed: int = 0, steps: int = 500) -
     return model.weight.detach().squeeze(0).numpy(), float(model.bias.detach())
 
 
-def _embed(encoder, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def embed_sentences(encoder, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """``encoder.encode_sentences`` of many texts, in batches (N, width)."""
     return torch.cat([encoder.encode_sentences(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])

@@ -177,14 +177,15 @@ def load_clip_vocabulary(path: str | Path | None = None,
 _EVERYDAY_NOUNS = ("mug", "laptop", "dog", "window", "shoe", "spoon", "book", "bottle",
                    "phone", "chair", "door", "lamp", "pencil", "plate", "towel", "keys", "umbrella", "clock",
                    "sandwich", "hammer", "wallet", "plant", "fork", "pillow", "camera", "newspaper", "bicycle")
-_SYLLABLES = ("ba", "zo", "ke", "lu", "mi", "tra", "vo", "quo", "ny", "fle", "dro", "sk", "ip", "ul", "gre",
+MADE_UP_SYLLABLES = ("ba", "zo", "ke", "lu", "mi", "tra", "vo", "quo", "ny", "fle", "dro", "sk", "ip", "ul", "gre",
               "po", "xa", "wi", "rth", "ond", "ez", "ka", "mu", "ste", "shi", "ga", "blo", "rf", "ix", "an")
 _NONSENSE_FRAMES = ("{verb} the {noun}", "{noun}", "the {noun} please", "{verb} {noun} {noun2}", "{noun} {noun2}")
 _NONSENSE_VERBS = ("reach", "touch", "go to", "grab", "find", "push")
 
 
-def _pseudo_word(rng) -> str:
-    return "".join(_SYLLABLES[i] for i in rng.integers(len(_SYLLABLES), size=int(rng.integers(1, 4))))
+def pseudo_word(rng, syllables: tuple[str, ...] = MADE_UP_SYLLABLES) -> str:
+    """One made-up word of 1-3 of ``syllables``."""
+    return "".join(syllables[i] for i in rng.integers(len(syllables), size=int(rng.integers(1, 4))))
 
 
 def nonsense_phrase(rng) -> str:
@@ -194,7 +195,7 @@ def nonsense_phrase(rng) -> str:
     negative for every scene.
     """
     def noun() -> str:
-        return _EVERYDAY_NOUNS[rng.integers(len(_EVERYDAY_NOUNS))] if rng.random() < 0.5 else _pseudo_word(rng)
+        return _EVERYDAY_NOUNS[rng.integers(len(_EVERYDAY_NOUNS))] if rng.random() < 0.5 else pseudo_word(rng)
 
     frame = _NONSENSE_FRAMES[rng.integers(len(_NONSENSE_FRAMES))]
     return frame.format(verb=_NONSENSE_VERBS[rng.integers(len(_NONSENSE_VERBS))], noun=noun(), noun2=noun())
