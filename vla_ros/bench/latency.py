@@ -79,9 +79,22 @@ COMMANDS = ("touch the red cube", "push the blue ball to the left", "reach for t
             "move your gripper to the green cylinder", "please go to the small yellow box on the right")
 
 
+def _time_new_commands(act, iterations: int) -> dict:
+    """Latency statistics of ``act(command)`` on ``iterations`` commands (after one warm-up call per command)."""
+    for k, command in enumerate(COMMANDS):
+        act(command, k)
+    times = []
+    for i in range(iterations):
+        start = time.perf_counter()
+        act(COMMANDS[i % len(COMMANDS)], len(COMMANDS) + i)
+        times.append((time.perf_counter() - start) * 1e3)
+    t = np.asarray(times)
+    return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
+
+
 def time_text(policy, iterations: int) -> dict:
     """Latency statistics of encoding a command not seen before (text tower only, batch 1)."""
-    def encode(command: str) -> None:
+    def encode(command: str, _: int) -> None:
         if policy.onnx is not None:
             policy.onnx._text_cache.clear()
             policy.onnx.text_embedding(policy.encoder, command)
@@ -89,15 +102,7 @@ def time_text(policy, iterations: int) -> dict:
             policy.encoder.clear_text_cache()
             policy.encoder.encode_text([command])
 
-    for command in COMMANDS:
-        encode(command)
-    times = []
-    for i in range(iterations):
-        start = time.perf_counter()
-        encode(COMMANDS[i % len(COMMANDS)])
-        times.append((time.perf_counter() - start) * 1e3)
-    t = np.asarray(times)
-    return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
+    return _time_new_commands(encode, iterations)
 
 
 def time_refusal(policy, iterations: int) -> dict:
@@ -108,19 +113,11 @@ def time_refusal(policy, iterations: int) -> dict:
     """
     frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 
-    def judge(command: str) -> None:
+    def judge(command: str, k: int) -> None:
         policy.reset()
-        policy.judge(frame, command)
+        policy.judge(frame, f"{command} {k}")
 
-    for k, command in enumerate(COMMANDS):
-        judge(f"{command} {k}")
-    times = []
-    for i in range(iterations):
-        start = time.perf_counter()
-        judge(f"{COMMANDS[i % len(COMMANDS)]} {len(COMMANDS) + i}")
-        times.append((time.perf_counter() - start) * 1e3)
-    t = np.asarray(times)
-    return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "per_s": float(1e3 / np.median(t))}
+    return _time_new_commands(judge, iterations)
 
 
 def run(args) -> int:
