@@ -179,8 +179,6 @@ def copy_checkpoint(src: str | Path, dst: str | Path, clip_dir: str | Path) -> P
 
     The CLIP folder must hold the very weights the policy was trained with (sha256 checked).
     """
-    import shutil
-
     from vla_ros.grounding.checkpoint import sha256_file
 
     src, dst, clip_dir = Path(src), Path(dst), Path(clip_dir)
@@ -188,11 +186,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path, clip_dir: str | Path) -> P
     actual = sha256_file(clip_dir / "open_clip_model.safetensors")
     if config["clip"].get("sha256") and actual != config["clip"]["sha256"]:
         raise CheckpointError(f"{clip_dir} is not the CLIP {src} was trained with")
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
-    config["clip"]["path"] = os.path.relpath(clip_dir.resolve(), dst.resolve())
-    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return dst
+    return _write_repointed(src, dst, config, clip_dir)
 
 
 def rebind_clip(src: str | Path, dst: str | Path, clip_dir: str | Path) -> Path:
@@ -203,8 +197,6 @@ def rebind_clip(src: str | Path, dst: str | Path, clip_dir: str | Path) -> Path:
     command's similarity to them: with the same image tower, a text projection that places new words better
     serves the same network. The new CLIP's hash is recorded; ``clip.rebound_from`` keeps the old one.
     """
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -219,10 +211,17 @@ def rebind_clip(src: str | Path, dst: str | Path, clip_dir: str | Path) -> Path:
     if not visual or visual != sorted(k for k in new if k.startswith("visual.")) or \
             not all(torch.equal(old[k], new[k]) for k in visual):
         raise CheckpointError(f"{clip_dir}: its image tower is not the one {src} was trained with ({old_dir})")
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
     config["clip"]["rebound_from"] = config["clip"].get("sha256")
     config["clip"]["sha256"] = sha256_file(clip_dir / "open_clip_model.safetensors")
+    return _write_repointed(src, dst, config, clip_dir)
+
+
+def _write_repointed(src: Path, dst: Path, config: dict[str, Any], clip_dir: Path) -> Path:
+    """Copy ``src``'s weights to ``dst`` and write ``config`` there with its CLIP path relative to ``dst``."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / WEIGHTS_FILE, dst / WEIGHTS_FILE)
     config["clip"]["path"] = os.path.relpath(clip_dir.resolve(), dst.resolve())
     (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return dst
