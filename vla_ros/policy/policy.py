@@ -17,6 +17,7 @@ from vla_ros.grounding.encoder import ClipEncoder, trim_padding
 from vla_ros.grounding.refusal import Refusal, RefusalRule, unreadable
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
+from vla_ros.policy.done_head import done_inputs
 from vla_ros.policy.proprio import ProprioNormalizer
 
 BACKENDS = ("torch", "onnxruntime")
@@ -240,8 +241,6 @@ class Policy:
         features, fused = self.network.features_extractor.extract(obs)
         self.last_attention = fused.attention
         if self.done_head is not None:
-            from vla_ros.policy.done_head import done_inputs
-
             probability = float(torch.sigmoid(self.done_head(done_inputs(self.network, features).cpu()).double())[0])
             self.last_done_probability = probability
             self.last_done = probability >= self.done_config.threshold
