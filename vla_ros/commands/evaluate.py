@@ -1,6 +1,7 @@
 """``vla-ros eval``: success rate per task and instruction split, ablations side by side, JSON.
 
-Report (``--json``): ``{"checkpoint", "episodes_per_split", "refusal": rule or null, "splits":
+Report (``--json``): ``{"checkpoint", "episodes_per_split", "workers", "seeding": "per_env"|"per_episode",
+"refusal": rule or null, "splits":
 {"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
 "by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "stopped", "reached_success",
 "task_success_when_stopping", "episodes"}}}, "ablations":
@@ -11,10 +12,16 @@ false refusals, on ``corrupted`` correct ones. A checkpoint with a learned done 
 also gets its precision and recall on :data:`DONE_SPLITS`, from a second pass of the same scenes run to the time
 limit, each episode stopped where the signal first fires (see :mod:`vla_ros.policy.done_head`). Ablations
 measure the network alone, without refusal.
+
+``--workers N`` runs the episodes on N Ray actors (:mod:`vla_ros.distributed.sharded_eval`): a local Ray on this
+machine, or the cluster at ``--ray-address``. Each episode is then seeded by its index, so any worker layout (and
+a worker lost mid-run, whose episodes are rerun) gives the same report; the default vectorised path seeds its
+envs instead and draws other scenes.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from vla_ros.reporting import add_json_argument
@@ -52,6 +59,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
                         "(default: models/ablations)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run the episodes on this many Ray actors (one CPU each, on any node of the cluster), "
+                        "each episode seeded by its index so that any worker layout gives the same results; "
+                        "0 (default): the vectorised path in this process (--num-envs), which seeds envs instead "
+                        "of episodes and so draws other scenes")
+    parser.add_argument("--ray-address", help="with --workers: join this Ray cluster (host:port or auto) instead "
+                        "of starting a local Ray on this machine")
     parser.add_argument("--video", metavar="DIR", help="also write one sample MP4 per split into DIR (viewing "
                         "camera, policy view + grounding heatmap, command)")
     add_json_argument(parser)
@@ -71,17 +85,22 @@ def _score_done(policy, task: str, done, args, env_kwargs: dict, split_kwargs: d
 
 
 def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0,
-                     refusal=None, done=None) -> dict:
+                     refusal=None, done=None, pool=None) -> dict:
+    """Each split's report entry; with ``pool`` (a :class:`ShardedEvaluator`) its episodes run on Ray actors."""
     from vla_ros.policy.evaluate import SPLITS, run_episodes
 
     results = {}
     for split in splits:
         kwargs = dict(SPLITS.get(split, {"split": "heldout_phrasings"}))
         if split == "custom":
-            kwargs["templates_path"] = args.templates
-        result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
-                              num_envs=args.num_envs, image_scale=image_scale, text_scale=text_scale,
-                              refusal=refusal, progress=True, **env_kwargs, **kwargs)
+            kwargs["templates_path"] = str(Path(args.templates).resolve())
+        if pool is not None:
+            result = pool.run_split(split, kwargs, args.episodes, args.seed, refusal=refusal is not None,
+                                    image_scale=image_scale, text_scale=text_scale)
+        else:
+            result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes,
+                                  args.seed, num_envs=args.num_envs, image_scale=image_scale,
+                                  text_scale=text_scale, refusal=refusal, progress=True, **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: success {result.success_rate:.3f} ({result.successes}/{result.episodes}), "
               f"refused {result.refusal_rate:.3f}", flush=True)
@@ -115,7 +134,24 @@ def _write_sample_video(policy, task: str, split: str, split_kwargs: dict, env_k
 
 
 def run(args) -> int:
-    """Evaluate and print the tables."""
+    """Evaluate and print the tables (on Ray actors with ``--workers``)."""
+    if args.workers < 0:
+        raise SystemExit("vla-ros eval: --workers must be >= 0")
+    if args.workers == 0:
+        return _run(args, None)
+    from vla_ros.distributed.ray_support import RayUnavailable, ray_session
+
+    try:
+        with ray_session(args.ray_address) as ray:
+            print(f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs on {len(ray.nodes())} node(s), "
+                  f"{args.workers} workers", flush=True)
+            return _run(args, ray)
+    except RayUnavailable as error:
+        print(f"vla-ros eval: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args, ray) -> int:
     import torch
 
     from vla_ros.paths import share_path
@@ -134,18 +170,60 @@ def run(args) -> int:
     refusal = None if args.no_refusal else policy.refusal_rule
     print(f"evaluating {checkpoint} on {task}, {args.episodes} episodes per split, "
           f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}", flush=True)
+    pools = _Pools(args) if ray is not None else None
     report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
-              "refusal": refusal.to_dict() if refusal else None,
-              "splits": _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal,
-                                         done=(policy.done_head, policy.done_config.threshold)
-                                         if policy.has_done_signal else None),
-              "ablations": {}}
+              "workers": args.workers, "seeding": "per_episode" if ray is not None else "per_env",
+              "refusal": refusal.to_dict() if refusal else None, "splits": {}, "ablations": {}}
+    try:
+        report["splits"] = _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal,
+                                            done=(policy.done_head, policy.done_config.threshold)
+                                            if policy.has_done_signal else None,
+                                            pool=pools.get(checkpoint) if pools else None)
+        _evaluate_ablations(report, policy, task, args, env_kwargs, pools)
+    finally:
+        if pools:
+            pools.close()
+    rows = [{"variant": "checkpoint", "split": k, **v} for k, v in report["splits"].items()]
+    rows += [{"variant": name, "split": k, **v} for name, res in report["ablations"].items() for k, v in res.items()]
+    print(format_table(rows, ["variant", "split", "success_rate", "ci95", "refusal_rate", "episodes",
+                              "mean_length"]))
+    write_json(args.json, report)
+    return 0
+
+
+class _Pools:
+    """One :class:`ShardedEvaluator` per checkpoint evaluated (the checkpoint and each ablation)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.pools = {}
+
+    def get(self, checkpoint: Path):
+        from vla_ros.distributed.sharded_eval import ShardedEvaluator
+
+        key = str(Path(checkpoint).resolve())
+        if key not in self.pools:
+            for pool in self.pools.values():  # one checkpoint's workers at a time: they hold a CPU each
+                pool.close()
+            self.pools = {key: ShardedEvaluator(key, self.args.workers)}
+        return self.pools[key]
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _evaluate_ablations(report: dict, policy, task: str, args, env_kwargs: dict, pools: _Pools | None) -> None:
+    from vla_ros.paths import share_path
+    from vla_ros.policy.policy import Policy
+
     ablation_dir = Path(args.ablation_dir) if args.ablation_dir else share_path("models", "ablations")
     for name in args.ablations:
         print(f"ablation {name}", flush=True)
         if name in ("image_blind", "command_blind"):
             scales = {"image_scale": 0.0} if name == "image_blind" else {"text_scale": 0.0}
             report["ablations"][name] = _evaluate_splits(policy, task, args.ablation_splits, args, env_kwargs,
+                                                         pool=pools.get(policy.checkpoint) if pools else None,
                                                          **scales)
         else:
             path = ablation_dir / name
@@ -153,10 +231,5 @@ def run(args) -> int:
                 print(f"  skipped: no checkpoint at {path}")
                 continue
             variant = Policy.load(path)
-            report["ablations"][name] = _evaluate_splits(variant, task, args.ablation_splits, args, env_kwargs)
-    rows = [{"variant": "checkpoint", "split": k, **v} for k, v in report["splits"].items()]
-    rows += [{"variant": name, "split": k, **v} for name, res in report["ablations"].items() for k, v in res.items()]
-    print(format_table(rows, ["variant", "split", "success_rate", "ci95", "refusal_rate", "episodes",
-                              "mean_length"]))
-    write_json(args.json, report)
-    return 0
+            report["ablations"][name] = _evaluate_splits(variant, task, args.ablation_splits, args, env_kwargs,
+                                                         pool=pools.get(path) if pools else None)
