@@ -10,7 +10,7 @@ py=$venv/bin/python
 # include directories; point them at this interpreter's before configuring (idempotent).
 py_include=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 np_include=$("$py" -c "import numpy; print(numpy.get_include())")
-grep -rl "/opt/python/cp311-cp311" "$venv"/share/*/cmake/ 2>/dev/null | while IFS= read -r f; do
+{ grep -rl "/opt/python/cp311-cp311" "$venv"/share/*/cmake/ 2>/dev/null || true; } | while IFS= read -r f; do
   sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_include#g" \
          -e "s#/opt/python/cp311-cp311/include/python3.11#$py_include#g" "$f"
 done
