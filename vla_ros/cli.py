@@ -22,12 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
                           "choose and store a policy's refusal threshold on validation scenes"),
     "train-done": ("vla_ros.commands.train_done", "fit and store a policy's learned done signal"),
     "export": ("vla_ros.commands.export", "export the inference graph to ONNX with parity checks"),
+    "sweep": ("vla_ros.commands.sweep", "Ray Tune sweep over seeds and hyperparameters of a training recipe"),
     "figures": ("vla_ros.commands.figures", "the README figures table from the shipped reports (--check, --write)"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "sim": ("vla_ros.bench.sim", "simulator steps/s with and without rendering"),
     "clip": ("vla_ros.bench.clip", "CLIP encoder images/s and latency per batch size"),
-    "train": ("vla_ros.bench.train", "training throughput, batched vs per-env encoding"),
+    "train": ("vla_ros.bench.train", "training throughput, batched vs per-env encoding, and per Ray worker count"),
+    "eval": ("vla_ros.bench.eval", "evaluation throughput in process and per Ray worker count"),
     "ros": ("vla_ros.bench.ros", "end-to-end ROS latency, image publish to joint command"),
     "latency": ("vla_ros.bench.latency", "frame -> action latency per inference backend"),
     "executor": ("vla_ros.bench.executor", "rclpy callback dispatch rate, single- vs multi-threaded executor"),

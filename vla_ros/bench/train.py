@@ -1,7 +1,9 @@
-"""``vla-ros bench train``: training-path throughput, CLIP encoding batched over envs vs per env.
+"""``vla-ros bench train``: training-path throughput, batched vs per-env CLIP encoding, per Ray worker count.
 
-Both variants step the same vectorised simulator (images + commands) through the frozen CLIP towers
-and the policy network, in one run, so their ratio is the speed-up of batched encoding.
+Both encodings step the same vectorised simulator (images + commands) through the frozen CLIP towers
+and the policy network, in one run, so their ratio is the speed-up of batched encoding. With ``--workers``
+the same path runs on envs hosted by that many Ray actors (``--vec-env ray``; a local Ray or ``--ray-address``),
+batched encoding, one row per worker count and env count, in the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-envs", type=int, nargs="+", default=[4, 8], help="vectorised env counts")
     parser.add_argument("--steps", type=int, default=100, help="vectorised steps per measurement")
     parser.add_argument("--vec-env", default="subproc", choices=["subproc", "dummy"])
+    parser.add_argument("--workers", type=int, nargs="*", default=[],
+                        help="also measure envs hosted by this many Ray actors, e.g. --workers 1 2")
+    parser.add_argument("--ray-address", help="with --workers: join this Ray cluster instead of a local Ray")
+    parser.add_argument("--skip-encodings", action="store_true",
+                        help="only the --workers rows (not batched vs per-env encoding)")
     parser.add_argument("--clip", help="CLIP checkpoint folder (default: shipped models/clip)")
     parser.add_argument("--device", default="cpu", help="torch device for CLIP and the policy")
     parser.add_argument("--seed", type=int, default=0)
@@ -25,15 +32,15 @@ def add_arguments(parser) -> None:
 
 
 def measure(task: str, num_envs: int, steps: int, batched: bool, encoder, network, normalizer, vec_env: str,
-            seed: int) -> dict:
+            seed: int, ray_workers: int = 0) -> dict:
     """Per-step latencies (ms) of env step + CLIP + policy for all envs."""
     import torch
 
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
 
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env), encoder, normalizer,
-                             batched=batched)
+    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, ray_workers=ray_workers),
+                             encoder, normalizer, batched=batched)
     try:
         obs = venv.reset()
         times = []
@@ -47,8 +54,10 @@ def measure(task: str, num_envs: int, steps: int, batched: bool, encoder, networ
     finally:
         venv.close()
     t = np.asarray(times)
-    return {"name": f"{'batched' if batched else 'per_env'}_encoding/envs={num_envs}",
-            "device": torch.device(encoder.device).type, "num_envs": num_envs,
+    name = f"ray_workers={ray_workers}/envs={num_envs}" if vec_env == "ray" else \
+        f"{'batched' if batched else 'per_env'}_encoding/envs={num_envs}"
+    return {"name": name, "device": torch.device(encoder.device).type, "num_envs": num_envs, "vec_env": vec_env,
+            "ray_workers": ray_workers,
             "p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)),
             "per_s": float(num_envs * 1e3 / np.median(t))}
 
@@ -77,7 +86,7 @@ def run(args) -> int:
     network = build_network(config).to(args.device).eval()  # untrained: timing only
     normalizer = ProprioNormalizer.from_robot(env.robot)
     rows, ratios = [], {}
-    for n in args.num_envs:
+    for n in [] if args.skip_encodings else args.num_envs:
         pair = {}
         for batched in (True, False):
             row = measure("reach", n, args.steps, batched, encoder, network, normalizer, args.vec_env, args.seed)
@@ -85,8 +94,31 @@ def run(args) -> int:
             pair[batched] = row
             print(f"{row['name']}: {row['per_s']:.0f} env steps/s", flush=True)
         ratios[f"batched/per_env@envs={n}"] = pair[True]["per_s"] / pair[False]["per_s"]
+    nodes = None
+    if args.workers:
+        from vla_ros.distributed.ray_support import RayUnavailable, ray_session
+
+        try:
+            with ray_session(args.ray_address) as ray:
+                nodes = len(ray.nodes())
+                for n in args.num_envs:
+                    by_workers = {}
+                    for w in args.workers:
+                        row = measure("reach", n, args.steps, True, encoder, network, normalizer, "ray", args.seed,
+                                      ray_workers=w)
+                        rows.append(row)
+                        by_workers[w] = row
+                        print(f"{row['name']}: {row['per_s']:.0f} env steps/s", flush=True)
+                    first = min(by_workers)
+                    for w, row in by_workers.items():
+                        if w != first:
+                            ratios[f"ray_workers={w}/ray_workers={first}@envs={n}"] = \
+                                row["per_s"] / by_workers[first]["per_s"]
+        except RayUnavailable as error:
+            print(f"vla-ros bench train: {error}")
+            return 2
     print(format_table(rows, ["name", "device", "p50_ms", "p99_ms", "per_s"]))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    write_json(args.json, {"machine": machine_description(), "rows": rows, "ratios": ratios})
+    write_json(args.json, {"machine": machine_description(), "ray_nodes": nodes, "rows": rows, "ratios": ratios})
     return 0

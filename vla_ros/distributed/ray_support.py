@@ -62,6 +62,22 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
+def ensure_ray(address: str | None = None):
+    """The ``ray`` module, connected: to ``address`` if given, else to a local Ray started now (embedded).
+
+    For objects that need Ray for their lifetime (``RayVecEnv``); a session already open is reused. Ray
+    disconnects when the process exits.
+    """
+    ray = import_ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING")
+    return ray
+
+
 def cluster_cpus(ray) -> int:
     """CPUs the connected cluster offers (all nodes)."""
     return int(ray.cluster_resources().get("CPU", 1))

@@ -66,15 +66,27 @@ def make_env_fn(task: str, expert_labels: bool = False, **env_kwargs: Any) -> Ca
     return thunk
 
 
+VEC_ENVS = ("subproc", "dummy", "ray")
+
+
 def make_vec_env(task: str, num_envs: int, seed: int, vec_env: str = "subproc", expert_labels: bool = False,
-                 **env_kwargs: Any) -> VecEnv:
-    """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset."""
+                 ray_workers: int = 0, ray_address: str | None = None, **env_kwargs: Any) -> VecEnv:
+    """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset.
+
+    ``vec_env``: ``subproc`` (one process per env), ``dummy`` (in this process) or ``ray`` (batches of envs
+    hosted by ``ray_workers`` Ray actors, 0: one per free CPU; local Ray unless ``ray_address``). All three give
+    the same transitions for the same seed and env count.
+    """
     fns = [make_env_fn(task, expert_labels=expert_labels, **env_kwargs) for _ in range(num_envs)]
-    if vec_env == "subproc" and num_envs > 1:
+    if vec_env == "ray":
+        from vla_ros.distributed.ray_vec_env import RayVecEnv
+
+        venv: VecEnv = RayVecEnv(fns, workers=ray_workers, address=ray_address or None)
+    elif vec_env == "subproc" and num_envs > 1:
         venv: VecEnv = SubprocVecEnv(fns, start_method="forkserver")
     elif vec_env in ("subproc", "dummy"):
         venv = DummyVecEnv(fns)
     else:
-        raise ValueError(f"vec_env must be 'subproc' or 'dummy', got {vec_env!r}")
+        raise ValueError(f"vec_env must be one of {VEC_ENVS}, got {vec_env!r}")
     venv.seed(seed)
     return venv

@@ -76,7 +76,11 @@ class TrainConfig:
     num_envs: int = 4
     """parallel simulator envs"""
     vec_env: str = "subproc"
-    """subproc (one process per env) or dummy (in-process)"""
+    """subproc (one process per env), dummy (in-process) or ray (batches of envs on Ray actors, any node)"""
+    ray_workers: int = 0
+    """vec_env ray: actors hosting the envs (0: one per free CPU of the cluster, at most one per env)"""
+    ray_address: str = ""
+    """vec_env ray: join this Ray cluster (host:port or auto); empty: start a local Ray on this machine"""
     image_size: int = 64
     """camera resolution (square); the tiny CLIP's input size"""
     num_objects: int = 3
@@ -238,11 +242,14 @@ class TrainingRun:
         self.config = checkpoint_config(cfg, self.encoder, self.clip_dir, self.robot, self.control_dt,
                                         self.max_delta, self.out / "final")
         self._writer = None  # TensorBoard writer for evaluations and imitation losses, opened on first use
+        # called with each evaluation row (validation scenes only) after it is written; `vla-ros sweep` reports
+        # them to Ray Tune for early stopping
+        self.on_evaluation = None
 
     # ------------------------------------------------------------------ helpers
     # settings a resumed run may change: how long it runs and how it reports, not what it learns
     RESUMABLE_CHANGES = ("ppo_steps", "eval_every", "eval_episodes", "checkpoint_every", "command", "torch_threads",
-                         "vec_env", "num_envs")
+                         "vec_env", "num_envs", "ray_workers", "ray_address")
 
     def _check_resumed_config(self) -> None:
         old, new = (json.loads(json.dumps(c)) for c in (self.state["config"], asdict(self.cfg)))  # tuples -> lists
@@ -269,6 +276,7 @@ class TrainingRun:
     def _venv(self, seed: int, expert_labels: bool = False, **env_kwargs) -> ClipFeatureVecEnv:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
+                           ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
                            expert_labels=expert_labels, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame)
@@ -303,6 +311,8 @@ class TrainingRun:
                 save_model(network, str(self.out / "ppo_best.safetensors"))
                 self.state.update(best_ppo_train_success=score, best_ppo_steps=ppo_steps)
                 self._save_state()
+        if self.on_evaluation is not None:
+            self.on_evaluation(row)
         return row
 
     # ------------------------------------------------------------------ phases
@@ -313,12 +323,12 @@ class TrainingRun:
         interrupted run resumes at the next round (the RNG of later rounds is seeded per round).
         """
         cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # the initial weights follow from the seed, not from what ran before
         network = build_network(self.config)
         weights = self.out / "imitation.safetensors"
         if "imitation" in self.state["phases_done"]:
             load_model(network, str(weights))
             return network.eval()
-        torch.manual_seed(cfg.seed)
         rounds_done = int(self.state.get("imitation_rounds_done", 0))
         datasets = [imitation.Demonstrations.load(self.out / f"demos_{k}.npz") for k in range(rounds_done)]
         if rounds_done:
