@@ -1,6 +1,7 @@
 """In simulation: the MuJoCo bridge (camera, joints, controller), the VLA node, robot_state_publisher.
 
 ros2 launch vla_ros sim.launch.py task:=reach
+ros2 launch vla_ros sim.launch.py robot:=so101   # the SO-101 and its checkpoint, models/so101
 """
 
 from launch.substitutions import LaunchConfiguration
@@ -23,7 +24,8 @@ SIM_ARGUMENTS = (
 
 def generate_launch_description():
     sim_spec, vla_spec = sim_graph()
-    sim_overrides = {"task": LaunchConfiguration("task"), "image_size": LaunchConfiguration("image_size")}
+    sim_overrides = {"task": LaunchConfiguration("task"), "image_size": LaunchConfiguration("image_size"),
+                     "robot": LaunchConfiguration("robot")}
     return LaunchDescription([
         large_data_transport_action(),
         *declare_arguments(SIM_ARGUMENTS),

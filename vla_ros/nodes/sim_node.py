@@ -62,6 +62,7 @@ MODES = ("real_time", "lockstep")
 EPISODE_OPTIONS = ("command", "split", "target", "direction")  # passed to env.reset(options=...)
 
 PARAMETERS = (
+    ("robot", "vla_arm", "Robot file: a name in sim/robots (vla_arm, so101) or a path to one."),
     ("task", "reach", f"Task of the first episode and of service-started ones, one of {TASKS}."),
     ("image_size", 64, "Camera resolution (square, pixels; 64..224)."),
     ("num_objects", 3, "Objects on the table."),
@@ -194,6 +195,7 @@ class SimNode(Node):
             num_objects=int(self._param("num_objects")),
             split=self._param("split"),
             perturbation=self._param("perturbation") or None,
+            robot=self._param("robot") or None,
         )
         self._task = task
         robot = self._env.unwrapped.robot

@@ -28,7 +28,7 @@ from std_srvs.srv import SetBool, Trigger
 from vla_ros.controller import HOLD_POLICY_ERROR, Controller, StepResult
 from vla_ros.goal_tracker import Outcome
 from vla_ros.nodes.node_support import LOG_TEXT_LIMIT, declare_parameters, for_log, run_node  # noqa: F401
-from vla_ros.nodes.vla_node_parameters import PARAMETERS, NodeSettings
+from vla_ros.nodes.vla_node_parameters import PARAMETERS, NodeSettings, default_policy_path, robot_limits_source
 from vla_ros.ros import qos
 from vla_ros.ros.conversions import frame_to_numpy, message_key
 from vla_ros.ros.diagnostics import diagnostic_array, stats_key_values
@@ -49,10 +49,8 @@ class VlaNode(LifecycleNode):
         """Declare every parameter (described), import the policy stack, serve the e-stop; nothing loads yet."""
         super().__init__(node_name, **kwargs)
         declare_parameters(self, PARAMETERS)
-        if not self._param("policy_path"):
-            from vla_ros.paths import share_path
-
-            self.set_parameters([Parameter("policy_path", value=str(share_path("models", "policy")))])
+        if not self._param("policy_path"):  # the robot's shipped checkpoint
+            self.set_parameters([Parameter("policy_path", value=default_policy_path(self._param("robot")))])
         self._stats = NodeStats()
         self.controller = Controller(self._stats, self.now, frame_to_numpy, control_period=0.05)
         self._diagnostics_lock = threading.Lock()
@@ -80,9 +78,8 @@ class VlaNode(LifecycleNode):
         try:
             names = self.get_parameter_or("output_joint_names", Parameter("output_joint_names", value=[])).value
             self._settings = settings = NodeSettings.read(self._param, names)
-            from vla_ros.robot_description import load_robot_description
-
-            self._robot_limits = JointLimits.from_robot(load_robot_description(self._param("urdf_path") or None))
+            self._robot_limits = JointLimits.from_robot(robot_limits_source(self._param("robot"),
+                                                                             self._param("urdf_path")))
         except Exception as error:  # a failed transition must say why; rclpy would swallow it
             self.get_logger().error(f"configure failed: {for_log(str(error))}")
             return TransitionCallbackReturn.FAILURE

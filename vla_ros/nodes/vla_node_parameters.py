@@ -6,6 +6,7 @@ from typing import Callable
 from rclpy.parameter import Parameter
 
 from vla_ros.controller import TRIGGERS as CONTROL_TRIGGERS
+from vla_ros.robot_config import robot_name
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 OUTPUT_MODES = ("position_array", "trajectory")
@@ -16,7 +17,8 @@ PARAMETERS = (
     (
         "policy_path",
         "",
-        "Policy checkpoint folder (policy.safetensors + config.json); empty = models/policy.",
+        "Policy checkpoint folder (policy.safetensors + config.json); empty = the robot's shipped checkpoint: "
+        "models/policy for vla_arm, models/<robot> for the others.",
     ),
     ("device", "cpu", "Torch device for the policy: 'cpu', 'cuda' or 'cuda:N'."),
     ("fp16", False, "Run the policy in half precision (GPU only)."),
@@ -27,7 +29,13 @@ PARAMETERS = (
         "With the torch backend on CUDA, replay batch-1 inference from a captured CUDA graph (falls back to "
         "eager execution with a warning if capture fails); ignored elsewhere.",
     ),
-    ("urdf_path", "", "URDF with the joint limits; empty = the package's sim/robot/vla_arm.urdf."),
+    (
+        "robot",
+        "vla_arm",
+        "Robot file: a name in sim/robots (vla_arm, so101) or a path to one. Its URDF gives the joint limits, "
+        "and the policy checkpoint must have been trained for this robot.",
+    ),
+    ("urdf_path", "", "URDF with the joint limits instead of the robot file's; empty = the robot file's URDF."),
     (
         "control_rate_hz",
         20.0,
@@ -103,6 +111,8 @@ class NodeSettings:
     max_joint_state_age_s: float
     log_throttle_s: float
     policy_kwargs: dict
+    robot: str = "vla_arm"
+    """the robot file's name (``RobotConfig.name``) that checkpoints must have been trained for"""
 
     @classmethod
     def read(cls, param: Callable[[str], object], output_joint_names=()) -> "NodeSettings":
@@ -136,6 +146,7 @@ class NodeSettings:
             max_step=max_step if max_step > 0 else None, max_frame_age_s=float(param("max_frame_age_s")),
             max_joint_state_age_s=float(param("max_joint_state_age_s")),
             log_throttle_s=float(param("log_throttle_s")), policy_kwargs=kwargs,
+            robot=robot_name(param("robot") or None),
         )
 
     def load_policy(self, path: str, logger):
@@ -148,7 +159,30 @@ class NodeSettings:
             raise ValueError("parameter policy_path is empty")
         start = time.perf_counter()
         policy = Policy.load(path, **self.policy_kwargs)
+        trained_for = policy.config.get("robot", "vla_arm")  # checkpoints from before robot files: vla_arm
+        if trained_for != self.robot:
+            raise ValueError(f"checkpoint {path} was trained for robot {trained_for!r}, but this node drives "
+                             f"{self.robot!r} (parameter robot)")
         graph = ", CUDA graph" if policy.cuda_graph is not None else ""
         logger.info(f"loaded policy {path} on {self.policy_kwargs['device']} ({self.policy_kwargs['backend']}{graph}) "
                     f"in {time.perf_counter() - start:.2f} s")
         return policy
+
+
+def robot_limits_source(robot: str, urdf_path: str):
+    """The robot description whose limits the node enforces: the robot file's URDF, or ``urdf_path`` instead."""
+    from vla_ros.robot_config import load_robot
+    from vla_ros.robot_description import load_robot_description
+
+    config = load_robot(robot or None)
+    if not urdf_path:
+        return config.description
+    return load_robot_description(urdf_path, config.description.end_effector_link, config.description.gripper_joint)
+
+
+def default_policy_path(robot: str) -> str:
+    """The shipped checkpoint of a robot: ``models/policy`` for vla_arm, ``models/<name>`` for the others."""
+    from vla_ros.paths import share_path
+
+    name = robot_name(robot or None)
+    return str(share_path("models", "policy" if name == "vla_arm" else name))

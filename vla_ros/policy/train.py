@@ -39,6 +39,7 @@ from vla_ros.policy.envs import make_vec_env
 from vla_ros.policy.evaluate import run_episodes
 from vla_ros.policy.network_config import NetworkConfig
 from vla_ros.policy.proprio import ProprioNormalizer
+from vla_ros.robot_config import robot_name, robot_reference
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainConfig:
 
     task: str = "reach"
     """task to train: reach or push"""
+    robot: str = ""
+    """robot file: a name in sim/robots (vla_arm, so101) or a path to your own; empty: vla_arm"""
     out: str = "runs/policy"
     """run folder: logs, resumable checkpoints, the exported checkpoint in out/final"""
     clip: str = ""
@@ -168,7 +171,9 @@ def checkpoint_config(cfg: TrainConfig, encoder: ClipEncoder, clip_dir: Path, ro
             "colour_space": encoder.preprocessor.colour_space,  # what its image tower reads (rgb or vsh)
         },
         "network": _network_config(cfg, encoder),
-        "env": {"image_size": cfg.image_size, "num_objects": cfg.num_objects},
+        "robot": robot_name(cfg.robot),
+        "env": {"image_size": cfg.image_size, "num_objects": cfg.num_objects,
+                **({"robot": robot_reference(cfg.robot)} if cfg.robot else {})},
         "training": {"command": cfg.command, "config": asdict(cfg)},
         "metrics": {},
     }
@@ -233,6 +238,8 @@ class TrainingRun:
             "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
         self._check_resumed_config()
         self.env_kwargs = {"image_size": cfg.image_size, "num_objects": cfg.num_objects}
+        if cfg.robot:  # a path is made absolute: evaluation may run elsewhere (another folder, a Ray worker)
+            self.env_kwargs["robot"] = robot_reference(cfg.robot)
         probe = make_vec_env(cfg.task, 1, cfg.seed, vec_env="dummy", **self.env_kwargs)
         unwrapped = probe.envs[0].unwrapped
         self.robot, self.control_dt = unwrapped.robot, float(unwrapped.control_dt)
