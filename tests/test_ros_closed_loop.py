@@ -17,22 +17,24 @@ pytestmark = pytest.mark.skipif(not only_loopback(), reason="ROS tests run only 
 SEEDS = range(700, 712)
 
 
-def _checkpoint():
-    path = share_path("models", "policy")
+def _checkpoint(folder: str):
+    path = share_path("models", folder)
     if not (path / "config.json").is_file():
-        pytest.skip("no shipped policy checkpoint in models/policy")
+        pytest.skip(f"no shipped policy checkpoint in models/{folder}")
     return path
 
 
-def test_ros_closed_loop_matches_in_process_success(tmp_path):
+@pytest.mark.parametrize("robot, folder", [("vla_arm", "policy"), ("so101", "so101")])
+def test_ros_closed_loop_matches_in_process_success(tmp_path, robot, folder):
     import vla_ros.envs  # noqa: F401
     from vla_ros.commands import demo
     from vla_ros.policy.envs import env_id
     from vla_ros.policy.policy import Policy
     from vla_ros.policy.rollout import run_episode
 
-    checkpoint = _checkpoint()
+    checkpoint = _checkpoint(folder)
     policy = Policy.load(checkpoint)
+    assert policy.config.get("robot", "vla_arm") == robot
     env = gym.make(env_id(policy.config["task"]), **policy.config.get("env", {}))
     try:
         in_process = [run_episode(policy, env, seed=s).success for s in SEEDS]
@@ -42,7 +44,8 @@ def test_ros_closed_loop_matches_in_process_success(tmp_path):
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     report = tmp_path / "demo.json"
-    args = parser.parse_args(["--episodes", str(len(SEEDS)), "--seed", str(SEEDS[0]), "--mode", "lockstep",
+    args = parser.parse_args(["--robot", robot, "--episodes", str(len(SEEDS)), "--seed", str(SEEDS[0]),
+                              "--mode", "lockstep",
                               "--task", policy.config["task"], "--out", str(tmp_path / "demo"),
                               "--json", str(report), "--episode-timeout", "60"])
     assert demo.run(args) == 0

@@ -45,7 +45,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", default="reach", choices=["reach", "push"], help="simulated task")
     parser.add_argument("--split", default="train", help="instruction split of the commands (default: train)")
     parser.add_argument("--seed", type=int, default=500, help="seed of the first episode (default: 500)")
-    parser.add_argument("--policy", help="policy checkpoint folder (default: the shipped models/policy)")
+    parser.add_argument("--robot", default="", help="robot file: a name in sim/robots (vla_arm, so101) or a path "
+                        "(default: vla_arm)")
+    parser.add_argument("--policy", help="policy checkpoint folder (default: the robot's shipped checkpoint, "
+                        "models/policy for vla_arm, models/<robot> for the others)")
     parser.add_argument("--mode", default="real_time", choices=["real_time", "lockstep"],
                         help="simulator stepping: real time on a timer, or one step per joint command")
     parser.add_argument("--out", default="artifacts/demo", help="folder for the MP4, MCAP, logs (default: %(default)s)")
@@ -166,7 +169,7 @@ def run(args) -> int:
 
     from vla_ros.graph import sim_graph
     from vla_ros.launcher import NodeGraphProcesses, only_loopback, use_large_data_transport
-    from vla_ros.paths import share_path
+    from vla_ros.nodes.vla_node_parameters import default_policy_path
     from vla_ros.recording import McapRecorder
     from vla_ros.reporting import format_table, write_json
 
@@ -177,13 +180,14 @@ def run(args) -> int:
     use_large_data_transport()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    policy = args.policy or str(share_path("models", "policy"))
+    policy = args.policy or default_policy_path(args.robot)
     vla_parameters = {"policy_path": policy, "publish_debug_image": True}  # the video's inset
     if args.mode == "lockstep":
         # The simulator steps once per command, so the node acts once per new frame; simulated time is not
         # wall-clock time there, so a slow (loaded) machine must not make frames count as stale.
         vla_parameters.update(require_new_frame=True, max_frame_age_s=60.0, max_joint_state_age_s=60.0)
     graph_specs = sim_graph(
+        robot=args.robot,
         vla_parameters=vla_parameters,
         sim_parameters={"task": args.task, "split": args.split, "mode": args.mode,
                         "start_episode_on_launch": False, "publish_view": True},
