@@ -1,6 +1,7 @@
 """``vla-ros figures``: the README's figures table, generated from the shipped reports.
 
-Sources: ``models/policy/eval_report.json`` (``vla-ros eval``), ``docs/benchmarks/eval_clip.json``
+Sources: ``models/policy/eval_report.json`` and ``models/so101/eval_report.json`` (``vla-ros eval``),
+``docs/benchmarks/eval_clip.json``
 (``vla-ros eval-clip`` of the shipped CLIP) and ``docs/benchmarks/bench_latency.json`` (``vla-ros bench latency``).
 The table sits in ``README.md`` between :data:`BEGIN` and :data:`END`; ``--write`` replaces it there and
 ``--check`` exits 1 when the README and the reports disagree (a test runs it).
@@ -55,6 +56,12 @@ def render(root: Path) -> str:
         parts = [f"{key.split('/', 1)[1].replace('_', ' ')} {_pct(entry['success_rate'])}"
                  for key, entry in results.items()]
         rows.append(f"| ablation `{name}` (same scenes) | {', '.join(parts)} | {source} |")
+    robot_path = root / "models" / "so101" / "eval_report.json"
+    if robot_path.is_file():  # the second robot: its own policy, same recipe and CLIP
+        robot = json.loads(robot_path.read_text())
+        parts = [f"{key.split('/', 1)[1].replace('_', ' ')} {_pct(entry['success_rate'])}"
+                 for key, entry in robot["splits"].items() if not key.endswith("/corrupted")]
+        rows.append(f"| SO-101 arm (`models/so101`): reach success | {', '.join(parts)} | eval |")
     clip_path = root / "docs" / "benchmarks" / "eval_clip.json"
     if clip_path.is_file():
         clip = json.loads(clip_path.read_text())
