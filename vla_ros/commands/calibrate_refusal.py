@@ -74,7 +74,7 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
 
     env = policy.config.get("env", {})
     render = dict(image_size=int(env.get("image_size", 64)), distractor_fraction=0.2, jitter_fraction=0.2,
-                  progress=progress)
+                  progress=progress, robot=env.get("robot"))  # the scenes of the robot the policy drives
     sigma = 0.75
     references = reference_captions() if statistic != "presence" else ()
     commands, parts, split_of = [], [], []

@@ -135,20 +135,24 @@ def _paint_named_colours(env, info: dict, named_colours, rng: np.random.Generato
     return env.unwrapped.paint_objects(rgba), chosen
 
 
-def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int):
+def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int, robot: str | None = None):
     import gymnasium as gym
 
     import vla_ros.envs  # noqa: F401  (registers the env ids)
 
     return gym.make(REACH_ENV_ID, num_objects=num_objects, image_size=image_size, split=split,
-                    perturbation=perturbation)
+                    perturbation=perturbation, robot=robot)
 
 
 def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_size: int = 64,
                     num_objects: int = 3, distractor_fraction: float = 0.0, jitter_fraction: float = 0.0,
                     moved_arm_fraction: float = 0.0, max_random_steps: int = 30,
-                    progress: bool = False, named_colours: Sequence = (), corrupted: bool = False) -> SceneDataset:
+                    progress: bool = False, named_colours: Sequence = (), corrupted: bool = False,
+                    robot: str | None = None) -> SceneDataset:
     """Render ``num_scenes`` scenes of the env's ``split``, seeds ``seed, seed + 1, ...``.
+
+    ``robot``: the robot file of the scene (default: vla_arm); a policy's refusal rule is calibrated on its own
+    robot's scenes.
 
     ``distractor_fraction`` of scenes hold 2 extra objects, ``jitter_fraction`` have camera/light
     jitter, and in ``moved_arm_fraction`` the arm first makes 1..``max_random_steps`` random moves (it
@@ -183,7 +187,7 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
             kind = kinds[1] if draw < distractor_fraction else (
                 kinds[2] if draw < distractor_fraction + jitter_fraction else kinds[0])
             if kind[0] not in envs:
-                envs[kind[0]] = _make_env(split, kind[2], kind[1], image_size)
+                envs[kind[0]] = _make_env(split, kind[2], kind[1], image_size, robot)
             env = envs[kind[0]]
             if colour_names is None:
                 instructions = env.unwrapped.instructions
