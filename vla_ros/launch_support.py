@@ -5,6 +5,8 @@ Imports ``launch``/``launch_ros`` lazily: the rest of the package never needs th
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from vla_ros.graph import PACKAGE, NodeSpec
@@ -114,5 +116,5 @@ def robot_description_text(robot: str) -> str:
     from vla_ros.robot_config import load_robot
 
     urdf = load_robot(robot or None).description.urdf_path
-    text = urdf.read_text()
-    return text.replace('filename="assets/', f'filename="file://{urdf.parent}/assets/')
+    relative = re.compile(r'filename="(?!package://|file://|/)([^"]+)"')  # resolved against the URDF's folder
+    return relative.sub(lambda m: f'filename="file://{urdf.parent / m.group(1)}"', urdf.read_text())

@@ -86,13 +86,19 @@ class RobotConfig:
         return speed * control_dt
 
 
+def _is_path(robot: str | Path) -> bool:
+    """Whether ``robot`` names a file (a YAML suffix or an existing file) rather than a robot in ``sim/robots``."""
+    candidate = Path(robot)
+    return candidate.suffix in (".yaml", ".yml") or candidate.is_file()
+
+
 def robot_file(robot: str | Path | None) -> Path:
     """The robot file of a name (``sim/robots/<name>.yaml``) or a path; ``None``: the default robot."""
     from vla_ros.paths import share_path
 
     robot = DEFAULT_ROBOT if robot in (None, "") else robot
     candidate = Path(robot)
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+    if _is_path(robot):
         if not candidate.is_file():
             raise FileNotFoundError(f"robot file not found: {candidate}")
         return candidate.resolve()
@@ -106,8 +112,7 @@ def robot_file(robot: str | Path | None) -> Path:
 def robot_reference(robot: str | Path) -> str:
     """How a checkpoint records a robot: its name when it is one of ``sim/robots``, else its absolute path."""
     path = robot_file(robot)
-    candidate = Path(robot)
-    return str(robot) if candidate.suffix not in (".yaml", ".yml") and not candidate.is_file() else str(path)
+    return str(path) if _is_path(robot) else str(robot)
 
 
 def robot_name(robot: str | Path | None) -> str:

@@ -48,33 +48,29 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     A session already connected in this process (a test's cluster) is reused and left as it was.
     """
     ray = import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls home from an offline robot
     if ray.is_initialized():
         yield ray
         return
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    ensure_ray(address, num_cpus)
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def ensure_ray(address: str | None = None):
+def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     """The ``ray`` module, connected: to ``address`` if given, else to a local Ray started now (embedded).
 
     For objects that need Ray for their lifetime (``RayVecEnv``); a session already open is reused. Ray
-    disconnects when the process exits.
+    disconnects when the process exits. ``num_cpus`` sizes a local Ray (default: this machine's cores).
     """
     ray = import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls home from an offline robot
     if not ray.is_initialized():
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     return ray
 
 

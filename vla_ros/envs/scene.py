@@ -86,6 +86,16 @@ def _add_object_slot(spec: mujoco.MjSpec, index: int) -> None:
             geom.condim, geom.friction = 3, [0.5, 0.005, 0.0001]
 
 
+def _add_position_actuator(scene: mujoco.MjSpec, joint: str, effort: float) -> None:
+    """A position actuator on ``joint``, force-limited to the URDF's effort, its gain scaled by it."""
+    scene.joint(joint).armature = ARMATURE
+    actuator = scene.add_actuator(name=f"{joint}_position", target=joint)
+    actuator.trntype = mujoco.mjtTrn.mjTRN_JOINT
+    actuator.set_to_position(kp=KP_PER_NM * effort, dampratio=1.0)
+    actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
+    actuator.forcerange = [-effort, effort]
+
+
 def build_scene(robot: RobotDescription, num_object_slots: int, scene_path: str | Path | None = None,
                 config: RobotConfig | None = None) -> SceneModel:
     """Compile the arm from ``robot.urdf_path`` into the tabletop scene with ``num_object_slots`` objects.
@@ -125,20 +135,9 @@ def build_scene(robot: RobotDescription, num_object_slots: int, scene_path: str 
             geom.contype, geom.conaffinity = ARM_CONTYPE, ARM_CONAFFINITY
             geom.rgba = ARM_RGBA.get(body.name, ARM_DEFAULT_RGBA)
     for name, effort in zip(robot.joint_names, robot.effort):
-        scene.joint(name).armature = ARMATURE
-        actuator = scene.add_actuator(name=f"{name}_position", target=name)
-        actuator.trntype = mujoco.mjtTrn.mjTRN_JOINT
-        actuator.set_to_position(kp=KP_PER_NM * float(effort), dampratio=1.0)
-        actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
-        actuator.forcerange = [-float(effort), float(effort)]
+        _add_position_actuator(scene, name, float(effort))
     if robot.gripper_joint is not None:  # held still by its own actuator; the policy never commands it
-        effort = float(robot.gripper_effort)
-        scene.joint(robot.gripper_joint).armature = ARMATURE
-        actuator = scene.add_actuator(name=f"{robot.gripper_joint}_position", target=robot.gripper_joint)
-        actuator.trntype = mujoco.mjtTrn.mjTRN_JOINT
-        actuator.set_to_position(kp=KP_PER_NM * effort, dampratio=1.0)
-        actuator.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
-        actuator.forcerange = [-effort, effort]
+        _add_position_actuator(scene, robot.gripper_joint, float(robot.gripper_effort))
     for index in range(num_object_slots):
         _add_object_slot(scene, index)
     model = scene.compile()
