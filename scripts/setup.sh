@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 py=${PYTHON:-python3}
 
-apt_packages=(libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri libosmesa6 iproute2 util-linux cmake g++ make)
+apt_packages=(libegl1 libegl-mesa0 libopengl0 libgl1-mesa-dri libosmesa6 iproute2 util-linux cmake g++ make wordnet-base)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

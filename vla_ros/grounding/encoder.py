@@ -183,6 +183,7 @@ class ClipEncoder:
                                   or getattr(model, "context_length", 77))
         self.pretrained_text = is_pretrained_text(loaded.model_cfg)
         self.text_pooling = text_pooling(loaded.model_cfg)  # how a pretrained tower's token states are pooled
+        self.lexicon = None  # a grounding.lexicon.Lexicon: words outside the CLIP's vocabulary read as known ones
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._sentence_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -245,12 +246,21 @@ class ClipEncoder:
                              f"{self.context_length}: {text[:60]!r}")
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """Validate and tokenise ``texts`` to (B, context_length) token ids."""
+        """Validate and tokenise ``texts`` to (B, context_length) token ids, read through the lexicon if any."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         for text in texts:
             self.check_text(text)
-        return self.tokenizer(list(texts), context_length=self.context_length)
+        return self.tokenizer([self.reading(t) for t in texts], context_length=self.context_length)
+
+    def reading(self, text: str) -> str:
+        """``text`` as the CLIP reads it: words outside its vocabulary replaced by the lexicon's readings."""
+        return text if self.lexicon is None else self.lexicon.normalise(text)[0]
+
+    def set_lexicon(self, lexicon) -> None:
+        """Read commands through ``lexicon`` (None: as written); cached embeddings are dropped."""
+        self.lexicon = lexicon
+        self.clear_text_cache()
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

@@ -38,6 +38,12 @@ def _language_lines(config: dict, clip_metadata: dict) -> list[str]:
                      "captions")
     else:
         lines.append("- text tower: trained from scratch on the simulator's captions (it knows only their words)")
+    lexicon = config.get("lexicon")
+    if lexicon:
+        lines.append(f"- lexicon: a word outside the CLIP's vocabulary ({len(lexicon['colours'])} colours, "
+                     f"{len(lexicon['shapes'])} shape words) is read as the nearest known colour or shape within "
+                     f"{lexicon['max_depth']} hypernyms of its WordNet 3.0 senses (Debian `wordnet-base`, "
+                     "hash-checked); known words are never changed")
     rule = config.get("refusal")
     if rule:
         calibration = rule.get("calibration", {})

@@ -14,6 +14,7 @@ import torch
 
 from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder, trim_padding
+from vla_ros.grounding.lexicon import Lexicon
 from vla_ros.grounding.refusal import Refusal, RefusalRule, unreadable
 from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
@@ -102,12 +103,13 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
              clip_path: str | Path | None = None, precision: str = "fp32",
-             cuda_graphs: bool | None = None) -> "Policy":
+             cuda_graphs: bool | None = None, lexicon: bool = True) -> "Policy":
         """Load a checkpoint folder and the CLIP it was trained with (sha256 checked).
 
         ``cuda_graphs``: replay batch-1 torch inference from a CUDA graph; ``None`` = on wherever it
         applies (torch backend on a CUDA device; falls back to eager with a warning if capture fails),
-        ``True`` = required (an error elsewhere).
+        ``True`` = required (an error elsewhere). ``lexicon`` False reads commands as written even where the
+        checkpoint records a lexicon (the ablation of :mod:`vla_ros.grounding.lexicon`).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -125,6 +127,11 @@ class Policy:
                                               patch_stitch=int(config["network"].get("patch_stitch", 1)))
         if (encoder.embed_dim, encoder.num_patches) != (config["clip"]["embed_dim"], config["clip"]["num_patches"]):
             raise CheckpointError("CLIP embedding/patch sizes do not match the policy checkpoint")
+        if lexicon and config.get("lexicon") is not None:
+            try:
+                encoder.set_lexicon(Lexicon.from_dict(config["lexicon"]).open())
+            except ValueError as error:
+                raise CheckpointError(f"{path / 'config.json'}: {error}") from None
         network, config = load_network(path, config, device=device)
         onnx = OnnxGraphs.load(path / ONNX_DIR, device, fp16=precision == "fp16") if backend == "onnxruntime" else None
         policy = cls(network, config, encoder, device=device, checkpoint=path, onnx=onnx)
@@ -162,6 +169,11 @@ class Policy:
         self.last_done, self.last_done_probability = False, None
 
     @torch.no_grad()
+    def reading(self, command: str) -> tuple[str, list]:
+        """How the CLIP reads ``command``: (text, the lexicon's word readings); ``(command, [])`` without one."""
+        lexicon = self.encoder.lexicon
+        return (command, []) if lexicon is None else lexicon.normalise(command)
+
     def judge(self, frame: np.ndarray, command) -> Refusal | None:
         """Whether to refuse ``command``; decided on the first frame of its episode and kept until it changes.
 

@@ -87,5 +87,8 @@ class InputCallbacks:
             return None, str(error)
         serial, changed = self.controller.set_command(command)
         if changed:
-            self.logger.info(f"command: {for_log(repr(command))}")
+            policy = self.controller.policy
+            reading = policy.reading(command) if policy is not None and hasattr(policy, "reading") else None
+            read_as = f" (read as {for_log(repr(reading[0]))})" if reading and reading[1] else ""
+            self.logger.info(f"command: {for_log(repr(command))}{read_as}")
         return serial, None

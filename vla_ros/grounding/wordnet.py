@@ -1,0 +1,113 @@
+"""A reader of WordNet 3.0's noun database (Debian ``wordnet-base``): senses, glosses, hypernyms.
+
+Only ``index.noun`` and ``data.noun`` are read (format: ``wndb(5WN)``). The files are checked by sha256 against
+the WordNet 3.0 release that Debian and Ubuntu ship, so a lexicon built on them behaves the same on every machine;
+other files are refused with a clear error. Nothing here imports torch or rclpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path("/usr/share/wordnet")
+ENV_DIR = "VLA_ROS_WORDNET_DIR"
+# sha256 of WordNet 3.0's noun files as Debian 12 packages them (wordnet-base 1:3.0-37)
+FILE_SHA256 = {
+    "index.noun": "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04",
+    "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
+}
+HYPERNYM_POINTERS = ("@", "@i")  # hypernym, instance hypernym
+
+
+class WordNetError(RuntimeError):
+    """WordNet is missing or is not the pinned release."""
+
+
+@dataclass(frozen=True)
+class Synset:
+    """One noun sense: its lemmas (lowercase, spaces for underscores), gloss and hypernym offsets."""
+
+    offset: int
+    lemmas: tuple[str, ...]
+    gloss: str
+    hypernyms: tuple[int, ...]
+
+
+def wordnet_dir() -> Path:
+    """Where WordNet's database lives: ``$VLA_ROS_WORDNET_DIR`` or Debian's ``/usr/share/wordnet``."""
+    return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class WordNet:
+    """Noun senses of WordNet 3.0, read lazily from ``data.noun`` (byte offsets are synset ids)."""
+
+    def __init__(self, directory: str | Path | None = None, verify: bool = True):
+        self.directory = Path(directory) if directory is not None else wordnet_dir()
+        for name, expected in FILE_SHA256.items():
+            path = self.directory / name
+            if not path.is_file():
+                raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package "
+                                   f"wordnet-base, or point {ENV_DIR} at a WordNet 3.0 dict folder)")
+            if verify and _sha256(path) != expected:
+                raise WordNetError(f"{path} is not WordNet 3.0's {name} (sha256 differs from {expected[:12]}...)")
+        self._index: dict[str, tuple[int, ...]] = {}
+        with open(self.directory / "index.noun", encoding="latin-1") as f:
+            for line in f:
+                if line.startswith(" "):  # licence header
+                    continue
+                fields = line.split()
+                pointer_count = int(fields[3])
+                self._index[fields[0]] = tuple(int(o) for o in fields[6 + pointer_count:])
+        self._data = open(self.directory / "data.noun", "rb")  # noqa: SIM115 - read for the object's life
+        self._synsets: dict[int, Synset] = {}
+
+    def close(self) -> None:
+        """Close ``data.noun``."""
+        self._data.close()
+
+    def senses(self, word: str) -> list[Synset]:
+        """Noun senses of ``word`` (spaces or underscores), most frequent first; [] for an unknown word."""
+        return [self.synset(o) for o in self._index.get(word.strip().lower().replace(" ", "_"), ())]
+
+    def synset(self, offset: int) -> Synset:
+        """The synset at byte ``offset`` of ``data.noun``."""
+        found = self._synsets.get(offset)
+        if found is not None:
+            return found
+        self._data.seek(offset)
+        head, _, gloss = self._data.readline().decode("latin-1").partition(" | ")
+        fields = head.split()
+        count = int(fields[3], 16)
+        lemmas = tuple(fields[4 + 2 * i].lower().replace("_", " ") for i in range(count))
+        at = 4 + 2 * count
+        pointers = [fields[at + 1 + 4 * i: at + 5 + 4 * i] for i in range(int(fields[at]))]
+        hypernyms = tuple(int(p[1]) for p in pointers if p[0] in HYPERNYM_POINTERS and p[2] == "n")
+        found = Synset(offset, lemmas, gloss.strip(), hypernyms)
+        self._synsets[offset] = found
+        return found
+
+    def ancestors(self, synset: Synset) -> list[tuple[Synset, int]]:
+        """Every hypernym of ``synset`` with its distance (1 = direct), breadth first."""
+        out, seen, frontier, depth = [], {synset.offset}, [synset], 0
+        while frontier:
+            depth += 1
+            parents = []
+            for node in frontier:
+                for offset in node.hypernyms:
+                    if offset not in seen:
+                        seen.add(offset)
+                        parents.append(self.synset(offset))
+            out.extend((p, depth) for p in parents)
+            frontier = parents
+        return out
