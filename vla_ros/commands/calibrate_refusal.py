@@ -8,13 +8,20 @@ All scenes use seeds from :data:`CALIBRATION_SEED` on, which neither CLIP traini
 ``vla-ros eval`` use.
 
 ``--text-gate`` (the default with a pretrained text tower) first fits the text gate
-(:mod:`vla_ros.grounding.text_gate`) and sets its threshold to refuse half the ``--false-refusal`` budget of the
-valid commands. Each bar is then the quantile of the valid commands it judges that refuses the other half.
+(:mod:`vla_ros.grounding.text_gate`) and sets its threshold to refuse at most half the ``--false-refusal`` budget
+of each set of valid commands. Each bar is then the quantile of the valid commands it judges that refuses the other
+half.
 ``--statistic two-bars`` (the default; see :mod:`vla_ros.grounding.refusal`) judges commands whose familiarity
 reaches a boundary by their contrast and the others by presence; ``familiarity-slope`` lets one presence bar rise
 linearly with familiarity; ``presence`` is one bar. The boundary (or slope) is the one, on a grid, that refuses
 the most of the least-refused corrupted kind on these validation scenes. Written to the checkpoint's
 ``config.json`` as ``refusal`` (see :class:`vla_ros.grounding.refusal.RefusalRule`).
+
+``--lexicon`` (the default with a pretrained text tower) reads commands through the CLIP's lexicon
+(:mod:`vla_ros.grounding.lexicon`: a word outside the CLIP's training vocabulary read as a known one by WordNet)
+while calibrating, and stores the lexicon as ``lexicon`` beside the rule: both decide how a command is read. The
+validation words' commands are then judged twice, as read and as written (``validation_words_unread``): the rule
+must also pass new words that WordNet gives no reading for.
 
 Report (``--json``): ``{"checkpoint", "scenes", "false_refusal_target", "rule", "valid": {"<split>":
 {"scenes", "false_refusal", "refused_by_text_gate", "median_presence"}}, "invalid": {"<kind>": {"scenes",
@@ -38,6 +45,8 @@ CALIBRATION_SEED = 3_000_000  # scene seeds no training run or evaluation (eval-
 # valid commands: two env splits, and validation_words' frames filled with training words (a new phrasing)
 VALID_SETS = ("train", "validation_words", "validation_phrasings")
 VALID_SEED_OFFSETS = {"train": 0, "validation_words": 1, "validation_phrasings": 3}  # x scenes; 2: corrupted
+# with a lexicon, validation_words' commands are also judged as written: new words the lexicon cannot read
+UNREAD_SET = "validation_words_unread"
 
 
 def add_arguments(parser) -> None:
@@ -53,6 +62,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-gate", action=argparse.BooleanOptionalAction, default=None,
                         help="first refuse commands that do not read as naming an object (default: on when the "
                         "CLIP has a pretrained text tower)")
+    parser.add_argument("--lexicon", action=argparse.BooleanOptionalAction, default=None,
+                        help="read words outside the CLIP's vocabulary through WordNet (vla_ros.grounding.lexicon) "
+                        "before calibrating, and store the lexicon with the rule (default: on when the CLIP has a "
+                        "pretrained text tower)")
     parser.add_argument("--dry-run", action="store_true", help="report only; leave config.json as it is")
     add_json_argument(parser)
 
@@ -78,13 +91,22 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
     sigma = 0.75
     references = reference_captions() if statistic != "presence" else ()
     commands, parts, split_of = [], [], []
-    for k, split in enumerate(VALID_SETS):
-        data = generate_scenes(scenes, seed=CALIBRATION_SEED + VALID_SEED_OFFSETS[split] * scenes,
-                               split="train" if split == "validation_phrasings" else split, **render)
-        texts = [str(c) for c in data.commands]
-        if split == "validation_phrasings":
-            texts = validation_phrasings(data, policy.config.get("task", "reach"), seed=k)
+    lexicon = policy.encoder.lexicon
+    valid_sets = VALID_SETS + ((UNREAD_SET,) if lexicon is not None else ())
+    rendered = {}
+    for k, split in enumerate(valid_sets):
+        if split == UNREAD_SET:  # validation_words' scenes and commands, new words read as written
+            data, texts = rendered["validation_words"]
+            policy.encoder.set_lexicon(None)
+        else:
+            data = generate_scenes(scenes, seed=CALIBRATION_SEED + VALID_SEED_OFFSETS[split] * scenes,
+                                   split="train" if split == "validation_phrasings" else split, **render)
+            texts = [str(c) for c in data.commands]
+            if split == "validation_phrasings":
+                texts = validation_phrasings(data, policy.config.get("task", "reach"), seed=k)
+            rendered[split] = data, texts
         parts.append(command_statistics(policy.encoder, data.images, texts, sigma, references))
+        policy.encoder.set_lexicon(lexicon)
         commands += texts
         split_of += [split] * len(texts)
     valid = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -106,9 +128,16 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
         weights, bias = fit_text_gate(policy.encoder, seed=seed)
         fitted = TextGate(weights=tuple(weights.tolist()), bias=bias, threshold=0.0)
         valid_gate = fitted.scores(embed_sentences(policy.encoder, commands))
+        if lexicon is not None:  # the unread set's commands as written
+            unread = split_of == UNREAD_SET
+            policy.encoder.set_lexicon(None)
+            valid_gate[unread] = fitted.scores(embed_sentences(policy.encoder, list(np.asarray(commands)[unread])))
+            policy.encoder.set_lexicon(lexicon)
         bad_gate = fitted.scores(embed_sentences(policy.encoder, bad_commands))
         budget = false_refusal / 2
-        gate = replace(fitted, threshold=threshold_at_false_refusal(valid_gate, budget),
+        # each valid set keeps its share: the gate refuses at most `budget` of any one of them
+        threshold = min(threshold_at_false_refusal(valid_gate[split_of == split], budget) for split in valid_sets)
+        gate = replace(fitted, threshold=threshold,
                        calibration={"positives": "object captions in the CLIP's training vocabulary (4,000)",
                                     "negatives": "phrases of made-up words (4,000)", "seed": seed,
                                     "false_refusal_target": budget})
@@ -122,7 +151,7 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
         least = min(float(bad_refused[kinds == kind].mean()) for kind in names)
         candidates.append((least, -float(valid_refused.mean()), option, valid_refused, bad_refused))
     least, _, option, valid_refused, bad_refused = max(candidates, key=lambda c: (c[0], c[1]))
-    calibration = {"scenes_per_split": scenes, "valid_splits": list(VALID_SETS), "seed": CALIBRATION_SEED,
+    calibration = {"scenes_per_split": scenes, "valid_splits": list(valid_sets), "seed": CALIBRATION_SEED,
                    "false_refusal_target": false_refusal, "clip_sha256": policy.encoder.weights_sha256}
     rule = RefusalRule(sigma_patches=sigma, calibration=calibration, text_gate=gate,
                        reference_captions=references if option["rule"]["statistic"] != PRESENCE_STATISTIC else (),
@@ -133,7 +162,7 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
                           "false_refusal": float(valid_refused[split_of == split].mean()),
                           "refused_by_text_gate": float((~passes)[split_of == split].mean()),
                           "median_presence": float(np.median(valid["presence"][split_of == split]))}
-                  for split in VALID_SETS},
+                  for split in valid_sets},
         "invalid": {kind: {"scenes": int((kinds == kind).sum()),
                            "refused": float(bad_refused[kinds == kind].mean()),
                            "refused_by_text_gate": float((~bad_passes)[kinds == kind].mean()),
@@ -204,6 +233,7 @@ def run(args) -> int:
     """Calibrate, print the table, store the rule in the checkpoint."""
     import torch
 
+    from vla_ros.grounding.lexicon import Lexicon
     from vla_ros.paths import share_path
     from vla_ros.policy.policy import Policy
     from vla_ros.reporting import format_table, write_json
@@ -211,7 +241,10 @@ def run(args) -> int:
     torch.set_num_threads(1)
     checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
     policy = Policy.load(checkpoint)
-    report = {"checkpoint": str(checkpoint),
+    use_lexicon = policy.encoder.pretrained_text if args.lexicon is None else args.lexicon
+    lexicon = Lexicon.from_vocabulary() if use_lexicon else None
+    policy.encoder.set_lexicon(lexicon)
+    report = {"checkpoint": str(checkpoint), "lexicon": lexicon is not None,
               **calibrate(policy, args.scenes, args.false_refusal, statistic=args.statistic,
                           text_gate=args.text_gate)}
     rows = [{"commands": f"valid/{k}", "scenes": v["scenes"], "refused": v["false_refusal"],
@@ -226,6 +259,9 @@ def run(args) -> int:
         path = checkpoint / "config.json"
         config = json.loads(path.read_text())
         config["refusal"] = report["rule"]
+        config.pop("lexicon", None)
+        if lexicon is not None:
+            config["lexicon"] = lexicon.to_dict()
         path.write_text(json.dumps(config, indent=2) + "\n")
         print(f"refusal rule written to {path}")
     write_json(args.json, report)

@@ -3,16 +3,18 @@
 Renders held-out scenes (seeds that training never uses) for the env's ``train`` split (training
 colour-shape combos), its ``heldout_combos`` split (the commanded object is a combo never seen
 in training) and, for a CLIP that can read them (a pretrained text tower), its ``heldout_words`` split
-(colour and shape words no caption contains, by kind: colour, shape, both); asks the CLIP which object on
+(colour and shape words no caption contains, by kind: colour, shape, both; with ``--lexicon`` also read
+through the CLIP's WordNet lexicon, :mod:`vla_ros.grounding.lexicon`); asks the CLIP which object on
 the table each command means (given the objects' pixels, and densely over the patch grid without them), and
 measures image-text retrieval on the training-combo scenes and how well the best region score separates
 valid commands (training combos) from corrupted ones (``presence``: AUROC). Prints a table; ``--json``
 writes::
 
-    {"zero_shot_accuracy": {"train_combos", "heldout_combos", "heldout_words"?},
+    {"zero_shot_accuracy": {"train_combos", "heldout_combos", "heldout_words"?, "heldout_words_lexicon"?},
      "dense_pick_accuracy": {...same keys},
      "dense_pick_errors": {"train_combos", "heldout_combos"}: {"same_colour", "same_shape", "other"},
-     "heldout_words_by_kind": {"colour"|"shape"|"both": {"zero_shot", "dense_pick", "scenes"}}?,
+     "heldout_words_by_kind", "heldout_words_lexicon_by_kind": {"colour"|"shape"|"both":
+         {"zero_shot", "dense_pick", "scenes"}}?,
      "presence": {"auroc"}, "retrieval_r1": {"image_to_text", "text_to_image"}, "scenes", ...}
 """
 
@@ -37,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="render size (default: the model's input size)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--lexicon", action=argparse.BooleanOptionalAction, default=None,
+                        help="also score the held-out words read through the CLIP's lexicon (WordNet; "
+                        "vla_ros.grounding.lexicon) as heldout_words_lexicon (default: on with a pretrained text "
+                        "tower)")
     add_json_argument(parser)
 
 
@@ -66,12 +72,25 @@ def run(args: argparse.Namespace) -> int:
     data = {name: generate_scenes(args.scenes, seed=args.seed, split=split, image_size=image_size, progress=True)
             for name, split in splits.items()}
     hits = {name: zero_shot_hits(encoder, data[name]) for name in splits}
+    lexicon = None
+    if (encoder.pretrained_text if args.lexicon is None else args.lexicon) and "heldout_words" in splits:
+        from vla_ros.grounding.lexicon import Lexicon
+
+        lexicon = Lexicon.from_vocabulary()  # the same scenes, commands read through the CLIP's lexicon
+        encoder.set_lexicon(lexicon)
+        splits["heldout_words_lexicon"] = "heldout_words"
+        data["heldout_words_lexicon"] = data["heldout_words"]
+        hits["heldout_words_lexicon"] = zero_shot_hits(encoder, data["heldout_words"])
+        encoder.set_lexicon(None)
     accuracy = {name: float(hits[name].mean()) for name in splits}
     dense, dense_errors, picks = {}, {}, {}
     for name in splits:
+        if name == "heldout_words_lexicon":
+            encoder.set_lexicon(lexicon)
         picks[name] = dense_picks(encoder, data[name])
+        encoder.set_lexicon(None)
         dense[name] = float((picks[name] == data[name].target).mean())
-        if name != "heldout_words":
+        if not name.startswith("heldout_words"):
             dense_errors[name] = pick_error_kinds(data[name], picks[name])
     retrieval = retrieval_r1(encoder, data["train_combos"], sampler)
     corrupted = generate_scenes(args.scenes, seed=args.seed, split="train", image_size=image_size, corrupted=True,
@@ -94,17 +113,22 @@ def run(args: argparse.Namespace) -> int:
         "wall_time_s": round(time.time() - start, 1),
     }
     by_kind = {}
-    if "heldout_words" in splits:
-        words = data["heldout_words"]
+    for name in ("heldout_words", "heldout_words_lexicon"):
+        if name not in splits:
+            continue
+        words = data[name]
         kinds = np.asarray(words.kinds)
-        by_kind = {kind: {"zero_shot": float(hits["heldout_words"][kinds == kind].mean()),
-                          "dense_pick": float((picks["heldout_words"] == words.target)[kinds == kind].mean()),
-                          "scenes": int((kinds == kind).sum())} for kind in sorted(set(kinds.tolist()))}
-        report["heldout_words_by_kind"] = by_kind
+        by_kind[name] = {kind: {"zero_shot": float(hits[name][kinds == kind].mean()),
+                                "dense_pick": float((picks[name] == words.target)[kinds == kind].mean()),
+                                "scenes": int((kinds == kind).sum())} for kind in sorted(set(kinds.tolist()))}
+        report[f"{name}_by_kind"] = by_kind[name]
     labels = {"train_combos": "training combos", "heldout_combos": "held-out combos",
-              "heldout_words": "held-out words"}
-    rows = [{"metric": f"zero-shot object pick, {labels[name]}", "value": accuracy[name]} for name in splits]
-    rows += [{"metric": f"  held-out {kind} words", "value": entry["zero_shot"]} for kind, entry in by_kind.items()]
+              "heldout_words": "held-out words", "heldout_words_lexicon": "held-out words, read by the lexicon"}
+    rows = []
+    for name in splits:
+        rows.append({"metric": f"zero-shot object pick, {labels[name]}", "value": accuracy[name]})
+        rows += [{"metric": f"  held-out {kind} words", "value": entry["zero_shot"]}
+                 for kind, entry in by_kind.get(name, {}).items()]
     rows += [{"metric": f"dense region pick (no object pixels), {labels[name]}", "value": dense[name]}
              for name in splits]
     rows += [{"metric": f"  wrong pick, held-out combos: {kind.replace('_', ' ')}", "value": share}

@@ -1,7 +1,7 @@
 """``vla-ros eval``: success rate per task and instruction split, ablations side by side, JSON.
 
 Report (``--json``): ``{"checkpoint", "episodes_per_split", "workers", "seeding": "per_env"|"per_episode",
-"refusal": rule or null, "splits":
+"refusal": rule or null, "lexicon": bool, "splits":
 {"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
 "by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "stopped", "reached_success",
 "task_success_when_stopping", "episodes"}}}, "ablations":
@@ -54,6 +54,9 @@ def add_arguments(parser) -> None:
                         "simulator's captions (no pretrained sentence encoder, no presence term)")
     parser.add_argument("--no-refusal", action="store_true",
                         help="act on every command, ignoring the checkpoint's refusal rule")
+    parser.add_argument("--no-lexicon", action="store_true",
+                        help="read commands as written, ignoring the checkpoint's lexicon (words outside the CLIP's "
+                        "vocabulary read through WordNet; vla_ros.grounding.lexicon): the CLIP-alone ablation")
     parser.add_argument("--ablation-splits", nargs="+", default=["train"], choices=[*ALL_SPLITS],
                         help="splits evaluated for each ablation (default: train)")
     parser.add_argument("--ablation-dir", help="folder with one checkpoint per fusion kind "
@@ -164,16 +167,20 @@ def _run(args, ray) -> int:
     if args.templates and "custom" not in args.splits:
         args.splits.append("custom")
     checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
-    policy = Policy.load(checkpoint)
+    if args.no_lexicon and ray is not None:
+        raise SystemExit("vla-ros eval: --no-lexicon runs in process only (leave out --workers)")
+    policy = Policy.load(checkpoint, lexicon=not args.no_lexicon)
     task = policy.config["task"]
     env_kwargs = dict(policy.config.get("env", {}))
     refusal = None if args.no_refusal else policy.refusal_rule
+    lexicon = policy.encoder.lexicon is not None
     print(f"evaluating {checkpoint} on {task}, {args.episodes} episodes per split, "
-          f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}", flush=True)
+          f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}, "
+          f"{'with' if lexicon else 'without'} lexicon", flush=True)
     pools = _Pools(args) if ray is not None else None
     report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
               "workers": args.workers, "seeding": "per_episode" if ray is not None else "per_env",
-              "refusal": refusal.to_dict() if refusal else None, "splits": {}, "ablations": {}}
+              "refusal": refusal.to_dict() if refusal else None, "lexicon": lexicon, "splits": {}, "ablations": {}}
     try:
         report["splits"] = _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal,
                                             done=(policy.done_head, policy.done_config.threshold)
