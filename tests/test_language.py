@@ -482,8 +482,12 @@ def test_shipped_policy_reads_a_pretrained_text_tower_and_has_a_calibrated_refus
     assert shipped_policy.encoder.metadata["text_tower"]["name"] == MINILM
     rule = shipped_policy.refusal_rule
     assert rule is not None
-    assert rule.calibration["valid_splits"] == ["train", "validation_words", "validation_phrasings"]
+    assert rule.calibration["valid_splits"] == ["train", "validation_words", "validation_phrasings",
+                                                "validation_words_unread"]
     assert rule.text_gate is not None and rule.text_gate.width == 384
+    # words outside the CLIP's vocabulary are read through WordNet (validation words: what it was checked on)
+    assert shipped_policy.encoder.lexicon is not None
+    assert shipped_policy.reading("touch the canary dice")[0] == "touch the yellow cube"
 
 
 def test_shipped_policy_refuses_objects_that_are_not_there_and_acts_on_those_that_are(shipped_policy, instructions):

@@ -74,12 +74,17 @@ def render(root: Path) -> str:
     if latency_path.is_file():
         latency = json.loads(latency_path.read_text())
         shipped = {r["name"]: r for r in latency["rows"] if r["name"].startswith("shipped/") and r["device"] == "cpu"}
-        frame = [f"{name.split('/')[1]} {r['p50_ms']:.2f} ms" for name, r in shipped.items()
-                 if not name.endswith("/text")]
-        text = [f"{name.split('/')[1]} {r['p50_ms']:.2f} ms" for name, r in shipped.items() if name.endswith("/text")]
-        rows.append(f"| frame to action, batch 1, CPU, p50 | {', '.join(frame)} | bench latency |")
-        if text:
-            rows.append(f"| encoding a new command (once per command), p50 | {', '.join(text)} | bench latency |")
+        def p50s(kind: str) -> list[str]:  # "" = the per-frame rows; "text", "refusal" = the per-command ones
+            return [f"{name.split('/')[1]} {r['p50_ms']:.2f} ms" for name, r in shipped.items()
+                    if (name.split("/")[3] if name.count("/") >= 3 else "") == kind]
+
+        rows.append(f"| frame to action, batch 1, CPU, p50 | {', '.join(p50s(''))} | bench latency |")
+        if p50s("text"):
+            rows.append(f"| encoding a new command, p50 | {', '.join(p50s('text'))} "
+                        "| bench latency |")
+        if p50s("refusal"):
+            rows.append(f"| refusal check of a new command, p50 | {', '.join(p50s('refusal'))} "
+                        "| bench latency |")
     sources = (f"Sources: eval = `vla-ros eval`, {episodes} episodes per split (`models/policy/eval_report.json`); "
                "eval-clip = `vla-ros eval-clip` (`docs/benchmarks/eval_clip.json`); bench latency = `vla-ros bench "
                "latency` (`docs/benchmarks/bench_latency.json`).")
