@@ -139,3 +139,19 @@ def test_calibration_with_a_lexicon_also_judges_the_validation_words_as_written(
     assert report["rule"]["calibration"]["valid_splits"][-1] == UNREAD_SET
     assert report["valid"][UNREAD_SET]["scenes"] == report["valid"]["validation_words"]["scenes"] == 8
     assert policy.encoder.lexicon is lexicon  # restored after the commands were judged as written
+
+
+def test_wordnet_lookups_find_what_a_full_parse_of_the_index_finds():
+    """index.noun is searched, not parsed (a parse stalled the node's e-stop); both agree, ends included."""
+    index = {}
+    with open(wordnet_dir() / "index.noun", encoding="latin-1") as f:
+        for line in f:
+            if not line.startswith(" "):
+                fields = line.split()
+                index[fields[0]] = tuple(int(o) for o in fields[6 + int(fields[3]):])
+    wordnet = WordNet()
+    keys = sorted(index)
+    for key in [*keys[:3], *keys[-3:], *keys[:: len(keys) // 500]]:
+        assert tuple(s.offset for s in wordnet.senses(key)) == index[key], key
+    for unknown in ("", "zzzzzzz", "qzkx", "aaaaaa"):
+        assert wordnet.senses(unknown) == []

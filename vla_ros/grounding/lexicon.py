@@ -112,7 +112,7 @@ class Lexicon:
 
     # ---------------------------------------------------------------- reading
     def open(self) -> "Lexicon":
-        """Read WordNet now (hash check, index; about 0.5 s) instead of at the first command; returns self.
+        """Open WordNet now (hash check, about 20 ms) instead of at the first command; returns self.
 
         Raises :class:`vla_ros.grounding.wordnet.WordNetError` when WordNet is missing or not the pinned release.
         """

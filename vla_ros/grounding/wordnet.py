@@ -61,24 +61,53 @@ class WordNet:
                                    f"wordnet-base, or point {ENV_DIR} at a WordNet 3.0 dict folder)")
             if verify and _sha256(path) != expected:
                 raise WordNetError(f"{path} is not WordNet 3.0's {name} (sha256 differs from {expected[:12]}...)")
-        self._index: dict[str, tuple[int, ...]] = {}
-        with open(self.directory / "index.noun", encoding="latin-1") as f:
-            for line in f:
-                if line.startswith(" "):  # licence header
-                    continue
-                fields = line.split()
-                pointer_count = int(fields[3])
-                self._index[fields[0]] = tuple(int(o) for o in fields[6 + pointer_count:])
+        # index.noun is sorted by lemma: looked up by binary search, not parsed (parsing its 117,798 lines in
+        # Python stalls other threads, a node's e-stop service among them, for tens of milliseconds)
+        self._index = open(self.directory / "index.noun", "rb")  # noqa: SIM115 - read for the object's life
+        self._index_size = self._index.seek(0, 2)
+        self._offsets: dict[str, tuple[int, ...]] = {}
         self._data = open(self.directory / "data.noun", "rb")  # noqa: SIM115 - read for the object's life
         self._synsets: dict[int, Synset] = {}
 
     def close(self) -> None:
-        """Close ``data.noun``."""
+        """Close the database files."""
+        self._index.close()
         self._data.close()
 
     def senses(self, word: str) -> list[Synset]:
         """Noun senses of ``word`` (spaces or underscores), most frequent first; [] for an unknown word."""
-        return [self.synset(o) for o in self._index.get(word.strip().lower().replace(" ", "_"), ())]
+        key = word.strip().lower().replace(" ", "_")
+        if key not in self._offsets:
+            self._offsets[key] = self._lookup(key)
+        return [self.synset(o) for o in self._offsets[key]]
+
+    def _lookup(self, key: str) -> tuple[int, ...]:
+        """Synset offsets of ``key`` in ``index.noun``, by binary search over its sorted lines.
+
+        The licence lines at the top start with a space, so they sort first.
+        """
+        target = key.encode("latin-1", errors="replace")
+        low, high = 0, self._index_size
+        while low < high:  # the smallest position whose first whole line has a lemma >= target
+            middle = (low + high) // 2
+            line = self._line_at(middle)
+            if not line or line.split(b" ", 1)[0] >= target:
+                high = middle
+            else:
+                low = middle + 1
+        fields = self._line_at(low).decode("latin-1").split()
+        if not fields or fields[0] != key:
+            return ()
+        pointer_count = int(fields[3])
+        return tuple(int(o) for o in fields[6 + pointer_count:])
+
+    def _line_at(self, position: int) -> bytes:
+        """The first whole line of ``index.noun`` starting at or after byte ``position`` (b"" past the end)."""
+        self._index.seek(position)
+        if position:
+            self._index.seek(position - 1)
+            self._index.readline()  # to the start of the next line (a line starting at `position` is kept)
+        return self._index.readline()
 
     def synset(self, offset: int) -> Synset:
         """The synset at byte ``offset`` of ``data.noun``."""
