@@ -155,3 +155,16 @@ def test_wordnet_lookups_find_what_a_full_parse_of_the_index_finds():
         assert tuple(s.offset for s in wordnet.senses(key)) == index[key], key
     for unknown in ("", "zzzzzzz", "qzkx", "aaaaaa"):
         assert wordnet.senses(unknown) == []
+
+
+def test_a_stream_of_made_up_words_does_not_grow_the_lexicons_memory(lexicon, monkeypatch):
+    from vla_ros.grounding import lexicon as lexicon_module
+    from vla_ros.grounding import wordnet as wordnet_module
+
+    monkeypatch.setattr(lexicon_module, "CACHE_SIZE", 50)
+    monkeypatch.setattr(wordnet_module, "CACHE_SIZE", 50)
+    fresh = Lexicon.from_dict(lexicon.to_dict())
+    for i in range(400):
+        fresh.normalise(f"touch the qz{i}x cube and the {i}red")
+    assert len(fresh._cache) <= 50 and len(fresh.wordnet._offsets) <= 50
+    assert fresh.normalise("touch the canary dice")[0] == "touch the yellow cube"

@@ -28,6 +28,7 @@ from typing import Any
 from vla_ros.grounding.wordnet import Synset, WordNet
 
 SOURCE = "wordnet-3.0"
+CACHE_SIZE = 20_000  # words whose reading is remembered
 _WORD = re.compile(r"[A-Za-z]+")
 _COLOUR_ROOT = ("color", "a visual attribute of things")  # WordNet's color.n.01: lemma, gloss prefix
 _SHAPE_ROOT = ("shape", "the spatial arrangement of something")  # WordNet's shape.n.02
@@ -175,6 +176,8 @@ class Lexicon:
                 if geometric or set(_WORD.findall(target.gloss.lower())) & self._shape_gloss_words:
                     found = Reading(key, ending[0], "shape", ending[1])
                     break
+        if len(self._cache) >= CACHE_SIZE:  # bounded: a stream of made-up words must not grow memory
+            self._cache.clear()
         self._cache[key] = found
         return found
 

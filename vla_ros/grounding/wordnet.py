@@ -20,6 +20,7 @@ FILE_SHA256 = {
     "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
 }
 HYPERNYM_POINTERS = ("@", "@i")  # hypernym, instance hypernym
+CACHE_SIZE = 50_000  # lemmas and synsets kept in memory (WordNet has 117,798 noun lemmas)
 
 
 class WordNetError(RuntimeError):
@@ -78,6 +79,8 @@ class WordNet:
         """Noun senses of ``word`` (spaces or underscores), most frequent first; [] for an unknown word."""
         key = word.strip().lower().replace(" ", "_")
         if key not in self._offsets:
+            if len(self._offsets) >= CACHE_SIZE:  # bounded: made-up words must not grow memory
+                self._offsets.clear()
             self._offsets[key] = self._lookup(key)
         return [self.synset(o) for o in self._offsets[key]]
 
@@ -123,6 +126,8 @@ class WordNet:
         pointers = [fields[at + 1 + 4 * i: at + 5 + 4 * i] for i in range(int(fields[at]))]
         hypernyms = tuple(int(p[1]) for p in pointers if p[0] in HYPERNYM_POINTERS and p[2] == "n")
         found = Synset(offset, lemmas, gloss.strip(), hypernyms)
+        if len(self._synsets) >= CACHE_SIZE:
+            self._synsets.clear()
         self._synsets[offset] = found
         return found
 

@@ -168,12 +168,12 @@ class Policy:
         self.last_presence = self.last_refusal_score = self.last_refusal_bar = None
         self.last_done, self.last_done_probability = False, None
 
-    @torch.no_grad()
     def reading(self, command: str) -> tuple[str, list]:
         """How the CLIP reads ``command``: (text, the lexicon's word readings); ``(command, [])`` without one."""
         lexicon = self.encoder.lexicon
         return (command, []) if lexicon is None else lexicon.normalise(command)
 
+    @torch.no_grad()
     def judge(self, frame: np.ndarray, command) -> Refusal | None:
         """Whether to refuse ``command``; decided on the first frame of its episode and kept until it changes.
 
