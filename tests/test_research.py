@@ -122,3 +122,28 @@ def test_presence_statistics_compares_every_statistic(clip_dir, capsys):
     for entry in results.values():
         assert 0.0 <= entry["auroc"] <= 1.0 and set(entry["refused"]) <= {"absent_object", "random_string"}
     assert "max-familiarity" in capsys.readouterr().out
+
+
+def test_done_history_features_are_differences_to_earlier_steps_of_the_same_episode():
+    from research.done_history_probe import with_history
+
+    data = {"features": np.array([[0.0], [1.0], [3.0], [10.0], [12.0]]),
+            "episode": np.array([0, 0, 0, 1, 1]), "step": np.array([0, 1, 2, 0, 1])}
+    np.testing.assert_array_equal(with_history(data, 0), data["features"])
+    # lag 1: to the step before (the first step repeats itself); lag 2: two steps before, clipped at the start
+    np.testing.assert_array_equal(with_history(data, 2)[:, 1:], [[0, 0], [1, 1], [2, 3], [0, 0], [2, 2]])
+
+
+def test_done_history_probe_fits_a_head_per_history_and_reports_held_out_episodes(reference_policy, tmp_path, capsys):
+    from research.done_history_probe import main
+
+    cache = tmp_path / "episodes.npz"
+    args = [str(reference_policy), "--episodes", "2", "--validation-episodes", "2", "--history", "0", "2",
+            "--num-envs", "1", "--vec-env", "dummy", "--cache", str(cache)]
+    results = main(args)
+    assert cache.is_file() and set(results) == {0, 2}
+    assert results[2]["inputs"] == 3 * results[0]["inputs"]
+    for entry in results.values():
+        assert entry["tuning"]["episodes"] == entry["held_out"]["episodes"] == 1
+    assert main(args)[0]["threshold"] == results[0]["threshold"]  # the cached episodes give the same fit
+    assert "held out" in capsys.readouterr().out
