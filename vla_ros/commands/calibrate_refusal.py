@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from vla_ros.grounding.refusal import threshold_at_false_refusal
@@ -97,7 +98,6 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
     for k, split in enumerate(valid_sets):
         if split == UNREAD_SET:  # validation_words' scenes and commands, new words read as written
             data, texts = rendered["validation_words"]
-            policy.encoder.set_lexicon(None)
         else:
             data = generate_scenes(scenes, seed=CALIBRATION_SEED + VALID_SEED_OFFSETS[split] * scenes,
                                    split="train" if split == "validation_phrasings" else split, **render)
@@ -105,8 +105,8 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
             if split == "validation_phrasings":
                 texts = validation_phrasings(data, policy.config.get("task", "reach"), seed=k)
             rendered[split] = data, texts
-        parts.append(command_statistics(policy.encoder, data.images, texts, sigma, references))
-        policy.encoder.set_lexicon(lexicon)
+        with _as_written(policy.encoder, split == UNREAD_SET):
+            parts.append(command_statistics(policy.encoder, data.images, texts, sigma, references))
         commands += texts
         split_of += [split] * len(texts)
     valid = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -127,12 +127,11 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
     if text_gate:
         weights, bias = fit_text_gate(policy.encoder, seed=seed)
         fitted = TextGate(weights=tuple(weights.tolist()), bias=bias, threshold=0.0)
-        valid_gate = fitted.scores(embed_sentences(policy.encoder, commands))
-        if lexicon is not None:  # the unread set's commands as written
-            unread = split_of == UNREAD_SET
-            policy.encoder.set_lexicon(None)
-            valid_gate[unread] = fitted.scores(embed_sentences(policy.encoder, list(np.asarray(commands)[unread])))
-            policy.encoder.set_lexicon(lexicon)
+        valid_gate = np.empty(len(commands))
+        for as_written in (False, True) if lexicon is not None else (False,):  # the unread set: as written
+            rows = (split_of == UNREAD_SET) == as_written
+            with _as_written(policy.encoder, as_written):
+                valid_gate[rows] = fitted.scores(embed_sentences(policy.encoder, list(np.asarray(commands)[rows])))
         bad_gate = fitted.scores(embed_sentences(policy.encoder, bad_commands))
         budget = false_refusal / 2
         # each valid set keeps its share: the gate refuses at most `budget` of any one of them
@@ -169,6 +168,19 @@ def calibrate(policy, scenes: int, false_refusal: float, progress: bool = True, 
                            "median_presence": float(np.median(bad["presence"][kinds == kind]))} for kind in names},
         "auroc_presence": auroc(valid["presence"], bad["presence"]),
     }
+
+
+@contextmanager
+def _as_written(encoder, as_written: bool):
+    """Within the block, ``encoder`` reads commands as written when ``as_written`` (its lexicon set aside)."""
+    lexicon = encoder.lexicon
+    if as_written:
+        encoder.set_lexicon(None)
+    try:
+        yield
+    finally:
+        if as_written:
+            encoder.set_lexicon(lexicon)
 
 
 def validation_phrasings(data, task: str, seed: int = 0) -> list[str]:

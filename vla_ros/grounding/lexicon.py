@@ -138,14 +138,17 @@ class Lexicon:
             self._roots = (find(*_COLOUR_ROOT), find(*_SHAPE_ROOT))
         return self._roots
 
-    def _ending(self, synset: Synset, targets: set[str]) -> tuple[str, int] | None:
-        """The nearest known word among ``synset``'s lemmas and its hypernyms' (within ``max_depth``)."""
+    def _ending(self, synset: Synset, targets: set[str]) -> tuple[str, int, Synset] | None:
+        """The nearest known word among ``synset``'s lemmas and its hypernyms' (within ``max_depth``).
+
+        Returns (the word, its depth, the synset it is a lemma of), or None.
+        """
         for node, depth in [(synset, 0), *self._wordnet().ancestors(synset)]:
             if depth > self.max_depth:
                 return None
             for lemma in node.lemmas:
                 if lemma in targets:
-                    return lemma, depth
+                    return lemma, depth, node
         return None
 
     def read(self, word: str) -> Reading | None:
@@ -170,8 +173,7 @@ class Lexicon:
                 ending = self._ending(synset, self._shape_set)
                 if ending is None:
                     continue
-                target = next(s for s in [synset, *(a for a, _ in wordnet.ancestors(synset))]
-                              if ending[0] in s.lemmas)
+                target = ending[2]
                 geometric = any(a.offset == shape_root for a, _ in wordnet.ancestors(target))
                 if geometric or set(_WORD.findall(target.gloss.lower())) & self._shape_gloss_words:
                     found = Reading(key, ending[0], "shape", ending[1])

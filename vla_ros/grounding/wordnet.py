@@ -7,10 +7,11 @@ other files are refused with a clear error. Nothing here imports torch or rclpy.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from vla_ros.hashing import sha256_file
 
 DEFAULT_DIR = Path("/usr/share/wordnet")
 ENV_DIR = "VLA_ROS_WORDNET_DIR"
@@ -42,14 +43,6 @@ def wordnet_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class WordNet:
     """Noun senses of WordNet 3.0, read lazily from ``data.noun`` (byte offsets are synset ids)."""
 
@@ -60,7 +53,7 @@ class WordNet:
             if not path.is_file():
                 raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package "
                                    f"wordnet-base, or point {ENV_DIR} at a WordNet 3.0 dict folder)")
-            if verify and _sha256(path) != expected:
+            if verify and sha256_file(path) != expected:
                 raise WordNetError(f"{path} is not WordNet 3.0's {name} (sha256 differs from {expected[:12]}...)")
         # index.noun is sorted by lemma: looked up by binary search, not parsed (parsing its 117,798 lines in
         # Python stalls other threads, a node's e-stop service among them, for tens of milliseconds)
@@ -106,9 +99,8 @@ class WordNet:
 
     def _line_at(self, position: int) -> bytes:
         """The first whole line of ``index.noun`` starting at or after byte ``position`` (b"" past the end)."""
-        self._index.seek(position)
+        self._index.seek(max(0, position - 1))
         if position:
-            self._index.seek(position - 1)
             self._index.readline()  # to the start of the next line (a line starting at `position` is kept)
         return self._index.readline()
 
