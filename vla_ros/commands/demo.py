@@ -42,7 +42,8 @@ FOXGLOVE_LAYOUT = "config/foxglove/demo_layout.json"
 def add_arguments(parser) -> None:
     """Options of ``vla-ros demo``."""
     parser.add_argument("--episodes", type=int, default=6, help="episodes (commands) to run (default: 6)")
-    parser.add_argument("--task", default="reach", choices=["reach", "push"], help="simulated task")
+    parser.add_argument("--task", default="reach", choices=["reach", "push", "mixed"],
+                        help="simulated task; mixed: a reach or push command per episode (a mixed checkpoint)")
     parser.add_argument("--split", default="train", help="instruction split of the commands (default: train)")
     parser.add_argument("--seed", type=int, default=500, help="seed of the first episode (default: 500)")
     parser.add_argument("--robot", default="", help="robot file: a name in sim/robots (vla_arm, so101) or a path "

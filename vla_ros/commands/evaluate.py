@@ -87,9 +87,19 @@ def _score_done(policy, task: str, done, args, env_kwargs: dict, split_kwargs: d
     return episode_metrics(done_probabilities(head, data["features"]), data, threshold)
 
 
+def _evaluate_tasks(policy, splits, args, env_kwargs, **kwargs) -> dict:
+    """Each task the checkpoint knows (reach and push for a ``mixed`` one), each split: ``{"<task>/<split>": ...}``."""
+    from vla_ros.policy.envs import checkpoint_tasks
+
+    results = {}
+    for task in checkpoint_tasks(policy.config["task"]):
+        results.update(_evaluate_splits(policy, task, splits, args, env_kwargs, **kwargs))
+    return results
+
+
 def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.0, text_scale=1.0,
                      refusal=None, done=None, pool=None) -> dict:
-    """Each split's report entry; with ``pool`` (a :class:`ShardedEvaluator`) its episodes run on Ray actors."""
+    """Each split's report entry for one task; with ``pool`` (a :class:`ShardedEvaluator`) on Ray actors."""
     from vla_ros.policy.evaluate import SPLITS, run_episodes
 
     results = {}
@@ -98,8 +108,8 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
         if split == "custom":
             kwargs["templates_path"] = str(Path(args.templates).resolve())
         if pool is not None:
-            result = pool.run_split(split, kwargs, args.episodes, args.seed, refusal=refusal is not None,
-                                    image_scale=image_scale, text_scale=text_scale)
+            result = pool.run_split(split, {**kwargs, "task": task}, args.episodes, args.seed,
+                                    refusal=refusal is not None, image_scale=image_scale, text_scale=text_scale)
         else:
             result = run_episodes(policy.network, policy.encoder, policy.normalizer, task, args.episodes,
                                   args.seed, num_envs=args.num_envs, image_scale=image_scale,
@@ -170,7 +180,7 @@ def _run(args, ray) -> int:
     if args.no_lexicon and ray is not None:
         raise SystemExit("vla-ros eval: --no-lexicon runs in process only (leave out --workers)")
     policy = Policy.load(checkpoint, lexicon=not args.no_lexicon)
-    task = policy.config["task"]
+    task = policy.config["task"]  # "mixed": reach and push, each scored on its own
     env_kwargs = dict(policy.config.get("env", {}))
     refusal = None if args.no_refusal else policy.refusal_rule
     lexicon = policy.encoder.lexicon is not None
@@ -182,11 +192,11 @@ def _run(args, ray) -> int:
               "workers": args.workers, "seeding": "per_episode" if ray is not None else "per_env",
               "refusal": refusal.to_dict() if refusal else None, "lexicon": lexicon, "splits": {}, "ablations": {}}
     try:
-        report["splits"] = _evaluate_splits(policy, task, args.splits, args, env_kwargs, refusal=refusal,
-                                            done=(policy.done_head, policy.done_config.threshold)
-                                            if policy.has_done_signal else None,
-                                            pool=pools.get(checkpoint) if pools else None)
-        _evaluate_ablations(report, policy, task, args, env_kwargs, pools)
+        report["splits"] = _evaluate_tasks(policy, args.splits, args, env_kwargs, refusal=refusal,
+                                           done=(policy.done_head, policy.done_config.threshold)
+                                           if policy.has_done_signal else None,
+                                           pool=pools.get(checkpoint) if pools else None)
+        _evaluate_ablations(report, policy, args, env_kwargs, pools)
     finally:
         if pools:
             pools.close()
@@ -220,7 +230,7 @@ class _Pools:
             pool.close()
 
 
-def _evaluate_ablations(report: dict, policy, task: str, args, env_kwargs: dict, pools: _Pools | None) -> None:
+def _evaluate_ablations(report: dict, policy, args, env_kwargs: dict, pools: _Pools | None) -> None:
     from vla_ros.paths import share_path
     from vla_ros.policy.policy import Policy
 
@@ -229,14 +239,14 @@ def _evaluate_ablations(report: dict, policy, task: str, args, env_kwargs: dict,
         print(f"ablation {name}", flush=True)
         if name in ("image_blind", "command_blind"):
             scales = {"image_scale": 0.0} if name == "image_blind" else {"text_scale": 0.0}
-            report["ablations"][name] = _evaluate_splits(policy, task, args.ablation_splits, args, env_kwargs,
-                                                         pool=pools.get(policy.checkpoint) if pools else None,
-                                                         **scales)
+            report["ablations"][name] = _evaluate_tasks(policy, args.ablation_splits, args, env_kwargs,
+                                                        pool=pools.get(policy.checkpoint) if pools else None,
+                                                        **scales)
         else:
             path = ablation_dir / name
             if not path.is_dir():
                 print(f"  skipped: no checkpoint at {path}")
                 continue
             variant = Policy.load(path)
-            report["ablations"][name] = _evaluate_splits(variant, task, args.ablation_splits, args, env_kwargs,
-                                                         pool=pools.get(path) if pools else None)
+            report["ablations"][name] = _evaluate_tasks(variant, args.ablation_splits, args, env_kwargs,
+                                                        pool=pools.get(path) if pools else None)

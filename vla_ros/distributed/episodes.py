@@ -98,12 +98,15 @@ class EpisodeRunner:
         from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
         from vla_ros.policy.envs import make_vec_env
 
-        if split not in self._venvs:
+        split_kwargs = dict(split_kwargs)
+        task = split_kwargs.pop("task", self.task)  # one task of a mixed checkpoint, scored on its own
+        key = f"{task}/{split}"
+        if key not in self._venvs:
             extractor = self.policy.network.features_extractor
-            raw = make_vec_env(self.task, 1, 0, vec_env="dummy", **self.env_kwargs, **split_kwargs)
-            self._venvs[split] = ClipFeatureVecEnv(raw, self.policy.encoder, self.policy.normalizer,
-                                                   reference_frame=getattr(extractor, "reference_frame", False))
-        return self._venvs[split]
+            raw = make_vec_env(task, 1, 0, vec_env="dummy", **self.env_kwargs, **split_kwargs)
+            self._venvs[key] = ClipFeatureVecEnv(raw, self.policy.encoder, self.policy.normalizer,
+                                                 reference_frame=getattr(extractor, "reference_frame", False))
+        return self._venvs[key]
 
     def run(self, split: str, split_kwargs: dict, indices: list[int], seed: int, refusal: bool = True,
             image_scale: float = 1.0, text_scale: float = 1.0) -> list[EpisodeOutcome]:

@@ -13,6 +13,7 @@ import mujoco  # vla_ros.envs (imported first, as the parent package) has chosen
 import numpy as np
 from gymnasium import spaces
 
+from vla_ros.envs import MAX_EPISODE_STEPS as EPISODE_STEPS
 from vla_ros.envs.instructions import DIRECTIONS, GEOMETRIES, SPLITS, TASKS, WORD_SPLITS, load_instructions
 from vla_ros.envs.scene import (
     HIDDEN_GROUP,
@@ -38,6 +39,8 @@ EXTRA_DISTRACTORS = 2
 MAX_OBJECTS = 7  # objects that fit the workspace at MIN_OBJECT_SPACING (distractors included)
 # Per robot, in its robot file (sim/robots/<name>.yaml): the box objects are placed in (workspace), the arm's
 # start pose (home_qpos, plus HOME_NOISE) and the reach success distance.
+MIXED = "mixed"  # the task of an env that runs reach and push episodes, drawn per episode
+TASK_MODES = (*TASKS, MIXED)
 MIN_OBJECT_SPACING = 0.095  # m between object centres
 HOME_NOISE = 0.05  # rad
 PUSH_SUCCESS_DISTANCE = 0.08  # m the target moves along the commanded direction
@@ -52,7 +55,9 @@ _JITTER_LIGHT = 0.3  # relative change of light intensity
 class TabletopEnv(gym.Env):
     """A 5-DOF arm and ``num_objects`` coloured objects on a table, commanded in natural language.
 
-    Tasks (``task=``): ``reach`` touch the named object; ``push`` push it left/right/forward/back.
+    Tasks (``task=``): ``reach`` touch the named object; ``push`` push it left/right/forward/back;
+    ``mixed`` either, drawn per episode (``info["task"]`` says which; a ``command`` reset option decides it
+    from the words: a direction makes it a push). A mixed env ends a reach episode at reach's own time limit.
     Directions are in the robot's frame, which is also the camera image's: forward = +x = up in the
     image, left = +y = left in the image.
 
@@ -127,8 +132,8 @@ class TabletopEnv(gym.Env):
         terminate_on_success: bool = True,
         robot: str | Path | None = None,
     ):
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        if task not in TASK_MODES:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASK_MODES}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if perturbation not in PERTURBATIONS:
@@ -147,6 +152,8 @@ class TabletopEnv(gym.Env):
                              f"{MIN_OBJECT_SPACING} m spacing, distractors included); lower num_objects")
 
         self.task = task
+        self.episode_task = task if task != MIXED else TASKS[0]  # the current episode's task
+        self._steps = 0
         self.split = split
         self.perturbation = perturbation
         self.image_size = int(image_size)
@@ -237,7 +244,8 @@ class TabletopEnv(gym.Env):
         unknown = set(options) - {"command", "split", "target", "direction", "task"}
         if unknown:
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}")
-        if options.get("task") not in (None, self.task):
+        allowed = (None, self.task) + (TASKS if self.task == MIXED else ())
+        if options.get("task") not in allowed:
             raise ValueError(f"this env runs task {self.task!r}; make the env id of {options['task']!r} instead")
         split = options.get("split") or self.split
         if split not in SPLITS:
@@ -245,6 +253,8 @@ class TabletopEnv(gym.Env):
         if split != self.split:
             self._check_enough_combos(split)
         rng = self.np_random
+        self._steps = 0
+        self.episode_task = self._episode_task(options, rng)
 
         combos = self._sample_combos(split, options.get("target"))
         positions = self._sample_positions()
@@ -252,7 +262,7 @@ class TabletopEnv(gym.Env):
                               for c, s in combos]
         self.target_index = 0
         self.direction = None
-        if self.task == "push":
+        if self.episode_task == "push":
             self.direction = options.get("direction") or DIRECTIONS[rng.integers(len(DIRECTIONS))]
             if self.direction not in DIRECTIONS:
                 raise ValueError(f"unknown direction {self.direction!r}; expected one of {DIRECTIONS}")
@@ -283,6 +293,16 @@ class TabletopEnv(gym.Env):
         self._target_start = self._object_positions()[self.target_index].copy()
         self._render_observation()
         return self._observation(), self._info(self._evaluate()[0])
+
+    def _episode_task(self, options: dict, rng: np.random.Generator) -> str:
+        """The task of the next episode: the env's, or for a mixed env the option's, the command's or a draw."""
+        if self.task != MIXED:
+            return self.task
+        if options.get("task") is not None:
+            return options["task"]
+        if options.get("command") is not None:
+            return "push" if self.instructions.parse(options["command"])[2] is not None else "reach"
+        return TASKS[int(rng.integers(len(TASKS)))]
 
     def _sample_combos(self, split: str, target: dict | None) -> list[tuple[str, str]]:
         rng = self.np_random
@@ -324,10 +344,10 @@ class TabletopEnv(gym.Env):
                 raise ValueError(f"split {split!r} needs a word_splits.{split} section in {self.instructions.path}")
             target = self.scene_objects[self.target_index]
             command, self.word_kind = self.instructions.word_split_command(
-                split, self.task, target["colour"], target["shape"], self.direction, rng)
+                split, self.episode_task, target["colour"], target["shape"], self.direction, rng)
             return command, None
         phrasing = "heldout" if split == "heldout_phrasings" else "train"
-        templates = self.instructions.templates[self.task][phrasing]
+        templates = self.instructions.templates[self.episode_task][phrasing]
         template = templates[rng.integers(len(templates))]
         if self.perturbation == "corrupted":
             # The scored target stays a random object on the table; the command names something else.
@@ -349,7 +369,7 @@ class TabletopEnv(gym.Env):
                    if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)]
         if (colour or shape) and matches:
             self.target_index = matches[0]
-        if self.task == "push" and direction is not None:
+        if self.episode_task == "push" and direction is not None:
             self.direction = direction
 
     def _configure_objects(self, positions: np.ndarray, rng: np.random.Generator) -> None:
@@ -417,7 +437,10 @@ class TabletopEnv(gym.Env):
         self._render_observation()
         success, fell, reward = self._evaluate()
         terminated = bool((success and self.terminate_on_success) or fell)
-        return self._observation(), reward, terminated, False, self._info(success)
+        self._steps += 1
+        # a mixed env's time limit is push's; a reach episode in it ends at reach's own
+        truncated = self.task == MIXED and self._steps >= EPISODE_STEPS[self.episode_task] and not terminated
+        return self._observation(), reward, terminated, truncated, self._info(success)
 
     def _object_positions(self) -> np.ndarray:
         return self.data.xpos[self.scene.object_body_ids]
@@ -427,7 +450,7 @@ class TabletopEnv(gym.Env):
         ee = self.data.xpos[self.scene.ee_body_id]
         target = self.data.xpos[self.scene.object_body_ids[self.target_index]]
         distance = float(np.linalg.norm(ee - target))
-        if self.task == "reach":
+        if self.episode_task == "reach":
             success = distance <= self.robot_config.reach_success_distance
             return success, False, -distance + float(success)
         progress = float(np.dot(target - self._target_start, self._direction_vector))
@@ -480,7 +503,7 @@ class TabletopEnv(gym.Env):
         return {
             "command": self.command,
             "is_success": bool(success),
-            "task": self.task,
+            "task": self.episode_task,
             "direction": self.direction,
             "corruption": self.corruption,
             "word_kind": self.word_kind,

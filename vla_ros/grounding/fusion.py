@@ -281,7 +281,8 @@ class RegionMapFusion(nn.Module):
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
-                 reference_prior: bool = False, map_weights: bool = True, text_features: int = 0):
+                 reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
+                 command_film: bool = False):
         super().__init__()
         if reference_prior and not reference_frame:
             raise ValueError("reference_prior needs reference_frame=True")
@@ -300,6 +301,21 @@ class RegionMapFusion(nn.Module):
             raise ValueError(f"text_features must be >= 0, got {text_features}")
         self.text_projection = nn.Linear(embed_dim, text_features) if text_features else None
         self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features, hidden_dim, out_dim)
+        # FiLM (as RT-1 conditions on its sentence embedding): the command scales and shifts the MLP's hidden
+        # features, so what to do (the verb, a push's direction) acts on where the map says the object is.
+        # Zero-initialised: training starts from the unconditioned MLP.
+        self.film = nn.Linear(embed_dim, 2 * hidden_dim) if command_film else None
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+
+    def _head(self, inputs: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The MLP over the map readouts, its hidden layer FiLM-modulated by the command when configured."""
+        if self.film is None:
+            return self.mlp(inputs)
+        hidden = self.mlp[1](self.mlp[0](inputs))
+        scale, shift = self.film(F.normalize(text, dim=-1)).chunk(2, dim=-1)
+        return self.mlp[3](self.mlp[2](hidden * (1 + scale) + shift))
 
     def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``t`` times the command's region-text similarity over patches, standardised per frame, (B, P)."""
@@ -338,7 +354,7 @@ class RegionMapFusion(nn.Module):
         command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
         if not self.reference_frame:
             parts, weights, xy = self._readout(current)
-            return FusionOutput(self.mlp(torch.cat(parts + command, dim=-1)), weights, xy)
+            return FusionOutput(self._head(torch.cat(parts + command, dim=-1), text), weights, xy)
         if reference_patches is None or reference_patches.shape != image_patches.shape:
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
@@ -349,7 +365,8 @@ class RegionMapFusion(nn.Module):
             current = current + self.reference_prior * reference
         parts, weights, xy = self._readout(current)
         reference_parts, _, reference_xy = self._readout(reference)
-        return FusionOutput(self.mlp(torch.cat(parts + reference_parts + command, dim=-1)), weights, xy, reference_xy)
+        return FusionOutput(self._head(torch.cat(parts + reference_parts + command, dim=-1), text), weights, xy,
+                            reference_xy)
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:
@@ -366,7 +383,7 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
-                 map_weights: bool = True, text_features: int = 0) -> nn.Module:
+                 map_weights: bool = True, text_features: int = 0, command_film: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -386,6 +403,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         raise ValueError(f"map_weights is an option of the region_map fusion, not of {kind!r}")
     if text_features and kind != "region_map":
         raise ValueError(f"text_features is an option of the region_map fusion, not of {kind!r}")
+    if command_film and kind != "region_map":
+        raise ValueError(f"command_film is an option of the region_map fusion, not of {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
@@ -401,6 +420,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["map_weights"] = False
     if text_features:
         extra["text_features"] = int(text_features)
+    if command_film:
+        extra["command_film"] = True
     if kind in ("cross_attention", "region", "gated"):
         extra.update(heads=heads, grid_size=grid_size)
     elif kind == "region_map":

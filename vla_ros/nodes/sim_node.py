@@ -57,7 +57,7 @@ from vla_ros.ros.conversions import (
     positions_from_trajectory,
 )
 
-TASKS = ("reach", "push")
+TASKS = ("reach", "push", "mixed")  # mixed: reach or push per episode, decided by the command
 MODES = ("real_time", "lockstep")
 EPISODE_OPTIONS = ("command", "split", "target", "direction")  # passed to env.reset(options=...)
 

@@ -8,9 +8,15 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0"}
+TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0", "mixed": "vla_ros/ReachPush-v0"}
 EXPERT_ACTION = "expert_action"
 TARGET_XY = "target_xy"  # commanded object's image position, (x, y) in [-1, 1] (training signal only)
+
+
+def checkpoint_tasks(task: str) -> tuple[str, ...]:
+    """The tasks a checkpoint trained on ``task`` knows, each evaluated on its own (``mixed``: reach and push)."""
+    env_id(task)
+    return ("reach", "push") if task == "mixed" else (task,)
 
 
 def env_id(task: str) -> str:

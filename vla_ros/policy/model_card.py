@@ -113,6 +113,7 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (", the MLP reads only the map's position estimates" if net.get("map_weights") is False else "")
         + (f", and a learned {net['text_features']}-d projection of the command embedding"
            if net.get("text_features") else "")
+        + (", the command FiLM-modulating the MLP (what to do as well as where)" if net.get("command_film") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",

@@ -47,7 +47,8 @@ class TrainConfig:
     """Arguments of ``vla-ros train`` (each is also a ``--flag``)."""
 
     task: str = "reach"
-    """task to train: reach or push"""
+    """task to train: reach, push, or mixed (both, drawn per episode: one policy whose task comes from the
+    command)"""
     robot: str = ""
     """robot file: a name in sim/robots (vla_arm, so101) or a path to your own; empty: vla_arm"""
     out: str = "runs/policy"
@@ -74,6 +75,9 @@ class TrainConfig:
     text_features: int = 0
     """region_map only: the MLP also reads a learned projection of the command's text embedding to this
     many numbers (push needs the commanded direction, which the map does not carry); 0: off"""
+    command_film: bool = False
+    """region_map only: the command's text embedding FiLM-modulates (scales and shifts) the MLP's hidden
+    features, so the verb and a push's direction act on where the map puts the object"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -144,7 +148,8 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return NetworkConfig(
         fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
         reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
-        text_features=cfg.text_features, fusion_dim=cfg.fusion_dim, hidden_dim=cfg.hidden_dim, heads=4,
+        text_features=cfg.text_features, command_film=cfg.command_film, fusion_dim=cfg.fusion_dim,
+        hidden_dim=cfg.hidden_dim, heads=4,
         grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
         net_arch_vf=tuple(cfg.net_arch), activation="tanh", log_std_init=float(cfg.log_std_init),
         source="vla-ros train").to_dict()
