@@ -135,3 +135,24 @@ def test_a_mixed_checkpoint_is_evaluated_per_task(tmp_path):
         assert entry["episodes"] == 2
     # a push episode may run to push's limit, a reach one never past reach's
     assert report["splits"]["reach/train"]["mean_length"] <= vla_ros.envs.MAX_EPISODE_STEPS["reach"]
+
+
+def test_the_mixed_training_env_never_shows_a_held_out_combo_or_phrasing():
+    """What a mixed policy trains on (split ``train``) holds no held-out combination or phrasing of either task."""
+    import re
+
+    env = _state_env()
+    instructions = env.unwrapped.instructions
+
+    def patterns(task, split):
+        return [re.compile(re.escape(t).replace(r"\{colour\}", ".+").replace(r"\{shape\}", ".+")
+                           .replace(r"\{direction\}", ".+") + "$") for t in instructions.templates[task][split]]
+
+    train = {task: patterns(task, "train") for task in ("reach", "push")}
+    seen = set()
+    for seed in range(200):
+        _, info = env.reset(seed=seed)
+        assert (info["target"]["colour"], info["target"]["shape"]) not in instructions.heldout_combos
+        assert any(p.match(info["command"]) for p in train[info["task"]]), info["command"]
+        seen.add(info["task"])
+    assert seen == {"reach", "push"}
