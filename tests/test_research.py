@@ -147,3 +147,20 @@ def test_done_history_probe_fits_a_head_per_history_and_reports_held_out_episode
         assert entry["tuning"]["episodes"] == entry["held_out"]["episodes"] == 1
     assert main(args)[0]["threshold"] == results[0]["threshold"]  # the cached episodes give the same fit
     assert "held out" in capsys.readouterr().out
+
+
+def test_skills_error_probe_reports_each_task_and_phase_of_a_mixed_checkpoint(tmp_path, capsys):
+    from policy_fixtures import make_policy_checkpoint
+    from research.skills_error_probe import main
+
+    checkpoint = make_policy_checkpoint(tmp_path, task="mixed", fusion="region_map", reference_frame=True,
+                                        peak_window=1.5, command_film=True)
+    report = main([str(checkpoint), "--episodes", "4", "--seed", "3", "--json", str(tmp_path / "probe.json")])
+    assert report["episodes"] == 4 and sum(report["episodes_per_task"].values()) == 4
+    assert set(report["tasks"]) <= {"reach", "push"} and report["tasks"]
+    for entry in report["tasks"].values():
+        assert abs(sum(p["share"] for p in entry["phases"].values()) - 1) < 1e-9
+        assert entry["action_mse"] >= 0 and 0 <= entry["grounding_error"] < 3
+        assert set(entry["phases"]) <= {"travel", "descend", "rise", "push"}
+    assert "success:" in capsys.readouterr().out
+    assert (tmp_path / "probe.json").is_file()

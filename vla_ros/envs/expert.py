@@ -46,22 +46,30 @@ class ScriptedExpert:
 
     def act(self, info: dict) -> np.ndarray:
         """Return the action (float32, in [-1, 1]) that moves towards the current waypoint."""
+        ee, goal, step, _ = self._waypoint(info)
+        return self._action_towards(ee, goal, step)
+
+    def phase(self, info: dict) -> str:
+        """Name of the waypoint the expert heads for: reach ``travel``/``descend``; push ``travel``, ``rise``,
+        ``descend`` (above the start of the push) or ``push``. For analysis: which phase a learner gets wrong."""
+        return self._waypoint(info)[3]
+
+    def _waypoint(self, info: dict) -> tuple[np.ndarray, np.ndarray, float, str]:
         privileged = np.asarray(info["privileged"], dtype=np.float64)
         ee, target, direction = (privileged[i:i + 3] for i in (0, 3, 9))
         if info["task"] == "reach":
-            goal, step = self._reach_goal(ee, target), MOVE_STEP
-        else:
-            goal, step = self._push_goal(ee, target, direction)
-        return self._action_towards(ee, goal, step)
+            goal, phase = self._reach_goal(ee, target)
+            return ee, goal, MOVE_STEP, phase
+        return ee, *self._push_goal(ee, target, direction)
 
-    def _reach_goal(self, ee: np.ndarray, target: np.ndarray) -> np.ndarray:
+    def _reach_goal(self, ee: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, str]:
         top = target + np.array([0.0, 0.0, 0.03])
         if np.linalg.norm(ee[:2] - target[:2]) > 0.03:
-            return np.array([target[0], target[1], max(target[2] + HOVER_CLEARANCE, ee[2] - 0.01)])
-        return top
+            return np.array([target[0], target[1], max(target[2] + HOVER_CLEARANCE, ee[2] - 0.01)]), "travel"
+        return top, "descend"
 
     def _push_goal(self, ee: np.ndarray, target: np.ndarray,
-                   direction: np.ndarray) -> tuple[np.ndarray, float]:
+                   direction: np.ndarray) -> tuple[np.ndarray, float, str]:
         # The goal is a function of the current state only (no phase memory): DAgger labels the
         # learner's own states, and a label that depends on how the expert got there cannot be fitted.
         behind = target - direction * PUSH_STANDOFF
@@ -73,14 +81,14 @@ class ScriptedExpert:
         if low and -PUSH_STANDOFF - 0.03 < along < -0.02 and lateral < 0.035:
             goal = target + direction * 0.05  # behind the object, at table level: push through its centre
             goal[2] = PUSH_HEIGHT
-            return goal, PUSH_STEP
+            return goal, PUSH_STEP, "push"
         if np.linalg.norm(ee[:2] - behind[:2]) < 0.02:
-            return behind, MOVE_STEP  # above the start of the push: go down
+            return behind, MOVE_STEP, "descend"  # above the start of the push: go down
         hover = np.array([behind[0], behind[1], target[2] + HOVER_CLEARANCE])
         if ee[2] < target[2] + HOVER_CLEARANCE - 0.02 and np.linalg.norm(ee[:2] - target[:2]) < 0.09:
             # low next to the object but not behind it: rise first instead of sweeping it aside
-            return np.array([ee[0], ee[1], hover[2]]), MOVE_STEP
-        return hover, MOVE_STEP
+            return np.array([ee[0], ee[1], hover[2]]), MOVE_STEP, "rise"
+        return hover, MOVE_STEP, "travel"
 
     def _action_towards(self, ee: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
         env, model, data = self.env, self.env.model, self.env.data

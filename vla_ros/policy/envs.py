@@ -10,6 +10,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0", "mixed": "vla_ros/ReachPush-v0"}
 EXPERT_ACTION = "expert_action"
+EXPERT_PHASE = "expert_phase"  # the waypoint the expert heads for (analysis only: ScriptedExpert.phase)
 TARGET_XY = "target_xy"  # commanded object's image position, (x, y) in [-1, 1] (training signal only)
 
 
@@ -51,6 +52,7 @@ class ExpertLabelWrapper(gym.Wrapper):
 
     def _label(self, info: dict) -> dict:
         info[EXPERT_ACTION] = self.expert.act(info)
+        info[EXPERT_PHASE] = self.expert.phase(info)
         size = self.env.unwrapped.image_size
         u, v = info["objects"][info["target"]["index"]]["pixel"]
         info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)
