@@ -151,6 +151,7 @@ def test_done_history_probe_fits_a_head_per_history_and_reports_held_out_episode
 
 def test_skills_error_probe_reports_each_task_and_phase_of_a_mixed_checkpoint(tmp_path, capsys):
     from policy_fixtures import make_policy_checkpoint
+
     from research.skills_error_probe import main
 
     checkpoint = make_policy_checkpoint(tmp_path, task="mixed", fusion="region_map", reference_frame=True,

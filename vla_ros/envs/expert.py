@@ -50,8 +50,11 @@ class ScriptedExpert:
         return self._action_towards(ee, goal, step)
 
     def phase(self, info: dict) -> str:
-        """Name of the waypoint the expert heads for: reach ``travel``/``descend``; push ``travel``, ``rise``,
-        ``descend`` (above the start of the push) or ``push``. For analysis: which phase a learner gets wrong."""
+        """Name of the waypoint the expert heads for (analysis: which phase a learner gets wrong).
+
+        Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push)
+        or ``push``.
+        """
         return self._waypoint(info)[3]
 
     def _waypoint(self, info: dict) -> tuple[np.ndarray, np.ndarray, float, str]:
