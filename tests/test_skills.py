@@ -133,6 +133,8 @@ def test_a_mixed_checkpoint_is_evaluated_per_task(tmp_path):
     assert set(report["splits"]) == {"reach/train", "push/train"}
     for entry in report["splits"].values():
         assert entry["episodes"] == 2
+    assert 0 <= report["splits"]["push/train"]["wrong_direction_rate"] <= 1
+    assert "wrong_direction_rate" not in report["splits"]["reach/train"]
     # a push episode may run to push's limit, a reach one never past reach's
     assert report["splits"]["reach/train"]["mean_length"] <= vla_ros.envs.MAX_EPISODE_STEPS["reach"]
 
@@ -156,3 +158,20 @@ def test_the_mixed_training_env_never_shows_a_held_out_combo_or_phrasing():
         assert any(p.match(info["command"]) for p in train[info["task"]]), info["command"]
         seen.add(info["task"])
     assert seen == {"reach", "push"}
+
+
+def test_a_push_that_moves_the_target_off_the_commanded_direction_is_counted_wrong_way():
+    from vla_ros.policy.evaluate import pushed_wrong_way
+
+    def info(moved, direction=(0.0, 1.0), task="push"):
+        start = np.array([0.4, 0.0, 0.02])
+        target = start + np.array([*moved, 0.0])
+        privileged = np.concatenate([np.zeros(3), target, start, [*direction, 0.0]])
+        return {"task": task, "privileged": privileged}
+
+    assert not pushed_wrong_way(info((0.0, 0.09)))  # pushed left, as commanded
+    assert not pushed_wrong_way(info((0.02, 0.0)))  # nudged, under 4 cm: not a push at all
+    assert pushed_wrong_way(info((0.0, -0.06)))  # pushed right when told left
+    assert pushed_wrong_way(info((0.06, 0.01)))  # pushed forward when told left
+    assert not pushed_wrong_way(info((0.03, 0.05)))  # 31 degrees off: still the commanded way
+    assert not pushed_wrong_way(info((0.0, -0.06), task="reach"))

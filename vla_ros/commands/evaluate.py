@@ -116,7 +116,9 @@ def _evaluate_splits(policy, task: str, splits, args, env_kwargs, image_scale=1.
                                   text_scale=text_scale, refusal=refusal, progress=True, **env_kwargs, **kwargs)
         results[f"{task}/{split}"] = result.report()
         print(f"  {task}/{split}: success {result.success_rate:.3f} ({result.successes}/{result.episodes}), "
-              f"refused {result.refusal_rate:.3f}", flush=True)
+              f"refused {result.refusal_rate:.3f}"
+              + (f", pushed the wrong way {result.wrong_way / max(1, result.episodes):.3f}"
+                 if result.wrong_way is not None else ""), flush=True)
         if done is not None and split in DONE_SPLITS:
             results[f"{task}/{split}"]["done_signal"] = metrics = _score_done(policy, task, done, args, env_kwargs,
                                                                                kwargs)

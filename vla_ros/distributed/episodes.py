@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.policy.evaluate import SplitResult, _count
+from vla_ros.policy.evaluate import SplitResult, _count, pushed_wrong_way
 
 
 def episode_seed(seed: int, split: str, index: int) -> int:
@@ -40,6 +40,8 @@ class EpisodeOutcome:
     length: int
     corruption: str | None = None
     word_kind: str | None = None
+    wrong_way: bool | None = None
+    """push: the target moved >= 4 cm in a wrong direction (None for other tasks)"""
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -59,8 +61,10 @@ def summarise(outcomes: list[EpisodeOutcome], episodes: int) -> SplitResult:
         _count(by_corruption, o.corruption, int(o.success), int(o.refused))
         _count(by_word_kind, o.word_kind, int(o.success), int(o.refused))
     lengths = [o.length for o in outcomes]
+    pushes = [o.wrong_way for o in outcomes if o.wrong_way is not None]
     return SplitResult(sum(o.success for o in outcomes), episodes, float(np.mean(lengths)) if lengths else 0.0,
-                       by_corruption, sum(o.refused for o in outcomes), by_word_kind)
+                       by_corruption, sum(o.refused for o in outcomes), by_word_kind,
+                       sum(pushes) if pushes else None)
 
 
 class EpisodeRunner:
@@ -143,8 +147,10 @@ class EpisodeRunner:
                         length += 1
                         if dones[0]:
                             info = infos[0]
-                            outcomes.append(EpisodeOutcome(int(index), bool(info.get("is_success", False)), holding,
-                                                           length, info.get("corruption"), info.get("word_kind")))
+                            outcomes.append(EpisodeOutcome(
+                                int(index), bool(info.get("is_success", False)), holding, length,
+                                info.get("corruption"), info.get("word_kind"),
+                                pushed_wrong_way(info) if info.get("task") == "push" else None))
                             break
         finally:
             extractor.image_scale.copy_(saved[0])

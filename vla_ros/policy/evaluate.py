@@ -29,6 +29,25 @@ SPLITS = {
 }
 
 
+WRONG_WAY_DISTANCE = 0.04  # m the target must move for a push to count as one in a wrong direction
+WRONG_WAY_COSINE = math.cos(math.radians(45))
+
+
+def pushed_wrong_way(info: dict) -> bool:
+    """Whether a push episode's last ``info`` shows the target moved >= 4 cm more than 45 degrees off the command.
+
+    Pushing the right object the wrong way (the direction misread) is a different failure from not pushing it
+    far enough; ``vla-ros eval`` reports its rate for push. Reads the env's privileged state (target position,
+    its start, the commanded direction; :meth:`TabletopEnv._info`); False for other tasks.
+    """
+    if info.get("task") != "push" or "privileged" not in info:
+        return False
+    privileged = np.asarray(info["privileged"], dtype=np.float64)
+    moved = privileged[3:5] - privileged[6:8]
+    distance = float(np.linalg.norm(moved))
+    return distance >= WRONG_WAY_DISTANCE and float(moved @ privileged[9:11]) < WRONG_WAY_COSINE * distance
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a binomial proportion."""
     if n == 0:
@@ -56,6 +75,9 @@ class SplitResult:
     """episodes whose command the policy refused (it held still): false refusals on a valid split, correct
     ones on ``corrupted``"""
     by_word_kind: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    wrong_way: int | None = None
+    """push: episodes that moved the target >= 4 cm in a wrong direction (:func:`pushed_wrong_way`); None for
+    other tasks"""
 
     @property
     def success_rate(self) -> float:
@@ -73,6 +95,8 @@ class SplitResult:
         entry = {"success_rate": self.success_rate, "ci95": [lo, hi], "episodes": self.episodes,
                  "mean_length": self.mean_length, "refusal_rate": self.refusal_rate,
                  "refusal_ci95": list(wilson_interval(self.refused, self.episodes))}
+        if self.wrong_way is not None:
+            entry["wrong_direction_rate"] = self.wrong_way / max(1, self.episodes)
         for key, kinds in (("by_corruption", self.by_corruption), ("by_word_kind", self.by_word_kind)):
             if kinds:  # an absent object's name and a random string fail differently; so do new words
                 entry[key] = {kind: {"success_rate": wins / n, "ci95": list(wilson_interval(wins, n)),
@@ -127,7 +151,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         obs = venv.reset()
         holding = _refused(refusal, encoder, obs, np.arange(num_envs), venv.commands)
         done_counts = np.zeros(num_envs, dtype=int)
-        successes, refused, lengths = 0, 0, []
+        successes, refused, lengths, wrong_way = 0, 0, [], 0
         by_corruption: dict[str, tuple[int, int, int]] = {}
         by_word_kind: dict[str, tuple[int, int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
@@ -143,6 +167,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                     successes += success
                     refused += int(holding[i])
                     lengths.append(int(steps[i]))
+                    wrong_way += int(pushed_wrong_way(infos[i]))
                     done_counts[i] += 1
                     _count(by_corruption, infos[i].get("corruption"), success, int(holding[i]))
                     _count(by_word_kind, infos[i].get("word_kind"), success, int(holding[i]))
@@ -157,4 +182,4 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         extractor.text_scale.copy_(saved[1])
         venv.close()
     return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption,
-                       refused, by_word_kind)
+                       refused, by_word_kind, wrong_way if task == "push" else None)
