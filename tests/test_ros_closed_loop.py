@@ -40,17 +40,22 @@ def test_ros_closed_loop_matches_in_process_success(tmp_path, robot, folder):
         in_process = [run_episode(policy, env, seed=s).success for s in SEEDS]
     finally:
         env.close()
+    task = policy.config["task"]
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     report = tmp_path / "demo.json"
     args = parser.parse_args(["--robot", robot, "--episodes", str(len(SEEDS)), "--seed", str(SEEDS[0]),
-                              "--mode", "lockstep",
-                              "--task", policy.config["task"], "--out", str(tmp_path / "demo"),
+                              "--mode", "lockstep", "--compare-in-process",
+                              "--task", task, "--out", str(tmp_path / "demo"),
                               "--json", str(report), "--episode-timeout", "60"])
     assert demo.run(args) == 0
-    episodes = json.loads(report.read_text())["episodes"]
+    result = json.loads(report.read_text())
+    episodes = result["episodes"]
     over_ros = [e["success"] for e in episodes]
+    # the demo's own in-process comparison runs the same seeds as this test's
+    assert [e["in_process"] for e in episodes] == in_process
+    assert result["in_process"]["agreeing_episodes"] == sum(a == b for a, b in zip(over_ros, in_process))
     assert len(over_ros) == len(in_process)
     rate_ros, rate_local = sum(over_ros) / len(over_ros), sum(in_process) / len(in_process)
     assert abs(rate_ros - rate_local) <= 0.10, (over_ros, in_process)

@@ -57,6 +57,9 @@ def add_arguments(parser) -> None:
                         help="also copy the contact sheet here (the README's: docs/media/demo_contact_sheet.png)")
     parser.add_argument("--episode-timeout", type=float, default=30.0, help="seconds allowed per episode")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds allowed for nodes to start")
+    parser.add_argument("--compare-in-process", action="store_true",
+                        help="also run the same seeds through the Policy in this process (no ROS) and report both "
+                        "success rates and how many episodes agree (lockstep should match closely)")
     parser.add_argument("--allow-network", action="store_true",
                         help="run even though interfaces other than loopback exist (DDS may leave the machine)")
     add_json_argument(parser)
@@ -152,6 +155,31 @@ def write_demo_video(frames: list, rows: list[dict], out: Path) -> tuple[Path | 
     return path, sheet
 
 
+def _in_process(policy_path, args, rows: list[dict]) -> dict:
+    """The demo's seeds run through :class:`Policy` in this process; each row gains ``in_process`` (success)."""
+    import gymnasium as gym
+
+    import vla_ros.envs  # noqa: F401  (registers the env ids)
+    from vla_ros.policy.envs import env_id
+    from vla_ros.policy.policy import Policy
+    from vla_ros.policy.rollout import run_episode
+
+    policy = Policy.load(Path(policy_path))
+    env_kwargs = {**policy.config.get("env", {}), "split": args.split}
+    env = gym.make(env_id(args.task), **env_kwargs)
+    try:
+        for row in rows:
+            row["in_process"] = run_episode(policy, env, seed=row["seed"]).success
+    finally:
+        env.close()
+    local = [r["in_process"] for r in rows]
+    rate, rate_ros = sum(local) / max(1, len(rows)), sum(r["success"] for r in rows) / max(1, len(rows))
+    agreeing = sum(r["in_process"] == r["success"] for r in rows)
+    print(f"in process: {sum(local)}/{len(rows)} ({rate:.3f}) against {rate_ros:.3f} over ROS; "
+          f"{agreeing}/{len(rows)} episodes agree", flush=True)
+    return {"success_rate": rate, "agreeing_episodes": agreeing, "difference": rate_ros - rate}
+
+
 def _spin_until(executor, predicate, timeout_s: float, graph) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -245,12 +273,14 @@ def run(args) -> int:
         Path(args.contact_sheet).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sheet, args.contact_sheet)
     successes = sum(r["success"] for r in rows)
-    print(format_table(rows, ["episode", "seed", "command", "success", "steps", "seconds"]))
+    comparison = _in_process(policy, args, rows) if args.compare_in_process else None
+    print(format_table(rows, ["episode", "seed", "command", "success", "steps", "seconds"]
+                       + (["in_process"] if comparison else [])))
     print(f"success: {successes}/{len(rows)}; recording {out / 'demo.mcap'} "
           f"({sum(recorder.counts.values())} messages; Foxglove layout {FOXGLOVE_LAYOUT}); video {video}; "
           f"contact sheet {sheet}")
     write_json(args.json, {"episodes": rows, "success_rate": successes / max(1, len(rows)),
                            "mcap": str(out / "demo.mcap"), "video": str(video) if video else None,
                            "contact_sheet": str(sheet) if sheet else None,
-                           "messages": recorder.counts})
+                           "messages": recorder.counts, "in_process": comparison})
     return 0 if len(rows) == args.episodes and all("error" not in r for r in rows) else 1
