@@ -117,3 +117,11 @@ def test_the_shipped_policy_recipe_trains_end_to_end_with_a_reduced_budget(tmp_p
                  "--eval-every", "10000", "--eval-episodes", "2", "--checkpoint-every", "64"]) == 0
     recorded = _recorded_policy_config(out / "final")
     assert recorded["fusion"] == "region_map" and recorded["patch_stitch"] == 2 and recorded["ppo_steps"] == 64
+
+
+def test_the_skills_research_recipe_reads_as_a_mixed_film_run():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "research" / "recipes" / "skills_film.yaml"
+    cfg = load_recipe(TrainConfig, recipe, skip=("command",))
+    assert cfg.task == "mixed" and cfg.command_film is True and cfg.fusion == "region_map"
