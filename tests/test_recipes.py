@@ -123,5 +123,6 @@ def test_the_skills_research_recipe_reads_as_a_mixed_film_run():
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[1] / "research" / "recipes" / "skills_film.yaml"
-    cfg = load_recipe(TrainConfig, recipe, skip=("command",))
+    cfg = _config(TrainConfig, ["train", "--config", str(recipe)])
     assert cfg.task == "mixed" and cfg.command_film is True and cfg.fusion == "region_map"
+    assert load_recipe(TrainConfig, recipe, skip=("command",))["ppo_steps"] == 120_000
