@@ -175,3 +175,21 @@ def test_a_push_that_moves_the_target_off_the_commanded_direction_is_counted_wro
     assert pushed_wrong_way(info((0.06, 0.01)))  # pushed forward when told left
     assert not pushed_wrong_way(info((0.03, 0.05)))  # 31 degrees off: still the commanded way
     assert not pushed_wrong_way(info((0.0, -0.06), task="reach"))
+
+
+def test_refusal_calibration_phrasings_of_a_mixed_checkpoint_come_from_both_tasks():
+    from types import SimpleNamespace
+
+    from vla_ros.commands.calibrate_refusal import validation_phrasings
+    from vla_ros.envs.instructions import load_instructions
+
+    instructions = load_instructions()
+    colours, shapes = list(instructions.colours), list(instructions.shapes)
+    n = 60
+    data = SimpleNamespace(images=[None] * n, target=[0] * n, shapes=np.zeros((n, 1), int),
+                           colours=np.zeros((n, 1), int), shape_names=shapes, colour_names=colours)
+    frames = instructions.word_splits["validation_words"].templates
+    texts = validation_phrasings(data, "mixed", seed=0)
+    openings = {task: {f.split("{")[0] for f in frames[task]} for task in ("reach", "push")}
+    for task in ("reach", "push"):
+        assert any(any(t.startswith(o) for o in openings[task] if o) for t in texts), task

@@ -186,14 +186,16 @@ def _as_written(encoder, as_written: bool):
 def validation_phrasings(data, task: str, seed: int = 0) -> list[str]:
     """Commands for ``data``'s targets in the ``validation_words`` split's own frames, but with training words.
 
-    A command in known words and a new phrasing: what held-out phrasings are, on validation frames.
+    A command in known words and a new phrasing: what held-out phrasings are, on validation frames. ``task``
+    ``mixed`` (a reach + push checkpoint) draws from both tasks' frames.
     """
     import numpy as np
 
-    from vla_ros.envs.instructions import load_instructions
+    from vla_ros.envs.instructions import TASKS, load_instructions
 
     instructions = load_instructions()
-    frames = instructions.word_splits["validation_words"].templates[task]
+    templates = instructions.word_splits["validation_words"].templates
+    frames = [f for t in TASKS for f in templates[t]] if task == "mixed" else templates[task]
     rng = np.random.default_rng(seed)
     directions = [w for words in instructions.direction_words.values() for w in words]
     out = []
