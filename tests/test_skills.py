@@ -174,7 +174,7 @@ def test_a_push_that_moves_the_target_off_the_commanded_direction_is_counted_wro
     assert pushed_wrong_way(info((0.0, -0.06)))  # pushed right when told left
     assert pushed_wrong_way(info((0.06, 0.01)))  # pushed forward when told left
     assert not pushed_wrong_way(info((0.03, 0.05)))  # 31 degrees off: still the commanded way
-    assert not pushed_wrong_way(info((0.0, -0.06), task="reach"))
+    assert pushed_wrong_way(info((0.0, -0.06), task="reach")) is None  # not a push episode
 
 
 def test_refusal_calibration_phrasings_of_a_mixed_checkpoint_come_from_both_tasks():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.policy.evaluate import SplitResult, _count, pushed_wrong_way
+from vla_ros.policy.evaluate import SplitResult, _count, _wrong_way, pushed_wrong_way
 
 
 def episode_seed(seed: int, split: str, index: int) -> int:
@@ -61,10 +61,9 @@ def summarise(outcomes: list[EpisodeOutcome], episodes: int) -> SplitResult:
         _count(by_corruption, o.corruption, int(o.success), int(o.refused))
         _count(by_word_kind, o.word_kind, int(o.success), int(o.refused))
     lengths = [o.length for o in outcomes]
-    pushes = [o.wrong_way for o in outcomes if o.wrong_way is not None]
     return SplitResult(sum(o.success for o in outcomes), episodes, float(np.mean(lengths)) if lengths else 0.0,
                        by_corruption, sum(o.refused for o in outcomes), by_word_kind,
-                       sum(pushes) if pushes else None)
+                       _wrong_way([o.wrong_way for o in outcomes]))
 
 
 class EpisodeRunner:
@@ -149,8 +148,7 @@ class EpisodeRunner:
                             info = infos[0]
                             outcomes.append(EpisodeOutcome(
                                 int(index), bool(info.get("is_success", False)), holding, length,
-                                info.get("corruption"), info.get("word_kind"),
-                                pushed_wrong_way(info) if info.get("task") == "push" else None))
+                                info.get("corruption"), info.get("word_kind"), pushed_wrong_way(info)))
                             break
         finally:
             extractor.image_scale.copy_(saved[0])

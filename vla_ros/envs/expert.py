@@ -46,16 +46,16 @@ class ScriptedExpert:
 
     def act(self, info: dict) -> np.ndarray:
         """Return the action (float32, in [-1, 1]) that moves towards the current waypoint."""
-        ee, goal, step, _ = self._waypoint(info)
-        return self._action_towards(ee, goal, step)
+        return self.act_with_phase(info)[0]
 
-    def phase(self, info: dict) -> str:
-        """Name of the waypoint the expert heads for (analysis: which phase a learner gets wrong).
+    def act_with_phase(self, info: dict) -> tuple[np.ndarray, str]:
+        """The action and the name of the waypoint it heads for (analysis: which phase a learner gets wrong).
 
         Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push)
         or ``push``.
         """
-        return self._waypoint(info)[3]
+        ee, goal, step, phase = self._waypoint(info)
+        return self._action_towards(ee, goal, step), phase
 
     def _waypoint(self, info: dict) -> tuple[np.ndarray, np.ndarray, float, str]:
         privileged = np.asarray(info["privileged"], dtype=np.float64)

@@ -8,23 +8,25 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-TASK_IDS = {"reach": "vla_ros/Reach-v0", "push": "vla_ros/Push-v0", "mixed": "vla_ros/ReachPush-v0"}
+from vla_ros.envs import ENV_IDS
+from vla_ros.envs.instructions import TASKS
+
 EXPERT_ACTION = "expert_action"
-EXPERT_PHASE = "expert_phase"  # the waypoint the expert heads for (analysis only: ScriptedExpert.phase)
+EXPERT_PHASE = "expert_phase"  # the waypoint the expert heads for (analysis only: ScriptedExpert.act_with_phase)
 TARGET_XY = "target_xy"  # commanded object's image position, (x, y) in [-1, 1] (training signal only)
 
 
 def checkpoint_tasks(task: str) -> tuple[str, ...]:
     """The tasks a checkpoint trained on ``task`` knows, each evaluated on its own (``mixed``: reach and push)."""
     env_id(task)
-    return ("reach", "push") if task == "mixed" else (task,)
+    return TASKS if task == "mixed" else (task,)
 
 
 def env_id(task: str) -> str:
     """Gymnasium id of a task."""
-    if task not in TASK_IDS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_IDS)}")
-    return TASK_IDS[task]
+    if task not in ENV_IDS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(ENV_IDS)}")
+    return ENV_IDS[task]
 
 
 class ExpertLabelWrapper(gym.Wrapper):
@@ -51,8 +53,7 @@ class ExpertLabelWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, self._label(info)
 
     def _label(self, info: dict) -> dict:
-        info[EXPERT_ACTION] = self.expert.act(info)
-        info[EXPERT_PHASE] = self.expert.phase(info)
+        info[EXPERT_ACTION], info[EXPERT_PHASE] = self.expert.act_with_phase(info)
         size = self.env.unwrapped.image_size
         u, v = info["objects"][info["target"]["index"]]["pixel"]
         info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)

@@ -33,19 +33,25 @@ WRONG_WAY_DISTANCE = 0.04  # m the target must move for a push to count as one i
 WRONG_WAY_COSINE = math.cos(math.radians(45))
 
 
-def pushed_wrong_way(info: dict) -> bool:
+def pushed_wrong_way(info: dict) -> bool | None:
     """Whether a push episode's last ``info`` shows the target moved >= 4 cm more than 45 degrees off the command.
 
     Pushing the right object the wrong way (the direction misread) is a different failure from not pushing it
     far enough; ``vla-ros eval`` reports its rate for push. Reads the env's privileged state (target position,
-    its start, the commanded direction; :meth:`TabletopEnv._info`); False for other tasks.
+    its start, the commanded direction; :meth:`TabletopEnv._info`); None for an episode that is not a push.
     """
     if info.get("task") != "push" or "privileged" not in info:
-        return False
+        return None
     privileged = np.asarray(info["privileged"], dtype=np.float64)
     moved = privileged[3:5] - privileged[6:8]
     distance = float(np.linalg.norm(moved))
     return distance >= WRONG_WAY_DISTANCE and float(moved @ privileged[9:11]) < WRONG_WAY_COSINE * distance
+
+
+def _wrong_way(outcomes: list[bool | None]) -> int | None:
+    """Pushes in a wrong direction among episode outcomes of :func:`pushed_wrong_way`; None without a push."""
+    pushes = [o for o in outcomes if o is not None]
+    return sum(pushes) if pushes else None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -76,8 +82,8 @@ class SplitResult:
     ones on ``corrupted``"""
     by_word_kind: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     wrong_way: int | None = None
-    """push: episodes that moved the target >= 4 cm in a wrong direction (:func:`pushed_wrong_way`); None for
-    other tasks"""
+    """push: episodes that moved the target >= 4 cm in a wrong direction (:func:`pushed_wrong_way`); None when
+    no episode was a push"""
 
     @property
     def success_rate(self) -> float:
@@ -151,7 +157,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         obs = venv.reset()
         holding = _refused(refusal, encoder, obs, np.arange(num_envs), venv.commands)
         done_counts = np.zeros(num_envs, dtype=int)
-        successes, refused, lengths, wrong_way = 0, 0, [], 0
+        successes, refused, lengths, pushes = 0, 0, [], []
         by_corruption: dict[str, tuple[int, int, int]] = {}
         by_word_kind: dict[str, tuple[int, int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
@@ -167,7 +173,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                     successes += success
                     refused += int(holding[i])
                     lengths.append(int(steps[i]))
-                    wrong_way += int(pushed_wrong_way(infos[i]))
+                    pushes.append(pushed_wrong_way(infos[i]))
                     done_counts[i] += 1
                     _count(by_corruption, infos[i].get("corruption"), success, int(holding[i]))
                     _count(by_word_kind, infos[i].get("word_kind"), success, int(holding[i]))
@@ -182,4 +188,4 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         extractor.text_scale.copy_(saved[1])
         venv.close()
     return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption,
-                       refused, by_word_kind, wrong_way if task == "push" else None)
+                       refused, by_word_kind, _wrong_way(pushes))
