@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
     venv = ClipFeatureVecEnv(make_vec_env(policy.config["task"], args.num_envs, args.seed, vec_env="dummy",
                                           expert_labels=True, **policy.config.get("env", {})),
                              policy.encoder, policy.normalizer,
-                             reference_frame=getattr(extractor, "reference_frame", False))
+                             reference_frame=getattr(extractor, "reference_frame", False),
+                             sentence=bool(getattr(extractor, "sentence_dim", 0)))
     rows: dict[str, list] = defaultdict(list)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     started = args.num_envs

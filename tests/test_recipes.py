@@ -126,3 +126,15 @@ def test_the_skills_research_recipe_reads_as_a_mixed_film_run():
     cfg = _config(TrainConfig, ["train", "--config", str(recipe)])
     assert cfg.task == "mixed" and cfg.command_film is True and cfg.fusion == "region_map"
     assert load_recipe(TrainConfig, recipe, skip=("command",))["ppo_steps"] == 120_000
+
+
+def test_the_skill_reader_research_recipe_differs_from_the_film_one_in_its_conditioning_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    film = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_film.yaml")]))
+    reader = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_reader.yaml")]))
+    changed = {k for k in film if film[k] != reader[k]} - {"command"}
+    assert changed == {"command_film", "skill_reader", "ppo_steps"}
+    assert reader["skill_reader"] is True and reader["command_film"] is False and reader["task"] == "mixed"

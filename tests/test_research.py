@@ -165,3 +165,17 @@ def test_skills_error_probe_reports_each_task_and_phase_of_a_mixed_checkpoint(tm
         assert set(entry["phases"]) <= {"travel", "descend", "rise", "push"}
     assert "success:" in capsys.readouterr().out
     assert (tmp_path / "probe.json").is_file()
+
+
+def test_skill_reader_probe_scores_both_embeddings_on_every_split(tmp_path, capsys):
+    from research.skill_reader_probe import SOURCES, SPLITS, main
+
+    report = main(["--per-frame", "1", "--json", str(tmp_path / "probe.json")])
+    for source in SOURCES:
+        assert set(report["accuracy"][source]) == set(SPLITS)
+        for entry in report["accuracy"][source].values():
+            assert 0 <= entry["accuracy"] <= 1 and entry["commands"] > 0
+    # the reader's own input names the skill of every training command (its fit's commands are other draws)
+    assert report["accuracy"]["sentence"]["train"]["accuracy"] > 0.95
+    assert "heldout_phrasings" in capsys.readouterr().out
+    assert (tmp_path / "probe.json").is_file()

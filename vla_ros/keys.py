@@ -21,6 +21,9 @@ FEAT_TEXT = "text_embedding"  # float32 (D,)
 # Patch tokens of the episode's first frame (the frame a command arrived with): where the objects were
 # before the arm moved in and hid them. Only in observations of policies trained with a reference frame.
 FEAT_REFERENCE_PATCHES = "reference_patches"  # float32 (P, D)
+# The pretrained text tower's sentence embedding of the command (before the CLIP projection). Only in
+# observations of policies with a skill reader (``network.skill_reader_width``).
+FEAT_SENTENCE = "command_sentence"  # float32 (W,)
 
 COMMAND_MAX_BYTES = 128
 

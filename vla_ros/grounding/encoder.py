@@ -183,6 +183,8 @@ class ClipEncoder:
                                   or getattr(model, "context_length", 77))
         self.pretrained_text = is_pretrained_text(loaded.model_cfg)
         self.text_pooling = text_pooling(loaded.model_cfg)  # how a pretrained tower's token states are pooled
+        # width of :meth:`encode_sentences` (0: a text tower trained from scratch has no sentence embedding)
+        self.sentence_dim = int(model.text.config.hidden_size) if self.pretrained_text else 0
         self.lexicon = None  # a grounding.lexicon.Lexicon: words outside the CLIP's vocabulary read as known ones
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()

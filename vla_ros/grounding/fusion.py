@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+NUM_SKILLS = 5  # the skill reader's classes: reach, push left / right / forward / back (vla_ros.policy.skill_reader)
+
 
 class FusionOutput(NamedTuple):
     """What a fusion module computes: its features and, where it has them, where it grounds the command.
@@ -282,8 +284,10 @@ class RegionMapFusion(nn.Module):
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
-                 command_film: bool = False):
+                 command_film: bool = False, skill_reader_width: int = 0):
         super().__init__()
+        if command_film and skill_reader_width:
+            raise ValueError("command_film and skill_reader_width are two sources for one FiLM: choose one")
         if reference_prior and not reference_frame:
             raise ValueError("reference_prior needs reference_frame=True")
         grid_h, grid_w = _grid(num_patches, grid_size)
@@ -305,16 +309,35 @@ class RegionMapFusion(nn.Module):
         # features, so what to do (the verb, a push's direction) acts on where the map says the object is.
         # Zero-initialised: training starts from the unconditioned MLP.
         self.film = nn.Linear(embed_dim, 2 * hidden_dim) if command_film else None
+        # Or the skill reader's probabilities (reach, push left / right / forward / back) FiLM it: a frozen
+        # linear map of the text tower's sentence embedding (vla_ros.policy.skill_reader), fitted before
+        # training and stored as buffers, so a new phrasing acts only through the skill it reads as.
+        self.skill_reader_width = int(skill_reader_width)
+        if self.skill_reader_width:
+            self.register_buffer("skill_weight", torch.zeros(NUM_SKILLS, self.skill_reader_width))
+            self.register_buffer("skill_bias", torch.zeros(NUM_SKILLS))
+            self.film = nn.Linear(NUM_SKILLS, 2 * hidden_dim)
         if self.film is not None:
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
 
-    def _head(self, inputs: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def skills(self, sentence: torch.Tensor) -> torch.Tensor:
+        """The skill reader's (B, 5) probabilities of reach, push left / right / forward / back."""
+        return torch.softmax(F.normalize(sentence, dim=-1) @ self.skill_weight.T + self.skill_bias, dim=-1)
+
+    def _head(self, inputs: torch.Tensor, text: torch.Tensor, sentence: torch.Tensor | None) -> torch.Tensor:
         """The MLP over the map readouts, its hidden layer FiLM-modulated by the command when configured."""
         if self.film is None:
             return self.mlp(inputs)
         hidden = self.mlp[1](self.mlp[0](inputs))
-        scale, shift = self.film(F.normalize(text, dim=-1)).chunk(2, dim=-1)
+        if self.skill_reader_width:
+            if sentence is None or sentence.shape != (inputs.shape[0], self.skill_reader_width):
+                raise ValueError(f"this fusion reads the command's sentence embedding: pass sentence shaped "
+                                 f"(B, {self.skill_reader_width})")
+            condition = self.skills(sentence)
+        else:
+            condition = F.normalize(text, dim=-1)
+        scale, shift = self.film(condition).chunk(2, dim=-1)
         return self.mlp[3](self.mlp[2](hidden * (1 + scale) + shift))
 
     def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -339,14 +362,14 @@ class RegionMapFusion(nn.Module):
         estimate = torch.softmax(logits + self.log_window[logits.argmax(dim=-1)], dim=-1) @ self.coordinates
         return parts + [estimate], weights, estimate
 
-    def forward(self, image_global, image_patches, text, reference_patches=None) -> torch.Tensor:
+    def forward(self, image_global, image_patches, text, reference_patches=None, sentence=None) -> torch.Tensor:
         """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
-        return self.fuse(image_global, image_patches, text, reference_patches).features
+        return self.fuse(image_global, image_patches, text, reference_patches, sentence).features
 
-    def fuse(self, image_global, image_patches, text, reference_patches=None) -> FusionOutput:
-        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] -> (B, out_dim), map, estimate.
+    def fuse(self, image_global, image_patches, text, reference_patches=None, sentence=None) -> FusionOutput:
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] [, sentence (B, W)] -> (B, out_dim), map, estimate.
 
-        ``image_global`` is unused.
+        ``image_global`` is unused; ``sentence`` (the text tower's sentence embedding) only with a skill reader.
         """
         _check_inputs(self, image_global, image_patches, text)
         current = self.logits(image_patches, text)
@@ -354,7 +377,7 @@ class RegionMapFusion(nn.Module):
         command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
         if not self.reference_frame:
             parts, weights, xy = self._readout(current)
-            return FusionOutput(self._head(torch.cat(parts + command, dim=-1), text), weights, xy)
+            return FusionOutput(self._head(torch.cat(parts + command, dim=-1), text, sentence), weights, xy)
         if reference_patches is None or reference_patches.shape != image_patches.shape:
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
@@ -365,7 +388,8 @@ class RegionMapFusion(nn.Module):
             current = current + self.reference_prior * reference
         parts, weights, xy = self._readout(current)
         reference_parts, _, reference_xy = self._readout(reference)
-        return FusionOutput(self._head(torch.cat(parts + reference_parts + command, dim=-1), text), weights, xy,
+        return FusionOutput(self._head(torch.cat(parts + reference_parts + command, dim=-1), text, sentence),
+                            weights, xy,
                             reference_xy)
 
 
@@ -383,7 +407,8 @@ REFERENCE_FRAME_KINDS = ("cross_attention", "region", "region_map")
 def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
-                 map_weights: bool = True, text_features: int = 0, command_film: bool = False) -> nn.Module:
+                 map_weights: bool = True, text_features: int = 0, command_film: bool = False,
+                 skill_reader_width: int = 0) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -405,6 +430,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         raise ValueError(f"text_features is an option of the region_map fusion, not of {kind!r}")
     if command_film and kind != "region_map":
         raise ValueError(f"command_film is an option of the region_map fusion, not of {kind!r}")
+    if skill_reader_width and kind != "region_map":
+        raise ValueError(f"skill_reader_width is an option of the region_map fusion, not of {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
@@ -422,6 +449,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["text_features"] = int(text_features)
     if command_film:
         extra["command_film"] = True
+    if skill_reader_width:
+        extra["skill_reader_width"] = int(skill_reader_width)
     if kind in ("cross_attention", "region", "gated"):
         extra.update(heads=heads, grid_size=grid_size)
     elif kind == "region_map":

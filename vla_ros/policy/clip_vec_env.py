@@ -3,7 +3,8 @@
 Raw env observations (image, command bytes, proprioception) become CLIP features (global image
 embedding, patch tokens, cached text embedding, normalised proprioception). ``batched=False``
 encodes env by env instead: the slower baseline ``vla-ros bench train`` compares against.
-``reference_frame=True`` adds the patch tokens of each env's first frame of its current episode.
+``reference_frame=True`` adds the patch tokens of each env's first frame of its current episode;
+``sentence=True`` the text tower's sentence embedding of each command (a skill reader reads it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
     FEAT_REFERENCE_PATCHES,
+    FEAT_SENTENCE,
     FEAT_TEXT,
     OBS_COMMAND,
     OBS_IMAGE,
@@ -30,13 +32,16 @@ class ClipFeatureVecEnv(VecEnvWrapper):
     """Replace image + command observations by frozen CLIP features, batched over all envs."""
 
     def __init__(self, venv: VecEnv, encoder, normalizer: ProprioNormalizer, batched: bool = True,
-                 reference_frame: bool = False):
+                 reference_frame: bool = False, sentence: bool = False):
+        if sentence and not encoder.sentence_dim:
+            raise ValueError("sentence embeddings need a CLIP with a pretrained text tower")
         self.encoder = encoder
+        self.sentence = sentence
         self.normalizer = normalizer
         self.batched = batched
         self.reference_frame = reference_frame
         space = clip_feature_space(encoder.embed_dim, encoder.num_patches, 2 * normalizer.num_joints,
-                                   reference_frame)
+                                   reference_frame, encoder.sentence_dim if sentence else 0)
         super().__init__(venv, observation_space=space)
         self.commands: list[str] = [""] * venv.num_envs
         self.reference: np.ndarray | None = None  # (num_envs, P, D) first-frame patches of each episode
@@ -52,12 +57,15 @@ class ClipFeatureVecEnv(VecEnvWrapper):
             glob = torch.cat([p.global_embedding for p in parts])
             patches = torch.cat([p.patches for p in parts])
         text = self.encoder.encode_text(commands)
-        return {
+        feats = {
             FEAT_IMAGE_GLOBAL: glob.float().cpu().numpy(),
             FEAT_IMAGE_PATCHES: patches.float().cpu().numpy(),
             FEAT_TEXT: text.float().cpu().numpy(),
             OBS_PROPRIO: self.normalizer(proprio),
         }
+        if self.sentence:
+            feats[FEAT_SENTENCE] = self.encoder.encode_sentences(commands).float().cpu().numpy()
+        return feats
 
     def _convert(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.commands = [decode_command(c) for c in obs[OBS_COMMAND]]

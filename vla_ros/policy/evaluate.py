@@ -143,7 +143,8 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
     quotas[: episodes % num_envs] += 1
     extractor = network.features_extractor
     venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, **env_kwargs),
-                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False))
+                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
+                             sentence=bool(getattr(extractor, "sentence_dim", 0)))
     saved = (extractor.image_scale.clone(), extractor.text_scale.clone())
     extractor.image_scale.fill_(image_scale)
     extractor.text_scale.fill_(text_scale)

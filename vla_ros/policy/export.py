@@ -135,6 +135,9 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     dtype = torch.float16 if fp16 else torch.float32
     clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
     network = copy.deepcopy(policy.network).float().cpu().eval()
+    if getattr(policy, "skill_reader", False):
+        raise ValueError("a policy with a skill reader cannot be exported to ONNX yet: the graphs would also need "
+                         "the text tower's sentence embedding; run it on the torch backend")
     graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
     frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
     if policy.encoder.pretrained_text:

@@ -9,6 +9,7 @@ Observation (Dict, produced by ``ClipFeatureVecEnv``):
 | ``text_embedding`` | (D,) | CLIP text embedding of the command |
 | ``proprio`` | (2n,) | normalised joint positions then velocities |
 | ``reference_patches`` | (P, D) | patch tokens of the episode's first frame (reference-frame policies only) |
+| ``command_sentence`` | (W,) | the text tower's sentence embedding of the command (skill-reader policies only) |
 
 Output: ``fusion.out_dim + 2n`` features. The fusion module is trainable; CLIP is not part of it.
 """
@@ -21,12 +22,19 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from vla_ros.grounding.fusion import FusionOutput, build_fusion
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.keys import (
+    FEAT_IMAGE_GLOBAL,
+    FEAT_IMAGE_PATCHES,
+    FEAT_REFERENCE_PATCHES,
+    FEAT_SENTENCE,
+    FEAT_TEXT,
+    OBS_PROPRIO,
+)
 from vla_ros.policy.network_config import NetworkConfig
 
 
 def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
-                       reference_frame: bool = False) -> gym.spaces.Dict:
+                       reference_frame: bool = False, sentence_dim: int = 0) -> gym.spaces.Dict:
     """The observation space of the policy (after the frozen CLIP towers)."""
     box = lambda *shape: gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)  # noqa: E731
     spaces = {
@@ -37,6 +45,8 @@ def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
     }
     if reference_frame:
         spaces[FEAT_REFERENCE_PATCHES] = box(num_patches, embed_dim)
+    if sentence_dim:
+        spaces[FEAT_SENTENCE] = box(sentence_dim)
     return gym.spaces.Dict(spaces)
 
 
@@ -58,6 +68,11 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         if self.reference_frame != network.reference_frame:
             raise ValueError(f"the observation space {'has' if self.reference_frame else 'lacks'} reference "
                              f"patches but network.reference_frame is {network.reference_frame}")
+        sentence = observation_space.spaces.get(FEAT_SENTENCE)
+        self.sentence_dim = int(sentence.shape[0]) if sentence is not None else 0
+        if self.sentence_dim != network.skill_reader_width:
+            raise ValueError(f"the observation space's sentence embedding has width {self.sentence_dim} but "
+                             f"network.skill_reader_width is {network.skill_reader_width}")
         self.patch_stitch = network.patch_stitch  # the image tower's shift-and-stitch factor (frame_forward reads it)
         self.fusion = build_fusion(network.fusion, embed_dim=embed_dim, num_patches=num_patches,
                                    out_dim=network.fusion_dim, **network.fusion_kwargs())
@@ -73,5 +88,7 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
         fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
                                  observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                                 observations[FEAT_TEXT] * self.text_scale, reference)
+                                 observations[FEAT_TEXT] * self.text_scale, reference,
+                                 **({"sentence": observations[FEAT_SENTENCE] * self.text_scale}
+                                    if self.sentence_dim else {}))
         return torch.cat([fused.features, observations[OBS_PROPRIO]], dim=-1), fused

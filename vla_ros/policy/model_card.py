@@ -114,6 +114,8 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (f", and a learned {net['text_features']}-d projection of the command embedding"
            if net.get("text_features") else "")
         + (", the command FiLM-modulating the MLP (what to do as well as where)" if net.get("command_film") else "")
+        + (", a frozen skill reader (reach, push left / right / forward / back, read from the text tower's sentence "
+           "embedding) FiLM-modulating the MLP" if net.get("skill_reader_width") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",

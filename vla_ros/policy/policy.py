@@ -16,7 +16,14 @@ from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder, trim_padding
 from vla_ros.grounding.lexicon import Lexicon
 from vla_ros.grounding.refusal import Refusal, RefusalRule, unreadable
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.keys import (
+    FEAT_IMAGE_GLOBAL,
+    FEAT_IMAGE_PATCHES,
+    FEAT_REFERENCE_PATCHES,
+    FEAT_SENTENCE,
+    FEAT_TEXT,
+    OBS_PROPRIO,
+)
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.done_head import done_inputs
 from vla_ros.policy.proprio import ProprioNormalizer
@@ -73,6 +80,11 @@ class Policy:
         self.grounding_labels = _object_labels()
         self.cuda_graph = None  # CudaGraphFrame replaying batch-1 torch inference on CUDA
         self.reference_frame = bool(config["network"].get("reference_frame", False))
+        # a skill reader reads the text tower's sentence embedding: the eager torch path only, for now
+        self.skill_reader = bool(config["network"].get("skill_reader_width", 0))
+        if self.skill_reader and onnx is not None:
+            raise ValueError("a policy with a skill reader runs on the torch backend only (its ONNX graph would "
+                             "also need the sentence embedding, which the export does not write yet)")
         self._reference = None  # patches of the episode's first frame (tensor; numpy for ONNX Runtime)
         self._reference_command: str | None = None
         self.refusal_rule = RefusalRule.from_dict(config.get("refusal"))
@@ -94,6 +106,8 @@ class Policy:
 
         if self.onnx is not None:
             raise ValueError("CUDA graphs are for the torch backend; ONNX Runtime has its own graph execution")
+        if self.skill_reader:
+            raise RuntimeError("CUDA graphs do not capture a skill reader's sentence embedding yet; running eagerly")
         self.cuda_graph = None
         self.network.eval()
         self.cuda_graph = CudaGraphFrame(self.encoder.model.visual, self.network, self.encoder.image_size,
@@ -243,6 +257,8 @@ class Policy:
             FEAT_TEXT: text.to(self.device) * text_scale,
             OBS_PROPRIO: torch.as_tensor(self.normalizer(state[None]), device=self.device),
         }
+        if self.skill_reader:
+            obs[FEAT_SENTENCE] = self.encoder.encode_sentences([command]).to(self.device) * text_scale
         if self.reference_frame:
             if reference is None:
                 reference = self._reference = patches

@@ -78,6 +78,10 @@ class TrainConfig:
     command_film: bool = False
     """region_map only: the command's text embedding FiLM-modulates (scales and shifts) the MLP's hidden
     features, so the verb and a push's direction act on where the map puts the object"""
+    skill_reader: bool = False
+    """region_map with a pretrained text tower only: a frozen linear reader of the text tower's sentence embedding,
+    fitted on training commands before imitation, names the skill (reach, push left / right / forward / back);
+    its five probabilities FiLM-modulate the MLP's hidden features (vla_ros.policy.skill_reader)"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -148,7 +152,8 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return NetworkConfig(
         fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
         reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
-        text_features=cfg.text_features, command_film=cfg.command_film, fusion_dim=cfg.fusion_dim,
+        text_features=cfg.text_features, command_film=cfg.command_film,
+        skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
         grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
         net_arch_vf=tuple(cfg.net_arch), activation="tanh", log_std_init=float(cfg.log_std_init),
@@ -291,7 +296,8 @@ class TrainingRun:
                            ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
                            expert_labels=expert_labels, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
-        return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame)
+        return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
+                                 sentence=self.cfg.skill_reader)
 
     def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
         """Held-out evaluation appended to ``eval.csv``."""
@@ -342,6 +348,8 @@ class TrainingRun:
             load_model(network, str(weights))
             return network.eval()
         rounds_done = int(self.state.get("imitation_rounds_done", 0))
+        if cfg.skill_reader and not rounds_done:
+            self._fit_skill_reader(network)
         datasets = [imitation.Demonstrations.load(self.out / f"demos_{k}.npz") for k in range(rounds_done)]
         if rounds_done:
             load_model(network, str(weights))
@@ -378,6 +386,20 @@ class TrainingRun:
         self._save_state()
         self.evaluate(network, phase="imitation")
         return network
+
+    def _fit_skill_reader(self, network) -> None:
+        """Fit the skill reader on training commands only and freeze it into ``network``'s fusion buffers."""
+        from vla_ros.envs.instructions import load_instructions
+        from vla_ros.policy.skill_reader import fit_from_encoder
+
+        fit = fit_from_encoder(self.encoder, load_instructions(), seed=self.cfg.seed)
+        fusion = network.features_extractor.fusion
+        with torch.no_grad():
+            fusion.skill_weight.copy_(fit.weight)
+            fusion.skill_bias.copy_(fit.bias)
+        tqdm.write(f"[imitation] skill reader: {fit.train_accuracy:.3f} of {fit.num_commands} training commands")
+        self.state["skill_reader"] = {"train_accuracy": fit.train_accuracy, "commands": fit.num_commands}
+        self._save_state()
 
     def save_ppo(self, model: PPO) -> None:
         """Resumable PPO state (SB3 zip; our own run files, never shipped)."""
@@ -422,6 +444,8 @@ class TrainingRun:
         ppo_steps = int(self.state.get("ppo_steps", 0))
         config["metrics"] = {"env_steps_imitation": self.state["imitation_env_steps"],
                              "env_steps_ppo": ppo_steps}
+        if "skill_reader" in self.state:
+            config["metrics"]["skill_reader_train_accuracy"] = self.state["skill_reader"]["train_accuracy"]
         best = self.out / "ppo_best.safetensors"
         if best.exists():  # the PPO iterate with the best validation success on training combos
             load_model(network, str(best))

@@ -1,0 +1,137 @@
+"""The skill reader: fitted on training commands only, frozen in the network, FiLM from five skill probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla_ros.envs.instructions import WORD_SPLITS, load_instructions, word_tokens
+from vla_ros.grounding.fusion import NUM_SKILLS, build_fusion
+from vla_ros.paths import share_path
+from vla_ros.policy.network_config import NetworkConfig, NetworkConfigError
+from vla_ros.policy.skill_reader import SKILLS, fit_skill_reader, skill_index, training_commands
+
+
+@pytest.fixture(scope="module")
+def instructions():
+    return load_instructions()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from vla_ros.grounding.encoder import ClipEncoder
+
+    return ClipEncoder.from_pretrained(share_path("models", "clip"))
+
+
+def test_skill_indices():
+    assert len(SKILLS) == NUM_SKILLS
+    assert skill_index("reach", None) == 0
+    assert [skill_index("push", d) for d in ("left", "right", "forward", "back")] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="no skill"):
+        skill_index("push", None)
+    with pytest.raises(ValueError, match="no skill"):
+        skill_index("juggle", "left")
+
+
+def test_the_reader_is_fitted_on_training_commands_only(instructions):
+    """No held-out frame, combination or word-split word reaches the reader's fit."""
+    commands, labels = training_commands(instructions, seed=3)
+    assert len(commands) == len(labels) and set(labels) == set(range(NUM_SKILLS))
+    allowed = instructions.training_vocabulary()
+    forbidden = set().union(*(instructions.word_splits[s].vocabulary() for s in WORD_SPLITS))
+    heldout_frame_words = set().union(*(word_tokens(t) for task in instructions.templates.values()
+                                        for t in task["heldout"])) - allowed
+    assert heldout_frame_words  # ("please", "displace", ...): the check below means something
+    for command, label in zip(commands, labels):
+        tokens = word_tokens(command)
+        assert tokens <= allowed and not tokens & forbidden and not tokens & heldout_frame_words, command
+        colour, shape, direction = instructions.parse(command)
+        if colour is not None and shape is not None:
+            assert (colour, shape) not in instructions.heldout_combos, command
+        # a word-dropped variant keeps its direction: the label stays true to the words
+        assert direction == (None if label == 0 else SKILLS[label]), command
+    # the same seed gives the same commands
+    assert training_commands(instructions, seed=3) == (commands, labels)
+
+
+def test_the_reader_names_the_skill_of_new_commands_from_sentence_embeddings(instructions, encoder):
+    commands, labels = training_commands(instructions, seed=0, per_frame=1, dropped_variants=1)
+    fit = fit_skill_reader(encoder.encode_sentences(commands), labels, steps=300)
+    assert fit.train_accuracy > 0.99 and fit.weight.shape == (NUM_SKILLS, encoder.sentence_dim)
+    # commands of the validation word split (new colour and shape words, a new frame) keep their skill
+    rng = np.random.default_rng(1)
+    new = [(instructions.word_split_command("validation_words", task, "red", "cube", direction, rng)[0],
+            skill_index(task, direction)) for task, direction in [("reach", None), *(("push", d) for d in SKILLS[1:])]
+           for _ in range(4)]
+    sentences = torch.nn.functional.normalize(encoder.encode_sentences([c for c, _ in new]), dim=-1)
+    predicted = (sentences @ fit.weight.T + fit.bias).argmax(-1)
+    assert (predicted == torch.tensor([label for _, label in new])).float().mean() >= 0.8
+    with pytest.raises(ValueError, match="labels"):
+        fit_skill_reader(torch.zeros(3, 8), [0, 1])
+
+
+def test_skill_reader_width_is_a_validated_region_map_option():
+    config = NetworkConfig(fusion="region_map", skill_reader_width=384)
+    assert NetworkConfig.from_dict(config.to_dict()).skill_reader_width == 384
+    assert NetworkConfig.from_dict({"fusion": "region_map"}).skill_reader_width == 0  # older checkpoints
+    with pytest.raises(NetworkConfigError, match="skill_reader_width is an option of the region_map fusion"):
+        NetworkConfig(fusion="cross_attention", skill_reader_width=384)
+    with pytest.raises(NetworkConfigError, match="two sources for one FiLM"):
+        NetworkConfig(fusion="region_map", skill_reader_width=384, command_film=True)
+
+
+def test_the_frozen_reader_conditions_the_mlp_through_five_probabilities_only():
+    torch.manual_seed(0)
+    plain = build_fusion("region_map", embed_dim=16, num_patches=16, out_dim=8, hidden_dim=12)
+    fusion = build_fusion("region_map", embed_dim=16, num_patches=16, out_dim=8, hidden_dim=12,
+                          skill_reader_width=10)
+    fusion.load_state_dict(plain.state_dict(), strict=False)
+    # the reader is buffers: stored with the weights, never trained
+    names = dict(fusion.named_parameters())
+    assert "skill_weight" not in names and {"skill_weight", "skill_bias"} <= set(fusion.state_dict())
+    glob, patches, text, sentence = torch.randn(3, 16), torch.randn(3, 16, 16), torch.randn(3, 16), torch.randn(3, 10)
+    assert torch.allclose(plain(glob, patches, text), fusion(glob, patches, text, sentence=sentence))  # zero FiLM
+    with torch.no_grad():
+        fusion.film.weight.normal_()
+        fusion.skill_weight.normal_(std=5.0)
+    # two sentences the reader reads as one skill condition alike; another skill changes the features
+    same = sentence + 1e-4 * torch.randn(3, 10)
+    assert torch.allclose(fusion(glob, patches, text, sentence=sentence), fusion(glob, patches, text, sentence=same),
+                          atol=1e-3)
+    probabilities = fusion.skills(sentence)
+    assert probabilities.shape == (3, NUM_SKILLS) and torch.allclose(probabilities.sum(-1), torch.ones(3))
+    other = sentence.clone()
+    other[0] = -sentence[0]
+    changed = (fusion(glob, patches, text, sentence=other) - fusion(glob, patches, text, sentence=sentence)).abs()
+    assert changed[0].max() > 1e-4 and changed[1:].max() == 0  # each command acts on its own row only
+    with pytest.raises(ValueError, match="sentence embedding"):
+        fusion(glob, patches, text)
+    with pytest.raises(ValueError, match="choose one"):
+        build_fusion("region_map", embed_dim=16, num_patches=16, command_film=True, skill_reader_width=10)
+
+
+def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
+    """A real (tiny) `vla-ros train` of the mixed task with a reader, then the Policy that vla_node runs."""
+    from vla_ros.cli import main
+    from vla_ros.policy.export import export_onnx
+    from vla_ros.policy.policy import Policy
+
+    out = tmp_path / "run"
+    assert main(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
+                 "--reference-frame", "--no-map-weights", "--skill-reader", "--bc-episodes", "2",
+                 "--dagger-rounds", "0", "--bc-epochs", "1", "--ppo-steps", "0", "--eval-episodes", "1",
+                 "--num-envs", "1", "--vec-env", "dummy", "--fusion-dim", "32", "--hidden-dim", "32",
+                 "--out", str(out)]) == 0
+    policy = Policy.load(out / "final")
+    fusion = policy.network.features_extractor.fusion
+    assert policy.config["network"]["skill_reader_width"] == policy.encoder.sentence_dim == 384
+    assert policy.config["metrics"]["skill_reader_train_accuracy"] > 0.99
+    reads = fusion.skills(policy.encoder.encode_sentences(["touch the red cube", "push the blue ball to the left"]))
+    assert reads.argmax(-1).tolist() == [0, 1]
+    frame = np.zeros((policy.encoder.image_size,) * 2 + (3,), np.uint8)
+    action = policy.normalized_action(frame, "push the red cube to the left", np.zeros(2 * policy.num_joints))
+    assert action.shape == (policy.num_joints,) and np.all(np.abs(action) <= 1)
+    with pytest.raises(ValueError, match="skill reader cannot be exported"):
+        export_onnx(policy, tmp_path / "onnx")

@@ -1,0 +1,106 @@
+"""The skill reader: which skill a command asks for, read from the pretrained text tower's sentence embedding.
+
+A push needs its direction turned into a side of the object to go to. The CLIP's projected text embedding,
+trained to match colour and shape captions to image regions, keeps little of it: a linear probe on it names the
+skill (reach, or push left / right / forward / back) of 93% of the training commands and 66% of held-out
+phrasings (``docs/EXPERIMENT_LOG.md``, 2026-12-06). The text tower's own sentence embedding (the mean of its
+token states before the projection) keeps it: the same probe names 100% and 91%.
+
+The reader is that probe, a linear map from the L2-normalised sentence embedding to :data:`SKILLS` logits. It is
+fitted once, before imitation, on training commands only (training phrasings of training combinations, each also
+with random words dropped so no single frame word decides it) and then frozen inside the network: the policy
+sees five probabilities, not the sentence, so a new phrasing changes what it does only through which skill it
+reads. This module never imports rclpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla_ros.grounding.fusion import NUM_SKILLS
+
+SKILLS = ("reach", "left", "right", "forward", "back")  # reach, then push in each direction
+assert len(SKILLS) == NUM_SKILLS
+
+
+def skill_index(task: str, direction: str | None) -> int:
+    """The :data:`SKILLS` index of a reach (``direction`` None) or a push in ``direction``."""
+    if task == "reach":
+        return 0
+    if task != "push" or direction not in SKILLS[1:]:
+        raise ValueError(f"no skill for task {task!r} with direction {direction!r}")
+    return SKILLS.index(direction)
+
+
+def training_commands(instructions, seed: int = 0, per_frame: int = 2,
+                      dropped_variants: int = 4, drop_rate: float = 0.25) -> tuple[list[str], list[int]]:
+    """Commands and skill indices to fit the reader: training frames, training combinations, nothing held out.
+
+    Every training frame of both tasks fills ``per_frame`` times per training combination (and direction), the
+    shape and direction synonyms drawn. Each command also comes ``dropped_variants`` times with each word dropped
+    at ``drop_rate``, direction words kept (dropping one would change the label).
+    """
+    rng = np.random.default_rng(seed)
+    direction_words = {w for phrases in instructions.direction_words.values() for p in phrases for w in p.split()}
+    commands, labels = [], []
+    for colour, shape in instructions.train_combos:
+        for task in ("reach", "push"):
+            for direction in ((None,) if task == "reach" else SKILLS[1:]):
+                for frame in instructions.templates[task]["train"]:
+                    for _ in range(per_frame):
+                        command = instructions.format(frame, colour, shape, direction, rng)
+                        label = skill_index(task, direction)
+                        commands.append(command)
+                        labels.append(label)
+                        words = command.split()
+                        for _ in range(dropped_variants):
+                            kept = [w for w in words if w in direction_words or rng.random() >= drop_rate]
+                            commands.append(" ".join(kept))
+                            labels.append(label)
+    return commands, labels
+
+
+@dataclass
+class SkillReaderFit:
+    """A fitted reader: ``weight`` (len(SKILLS), width), ``bias`` (len(SKILLS),) and its training accuracy."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    train_accuracy: float
+    num_commands: int
+
+
+def fit_skill_reader(sentences: torch.Tensor, labels, seed: int = 0, steps: int = 500, lr: float = 1e-2,
+                     weight_decay: float = 1e-4) -> SkillReaderFit:
+    """Multinomial logistic regression (Adam, full batch) of ``labels`` on L2-normalised ``sentences`` (N, W)."""
+    x = F.normalize(torch.as_tensor(sentences, dtype=torch.float32), dim=-1)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"sentences (N, W) and N labels needed, got {tuple(x.shape)} and {len(y)}")
+    generator = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(x.shape[1], len(SKILLS))
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.01)
+        linear.bias.zero_()
+    optimiser = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(linear(x), y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    with torch.no_grad():
+        accuracy = float((linear(x).argmax(-1) == y).float().mean())
+    return SkillReaderFit(linear.weight.detach().clone(), linear.bias.detach().clone(), accuracy, len(y))
+
+
+def fit_from_encoder(encoder, instructions, seed: int = 0) -> SkillReaderFit:
+    """Fit the reader on :func:`training_commands` embedded by ``encoder``'s text tower (its sentence embeddings)."""
+    commands, labels = training_commands(instructions, seed=seed)
+    sentences = torch.cat([encoder.encode_sentences(commands[i:i + 256]) for i in range(0, len(commands), 256)])
+    return fit_skill_reader(sentences, labels, seed=seed)
+
