@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -113,10 +115,12 @@ def test_the_frozen_reader_conditions_the_mlp_through_five_probabilities_only():
 
 
 def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
-    """A real (tiny) `vla-ros train` of the mixed task with a reader, then the Policy that vla_node runs."""
+    """A real (tiny) `vla-ros train` of the mixed task with a reader; the Policy vla_node runs, torch and ONNX."""
     from vla_ros.cli import main
-    from vla_ros.policy.export import export_onnx
-    from vla_ros.policy.policy import Policy
+    from vla_ros.commands.export import sample_inputs
+    from vla_ros.policy.checkpoint import CheckpointError
+    from vla_ros.policy.export import export_onnx, parity_report
+    from vla_ros.policy.policy import ONNX_DIR, Policy
 
     out = tmp_path / "run"
     assert main(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
@@ -133,5 +137,22 @@ def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
     frame = np.zeros((policy.encoder.image_size,) * 2 + (3,), np.uint8)
     action = policy.normalized_action(frame, "push the red cube to the left", np.zeros(2 * policy.num_joints))
     assert action.shape == (policy.num_joints,) and np.all(np.abs(action) <= 1)
-    with pytest.raises(ValueError, match="skill reader cannot be exported"):
-        export_onnx(policy, tmp_path / "onnx")
+    files = export_onnx(policy, out / "final" / ONNX_DIR)
+    frames, commands, states = sample_inputs(policy, 6, seed=5)
+    commands[:2] = ["touch the red cube", "the blue ball should go to the left"]
+    report = parity_report(policy, files, frames, commands, states)
+    assert report["actions_match"] and report["max_abs_diff_text_embedding"] < 1e-4, report
+    onnx_policy = Policy.load(out / "final", backend="onnxruntime")
+    assert onnx_policy.onnx.has_sentence
+    for frame, command, state in zip(frames[:3], commands, states):
+        policy.reset()
+        onnx_policy.reset()
+        assert np.allclose(policy.normalized_action(frame, command, state),
+                           onnx_policy.normalized_action(frame, command, state), atol=1e-4)
+    # an export without the sentence input does not pass for this checkpoint
+    reader_free = out / "reader_free"
+    export_onnx(Policy.load(share_path("models", "policy")), reader_free / ONNX_DIR)
+    shutil.rmtree(out / "final" / ONNX_DIR)
+    shutil.copytree(reader_free / ONNX_DIR, out / "final" / ONNX_DIR)
+    with pytest.raises(CheckpointError, match="lacks the skill reader's sentence input"):
+        Policy.load(out / "final", backend="onnxruntime")

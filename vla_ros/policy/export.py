@@ -6,7 +6,9 @@ with a reference frame (``network.reference_frame``) also takes ``reference_patc
 ``patches`` output of the episode's first frame, and returns ``patches`` (B, P, D); on that first frame
 the runtime runs the graph twice, the second time with its own patches as the reference. Image
 tower + fusion + actor run in one graph; the text tower is a separate graph (``text_encoder.onnx``:
-``tokens`` (B, L) int64 -> ``text_embedding`` (B, D)) because commands change rarely and are cached.
+``tokens`` (B, L) int64 -> ``text_embedding`` (B, D)) because commands change rarely and are cached. A policy
+with a skill reader (``network.skill_reader_width``) reads the command twice: ``text_encoder.onnx`` also returns
+``command_sentence`` (B, W), the tower's sentence embedding, and ``policy.onnx`` takes it after ``proprio``.
 Resizing/normalising frames and proprioception stay outside (OpenCV / numpy), described in
 ``onnx_metadata.json`` beside the models. fp16 variants carry ``_fp16`` in their names.
 """
@@ -24,19 +26,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.grounding.encoder import vision_forward
-from vla_ros.keys import FEAT_IMAGE_GLOBAL, FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT, OBS_PROPRIO
+from vla_ros.grounding.text_pooling import masked_mean, pool_projected
+from vla_ros.keys import (
+    FEAT_IMAGE_GLOBAL,
+    FEAT_IMAGE_PATCHES,
+    FEAT_REFERENCE_PATCHES,
+    FEAT_SENTENCE,
+    FEAT_TEXT,
+    OBS_PROPRIO,
+)
 
 OPSET = 17
 METADATA_FILE = "onnx_metadata.json"
 
 
 def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, text: torch.Tensor,
-                  proprio: torch.Tensor, reference: torch.Tensor | None = None
+                  proprio: torch.Tensor, reference: torch.Tensor | None = None, sentence: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pixels (B,3,S,S), text (B,D), proprio (B,2n)) -> (action in [-1,1] (B,n), image (B,D), patches (B,P,D)).
 
     ``reference`` (B,P,D): patches of the episode's first frame, for networks with a reference frame
     (``None``: this frame is the first, its own patches are the reference); other networks ignore it.
+    ``sentence`` (B,W): the command's sentence embedding, for networks with a skill reader.
 
     The per-frame computation the ONNX export traces and a CUDA graph captures; it equals the eager
     path of ``Policy.normalized_action``. Image features are normalised in the network's dtype (that of
@@ -50,6 +61,10 @@ def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, t
     obs = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text, OBS_PROPRIO: proprio}
     if getattr(network.features_extractor, "reference_frame", False):
         obs[FEAT_REFERENCE_PATCHES] = patches if reference is None else reference.to(patches.dtype)
+    if getattr(network.features_extractor, "sentence_dim", 0):
+        if sentence is None:
+            raise ValueError("this network has a skill reader: pass the command's sentence embedding")
+        obs[FEAT_SENTENCE] = sentence.to(proprio.dtype)
     features = network.features_extractor(obs)
     action = network.action_net(network.mlp_extractor.forward_actor(features))
     return torch.clamp(action, -1.0, 1.0), image, patches
@@ -78,6 +93,24 @@ class FrameToActionWithReference(FrameToAction):
         return frame_forward(self.visual, self.network, pixels, text_embedding, proprio, reference_patches)
 
 
+class FrameToActionWithSentence(nn.Module):
+    """:class:`FrameToAction` for skill-reader policies: also takes the command's sentence embedding.
+
+    Inputs (pixels, text, proprio, sentence[, reference]); outputs (action, image embedding[, patches]) as the
+    graphs without a reader, with or without a reference frame.
+    """
+
+    def __init__(self, visual: nn.Module, network: nn.Module, reference_frame: bool):
+        super().__init__()
+        self.visual, self.network, self.reference_frame = visual, network, reference_frame
+
+    def forward(self, pixels, text_embedding, proprio, command_sentence, reference_patches=None):
+        """(pixels, text, proprio, sentence[, reference]) -> (action, image embedding[, patches])."""
+        action, image, patches = frame_forward(self.visual, self.network, pixels, text_embedding, proprio,
+                                               reference_patches, command_sentence)
+        return (action, image, patches) if self.reference_frame else (action, image)
+
+
 class TextEncoder(nn.Module):
     """open_clip text tower with L2 normalisation."""
 
@@ -88,6 +121,25 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, D) normalised text embeddings."""
         return F.normalize(self.clip_model.encode_text(tokens), dim=-1)
+
+
+class TextAndSentenceEncoder(nn.Module):
+    """A pretrained (Hugging Face) text tower in one pass: the CLIP text embedding and the sentence embedding.
+
+    The same computation as :meth:`vla_ros.grounding.encoder.ClipEncoder._embed`: the tower's token states,
+    pooled and projected into the joint space, and their masked mean before the projection; both L2-normalised.
+    """
+
+    def __init__(self, clip_model: nn.Module, pooling: str):
+        super().__init__()
+        self.text, self.pooling = clip_model.text, pooling
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) token ids -> (B, D) text embeddings, (B, W) sentence embeddings."""
+        mask = (tokens != self.text.config.pad_token_id).long()
+        states = self.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+        return (F.normalize(pool_projected(self.text, states, mask, self.pooling), dim=-1),
+                F.normalize(masked_mean(states, mask), dim=-1))
 
 
 @dataclass
@@ -102,8 +154,12 @@ class ExportedFiles:
 def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path, context_length: int,
             dynamic_length: bool = False) -> None:
     inputs, outputs = ["pixels", "text_embedding", "proprio"], ["action", "image_embedding"]
-    if isinstance(frame_graph, FrameToActionWithReference):
+    if isinstance(frame_graph, FrameToActionWithSentence):
+        inputs = inputs + [FEAT_SENTENCE]
+    if isinstance(frame_graph, FrameToActionWithReference) or getattr(frame_graph, "reference_frame", False):
         inputs, outputs = inputs + ["reference_patches"], outputs + ["patches"]
+    text_outputs = ["text_embedding", FEAT_SENTENCE] if isinstance(text_graph, TextAndSentenceEncoder) \
+        else ["text_embedding"]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
     try:
@@ -119,8 +175,8 @@ def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path
                 tokens[0, :3] = 1  # padding after real tokens, so the traced graph keeps the attention mask
                 token_axes[1] = "length"
             torch.onnx.export(text_graph, (tokens,), str(text_path), opset_version=OPSET, dynamo=False,
-                              input_names=["tokens"], output_names=["text_embedding"],
-                              dynamic_axes={"tokens": token_axes, "text_embedding": {0: "batch"}})
+                              input_names=["tokens"], output_names=text_outputs,
+                              dynamic_axes={"tokens": token_axes, **{name: {0: "batch"} for name in text_outputs}})
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -135,12 +191,16 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     dtype = torch.float16 if fp16 else torch.float32
     clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
     network = copy.deepcopy(policy.network).float().cpu().eval()
-    if getattr(policy, "skill_reader", False):
-        raise ValueError("a policy with a skill reader cannot be exported to ONNX yet: the graphs would also need "
-                         "the text tower's sentence embedding; run it on the torch backend")
-    graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
-    frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
-    if policy.encoder.pretrained_text:
+    skill_reader = bool(getattr(policy, "skill_reader", False))
+    if skill_reader:
+        frame_graph = FrameToActionWithSentence(clip_model.visual, network, policy.reference_frame).to(dtype).eval()
+    else:
+        graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
+        frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
+    if skill_reader:  # fp32 at both precisions, as below
+        text_graph = TextAndSentenceEncoder(copy.deepcopy(policy.encoder.model).float().cpu().eval(),
+                                            policy.encoder.text_pooling).eval()
+    elif policy.encoder.pretrained_text:
         # the Hugging Face text tower's LayerNorms do not export in fp16 (mixed types in one node); it runs once
         # per command, so its graph stays fp32 at both precisions and its output is cast where it is used
         text_graph = TextEncoder(copy.deepcopy(policy.encoder.model).float().cpu().eval()).eval()
@@ -149,6 +209,8 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     size, dim, n = policy.encoder.image_size, policy.encoder.embed_dim, policy.num_joints
     example = (torch.zeros(1, 3, size, size, dtype=dtype), torch.zeros(1, dim, dtype=dtype),
                torch.zeros(1, 2 * n, dtype=dtype))
+    if skill_reader:
+        example += (torch.zeros(1, policy.encoder.sentence_dim, dtype=dtype),)
     if policy.reference_frame:
         example += (torch.zeros(1, policy.encoder.num_patches, dim, dtype=dtype),)
     policy_path = out / f"policy{suffix}.onnx"
@@ -168,6 +230,8 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
                           "colour_space": pre.colour_space},
         "embed_dim": dim,
         "reference_frame": policy.reference_frame,
+        # text_encoder also returns command_sentence (W), which policy.onnx takes after proprio
+        "skill_reader": skill_reader,
         "context_length": policy.encoder.context_length,
         # text_encoder takes tokens cut after the command's last token (any length up to context_length)
         "text_dynamic_length": bool(policy.encoder.pretrained_text),
@@ -234,6 +298,8 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
     proprio = policy.normalizer(joint_states)
     feeds = {"pixels": pixels.astype(dtype), "text_embedding": text_torch.astype(dtype),
              "proprio": proprio.astype(dtype)}
+    if getattr(policy, "skill_reader", False):
+        feeds[FEAT_SENTENCE] = policy.encoder.encode_sentences(commands).float().numpy().astype(dtype)
     # every sample is the first frame of its episode: its own patches are the reference
     action_ort, image_ort, _ = run_frame_graph(frame_session, feeds, reference_frame=policy.reference_frame)
     actions_torch = []

@@ -80,11 +80,12 @@ class Policy:
         self.grounding_labels = _object_labels()
         self.cuda_graph = None  # CudaGraphFrame replaying batch-1 torch inference on CUDA
         self.reference_frame = bool(config["network"].get("reference_frame", False))
-        # a skill reader reads the text tower's sentence embedding: the eager torch path only, for now
+        # a skill reader also reads the text tower's sentence embedding of the command
         self.skill_reader = bool(config["network"].get("skill_reader_width", 0))
-        if self.skill_reader and onnx is not None:
-            raise ValueError("a policy with a skill reader runs on the torch backend only (its ONNX graph would "
-                             "also need the sentence embedding, which the export does not write yet)")
+        if onnx is not None and self.skill_reader != onnx.has_sentence:
+            raise CheckpointError(f"{checkpoint}: the ONNX export {'lacks' if self.skill_reader else 'has'} the "
+                                  "skill reader's sentence input that the checkpoint "
+                                  f"{'has' if self.skill_reader else 'lacks'}: run `vla-ros export` again")
         self._reference = None  # patches of the episode's first frame (tensor; numpy for ONNX Runtime)
         self._reference_command: str | None = None
         self.refusal_rule = RefusalRule.from_dict(config.get("refusal"))
@@ -329,7 +330,9 @@ class OnnxGraphs:
         self.frame_session = frame_session
         self.text_session = text_session
         self.dtype = dtype
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._text_cache: dict[str, dict[str, np.ndarray]] = {}
+        # an export of a skill-reader policy: the text graph also gives the sentence embedding the frame graph reads
+        self.has_sentence = "command_sentence" in {i.name for i in frame_session.get_inputs()}
 
     @classmethod
     def load(cls, folder: Path, device: str, fp16: bool, threads: int | None = None) -> "OnnxGraphs":
@@ -343,14 +346,23 @@ class OnnxGraphs:
         return cls(onnx_session(frame_path, device, fp16, threads), onnx_session(text_path, device, fp16, threads),
                    np.float16 if fp16 else np.float32)
 
-    def text_embedding(self, encoder: ClipEncoder, command: str) -> np.ndarray:
-        """(1, D) embedding of ``command`` (cached: commands repeat)."""
+    def text_features(self, encoder: ClipEncoder, command: str) -> dict[str, np.ndarray]:
+        """The text graph's outputs for ``command`` by name (cached: commands repeat).
+
+        ``text_embedding`` (1, D) and, from a skill-reader export, ``command_sentence`` (1, W).
+        """
         if command not in self._text_cache:
             tokens = encoder.tokenize([command]).numpy().astype(np.int64)
             if encoder.pretrained_text:  # its graph takes any length
                 tokens = trim_padding(tokens)
-            self._text_cache[command] = self.text_session.run(None, {"tokens": tokens})[0].astype(self.dtype)
+            names = [o.name for o in self.text_session.get_outputs()]
+            outputs = self.text_session.run(names, {"tokens": tokens})
+            self._text_cache[command] = {n: o.astype(self.dtype) for n, o in zip(names, outputs)}
         return self._text_cache[command]
+
+    def text_embedding(self, encoder: ClipEncoder, command: str) -> np.ndarray:
+        """(1, D) embedding of ``command`` (cached: commands repeat)."""
+        return self.text_features(encoder, command)["text_embedding"]
 
     def action(self, encoder: ClipEncoder, frame: np.ndarray, command: str, proprio: np.ndarray,
                image_scale: float = 1.0, text_scale: float = 1.0, reference: np.ndarray | None = None,
@@ -366,8 +378,7 @@ class OnnxGraphs:
         if image_scale != 1.0 or text_scale != 1.0:
             raise ValueError("ablations run on the torch backend only")
         pixels = encoder.preprocess(frame).float().numpy().astype(self.dtype)
-        feeds = {"pixels": pixels, "proprio": proprio.astype(self.dtype),
-                 "text_embedding": self.text_embedding(encoder, command)}
+        feeds = {"pixels": pixels, "proprio": proprio.astype(self.dtype), **self.text_features(encoder, command)}
         action, _, reference = run_frame_graph(self.frame_session, feeds, reference, reference_frame)
         return np.clip(action[0].astype(np.float64), -1.0, 1.0), reference
 
