@@ -88,7 +88,8 @@ def test_an_idle_node_started_with_sigint_ignored_still_stops_on_sigint(tmp_path
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
-        time.sleep(8)  # imports and construction done, waiting for a lifecycle transition
+        _wait_for_service("/vla/estop", timeout=60)  # constructed: the e-stop is served after the imports
+        time.sleep(1)  # now waiting for a lifecycle transition
         assert process.poll() is None, (tmp_path / "vla_node.log").read_text()[-2000:]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
@@ -96,3 +97,21 @@ def test_an_idle_node_started_with_sigint_ignored_still_stops_on_sigint(tmp_path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _wait_for_service(name: str, timeout: float) -> None:
+    """Wait until a node offers the SetBool service ``name``: a fixed sleep fails on a slow machine, where
+    importing the policy stack took 10 s."""
+    import rclpy
+    from std_srvs.srv import SetBool
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("service_probe", context=context)
+        try:
+            assert node.create_client(SetBool, name).wait_for_service(timeout_sec=timeout), f"no {name}"
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
