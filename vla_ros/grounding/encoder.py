@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
 from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
-from vla_ros.grounding.text_pooling import masked_mean, pool_projected, text_pooling
+from vla_ros.grounding.text_pooling import embed_text_and_sentence, text_pooling
 from vla_ros.grounding.text_tower import is_pretrained_text
 
 PRECISIONS = ("fp32", "fp16")
@@ -312,13 +312,10 @@ class ClipEncoder:
         tokens = self.tokenize(texts).to(self.device)
         if not self.pretrained_text:
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        text = self.model.text
-        tokens = trim_padding(tokens)
-        mask = (tokens != text.config.pad_token_id).long()
-        states = text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
-        for string, sentence in zip(texts, F.normalize(masked_mean(states.float(), mask), dim=-1).cpu()):
+        embeddings, sentences = embed_text_and_sentence(self.model.text, trim_padding(tokens), self.text_pooling)
+        for string, sentence in zip(texts, sentences.cpu()):
             self._remember(self._sentence_cache, string, sentence)
-        return F.normalize(pool_projected(text, states, mask, self.text_pooling).float(), dim=-1)
+        return embeddings
 
     def _remember(self, cache: OrderedDict, text: str, value: torch.Tensor) -> None:
         cache[text] = value

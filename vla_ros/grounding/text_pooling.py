@@ -16,6 +16,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 TEXT_POOLING_KEY = "vla_text_pooling"
 TEXT_POOLINGS = ("mean", "projected_tokens")
@@ -52,6 +53,21 @@ def pool_projected(text: torch.nn.Module, states: torch.Tensor, mask: torch.Tens
     if pooling == "projected_tokens":
         return masked_mean(text.proj(states), mask)
     return text.proj(masked_mean(states, mask))
+
+
+def embed_text_and_sentence(text: torch.nn.Module, tokens: torch.Tensor,
+                            pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of a Hugging Face text tower ``text``: (B, L) token ids -> L2-normalised float32 embeddings.
+
+    Returns the joint-space text embedding (B, E), pooled and projected under ``pooling``, and the sentence
+    embedding (B, W): the masked mean of the token states before any projection. ``ClipEncoder`` and the
+    exported ONNX text graph both call this, so the two cannot drift apart.
+    """
+    mask = (tokens != text.config.pad_token_id).long()
+    states = text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+    projected = pool_projected(text, states, mask, pooling)
+    sentence = masked_mean(states.float(), mask)
+    return F.normalize(projected.float(), dim=-1), F.normalize(sentence, dim=-1)
 
 
 def _projected_tokens_forward(self, x: torch.Tensor) -> torch.Tensor:

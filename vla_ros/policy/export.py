@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.grounding.encoder import vision_forward
-from vla_ros.grounding.text_pooling import masked_mean, pool_projected
+from vla_ros.grounding.text_pooling import embed_text_and_sentence
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
@@ -126,8 +126,8 @@ class TextEncoder(nn.Module):
 class TextAndSentenceEncoder(nn.Module):
     """A pretrained (Hugging Face) text tower in one pass: the CLIP text embedding and the sentence embedding.
 
-    The same computation as :meth:`vla_ros.grounding.encoder.ClipEncoder._embed`: the tower's token states,
-    pooled and projected into the joint space, and their masked mean before the projection; both L2-normalised.
+    :func:`vla_ros.grounding.text_pooling.embed_text_and_sentence`, which
+    :meth:`vla_ros.grounding.encoder.ClipEncoder._embed` calls too.
     """
 
     def __init__(self, clip_model: nn.Module, pooling: str):
@@ -136,10 +136,7 @@ class TextAndSentenceEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) token ids -> (B, D) text embeddings, (B, W) sentence embeddings."""
-        mask = (tokens != self.text.config.pad_token_id).long()
-        states = self.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
-        return (F.normalize(pool_projected(self.text, states, mask, self.pooling), dim=-1),
-                F.normalize(masked_mean(states, mask), dim=-1))
+        return embed_text_and_sentence(self.text, tokens, self.pooling)
 
 
 @dataclass
