@@ -179,3 +179,52 @@ def test_skill_reader_probe_scores_both_embeddings_on_every_split(tmp_path, caps
     assert report["accuracy"]["sentence"]["train"]["accuracy"] > 0.95
     assert "heldout_phrasings" in capsys.readouterr().out
     assert (tmp_path / "probe.json").is_file()
+
+
+def test_push_memory_variants_parse_and_unknown_ones_are_refused():
+    from research.push_memory_probe import Variant
+
+    assert Variant.parse("none") == Variant("none")
+    assert Variant.parse("history2_chunk8x4") == Variant("history2_chunk8x4", history=2, chunk=8, execute=4)
+    for bad in ("", "history", "chunk4x8", "memory3"):
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
+
+
+def test_push_memory_expert_chunk_leaves_the_simulator_where_it_was():
+    from research.push_memory_probe import PushScenes
+
+    scenes = PushScenes()
+    _, info = scenes.reset(7_000_000)
+    qpos, steps = scenes.data.qpos.copy(), scenes.env._steps
+    chunk = scenes.expert_chunk(info, 5)
+    assert chunk.shape == (5, scenes.env.action_space.shape[0]) and np.abs(chunk).max() <= 1
+    np.testing.assert_array_equal(scenes.data.qpos, qpos)
+    assert scenes.env._steps == steps
+    np.testing.assert_allclose(chunk[0], scenes.expert.act(info))  # the chunk starts with the expert's action now
+
+
+def test_push_memory_probe_trains_and_scores_each_variant(tmp_path, capsys):
+    from research.push_memory_probe import main
+
+    report = main(["--variants", "none", "history2_chunk3x2", "--bc-episodes", "2", "--dagger-rounds", "1",
+                   "--dagger-episodes", "1", "--eval-episodes", "2", "--epochs", "1",
+                   "--json", str(tmp_path / "r.json")])
+    assert set(report["variants"]) == {"none", "history2_chunk3x2"}
+    for result in report["variants"].values():
+        assert result["eval_episodes"] == 2 and 0 <= result["eval_success"] <= 1
+        assert len(result["rounds"]) == 1 and result["frames"] > result["bc_frames"]
+    assert (tmp_path / "r.json").exists() and "history2_chunk3x2" in capsys.readouterr().out
+
+
+def test_push_memory_probe_reads_estimates_from_a_reference_frame_policy(reference_policy, capsys):
+    from research.push_memory_probe import PushScenes, main
+
+    scenes = PushScenes(estimates_from=str(reference_policy))
+    inputs, _ = scenes.reset(7_000_000)
+    proprio = 2 * scenes.normalise.num_joints
+    estimates = inputs[proprio:proprio + 4]  # the fusion's estimate now and in the first frame: (x, y) each
+    assert np.all(np.abs(estimates) <= 1.0) and scenes._reference_patches is not None
+    report = main(["--variants", "none", "--bc-episodes", "1", "--dagger-rounds", "0", "--eval-episodes", "1",
+                   "--epochs", "1", "--estimates-from", str(reference_policy)])
+    assert report["variants"]["none"]["eval_episodes"] == 1 and "none" in capsys.readouterr().out

@@ -1,0 +1,314 @@
+"""Memory for push: does frame history or an action chunk let a learner imitate the expert on its own states.
+
+Usage: ``python -m research.push_memory_probe [--variants none history2 history4 chunk8x4 history2_chunk8x4]
+[--bc-episodes 400] [--dagger-rounds 3] [--dagger-episodes 200] [--eval-episodes 200] [--estimate-noise 0.0]
+[--json FILE]``
+
+The CLIP policy's actor reads, besides the command, what its fusion estimates of the commanded object (its image
+position now and in the episode's first frame) and the arm's joint positions and velocities. This probe gives a
+small MLP exactly those inputs, from simulator state instead of CLIP (no rendering: the answer is about memory,
+not perception), plus the push direction as one-hot, and trains it like the policy's warm start: behaviour
+cloning on expert episodes, then DAgger rounds (expert with probability 0.5 / 0.25 / 0.125 per decision,
+labelling every visited state), then scores it alone on held-apart scenes. Variants:
+
+| variant | input | output | executed |
+|---|---|---|---|
+| ``none`` | this step's inputs | one action | every step (memoryless, as the policy) |
+| ``historyH`` | this and the H-1 steps before (an episode's first repeated) | one action | every step |
+| ``chunkKxE`` | this step's inputs | the expert's next K actions | the first E, then re-plan |
+| ``historyH_chunkKxE`` | both | | |
+
+A chunk's labels come from rolling the expert K steps from a copy of the simulator state (receding horizon, as
+Diffusion Policy executes 8 of 16).
+
+``--estimate-noise`` adds Gaussian noise (image half-widths) to the position estimates, as a CLIP map's error;
+``--estimates-from CHECKPOINT`` takes them from a reference-frame ``region_map`` policy's fusion on rendered frames
+(its CLIP and its trained map), so the estimates carry the map's real errors (the arm covering the object).
+Reported per variant: the DAgger rounds' success (expert-mixed), action MSE on each round's new (learner-visited)
+states before fitting them, and the learner alone on ``--eval-episodes`` scenes from seed 7,000,000 (success,
+pushes the wrong way). Push only, training split; seeds apart from training and evaluation scenes of the policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+PROBE_SEED = 7_000_000
+DIRECTION_ORDER = ("left", "right", "forward", "back")
+PUSH_STEPS = 100
+DAGGER_BETAS = (0.5, 0.25, 0.125)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Memory of one learner: ``history`` steps of input, ``chunk`` actions predicted, ``execute`` of them run."""
+
+    name: str
+    history: int = 1
+    chunk: int = 1
+    execute: int = 1
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        """``none``, ``history2``, ``chunk8x4``, ``history2_chunk8x4``; ``ValueError`` otherwise."""
+        match = re.fullmatch(r"(?:none|history(\d+))?(?:_?chunk(\d+)x(\d+))?", name)
+        if not name or match is None:
+            raise ValueError(f"unknown variant {name!r}: expected none, historyH, chunkKxE or historyH_chunkKxE")
+        history, chunk, execute = (int(g) if g else 1 for g in match.groups())
+        if history < 1 or chunk < 1 or not 1 <= execute <= chunk:
+            raise ValueError(f"variant {name!r}: need history >= 1 and 1 <= executed <= chunk")
+        return cls(name, history, chunk, execute)
+
+
+def _mujoco():
+    """The ``mujoco`` module, imported after ``vla_ros.envs`` has picked the offscreen GL backend."""
+    import vla_ros.envs  # noqa: F401
+
+    return importlib.import_module("mujoco")
+
+
+class PushScenes:
+    """One push env (rendered for ``estimates_from`` only), its expert, and the learner's inputs."""
+
+    def __init__(self, estimate_noise: float = 0.0, estimates_from: str | None = None):
+        from vla_ros.envs.expert import ScriptedExpert
+        from vla_ros.envs.tabletop import TabletopEnv
+        from vla_ros.policy.proprio import ProprioNormalizer
+
+        mujoco = _mujoco()
+
+        self.policy = None
+        if estimates_from:  # a reference-frame region_map checkpoint whose fusion gives the estimates
+            from vla_ros.policy.policy import Policy
+
+            self.policy = Policy.load(estimates_from)
+            self.fusion = self.policy.network.features_extractor.fusion
+            if not getattr(self.fusion, "reference_frame", False):
+                raise ValueError(f"{estimates_from}: the estimates need a reference-frame region_map policy")
+        self.env = TabletopEnv(task="push", render_observation=self.policy is not None)
+        self.expert = ScriptedExpert(self.env)
+        self.normalise = ProprioNormalizer.from_robot(self.env.robot)
+        self.noise = estimate_noise
+        self.rng = np.random.default_rng(0)
+        self.model, self.data = self.env.model, self.env.data
+        self._state = np.zeros(mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+
+    def reset(self, seed: int) -> tuple[np.ndarray, dict]:
+        """New scene; returns (inputs, info)."""
+        self.rng = np.random.default_rng(seed)
+        obs, info = self.env.reset(seed=seed)
+        self._reference_patches = None
+        self._start_xy = self._target_xy() if self.policy is None else None
+        return self._inputs(obs, info), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, dict, bool]:
+        """Act; returns (inputs, info, episode over)."""
+        obs, _, terminated, _, info = self.env.step(action)
+        return self._inputs(obs, info), info, bool(terminated) or self.env._steps >= PUSH_STEPS
+
+    def expert_chunk(self, info: dict, length: int) -> np.ndarray:
+        """The expert's next ``length`` actions from the current state (the state is restored afterwards)."""
+        mujoco = _mujoco()
+        if length == 1:
+            return self.expert.act(info)[None]
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        mujoco.mj_getState(self.model, self.data, self._state, kind)
+        steps, rendering = self.env._steps, self.env.render_observation
+        self.env.render_observation = False  # the rollout only labels: no frames needed
+        actions = np.zeros((length, self.env.action_space.shape[0]), np.float32)
+        current = info
+        for k in range(length):
+            actions[k] = self.expert.act(current)
+            _, _, terminated, _, current = self.env.step(actions[k])
+            if terminated:
+                break  # success or off the table: hold still for the rest of the chunk
+        mujoco.mj_setState(self.model, self.data, self._state, kind)
+        mujoco.mj_forward(self.model, self.data)
+        self.env._steps, self.env.render_observation = steps, rendering
+        return actions
+
+    def _target_xy(self) -> np.ndarray:
+        size = self.env.image_size
+        pixel = self.env.object_pixels()[self.env.target_index]
+        return (pixel / size * 2 - 1).astype(np.float32)
+
+    def _clip_estimates(self, image: np.ndarray, command: str) -> tuple[np.ndarray, np.ndarray]:
+        """The fusion's position estimates of the commanded object now and in the episode's first frame."""
+        import torch
+
+        with torch.no_grad():
+            encoded = self.policy.encoder.encode_images(image[None])
+            patches = encoded.patches.float()
+            if self._reference_patches is None:
+                self._reference_patches = patches
+            out = self.fusion.fuse(encoded.global_embedding.float(), patches,
+                                   self.policy.encoder.encode_text([command]).float(), self._reference_patches)
+        return out.xy[0].numpy().astype(np.float32), out.reference_xy[0].numpy().astype(np.float32)
+
+    def _inputs(self, obs: dict, info: dict) -> np.ndarray:
+        direction = np.zeros(len(DIRECTION_ORDER), np.float32)
+        direction[DIRECTION_ORDER.index(info["direction"])] = 1.0
+        if self.policy is None:
+            xy = self._target_xy()
+        else:
+            xy, self._start_xy = self._clip_estimates(obs["image"], info["command"])
+        if self.noise:
+            xy = xy + self.rng.normal(0.0, self.noise, 2).astype(np.float32)
+        return np.concatenate([self.normalise(obs["proprio"]), xy, self._start_xy, direction]).astype(np.float32)
+
+
+class ChunkLearner:
+    """An MLP from ``history`` stacked inputs to ``chunk`` actions (three GELU layers of 256; the policy has four)."""
+
+    def __init__(self, input_dim: int, action_dim: int, variant: Variant, seed: int):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        self.variant, self.action_dim = variant, action_dim
+        self.net = nn.Sequential(nn.Linear(input_dim * variant.history, 256), nn.GELU(), nn.Linear(256, 256),
+                                 nn.GELU(), nn.Linear(256, 256), nn.GELU(),
+                                 nn.Linear(256, action_dim * variant.chunk))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+
+    def predict(self, stacked: np.ndarray) -> np.ndarray:
+        """(history * input_dim,) -> (chunk, action_dim) in [-1, 1]."""
+        import torch
+
+        with torch.no_grad():
+            out = self.net(torch.as_tensor(stacked[None]))[0].numpy()
+        return np.clip(out.reshape(self.variant.chunk, self.action_dim), -1, 1)
+
+    def mse(self, inputs: np.ndarray, labels: np.ndarray) -> float:
+        """Mean squared error of the first predicted action (the one every variant executes)."""
+        import torch
+
+        with torch.no_grad():
+            out = self.net(torch.as_tensor(inputs)).numpy().reshape(len(inputs), self.variant.chunk, -1)
+        return float(np.mean((np.clip(out[:, 0], -1, 1) - labels[:, 0]) ** 2))
+
+    def fit(self, inputs: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> float:
+        """Regress all chunk actions; returns the last epoch's mean loss."""
+        import torch
+        import torch.nn.functional as F
+
+        rng = np.random.default_rng(seed)
+        x, y = torch.as_tensor(inputs), torch.as_tensor(labels.reshape(len(labels), -1))
+        loss_sum = 0.0
+        for _ in range(epochs):
+            loss_sum = 0.0
+            for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // 256)):
+                loss = F.mse_loss(self.net(x[idx]), y[idx])
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += loss.item() * len(idx)
+        return loss_sum / len(x)
+
+
+def run_episodes(scenes: PushScenes, variant: Variant, learner: ChunkLearner | None, beta: float, seeds,
+                 rng: np.random.Generator, label: bool = True) -> dict:
+    """Roll out episodes (expert with probability ``beta`` per decision, else the learner's chunk)."""
+    inputs, labels = [], []
+    successes = wrong_way = 0
+    for seed in seeds:
+        x, info = scenes.reset(int(seed))
+        history = [x] * variant.history
+        plan, done = [], False
+        while not done:
+            stacked = np.concatenate(history[-variant.history:])
+            expert_labels = scenes.expert_chunk(info, variant.chunk) if label else None
+            if label:
+                inputs.append(stacked)
+                labels.append(expert_labels)
+            if not plan:  # decide the next executed actions: the expert's or the learner's chunk
+                use_expert = learner is None or rng.random() < beta
+                source = (expert_labels if expert_labels is not None else scenes.expert_chunk(info, variant.chunk)) \
+                    if use_expert else learner.predict(stacked)
+                plan = list(source[:variant.execute])
+            x, info, done = scenes.step(plan.pop(0))
+            history.append(x)
+        successes += int(info["is_success"])
+        env = scenes.env
+        moved = (env._object_positions()[env.target_index] - env._target_start)[:2]
+        wrong_way += int(np.linalg.norm(moved) > 0.04 and moved @ env._direction_vector[:2] < 0)
+    out = {"episodes": len(seeds), "success": successes / len(seeds), "wrong_way": wrong_way / len(seeds)}
+    if label:
+        out["inputs"], out["labels"] = np.stack(inputs), np.stack(labels)
+    return out
+
+
+def run_variant(variant: Variant, args) -> dict:
+    """Behaviour cloning, DAgger rounds and an evaluation of one variant."""
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    scenes = PushScenes(args.estimate_noise, args.estimates_from)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+    next_seed = PROBE_SEED + 100_000
+    seeds = lambda n: range(next_seed, next_seed + n)  # noqa: E731
+    demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng)
+    next_seed += args.bc_episodes
+    inputs, labels = demos["inputs"], demos["labels"]
+    learner = ChunkLearner(inputs.shape[1] // variant.history, labels.shape[2], variant, args.seed)
+    report = {"bc_frames": len(inputs), "bc_loss": learner.fit(inputs, labels, args.epochs, args.seed), "rounds": []}
+    for round_index, beta in enumerate(DAGGER_BETAS[:args.dagger_rounds]):
+        new = run_episodes(scenes, variant, learner, beta, seeds(args.dagger_episodes), rng)
+        next_seed += args.dagger_episodes
+        report["rounds"].append({"beta": beta, "success": new["success"],
+                                 "mse_on_new_states": learner.mse(new["inputs"], new["labels"])})
+        inputs, labels = np.concatenate([inputs, new["inputs"]]), np.concatenate([labels, new["labels"]])
+        report["rounds"][-1]["loss"] = learner.fit(inputs, labels, args.epochs, args.seed + round_index + 1)
+    evaluation = run_episodes(scenes, variant, learner, 0.0, range(PROBE_SEED, PROBE_SEED + args.eval_episodes),
+                              rng, label=False)
+    report.update(eval_success=evaluation["success"], eval_wrong_way=evaluation["wrong_way"],
+                  eval_episodes=evaluation["episodes"], frames=len(inputs), seconds=round(time.time() - started, 1))
+    return report
+
+
+def main(argv=None) -> dict:
+    """Run every variant; print a table and return the report."""
+    from vla_ros.reporting import format_table, write_json
+
+    parser = argparse.ArgumentParser(prog="python -m research.push_memory_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["none", "history2", "history4", "chunk8x4",
+                                                            "history2_chunk8x4"])
+    parser.add_argument("--bc-episodes", type=int, default=400, help="expert episodes (default 400)")
+    parser.add_argument("--dagger-rounds", type=int, default=3, choices=range(len(DAGGER_BETAS) + 1))
+    parser.add_argument("--dagger-episodes", type=int, default=200, help="episodes per DAgger round (default 200)")
+    parser.add_argument("--eval-episodes", type=int, default=200, help="learner-only episodes (default 200)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per fit (default 20)")
+    parser.add_argument("--estimate-noise", type=float, default=0.0,
+                        help="std of the position estimates' noise, image half-widths (default 0)")
+    parser.add_argument("--estimates-from", metavar="CHECKPOINT",
+                        help="take the position estimates from this reference-frame region_map policy's fusion "
+                             "on rendered frames (default: the simulator's exact positions)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args(argv)
+    variants = [Variant.parse(name) for name in args.variants]
+    report = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "variants": {}}
+    for variant in variants:
+        report["variants"][variant.name] = run_variant(variant, args)
+    rows = [{"variant": name, "BC loss": r["bc_loss"],
+             "DAgger success": " / ".join(f"{x['success']:.2f}" for x in r["rounds"]),
+             "MSE on new states": " / ".join(f"{x['mse_on_new_states']:.4f}" for x in r["rounds"]),
+             "learner alone": f"{100 * r['eval_success']:.1f}%", "wrong way": f"{100 * r['eval_wrong_way']:.1f}%",
+             "frames": r["frames"], "s": r["seconds"]}
+            for name, r in report["variants"].items()]
+    print(format_table(rows, list(rows[0])))
+    if args.json:
+        write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
