@@ -21,6 +21,7 @@ labelling every visited state), then scores it alone on held-apart scenes. Varia
 A chunk's labels come from rolling the expert K steps from a copy of the simulator state (receding horizon, as
 Diffusion Policy executes 8 of 16).
 
+``--layout policy`` gives the learner the CLIP policy's shape (proprioception joins after two layers).
 ``--estimate-noise`` adds Gaussian noise (image half-widths) to the position estimates, as a CLIP map's error;
 ``--estimates-from CHECKPOINT`` takes them from a reference-frame ``region_map`` policy's fusion on rendered frames
 (its CLIP and its trained map), so the estimates carry the map's real errors (the arm covering the object).
@@ -163,18 +164,53 @@ class PushScenes:
         return np.concatenate([self.normalise(obs["proprio"]), xy, self._start_xy, direction]).astype(np.float32)
 
 
-class ChunkLearner:
-    """An MLP from ``history`` stacked inputs to ``chunk`` actions (three GELU layers of 256; the policy has four)."""
+LAYOUTS = ("flat", "policy", "policy_proprio")
 
-    def __init__(self, input_dim: int, action_dim: int, variant: Variant, seed: int):
+
+def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_dim: int):
+    """The learner's network: ``flat`` or ``policy``.
+
+    ``flat``: every input into three GELU layers of 256. ``policy``: the CLIP policy's shape, where the estimates
+    and the direction pass the fusion's two GELU layers before proprioception joins them in the actor's two tanh
+    layers (SB3's ``net_arch`` of 256, 256). ``policy_proprio``: the same, with proprioception also entering the
+    fusion's first layer beside the estimates.
+    """
+    import torch
+    from torch import nn
+
+    if layout == "flat":
+        return nn.Sequential(nn.Linear(input_dim * history, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(),
+                             nn.Linear(256, 256), nn.GELU(), nn.Linear(256, out_dim))
+
+    early = layout == "policy_proprio"
+
+    class PolicyShaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fusion = nn.Sequential(nn.Linear((input_dim - (0 if early else proprio_dim)) * history, 256),
+                                        nn.GELU(),
+                                        nn.Linear(256, 256), nn.GELU())
+            self.actor = nn.Sequential(nn.Linear(256 + proprio_dim * history, 256), nn.Tanh(), nn.Linear(256, 256),
+                                       nn.Tanh(), nn.Linear(256, out_dim))
+
+        def forward(self, x):
+            frames = x.reshape(len(x), history, input_dim)
+            fused = self.fusion(frames[..., 0 if early else proprio_dim:].flatten(1))
+            return self.actor(torch.cat([fused, frames[..., :proprio_dim].flatten(1)], dim=-1))
+
+    return PolicyShaped()
+
+
+class ChunkLearner:
+    """An MLP (``layout``, :func:`_build_net`) from ``history`` stacked inputs to ``chunk`` actions."""
+
+    def __init__(self, input_dim: int, action_dim: int, variant: Variant, seed: int, layout: str = "flat",
+                 proprio_dim: int = 0):
         import torch
-        from torch import nn
 
         torch.manual_seed(seed)
         self.variant, self.action_dim = variant, action_dim
-        self.net = nn.Sequential(nn.Linear(input_dim * variant.history, 256), nn.GELU(), nn.Linear(256, 256),
-                                 nn.GELU(), nn.Linear(256, 256), nn.GELU(),
-                                 nn.Linear(256, action_dim * variant.chunk))
+        self.net = _build_net(layout, input_dim, proprio_dim, variant.history, action_dim * variant.chunk)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     def predict(self, stacked: np.ndarray) -> np.ndarray:
@@ -257,7 +293,8 @@ def run_variant(variant: Variant, args) -> dict:
     demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng)
     next_seed += args.bc_episodes
     inputs, labels = demos["inputs"], demos["labels"]
-    learner = ChunkLearner(inputs.shape[1] // variant.history, labels.shape[2], variant, args.seed)
+    learner = ChunkLearner(inputs.shape[1] // variant.history, labels.shape[2], variant, args.seed, args.layout,
+                           2 * scenes.normalise.num_joints)
     report = {"bc_frames": len(inputs), "bc_loss": learner.fit(inputs, labels, args.epochs, args.seed), "rounds": []}
     for round_index, beta in enumerate(DAGGER_BETAS[:args.dagger_rounds]):
         new = run_episodes(scenes, variant, learner, beta, seeds(args.dagger_episodes), rng)
@@ -290,6 +327,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--estimates-from", metavar="CHECKPOINT",
                         help="take the position estimates from this reference-frame region_map policy's fusion "
                              "on rendered frames (default: the simulator's exact positions)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="flat",
+                        help="the learner's network: flat (default), the CLIP policy's shape, or that shape with "
+                             "proprioception entering the fusion too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", help="write the report here")

@@ -138,3 +138,14 @@ def test_the_skill_reader_research_recipe_differs_from_the_film_one_in_its_condi
     changed = {k for k in film if film[k] != reader[k]} - {"command"}
     assert changed == {"command_film", "skill_reader", "ppo_steps"}
     assert reader["skill_reader"] is True and reader["command_film"] is False and reader["task"] == "mixed"
+
+
+def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_input_and_ppo_length_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    reader = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_reader.yaml")]))
+    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
+    changed = {k for k in reader if reader[k] != proprio[k]} - {"command"}
+    assert changed == {"fusion_proprio", "ppo_steps"} and proprio["fusion_proprio"] is True

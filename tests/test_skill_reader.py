@@ -115,7 +115,8 @@ def test_the_frozen_reader_conditions_the_mlp_through_five_probabilities_only():
 
 
 def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
-    """A real (tiny) `vla-ros train` of the mixed task with a reader; the Policy vla_node runs, torch and ONNX."""
+    """A real (tiny) `vla-ros train` of the mixed task with a reader (and the joint state in the fusion); the Policy
+    vla_node runs, torch and ONNX."""
     from vla_ros.cli import main
     from vla_ros.commands.export import sample_inputs
     from vla_ros.policy.checkpoint import CheckpointError
@@ -124,13 +125,14 @@ def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
 
     out = tmp_path / "run"
     assert main(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
-                 "--reference-frame", "--no-map-weights", "--skill-reader", "--bc-episodes", "2",
+                 "--reference-frame", "--no-map-weights", "--skill-reader", "--fusion-proprio", "--bc-episodes", "2",
                  "--dagger-rounds", "0", "--bc-epochs", "1", "--ppo-steps", "0", "--eval-episodes", "1",
                  "--num-envs", "1", "--vec-env", "dummy", "--fusion-dim", "32", "--hidden-dim", "32",
                  "--out", str(out)]) == 0
     policy = Policy.load(out / "final")
     fusion = policy.network.features_extractor.fusion
     assert policy.config["network"]["skill_reader_width"] == policy.encoder.sentence_dim == 384
+    assert policy.config["network"]["fusion_proprio"] and fusion.proprio_dim == 2 * policy.num_joints
     assert policy.config["metrics"]["skill_reader_train_accuracy"] > 0.99
     reads = fusion.skills(policy.encoder.encode_sentences(["touch the red cube", "push the blue ball to the left"]))
     assert reads.argmax(-1).tolist() == [0, 1]

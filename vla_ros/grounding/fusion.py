@@ -284,7 +284,7 @@ class RegionMapFusion(nn.Module):
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
-                 command_film: bool = False, skill_reader_width: int = 0):
+                 command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0):
         super().__init__()
         if command_film and skill_reader_width:
             raise ValueError("command_film and skill_reader_width are two sources for one FiLM: choose one")
@@ -304,7 +304,14 @@ class RegionMapFusion(nn.Module):
         if text_features < 0:
             raise ValueError(f"text_features must be >= 0, got {text_features}")
         self.text_projection = nn.Linear(embed_dim, text_features) if text_features else None
-        self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features, hidden_dim, out_dim)
+        # proprio_dim: the joint state enters the MLP beside the map's estimates, so the first layers can relate
+        # where the arm is to where the object is (push's approach; research/push_memory_probe.py measured a
+        # learner of the expert at 96.5% this way and 67.5% with the joint state joining only in the actor)
+        if proprio_dim < 0:
+            raise ValueError(f"proprio_dim must be >= 0, got {proprio_dim}")
+        self.proprio_dim = int(proprio_dim)
+        self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features + self.proprio_dim, hidden_dim,
+                        out_dim)
         # FiLM (as RT-1 conditions on its sentence embedding): the command scales and shifts the MLP's hidden
         # features, so what to do (the verb, a push's direction) acts on where the map says the object is.
         # Zero-initialised: training starts from the unconditioned MLP.
@@ -362,19 +369,28 @@ class RegionMapFusion(nn.Module):
         estimate = torch.softmax(logits + self.log_window[logits.argmax(dim=-1)], dim=-1) @ self.coordinates
         return parts + [estimate], weights, estimate
 
-    def forward(self, image_global, image_patches, text, reference_patches=None, sentence=None) -> torch.Tensor:
+    def forward(self, image_global, image_patches, text, reference_patches=None, sentence=None,
+                proprio=None) -> torch.Tensor:
         """The fused features (:meth:`fuse`'s ``features``): what SB3 and the ONNX graph read."""
-        return self.fuse(image_global, image_patches, text, reference_patches, sentence).features
+        return self.fuse(image_global, image_patches, text, reference_patches, sentence, proprio).features
 
-    def fuse(self, image_global, image_patches, text, reference_patches=None, sentence=None) -> FusionOutput:
-        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] [, sentence (B, W)] -> (B, out_dim), map, estimate.
+    def fuse(self, image_global, image_patches, text, reference_patches=None, sentence=None,
+             proprio=None) -> FusionOutput:
+        """Fuse (B, D), (B, P, D), (B, D) [, reference (B, P, D)] [, sentence (B, W)] [, proprio (B, 2n)].
 
-        ``image_global`` is unused; ``sentence`` (the text tower's sentence embedding) only with a skill reader.
+        Returns the features (B, out_dim), the map and the estimate. ``image_global`` is unused; ``sentence``
+        (the text tower's sentence embedding) only with a skill reader; ``proprio`` (normalised joint state) only
+        with ``proprio_dim``.
         """
         _check_inputs(self, image_global, image_patches, text)
         current = self.logits(image_patches, text)
         # the command itself, for what the map cannot say (a push's direction); unit norm as CLIP compares it
         command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
+        if self.proprio_dim:
+            if proprio is None or proprio.shape != (image_patches.shape[0], self.proprio_dim):
+                raise ValueError(f"this fusion reads the joint state: pass proprio shaped "
+                                 f"(B, {self.proprio_dim})")
+            command = command + [proprio]
         if not self.reference_frame:
             parts, weights, xy = self._readout(current)
             return FusionOutput(self._head(torch.cat(parts + command, dim=-1), text, sentence), weights, xy)
@@ -408,7 +424,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
-                 skill_reader_width: int = 0) -> nn.Module:
+                 skill_reader_width: int = 0, proprio_dim: int = 0) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -432,6 +448,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         raise ValueError(f"command_film is an option of the region_map fusion, not of {kind!r}")
     if skill_reader_width and kind != "region_map":
         raise ValueError(f"skill_reader_width is an option of the region_map fusion, not of {kind!r}")
+    if proprio_dim and kind != "region_map":
+        raise ValueError(f"proprio_dim is an option of the region_map fusion, not of {kind!r}")
     if reference_frame and kind not in REFERENCE_FRAME_KINDS:
         raise ValueError(f"fusion {kind!r} has no reference frame; it exists for {REFERENCE_FRAME_KINDS}")
     if embed_dim % heads:
@@ -451,6 +469,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["command_film"] = True
     if skill_reader_width:
         extra["skill_reader_width"] = int(skill_reader_width)
+    if proprio_dim:
+        extra["proprio_dim"] = int(proprio_dim)
     if kind in ("cross_attention", "region", "gated"):
         extra.update(heads=heads, grid_size=grid_size)
     elif kind == "region_map":

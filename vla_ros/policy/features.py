@@ -7,7 +7,7 @@ Observation (Dict, produced by ``ClipFeatureVecEnv``):
 | ``image_embedding`` | (D,) | CLIP global image embedding |
 | ``image_patches`` | (P, D) | CLIP patch tokens in the joint space |
 | ``text_embedding`` | (D,) | CLIP text embedding of the command |
-| ``proprio`` | (2n,) | normalised joint positions then velocities |
+| ``proprio`` | (2n,) | normalised joint positions then velocities (also into the fusion with ``fusion_proprio``) |
 | ``reference_patches`` | (P, D) | patch tokens of the episode's first frame (reference-frame policies only) |
 | ``command_sentence`` | (W,) | the text tower's sentence embedding of the command (skill-reader policies only) |
 
@@ -75,7 +75,8 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
                              f"network.skill_reader_width is {network.skill_reader_width}")
         self.patch_stitch = network.patch_stitch  # the image tower's shift-and-stitch factor (frame_forward reads it)
         self.fusion = build_fusion(network.fusion, embed_dim=embed_dim, num_patches=num_patches,
-                                   out_dim=network.fusion_dim, **network.fusion_kwargs())
+                                   out_dim=network.fusion_dim, **network.fusion_kwargs(),
+                                   **({"proprio_dim": proprio_dim} if network.fusion_proprio else {}))
         self.register_buffer("image_scale", torch.ones(()))
         self.register_buffer("text_scale", torch.ones(()))
 
@@ -86,9 +87,10 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
     def extract(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, FusionOutput]:
         """Features and the fusion's whole output (where it grounds the command) for a batch."""
         reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
+        extra = {"sentence": observations[FEAT_SENTENCE] * self.text_scale} if self.sentence_dim else {}
+        if getattr(self.fusion, "proprio_dim", 0):
+            extra["proprio"] = observations[OBS_PROPRIO]
         fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
                                  observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                                 observations[FEAT_TEXT] * self.text_scale, reference,
-                                 **({"sentence": observations[FEAT_SENTENCE] * self.text_scale}
-                                    if self.sentence_dim else {}))
+                                 observations[FEAT_TEXT] * self.text_scale, reference, **extra)
         return torch.cat([fused.features, observations[OBS_PROPRIO]], dim=-1), fused

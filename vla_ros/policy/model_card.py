@@ -116,6 +116,7 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (", the command FiLM-modulating the MLP (what to do as well as where)" if net.get("command_film") else "")
         + (", a frozen skill reader (reach, push left / right / forward / back, read from the text tower's sentence "
            "embedding) FiLM-modulating the MLP" if net.get("skill_reader_width") else "")
+        + (", the joint state entering the MLP beside the estimates" if net.get("fusion_proprio") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
         "",
         "## Training",

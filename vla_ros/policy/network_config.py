@@ -22,6 +22,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``text_features`` | int | ``region_map``: width of a projection of the command fed to the MLP (0 = none) |
 | ``command_film`` | bool | ``region_map``: the command's embedding FiLM-modulates the MLP (what to do) |
 | ``skill_reader_width`` | int | ``region_map``: sentence width of a frozen skill reader FiLM-ing the MLP (0 = none) |
+| ``fusion_proprio`` | bool | ``region_map``: the joint state enters the MLP beside the map's estimates |
 | ``net_arch`` | {pi: [int], vf: [int]} | SB3 actor and critic hidden layers |
 | ``activation`` | str | ``tanh`` or ``relu`` |
 | ``log_std_init`` | float | initial log standard deviation of the Gaussian actor |
@@ -100,6 +101,7 @@ class NetworkConfig:
     text_features: int = 0
     command_film: bool = False
     skill_reader_width: int = 0
+    fusion_proprio: bool = False
     net_arch_pi: tuple[int, ...] = (256, 256)
     net_arch_vf: tuple[int, ...] = (256, 256)
     activation: str = "tanh"
@@ -127,6 +129,7 @@ class NetworkConfig:
         _int(self.text_features, src, "text_features", 0, MAX_TEXT_FEATURES)
         _bool(self.command_film, src, "command_film")
         _int(self.skill_reader_width, src, "skill_reader_width", 0, MAX_TEXT_FEATURES)
+        _bool(self.fusion_proprio, src, "fusion_proprio")
         if self.command_film and self.skill_reader_width:
             raise _fail(src, "skill_reader_width", "and command_film are two sources for one FiLM: choose one")
         _widths(self.net_arch_pi, src, "net_arch.pi")
@@ -136,7 +139,7 @@ class NetworkConfig:
         region_map_only = {"peak_window": self.peak_window != 0.0, "reference_prior": self.reference_prior,
                            "patch_stitch": self.patch_stitch != 1, "map_weights": not self.map_weights,
                            "text_features": self.text_features != 0, "command_film": self.command_film,
-                           "skill_reader_width": self.skill_reader_width != 0}
+                           "skill_reader_width": self.skill_reader_width != 0, "fusion_proprio": self.fusion_proprio}
         if self.fusion != "region_map":
             for name, used in region_map_only.items():
                 if used:

@@ -82,6 +82,9 @@ class TrainConfig:
     """region_map with a pretrained text tower only: a frozen linear reader of the text tower's sentence embedding,
     fitted on training commands before imitation, names the skill (reach, push left / right / forward / back);
     its five probabilities FiLM-modulate the MLP's hidden features (vla_ros.policy.skill_reader)"""
+    fusion_proprio: bool = False
+    """region_map only: the joint state enters the fusion's MLP beside the map's position estimates (as well as the
+    actor), so its first layers can relate where the arm is to where the object is (push's approach)"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -153,7 +156,8 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
         fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
         reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
-        skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_dim=cfg.fusion_dim,
+        skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
+        fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
         grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
         net_arch_vf=tuple(cfg.net_arch), activation="tanh", log_std_init=float(cfg.log_std_init),
