@@ -24,7 +24,8 @@ Diffusion Policy executes 8 of 16).
 ``--layout policy`` gives the learner the CLIP policy's shape (proprioception joins after two layers).
 ``--estimate-noise`` adds Gaussian noise (image half-widths) to the position estimates, as a CLIP map's error;
 ``--estimates-from CHECKPOINT`` takes them from a reference-frame ``region_map`` policy's fusion on rendered frames
-(its CLIP and its trained map), so the estimates carry the map's real errors (the arm covering the object).
+(its CLIP and its trained map), so the estimates carry the map's real errors (the arm covering the object);
+``--prior-weight W`` adds W times the first frame's map to the current one first (``reference_prior``).
 Reported per variant: the DAgger rounds' success (expert-mixed), action MSE on each round's new (learner-visited)
 states before fitting them, and the learner alone on ``--eval-episodes`` scenes from seed 7,000,000 (success,
 pushes the wrong way). Push only, training split; seeds apart from training and evaluation scenes of the policy.
@@ -77,7 +78,7 @@ def _mujoco():
 class PushScenes:
     """One push env (rendered for ``estimates_from`` only), its expert, and the learner's inputs."""
 
-    def __init__(self, estimate_noise: float = 0.0, estimates_from: str | None = None):
+    def __init__(self, estimate_noise: float = 0.0, estimates_from: str | None = None, prior_weight: float = 0.0):
         from vla_ros.envs.expert import ScriptedExpert
         from vla_ros.envs.tabletop import TabletopEnv
         from vla_ros.policy.proprio import ProprioNormalizer
@@ -96,6 +97,7 @@ class PushScenes:
         self.expert = ScriptedExpert(self.env)
         self.normalise = ProprioNormalizer.from_robot(self.env.robot)
         self.noise = estimate_noise
+        self.prior_weight = float(prior_weight)
         self.rng = np.random.default_rng(0)
         self.model, self.data = self.env.model, self.env.data
         self._state = np.zeros(mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION))
@@ -148,9 +150,13 @@ class PushScenes:
             patches = encoded.patches.float()
             if self._reference_patches is None:
                 self._reference_patches = patches
-            out = self.fusion.fuse(encoded.global_embedding.float(), patches,
-                                   self.policy.encoder.encode_text([command]).float(), self._reference_patches)
-        return out.xy[0].numpy().astype(np.float32), out.reference_xy[0].numpy().astype(np.float32)
+            text = self.policy.encoder.encode_text([command]).float()
+            out = self.fusion.fuse(encoded.global_embedding.float(), patches, text, self._reference_patches)
+            xy = out.xy
+            if self.prior_weight:  # the first frame's map as a prior on this one (region_map's reference_prior)
+                prior = self.fusion.logits(self._reference_patches, text)
+                xy = self.fusion._readout(self.fusion.logits(patches, text) + self.prior_weight * prior)[2]
+        return xy[0].numpy().astype(np.float32), out.reference_xy[0].numpy().astype(np.float32)
 
     def _inputs(self, obs: dict, info: dict) -> np.ndarray:
         direction = np.zeros(len(DIRECTION_ORDER), np.float32)
@@ -285,7 +291,7 @@ def run_variant(variant: Variant, args) -> dict:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    scenes = PushScenes(args.estimate_noise, args.estimates_from)
+    scenes = PushScenes(args.estimate_noise, args.estimates_from, args.prior_weight)
     rng = np.random.default_rng(args.seed)
     started = time.time()
     next_seed = PROBE_SEED + 100_000
@@ -327,6 +333,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--estimates-from", metavar="CHECKPOINT",
                         help="take the position estimates from this reference-frame region_map policy's fusion "
                              "on rendered frames (default: the simulator's exact positions)")
+    parser.add_argument("--prior-weight", type=float, default=0.0,
+                        help="with --estimates-from: add the first frame's map times this to the current one "
+                             "(as region_map's reference_prior) before the estimate (default 0: off)")
     parser.add_argument("--layout", choices=LAYOUTS, default="flat",
                         help="the learner's network: flat (default), the CLIP policy's shape, or that shape with "
                              "proprioception entering the fusion too")

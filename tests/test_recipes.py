@@ -140,7 +140,7 @@ def test_the_skill_reader_research_recipe_differs_from_the_film_one_in_its_condi
     assert reader["skill_reader"] is True and reader["command_film"] is False and reader["task"] == "mixed"
 
 
-def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_input_and_ppo_length_only():
+def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_inputs_and_ppo_length_only():
     from dataclasses import asdict
     from pathlib import Path
 
@@ -148,4 +148,5 @@ def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_
     reader = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_reader.yaml")]))
     proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
     changed = {k for k in reader if reader[k] != proprio[k]} - {"command"}
-    assert changed == {"fusion_proprio", "ppo_steps"} and proprio["fusion_proprio"] is True
+    assert changed == {"fusion_proprio", "reference_prior", "ppo_steps"}
+    assert proprio["fusion_proprio"] is True and proprio["reference_prior"] is True

@@ -226,5 +226,5 @@ def test_push_memory_probe_reads_estimates_from_a_reference_frame_policy(referen
     estimates = inputs[proprio:proprio + 4]  # the fusion's estimate now and in the first frame: (x, y) each
     assert np.all(np.abs(estimates) <= 1.0) and scenes._reference_patches is not None
     report = main(["--variants", "none", "--bc-episodes", "1", "--dagger-rounds", "0", "--eval-episodes", "1",
-                   "--epochs", "1", "--estimates-from", str(reference_policy)])
+                   "--epochs", "1", "--estimates-from", str(reference_policy), "--prior-weight", "1.0"])
     assert report["variants"]["none"]["eval_episodes"] == 1 and "none" in capsys.readouterr().out
