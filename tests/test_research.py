@@ -228,3 +228,14 @@ def test_push_memory_probe_reads_estimates_from_a_reference_frame_policy(referen
     report = main(["--variants", "none", "--bc-episodes", "1", "--dagger-rounds", "0", "--eval-episodes", "1",
                    "--epochs", "1", "--estimates-from", str(reference_policy), "--prior-weight", "1.0"])
     assert report["variants"]["none"]["eval_episodes"] == 1 and "none" in capsys.readouterr().out
+
+
+def test_push_estimate_errors_reports_each_distance_band_and_prior_weight(reference_policy, tmp_path, capsys):
+    from research.push_estimate_errors import BANDS, main
+
+    report = main([str(reference_policy), "--episodes", "1", "--prior-weights", "0", "1",
+                   "--json", str(tmp_path / "e.json")])
+    rows = report["rows"]
+    assert len(rows) == 2 * len(BANDS) and {r["prior_weight"] for r in rows} == {0.0, 1.0}
+    assert sum(r["frames"] for r in rows if r["prior_weight"] == 0.0) > 0
+    assert (tmp_path / "e.json").exists() and "share_off_by_0.2" in capsys.readouterr().out
