@@ -52,16 +52,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     scenes = PushScenes(estimates_from=args.checkpoint)
-    fusion, encoder = scenes.fusion, scenes.policy.encoder
+    fusion = scenes.fusion
     distances, errors = [], []
     for seed in range(args.seed, args.seed + args.episodes):
         _, info = scenes.reset(seed)
         done = False
         while not done:
             true = scenes._target_xy()
-            with torch.no_grad():
-                patches = encoder.encode_images(scenes.env._image[None]).patches.float()
-                text = encoder.encode_text([info["command"]]).float()
+            with torch.no_grad():  # the frame and command the scenes encoded for their own estimate
+                patches, text = scenes.last_patches, scenes.last_text
                 current, prior = fusion.logits(patches, text), fusion.logits(scenes._reference_patches, text)
                 estimates = [fusion._readout(current + w * prior)[2][0].numpy() for w in args.prior_weights]
             privileged = info["privileged"]

@@ -151,6 +151,7 @@ class PushScenes:
             if self._reference_patches is None:
                 self._reference_patches = patches
             text = self.policy.encoder.encode_text([command]).float()
+            self.last_patches, self.last_text = patches, text  # this frame's, for research.push_estimate_errors
             out = self.fusion.fuse(encoded.global_embedding.float(), patches, text, self._reference_patches)
             xy = out.xy
             if self.prior_weight:  # the first frame's map as a prior on this one (region_map's reference_prior)
