@@ -232,7 +232,13 @@ def test_calibrated_refusal_is_stored_and_holds_refused_episodes_in_evaluation(t
 
 def test_train_done_fits_a_head_stores_it_and_evaluation_scores_it(trained, tmp_path):
     from vla_ros.commands.train_done import save_done_head, train_done
-    from vla_ros.policy.done_head import episode_metrics, threshold_for_episode_precision
+    from vla_ros.policy.done_head import (
+        NO_TASK,
+        DoneConfig,
+        episode_metrics,
+        task_thresholds,
+        threshold_for_episode_precision,
+    )
 
     # two episodes: the signal rises as each reaches success (labels); in the second it fires one step early
     data = {"labels": np.array([False, False, True, True, False, False, True, True]),
@@ -242,6 +248,24 @@ def test_train_done_fits_a_head_stores_it_and_evaluation_scores_it(trained, tmp_
     assert metrics["stopped"] == 2 and metrics["precision"] == 0.5 and metrics["recall"] == 0.5
     threshold = threshold_for_episode_precision(probabilities, data, min_precision=0.99)
     assert episode_metrics(probabilities, data, threshold)["precision"] == 1.0 and 0.8 < threshold <= 0.85
+
+    # one threshold per task: push's early firing no longer holds reach's signal back
+    tasks = {"labels": np.tile(data["labels"], 2), "episode": np.concatenate([data["episode"], data["episode"] + 2]),
+             "step": np.tile(data["step"], 2), "task": np.repeat([0, 1], 8)}
+    reach_clean = np.concatenate([[0.1, 0.2, 0.6, 0.7, 0.1, 0.2, 0.6, 0.7], probabilities])
+    per_task = task_thresholds(reach_clean, tasks, min_precision=0.99)
+    assert 0.2 < per_task["reach"] <= 0.6 and 0.8 < per_task["push"] <= 0.85
+    config = DoneConfig(features_dim=8, threshold=0.9, task_thresholds=per_task)
+    assert episode_metrics(reach_clean, tasks, config.thresholds(tasks["task"]))["recall"] == 1.0
+    assert episode_metrics(reach_clean, tasks, threshold_for_episode_precision(reach_clean, tasks, 0.99))[
+        "recall"] == 0.5  # one threshold for both: reach stops nowhere
+    assert config.thresholds(np.array([0, 1, NO_TASK])).tolist() == [per_task["reach"], per_task["push"], 0.9]
+    assert DoneConfig.from_dict(config.to_dict()) == config
+    assert "task_thresholds" not in DoneConfig(features_dim=8, threshold=0.9).to_dict()  # as older checkpoints
+    for bad, match in (({"grasp": 0.5}, "unknown task"), ({"reach": 1.0}, "probability"),
+                       ({"push": float("nan")}, "probability")):
+        with pytest.raises(ValueError, match=match):
+            DoneConfig.from_dict({**config.to_dict(), "task_thresholds": bad})
 
     folder = tmp_path / "policy"
     shutil.copytree(trained[1], folder)

@@ -151,6 +151,7 @@ def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
         onnx_policy.reset()
         assert np.allclose(policy.normalized_action(frame, command, state),
                            onnx_policy.normalized_action(frame, command, state), atol=1e-4)
+    _done_thresholds_follow_the_command(policy, out / "final")
     # an export without the sentence input does not pass for this checkpoint
     reader_free = out / "reader_free"
     export_onnx(Policy.load(share_path("models", "policy")), reader_free / ONNX_DIR)
@@ -158,3 +159,32 @@ def test_a_skill_reader_checkpoint_trains_saves_loads_and_acts(tmp_path):
     shutil.copytree(reader_free / ONNX_DIR, out / "final" / ONNX_DIR)
     with pytest.raises(CheckpointError, match="lacks the skill reader's sentence input"):
         Policy.load(out / "final", backend="onnxruntime")
+
+
+def _done_thresholds_follow_the_command(policy, folder):
+    """`vla-ros train-done` on the mixed reader checkpoint: a threshold per task, applied by the command's task."""
+    import dataclasses
+
+    from vla_ros.commands.train_done import save_done_head, train_done
+    from vla_ros.policy.done_head import DONE_TASKS
+    from vla_ros.policy.policy import Policy
+
+    head, done, report = train_done(policy, episodes=4, validation_episodes=6, vec_env="dummy", progress=False)
+    assert done.task_thresholds and set(done.task_thresholds) <= set(DONE_TASKS)
+    assert set(report["by_task"]) == set(done.task_thresholds)
+    for name, entry in report["by_task"].items():
+        assert entry["threshold"] == done.task_thresholds[name]
+        assert entry["validation"]["episodes"] >= 1
+    assert sum(entry["validation"]["episodes"] for entry in report["by_task"].values()) == 6
+    # reach's signal fires at any probability, push's at none: which applies is read from the command alone
+    always, never = 1e-12, float(np.nextafter(1.0, 0.0))
+    save_done_head(folder, head, dataclasses.replace(done, task_thresholds={"reach": always, "push": never}))
+    loaded = Policy.load(folder)
+    assert loaded.done_config.task_thresholds == {"reach": always, "push": never}
+    frame = np.zeros((loaded.encoder.image_size,) * 2 + (3,), np.uint8)
+    state = np.zeros(2 * loaded.num_joints)
+    for command, fires in (("touch the red cube", True), ("push the blue ball to the left", False),
+                           ("move the green cylinder away from you", False)):
+        loaded.reset()
+        loaded.normalized_action(frame, command, state)
+        assert loaded.last_done is fires, command

@@ -81,10 +81,11 @@ def _score_done(policy, task: str, done, args, env_kwargs: dict, split_kwargs: d
     """Episodes of the split run to the time limit; each stops where the done signal first fires."""
     from vla_ros.policy.done_head import collect_done_data, done_probabilities, episode_metrics
 
-    head, threshold = done
+    head, config = done
     data = collect_done_data(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
                              num_envs=args.num_envs, progress=True, **env_kwargs, **split_kwargs)
-    return episode_metrics(done_probabilities(head, data["features"]), data, threshold)
+    # each observation's threshold is its command's task's (as vla_node applies it), or the one threshold
+    return episode_metrics(done_probabilities(head, data["features"]), data, config.thresholds(data["task"]))
 
 
 def _evaluate_tasks(policy, splits, args, env_kwargs, **kwargs) -> dict:
@@ -195,7 +196,7 @@ def _run(args, ray) -> int:
               "refusal": refusal.to_dict() if refusal else None, "lexicon": lexicon, "splits": {}, "ablations": {}}
     try:
         report["splits"] = _evaluate_tasks(policy, args.splits, args, env_kwargs, refusal=refusal,
-                                           done=(policy.done_head, policy.done_config.threshold)
+                                           done=(policy.done_head, policy.done_config)
                                            if policy.has_done_signal else None,
                                            pool=pools.get(checkpoint) if pools else None)
         _evaluate_ablations(report, policy, args, env_kwargs, pools)

@@ -4,11 +4,14 @@ The policy stays as it is. Training data: ``--episodes`` deterministic episodes 
 :data:`DONE_SEED`; the firing threshold is chosen on ``--validation-episodes`` more from
 :data:`DONE_VALIDATION_SEED` (neither range is used by ``vla-ros eval``, seed 1 on) as the lowest probability whose
 firings are at least ``--min-precision`` right, stopping each episode where it first fires (as vla_node does).
+A policy with a skill reader also gets one such threshold per task its commands read as (reach, push), chosen on
+that task's validation episodes alone, and its report gives each task's figures under ``by_task``.
 See :mod:`vla_ros.policy.done_head`.
 
 Report (``--json``): ``{"checkpoint", "task", "episodes", "validation_episodes", "done": config["done"],
 "train": {"precision", "recall", "stopped", "reached_success", "task_success_when_stopping", "episodes"},
-"validation": {...}, "wall_time_s"}``.
+"validation": {...}, "by_task"?: {"reach": {"threshold", "train": {...}, "validation": {...}}, "push": ...},
+"wall_time_s"}``.
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
                seed: int = 0, progress: bool = True, vec_env: str = "subproc"):
     """(head, DoneConfig, report) for ``policy`` (a :class:`vla_ros.policy.policy.Policy`)."""
     from vla_ros.policy.done_head import (
+        DONE_TASKS,
         DoneConfig,
         collect_done_data,
         done_probabilities,
         episode_metrics,
+        episodes_of_task,
+        select_rows,
+        task_thresholds,
         threshold_for_episode_precision,
         train_done_head,
     )
@@ -54,16 +61,29 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
     train = collect_done_data(*args, episodes, DONE_SEED, **kwargs)
     validation = collect_done_data(*args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
     head = train_done_head(train["features"], train["labels"], seed=seed)
-    threshold = threshold_for_episode_precision(done_probabilities(head, validation["features"]), validation,
-                                                min_precision)
-    config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, calibration={
-        "episodes": episodes, "seed": DONE_SEED, "validation_episodes": validation_episodes,
-        "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train",
-        "observations": int(len(train["labels"])), "fulfilled_observations": int(train["labels"].sum())})
+    probabilities = {"train": done_probabilities(head, train["features"]),
+                     "validation": done_probabilities(head, validation["features"])}
+    threshold = threshold_for_episode_precision(probabilities["validation"], validation, min_precision)
+    per_task = task_thresholds(probabilities["validation"], validation, min_precision)
+    calibration = {"episodes": episodes, "seed": DONE_SEED, "validation_episodes": validation_episodes,
+                   "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train",
+                   "observations": int(len(train["labels"])), "fulfilled_observations": int(train["labels"].sum())}
+    config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, task_thresholds=per_task,
+                        calibration=calibration)
+    data = {"train": train, "validation": validation}
     report = {"task": task, "episodes": episodes, "validation_episodes": validation_episodes, "done": config.to_dict(),
-              "train": episode_metrics(done_probabilities(head, train["features"]), train, threshold),
-              "validation": episode_metrics(done_probabilities(head, validation["features"]), validation,
-                                            threshold)}
+              **{name: episode_metrics(probabilities[name], rows, config.thresholds(rows["task"]))
+                 for name, rows in data.items()}}
+    if per_task:
+        report["by_task"] = {}
+        for index, name in enumerate(DONE_TASKS):
+            if name not in per_task:
+                continue
+            entry = {"threshold": per_task[name]}
+            for split, rows in data.items():
+                mask = episodes_of_task(rows, index)
+                entry[split] = episode_metrics(probabilities[split][mask], select_rows(rows, mask), per_task[name])
+            report["by_task"][name] = entry
     return head, config, report
 
 
@@ -99,8 +119,12 @@ def run(args) -> int:
     report = {"checkpoint": str(checkpoint), **report, "wall_time_s": round(time.perf_counter() - start, 1)}
     columns = ["precision", "recall", "stopped", "reached_success", "task_success_when_stopping"]
     rows = [{"episodes": name, **{k: report[name][k] for k in columns}} for name in ("train", "validation")]
+    for name, entry in report.get("by_task", {}).items():
+        rows += [{"episodes": f"{name}/{split}", **{k: entry[split][k] for k in columns}}
+                 for split in ("train", "validation")]
     print(format_table(rows, ["episodes", *columns]))
-    print(f"done threshold {config.threshold:.4f} (validation precision >= {args.min_precision})")
+    print(f"done threshold {config.threshold:.4f} (validation precision >= {args.min_precision})"
+          + "".join(f", {name} {value:.4f}" for name, value in config.task_thresholds.items()))
     if not args.dry_run:
         save_done_head(checkpoint, head, config)
         print(f"done head written to {checkpoint}")

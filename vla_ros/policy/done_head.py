@@ -12,6 +12,12 @@ commanded object for reach):
   firing lands on a success in at least ``min_precision`` of validation episodes (which training never sees);
 - **scoring** (:func:`episode_metrics`): stopping each episode where the signal first fires, as vla_node does.
 
+A policy with a skill reader also gets one threshold per task (``task_thresholds``), each chosen on the validation
+episodes whose command the reader takes for that task (:func:`command_tasks`: reach, or a push in any direction).
+The task comes from the command alone, as the policy's own conditioning does, so a push whose episodes rarely end
+fulfilled (and where the head cannot tell its approach from the goal) does not make reach's signal fire late or
+never: that task's threshold alone rises.
+
 Stored in the policy checkpoint as ``done_head.safetensors`` with ``config["done"]``. ``Policy`` then exposes
 ``has_done_signal`` and ``last_done``; vla_node holds still and reports completion when it fires.
 """
@@ -25,6 +31,27 @@ import numpy as np
 import torch
 
 DONE_WEIGHTS_FILE = "done_head.safetensors"
+DONE_TASKS = ("reach", "push")
+"""the tasks a done threshold is chosen for: index 0 reach, 1 push (any direction; :func:`command_tasks`)"""
+NO_TASK = -1
+"""the task index of observations of a policy without a skill reader (only the global threshold applies)"""
+
+
+@torch.no_grad()
+def command_tasks(network, observations: dict) -> np.ndarray:
+    """The :data:`DONE_TASKS` index (B,) each observation's command reads as, :data:`NO_TASK` without a reader.
+
+    Read by the network's frozen skill reader from the sentence embedding: its reach class is reach, its four
+    push directions are push.
+    """
+    from vla_ros.keys import FEAT_SENTENCE
+
+    fusion = getattr(network.features_extractor, "fusion", None)
+    batch = len(next(iter(observations.values())))
+    if not getattr(fusion, "skill_reader_width", 0) or FEAT_SENTENCE not in observations:
+        return np.full(batch, NO_TASK, dtype=np.int64)
+    sentence = torch.as_tensor(observations[FEAT_SENTENCE]).to(fusion.skill_weight.device, torch.float32)
+    return (fusion.skills(sentence).argmax(dim=-1) > 0).long().cpu().numpy()
 
 
 def done_inputs(network, features: torch.Tensor) -> torch.Tensor:
@@ -57,13 +84,16 @@ class DoneHead(torch.nn.Module):
 class DoneConfig:
     """``config["done"]``: the head's size and the probability at which it fires.
 
-    ``features_dim`` is the width of its input (:func:`done_input_dim`).
+    ``features_dim`` is the width of its input (:func:`done_input_dim`). ``threshold`` applies to every command;
+    ``task_thresholds`` (``{"reach": p, "push": p}``, skill-reader policies), where present, replaces it for the
+    commands of that task (:func:`command_tasks`). Older checkpoints have none.
     """
 
     features_dim: int
     threshold: float
     hidden: int = 64
     calibration: dict[str, Any] = field(default_factory=dict)
+    task_thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.features_dim, bool) or not isinstance(self.features_dim, int) or \
@@ -73,6 +103,22 @@ class DoneConfig:
             raise ValueError(f"done.hidden must be an integer in [1, 4096], got {self.hidden!r}")
         if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
             raise ValueError(f"done.threshold must be a probability in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.task_thresholds, dict):
+            raise ValueError(f"done.task_thresholds must be a mapping, got {type(self.task_thresholds).__name__}")
+        for task, value in self.task_thresholds.items():
+            if task not in DONE_TASKS:
+                raise ValueError(f"done.task_thresholds: unknown task {str(task)[:40]!r}; known: {DONE_TASKS}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ValueError(f"done.task_thresholds.{task} must be a probability in (0, 1), got {value!r}")
+
+    def thresholds(self, tasks: np.ndarray) -> np.ndarray:
+        """The firing threshold (N,) for observations whose commands read as ``tasks`` (:func:`command_tasks`)."""
+        tasks = np.asarray(tasks)
+        out = np.full(tasks.shape, float(self.threshold))
+        for index, task in enumerate(DONE_TASKS):
+            if task in self.task_thresholds:
+                out[tasks == index] = float(self.task_thresholds[task])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DoneConfig":
@@ -80,15 +126,22 @@ class DoneConfig:
         if not isinstance(data, dict):
             raise ValueError(f"done must be a mapping, got {type(data).__name__}")
         try:
+            task_thresholds = data.get("task_thresholds") or {}
+            if not isinstance(task_thresholds, dict):
+                raise TypeError(f"task_thresholds must be a mapping, got {type(task_thresholds).__name__}")
             return cls(features_dim=data["features_dim"], threshold=float(data["threshold"]),
-                       hidden=data.get("hidden", 64), calibration=dict(data.get("calibration") or {}))
+                       hidden=data.get("hidden", 64), calibration=dict(data.get("calibration") or {}),
+                       task_thresholds={k: v for k, v in task_thresholds.items()})
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed done config: {error}") from error
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"features_dim": self.features_dim, "threshold": self.threshold, "hidden": self.hidden,
+        data = {"features_dim": self.features_dim, "threshold": self.threshold, "hidden": self.hidden,
                 "calibration": dict(self.calibration)}
+        if self.task_thresholds:
+            data["task_thresholds"] = dict(self.task_thresholds)
+        return data
 
 
 @torch.no_grad()
@@ -109,7 +162,7 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
                                           **env_kwargs),
                              encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
                              sentence=bool(getattr(extractor, "sentence_dim", 0)))
-    rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": []}
+    rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": [], "task": []}
     current, steps = np.arange(num_envs), np.zeros(num_envs, int)
     success = np.zeros(num_envs, bool)  # the state of the current observation (a reset state is not)
     next_episode, finished = num_envs, 0
@@ -124,7 +177,9 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
             keep = current < episodes
             features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0]
             features = done_inputs(network, features).numpy()
-            for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps)):
+            tasks = command_tasks(network, obs)
+            for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps),
+                               ("task", tasks)):
                 rows[key].append(np.asarray(value)[keep].copy())
             actions, _ = network.predict(obs, deterministic=True)
             obs, _, dones, infos = venv.step(actions)
@@ -143,8 +198,10 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
     return {key: np.concatenate(values) for key, values in rows.items()}
 
 
-def episode_metrics(probabilities: np.ndarray, data: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+def episode_metrics(probabilities: np.ndarray, data: dict[str, np.ndarray], threshold) -> dict[str, Any]:
     """How the done signal would stop each episode of ``data`` (from :func:`collect_done_data`).
+
+    ``threshold``: one probability, or one per observation (:meth:`DoneConfig.thresholds`).
 
     The arm stops at the first observation where it fires. ``precision``: of the episodes where it fires, the
     share where that observation is a success; ``recall``: of the episodes that reach success within the time
@@ -206,3 +263,24 @@ def threshold_for_episode_precision(probabilities: np.ndarray, data: dict[str, n
         if metrics["stopped"] and metrics["precision"] >= min_precision:
             return float(np.clip(level, 1e-9, 1.0 - 1e-9))
     return float(np.nextafter(1.0, 0.0))
+
+
+def episodes_of_task(data: dict[str, np.ndarray], task: int) -> np.ndarray:
+    """Row mask of ``data``'s observations whose command reads as ``task`` (a :data:`DONE_TASKS` index)."""
+    return np.asarray(data["task"]) == task
+
+
+def select_rows(data: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """``data`` (from :func:`collect_done_data`) restricted to the rows of ``mask``."""
+    return {key: np.asarray(value)[mask] for key, value in data.items()}
+
+
+def task_thresholds(probabilities: np.ndarray, data: dict[str, np.ndarray],
+                    min_precision: float = 0.97) -> dict[str, float]:
+    """One threshold per task present in ``data`` (:func:`threshold_for_episode_precision` on its episodes)."""
+    out = {}
+    for index, task in enumerate(DONE_TASKS):
+        mask = episodes_of_task(data, index)
+        if mask.any():
+            out[task] = threshold_for_episode_precision(probabilities[mask], select_rows(data, mask), min_precision)
+    return out

@@ -25,7 +25,7 @@ from vla_ros.keys import (
     OBS_PROPRIO,
 )
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
-from vla_ros.policy.done_head import done_inputs
+from vla_ros.policy.done_head import command_tasks, done_inputs
 from vla_ros.policy.proprio import ProprioNormalizer
 
 BACKENDS = ("torch", "onnxruntime")
@@ -272,7 +272,9 @@ class Policy:
         if self.done_head is not None:
             probability = float(torch.sigmoid(self.done_head(done_inputs(self.network, features).cpu()).double())[0])
             self.last_done_probability = probability
-            self.last_done = probability >= self.done_config.threshold
+            # the threshold of the task the command reads as (skill-reader policies), else the one threshold
+            threshold = float(self.done_config.thresholds(command_tasks(self.network, obs))[0])
+            self.last_done = probability >= threshold
         action = self.network.action_net(self.network.mlp_extractor.forward_actor(features))
         return np.clip(action.float().cpu().numpy()[0], -1.0, 1.0)
 
