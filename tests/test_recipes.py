@@ -150,3 +150,14 @@ def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_
     changed = {k for k in reader if reader[k] != proprio[k]} - {"command"}
     assert changed == {"fusion_proprio", "reference_prior", "ppo_steps"}
     assert proprio["fusion_proprio"] is True and proprio["reference_prior"] is True
+
+
+def test_the_prior_ablation_recipe_differs_from_the_joint_state_one_in_fusion_proprio_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
+    prior = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_prior.yaml")]))
+    assert {k for k in proprio if proprio[k] != prior[k]} - {"command"} == {"fusion_proprio"}
+    assert prior["fusion_proprio"] is False and prior["reference_prior"] is True
