@@ -261,6 +261,8 @@ class Controller:
         # Validation first: the policy (the expensive part) runs only if the gate could pass a command.
         result.decision = gate.check_inputs(joint_state, *stamps)
         if result.decision is not None:
+            # a chunked policy's plan was made for the scene before this hold: it must not resume with it
+            getattr(policy, "discard_plan", lambda: None)()
             return result
         if frame.stamp != self._last_frame_stamp:  # received -> acted on: the wait for this step
             self.stats.add_latency("queued", start - frame.received)

@@ -106,7 +106,8 @@ class EpisodeRunner:
         key = f"{task}/{split}"
         if key not in self._venvs:
             extractor = self.policy.network.features_extractor
-            raw = make_vec_env(task, 1, 0, vec_env="dummy", **self.env_kwargs, **split_kwargs)
+            raw = make_vec_env(task, 1, 0, vec_env="dummy", action_chunk=getattr(extractor, "action_chunk", None),
+                               **self.env_kwargs, **split_kwargs)
             self._venvs[key] = ClipFeatureVecEnv(raw, self.policy.encoder, self.policy.normalizer,
                                                  reference_frame=getattr(extractor, "reference_frame", False),
                              sentence=bool(getattr(extractor, "sentence_dim", 0)))
@@ -122,6 +123,7 @@ class EpisodeRunner:
         """
         import torch
 
+        from vla_ros.policy.action_chunk import ENV_STEPS
         from vla_ros.policy.evaluate import _refused
 
         venv = self._venv(split, split_kwargs)
@@ -144,7 +146,7 @@ class EpisodeRunner:
                         if holding:  # a refused command: hold still to the time limit
                             actions = np.zeros_like(actions)
                         obs, _, dones, infos = venv.step(actions)
-                        length += 1
+                        length += int(infos[0].get(ENV_STEPS, 1))  # a chunk's decision runs several steps
                         if dones[0]:
                             info = infos[0]
                             outcomes.append(EpisodeOutcome(

@@ -442,6 +442,22 @@ class TabletopEnv(gym.Env):
         truncated = self.task == MIXED and self._steps >= EPISODE_STEPS[self.episode_task] and not terminated
         return self._observation(), reward, terminated, truncated, self._info(success)
 
+    def snapshot(self) -> tuple:
+        """The state a :meth:`step` changes (all of ``data``, step count, frame), for :meth:`restore`.
+
+        A labeller can then roll the scripted expert a few steps ahead (action chunks) and come back. The whole
+        ``MjData`` is kept, derived quantities included, so what reads it afterwards (the expert's Jacobians)
+        sees exactly what it would have without the excursion.
+        """
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        return data, self._steps, self._image, self.render_observation
+
+    def restore(self, snapshot: tuple) -> None:
+        """Return to a :meth:`snapshot` of this episode."""
+        data, self._steps, self._image, self.render_observation = snapshot
+        mujoco.mj_copyData(self.data, self.model, data)
+
     def _object_positions(self) -> np.ndarray:
         return self.data.xpos[self.scene.object_body_ids]
 

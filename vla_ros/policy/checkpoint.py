@@ -52,7 +52,8 @@ def build_network(config: dict[str, Any]) -> MultiInputActorCriticPolicy:
     network = NetworkConfig.from_dict(config["network"])
     obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n,
                                    reference_frame=network.reference_frame, sentence_dim=network.skill_reader_width)
-    act_space = gym.spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
+    # a chunked policy's action is its next action_chunk joint-delta actions, flattened (vla_ros.policy.action_chunk)
+    act_space = gym.spaces.Box(-1.0, 1.0, shape=(n * network.action_chunk,), dtype=np.float32)
     return MultiInputActorCriticPolicy(obs_space, act_space, lr_schedule=lambda _: 0.0,
                                        **policy_kwargs(network))
 

@@ -159,7 +159,7 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
 
     extractor = network.features_extractor
     venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, terminate_on_success=False,
-                                          **env_kwargs),
+                                          action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
                              encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
                              sentence=bool(getattr(extractor, "sentence_dim", 0)))
     rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": [], "task": []}

@@ -32,14 +32,17 @@ def env_id(task: str) -> str:
 class ExpertLabelWrapper(gym.Wrapper):
     """Adds the scripted expert's action for the current observation as ``info["expert_action"]``.
 
-    The expert reads privileged simulator state, so it must run where the env lives (the worker).
+    The expert reads privileged simulator state, so it must run where the env lives (the worker). With
+    ``chunk_length`` K > 1 the label is the expert's next K actions, flattened (K * n,) as a chunked policy's
+    action is (:func:`vla_ros.policy.action_chunk.expert_chunk`).
     """
 
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, chunk_length: int = 1):
         super().__init__(env)
         from vla_ros.envs.expert import ScriptedExpert
 
         self.expert = ScriptedExpert(env)
+        self.chunk_length = int(chunk_length)
 
     def reset(self, **kwargs):
         """Reset and label the first observation."""
@@ -54,14 +57,22 @@ class ExpertLabelWrapper(gym.Wrapper):
 
     def _label(self, info: dict) -> dict:
         info[EXPERT_ACTION], info[EXPERT_PHASE] = self.expert.act_with_phase(info)
+        if self.chunk_length > 1:
+            from vla_ros.policy.action_chunk import expert_chunk
+
+            info[EXPERT_ACTION] = expert_chunk(self.env, self.expert, info, self.chunk_length).ravel()
         size = self.env.unwrapped.image_size
         u, v = info["objects"][info["target"]["index"]]["pixel"]
         info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)
         return info
 
 
-def make_env_fn(task: str, expert_labels: bool = False, **env_kwargs: Any) -> Callable[[], gym.Env]:
-    """A picklable thunk creating one env (torch limited to one thread in workers)."""
+def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, **env_kwargs: Any) -> Callable[[], gym.Env]:
+    """A picklable thunk creating one env (torch limited to one thread in workers).
+
+    ``action_chunk`` (:class:`vla_ros.policy.action_chunk.ActionChunk`, for a chunked policy): each step takes a
+    chunk and runs its first E actions; expert labels are then chunks too.
+    """
 
     def thunk() -> gym.Env:
         import torch
@@ -70,7 +81,14 @@ def make_env_fn(task: str, expert_labels: bool = False, **env_kwargs: Any) -> Ca
         import vla_ros.envs  # noqa: F401  (registers the ids)
 
         env = gym.make(env_id(task), **env_kwargs)
-        return ExpertLabelWrapper(env) if expert_labels else env
+        chunked = action_chunk is not None and not action_chunk.single
+        if chunked:
+            from vla_ros.policy.action_chunk import ChunkedActionWrapper
+
+            env = ChunkedActionWrapper(env, action_chunk)
+        if expert_labels:  # outside the chunk: one label (a chunk) per decision, not one per step run
+            env = ExpertLabelWrapper(env, chunk_length=action_chunk.predicted if chunked else 1)
+        return env
 
     return thunk
 
@@ -79,14 +97,18 @@ VEC_ENVS = ("subproc", "dummy", "ray")
 
 
 def make_vec_env(task: str, num_envs: int, seed: int, vec_env: str = "subproc", expert_labels: bool = False,
-                 ray_workers: int = 0, ray_address: str | None = None, **env_kwargs: Any) -> VecEnv:
+                 ray_workers: int = 0, ray_address: str | None = None, action_chunk=None,
+                 **env_kwargs: Any) -> VecEnv:
     """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset.
+
+    ``action_chunk``: a chunked policy's :class:`vla_ros.policy.action_chunk.ActionChunk` (:func:`make_env_fn`).
 
     ``vec_env``: ``subproc`` (one process per env), ``dummy`` (in this process) or ``ray`` (batches of envs
     hosted by ``ray_workers`` Ray actors, 0: one per free CPU; local Ray unless ``ray_address``). All three give
     the same transitions for the same seed and env count.
     """
-    fns = [make_env_fn(task, expert_labels=expert_labels, **env_kwargs) for _ in range(num_envs)]
+    fns = [make_env_fn(task, expert_labels=expert_labels, action_chunk=action_chunk, **env_kwargs)
+           for _ in range(num_envs)]
     if vec_env == "ray":
         from vla_ros.distributed.ray_vec_env import RayVecEnv
 

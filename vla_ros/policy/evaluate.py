@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vla_ros.policy.action_chunk import ENV_STEPS
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
 from vla_ros.policy.envs import make_vec_env
 
@@ -142,7 +143,8 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
     quotas = np.full(num_envs, episodes // num_envs)
     quotas[: episodes % num_envs] += 1
     extractor = network.features_extractor
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, **env_kwargs),
+    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env,
+                                          action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
                              encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
                              sentence=bool(getattr(extractor, "sentence_dim", 0)))
     saved = (extractor.image_scale.clone(), extractor.text_scale.clone())
@@ -166,7 +168,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
             actions, _ = network.predict(obs, deterministic=True)
             actions = np.where(holding[:, None], 0.0, actions)  # a refused command: hold still
             obs, _, dones, infos = venv.step(actions)
-            steps += 1
+            steps += [int(info.get(ENV_STEPS, 1)) for info in infos]  # a chunked policy's decision runs several
             finished = np.flatnonzero(dones)
             for i in finished:
                 if done_counts[i] < quotas[i]:

@@ -302,7 +302,7 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
     actions_torch = []
     for f, c, s in zip(frames, commands, joint_states):
         policy.reset()
-        actions_torch.append(policy.normalized_action(f, c, s))
+        actions_torch.append(policy.decide(f, c, s))  # the whole chunk of a chunked policy
     actions_torch = np.stack(actions_torch)
     image_torch = policy.encoder.encode_images(frames).global_embedding.float().numpy()
     action_diff = np.abs(action_ort.astype(np.float32) - actions_torch)

@@ -30,6 +30,7 @@ from vla_ros.keys import (
     FEAT_TEXT,
     OBS_PROPRIO,
 )
+from vla_ros.policy.action_chunk import ActionChunk
 from vla_ros.policy.network_config import NetworkConfig
 
 
@@ -73,6 +74,8 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         if self.sentence_dim != network.skill_reader_width:
             raise ValueError(f"the observation space's sentence embedding has width {self.sentence_dim} but "
                              f"network.skill_reader_width is {network.skill_reader_width}")
+        # actions per decision of the actor this extractor feeds (its envs run chunks: vla_ros.policy.action_chunk)
+        self.action_chunk = ActionChunk.of(network)
         self.patch_stitch = network.patch_stitch  # the image tower's shift-and-stitch factor (frame_forward reads it)
         self.fusion = build_fusion(network.fusion, embed_dim=embed_dim, num_patches=num_patches,
                                    out_dim=network.fusion_dim, **network.fusion_kwargs(),

@@ -117,7 +117,9 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (", a frozen skill reader (reach, push left / right / forward / back, read from the text tower's sentence "
            "embedding) FiLM-modulating the MLP" if net.get("skill_reader_width") else "")
         + (", the joint state entering the MLP beside the estimates" if net.get("fusion_proprio") else "")
-        + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}",
+        + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}"
+        + (f"; the actor predicts the next {net['action_chunk']} actions and runs "
+           f"{net.get('chunk_execute', 1)} of them before deciding again" if net.get("action_chunk", 1) > 1 else ""),
         "",
         "## Training",
         f"- command: `{training.get('command') or '(not recorded)'}`"

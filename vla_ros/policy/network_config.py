@@ -23,6 +23,8 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``command_film`` | bool | ``region_map``: the command's embedding FiLM-modulates the MLP (what to do) |
 | ``skill_reader_width`` | int | ``region_map``: sentence width of a frozen skill reader FiLM-ing the MLP (0 = none) |
 | ``fusion_proprio`` | bool | ``region_map``: the joint state enters the MLP beside the map's estimates |
+| ``action_chunk`` | int | actions the actor predicts per decision, K (1: one action, as before) |
+| ``chunk_execute`` | int | of those, how many run before the next decision, E (receding horizon; 1 <= E <= K) |
 | ``net_arch`` | {pi: [int], vf: [int]} | SB3 actor and critic hidden layers |
 | ``activation`` | str | ``tanh`` or ``relu`` |
 | ``log_std_init`` | float | initial log standard deviation of the Gaussian actor |
@@ -45,6 +47,8 @@ MAX_GRID = 64
 """largest patch grid side (ViT-B/16 at 224 px has 14)"""
 MAX_PATCH_STITCH = 4
 MAX_TEXT_FEATURES = 1024
+MAX_ACTION_CHUNK = 32
+"""most actions per chunk (Diffusion Policy predicts 16)"""
 
 
 class NetworkConfigError(ValueError):
@@ -102,6 +106,8 @@ class NetworkConfig:
     command_film: bool = False
     skill_reader_width: int = 0
     fusion_proprio: bool = False
+    action_chunk: int = 1
+    chunk_execute: int = 1
     net_arch_pi: tuple[int, ...] = (256, 256)
     net_arch_vf: tuple[int, ...] = (256, 256)
     activation: str = "tanh"
@@ -130,6 +136,11 @@ class NetworkConfig:
         _bool(self.command_film, src, "command_film")
         _int(self.skill_reader_width, src, "skill_reader_width", 0, MAX_TEXT_FEATURES)
         _bool(self.fusion_proprio, src, "fusion_proprio")
+        _int(self.action_chunk, src, "action_chunk", 1, MAX_ACTION_CHUNK)
+        _int(self.chunk_execute, src, "chunk_execute", 1, MAX_ACTION_CHUNK)
+        if self.chunk_execute > self.action_chunk:
+            raise _fail(src, "chunk_execute", f"must be at most action_chunk {self.action_chunk}, "
+                                              f"got {self.chunk_execute}")
         if self.command_film and self.skill_reader_width:
             raise _fail(src, "skill_reader_width", "and command_film are two sources for one FiLM: choose one")
         _widths(self.net_arch_pi, src, "net_arch.pi")

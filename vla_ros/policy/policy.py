@@ -24,6 +24,7 @@ from vla_ros.keys import (
     FEAT_TEXT,
     OBS_PROPRIO,
 )
+from vla_ros.policy.action_chunk import ActionChunk, ActionQueue
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.done_head import command_tasks, done_inputs
 from vla_ros.policy.proprio import ProprioNormalizer
@@ -88,6 +89,10 @@ class Policy:
                                   f"{'has' if self.skill_reader else 'lacks'}: run `vla-ros export` again")
         self._reference = None  # patches of the episode's first frame (tensor; numpy for ONNX Runtime)
         self._reference_command: str | None = None
+        # a chunked policy's plan: the actions of its last decision still to run (vla_ros.policy.action_chunk)
+        self.action_chunk = ActionChunk.of(config["network"])
+        self._queue = ActionQueue(self.action_chunk, len(self.joint_names))
+        self._plan_command: str | None = None
         self.refusal_rule = RefusalRule.from_dict(config.get("refusal"))
         self._judged_command: str | None = None
         self._refusal: Refusal | None = None
@@ -178,6 +183,8 @@ class Policy:
         self.last_attention = None
         self._reference = None
         self._reference_command = None
+        self._queue.clear()
+        self._plan_command = None
         self._judged_command = None
         self._refusal = None
         self.last_presence = self.last_refusal_score = self.last_refusal_bar = None
@@ -238,7 +245,33 @@ class Policy:
     @torch.no_grad()
     def normalized_action(self, frame: np.ndarray, command: str, joint_state: np.ndarray,
                           image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
-        """The network's deterministic action in [-1, 1]^n (the simulator's action space)."""
+        """The network's deterministic action in [-1, 1]^n (the simulator's action space).
+
+        A chunked policy (``network.action_chunk`` K > 1) decides on every E-th frame of a command
+        (``chunk_execute``) and hands out its plan's actions one per frame in between, as it was trained; the
+        frames in between are not encoded, and ``last_done`` and the grounding outputs are those of the decision.
+        """
+        if self.action_chunk.single:
+            return self.decide(frame, command, joint_state, image_scale, text_scale)
+        if np.ndim(frame) != 3:
+            raise ValueError("a chunked policy acts on one frame at a time (H, W, 3)")
+        if command != self._plan_command:  # a new command re-plans at once
+            self._queue.clear()
+            self._plan_command = command
+        if self._queue.needs_plan:
+            self._queue.plan(self.decide(frame, command, joint_state, image_scale, text_scale))
+        else:
+            self.check_joint_state(joint_state)
+        return self._queue.pop()
+
+    def discard_plan(self) -> None:
+        """Forget a chunked policy's remaining planned actions: its next frame decides anew (a hold, a stale frame)."""
+        self._queue.clear()
+
+    @torch.no_grad()
+    def decide(self, frame: np.ndarray, command: str, joint_state: np.ndarray,
+               image_scale: float = 1.0, text_scale: float = 1.0) -> np.ndarray:
+        """One decision of the network: its action in [-1, 1], (K * n,) for a chunk of K (n for one action)."""
         state = self.check_joint_state(joint_state)
         reference = self._episode_reference(command, 1 if np.ndim(frame) == 3 else len(frame))
         self.last_attention = None

@@ -33,6 +33,7 @@ from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder
 from vla_ros.paths import share_path
 from vla_ros.policy import imitation
+from vla_ros.policy.action_chunk import ActionChunk
 from vla_ros.policy.checkpoint import build_network, policy_kwargs, save_checkpoint
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
 from vla_ros.policy.envs import make_vec_env
@@ -85,6 +86,11 @@ class TrainConfig:
     fusion_proprio: bool = False
     """region_map only: the joint state enters the fusion's MLP beside the map's position estimates (as well as the
     actor), so its first layers can relate where the arm is to where the object is (push's approach)"""
+    action_chunk: int = 1
+    """actions the actor predicts per decision (1: one per step); imitation labels each state with the expert's
+    next action_chunk actions (vla_ros.policy.action_chunk)"""
+    chunk_execute: int = 1
+    """of a chunk, how many run before the policy decides again (receding horizon; at most action_chunk)"""
     seed: int = 0
     """seed of envs, network initialisation and sampling"""
     num_envs: int = 4
@@ -114,7 +120,7 @@ class TrainConfig:
     bc_lr: float = 1e-3
     """behaviour-cloning learning rate"""
     ppo_steps: int = 50_000
-    """PPO environment steps after the warm start"""
+    """PPO environment steps after the warm start (decisions of a chunked policy, each up to chunk_execute steps)"""
     n_steps: int = 128
     """PPO rollout length per env"""
     batch_size: int = 256
@@ -157,7 +163,7 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
         reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
         skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
-        fusion_dim=cfg.fusion_dim,
+        action_chunk=cfg.action_chunk, chunk_execute=cfg.chunk_execute, fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
         grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
         net_arch_vf=tuple(cfg.net_arch), activation="tanh", log_std_init=float(cfg.log_std_init),
@@ -252,6 +258,7 @@ class TrainingRun:
             "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
         self._check_resumed_config()
         self.env_kwargs = {"image_size": cfg.image_size, "num_objects": cfg.num_objects}
+        self.action_chunk = ActionChunk(cfg.action_chunk, cfg.chunk_execute)
         if cfg.robot:  # a path is made absolute: evaluation may run elsewhere (another folder, a Ray worker)
             self.env_kwargs["robot"] = robot_reference(cfg.robot)
         probe = make_vec_env(cfg.task, 1, cfg.seed, vec_env="dummy", **self.env_kwargs)
@@ -298,7 +305,7 @@ class TrainingRun:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
-                           expert_labels=expert_labels, **kwargs)
+                           expert_labels=expert_labels, action_chunk=self.action_chunk, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
                                  sentence=self.cfg.skill_reader)
@@ -306,7 +313,8 @@ class TrainingRun:
     def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
         """Held-out evaluation appended to ``eval.csv``."""
         row = {"phase": phase, "ppo_steps": ppo_steps,
-               "env_steps": self.state["imitation_env_steps"] + ppo_steps, "time": time.time()}
+               "env_steps": self.state["imitation_env_steps"] + ppo_steps * self.cfg.chunk_execute,
+               "time": time.time()}
         for split in ("train", "heldout_combos"):
             result = run_episodes(network, self.encoder, self.normalizer, self.cfg.task,
                                   self.cfg.eval_episodes, seed=10_000 + self.cfg.seed, num_envs=self.cfg.num_envs,
@@ -382,7 +390,8 @@ class TrainingRun:
                                 data.successes / max(1, data.episodes), k)
                 save_model(network, str(weights))
                 self.state["imitation_rounds_done"] = k + 1
-                self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets))
+                # one sample per decision; a chunked policy's decision runs up to chunk_execute env steps
+                self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets)) * cfg.chunk_execute
                 self._save_state()
         finally:
             venv.close()
@@ -447,7 +456,7 @@ class TrainingRun:
         config = dict(self.config)
         ppo_steps = int(self.state.get("ppo_steps", 0))
         config["metrics"] = {"env_steps_imitation": self.state["imitation_env_steps"],
-                             "env_steps_ppo": ppo_steps}
+                             "env_steps_ppo": ppo_steps * cfg.chunk_execute}
         if "skill_reader" in self.state:
             config["metrics"]["skill_reader_train_accuracy"] = self.state["skill_reader"]["train_accuracy"]
         best = self.out / "ppo_best.safetensors"
