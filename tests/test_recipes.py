@@ -161,3 +161,15 @@ def test_the_prior_ablation_recipe_differs_from_the_joint_state_one_in_fusion_pr
     prior = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_prior.yaml")]))
     assert {k for k in proprio if proprio[k] != prior[k]} - {"command"} == {"fusion_proprio"}
     assert prior["fusion_proprio"] is False and prior["reference_prior"] is True
+
+
+def test_the_chunk_recipe_differs_from_the_joint_state_one_in_the_chunk_and_ppo_length_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
+    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
+    assert {k for k in proprio if proprio[k] != chunk[k]} - {"command"} == {"action_chunk", "chunk_execute",
+                                                                            "ppo_steps"}
+    assert (chunk["action_chunk"], chunk["chunk_execute"], chunk["ppo_steps"]) == (8, 4, 0)
