@@ -173,3 +173,14 @@ def test_the_chunk_recipe_differs_from_the_joint_state_one_in_the_chunk_and_ppo_
     assert {k for k in proprio if proprio[k] != chunk[k]} - {"command"} == {"action_chunk", "chunk_execute",
                                                                             "ppo_steps"}
     assert (chunk["action_chunk"], chunk["chunk_execute"], chunk["ppo_steps"]) == (8, 4, 0)
+
+
+def test_the_long_chunk_recipe_differs_from_the_chunk_one_in_the_chunk_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
+    long = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk16.yaml")]))
+    assert {k for k in chunk if chunk[k] != long[k]} - {"command"} == {"action_chunk", "chunk_execute"}
+    assert (long["action_chunk"], long["chunk_execute"]) == (16, 8)
