@@ -94,14 +94,14 @@ class ChunkedActionWrapper(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-def expert_chunk(env, expert, info: dict, length: int) -> np.ndarray:
+def expert_chunk(env, expert, info: dict, length: int, first: np.ndarray | None = None) -> np.ndarray:
     """The scripted ``expert``'s next ``length`` actions (length, n) from ``env``'s current state.
 
     The env (a :class:`vla_ros.envs.tabletop.TabletopEnv`) is rolled ahead without rendering and restored, so the
     caller's episode goes on unchanged. Past the episode's end (success or the object falling) the chunk holds
-    still (zeros), as the arm would once done.
+    still (zeros), as the arm would once done. ``first``: the expert's action for ``info`` where the caller has it.
     """
-    first = expert.act(info)
+    first = expert.act(info) if first is None else np.asarray(first, dtype=np.float32)
     if length == 1:
         return first[None]
     base = env.unwrapped

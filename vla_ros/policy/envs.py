@@ -60,7 +60,8 @@ class ExpertLabelWrapper(gym.Wrapper):
         if self.chunk_length > 1:
             from vla_ros.policy.action_chunk import expert_chunk
 
-            info[EXPERT_ACTION] = expert_chunk(self.env, self.expert, info, self.chunk_length).ravel()
+            info[EXPERT_ACTION] = expert_chunk(self.env, self.expert, info, self.chunk_length,
+                                               first=info[EXPERT_ACTION]).ravel()
         size = self.env.unwrapped.image_size
         u, v = info["objects"][info["target"]["index"]]["pixel"]
         info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)
