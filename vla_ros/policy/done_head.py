@@ -131,7 +131,7 @@ class DoneConfig:
                 raise TypeError(f"task_thresholds must be a mapping, got {type(task_thresholds).__name__}")
             return cls(features_dim=data["features_dim"], threshold=float(data["threshold"]),
                        hidden=data.get("hidden", 64), calibration=dict(data.get("calibration") or {}),
-                       task_thresholds={k: v for k, v in task_thresholds.items()})
+                       task_thresholds=dict(task_thresholds))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed done config: {error}") from error
 
