@@ -281,3 +281,55 @@ def test_train_done_fits_a_head_stores_it_and_evaluation_scores_it(trained, tmp_
     policy = Policy.load(folder)
     assert policy.has_done_signal
     assert policy.done_config == done
+
+
+def test_a_done_head_on_the_fusions_estimates_is_trained_stored_and_read_back(trained, tmp_path):
+    import torch
+
+    from vla_ros.commands.train_done import save_done_head, train_done
+    from vla_ros.grounding.fusion import FusionOutput
+    from vla_ros.keys import OBS_PROPRIO
+    from vla_ros.policy.done_head import DoneConfig, done_input_dim, done_inputs
+    folder = tmp_path / "policy"
+    shutil.copytree(trained[1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["clip"]["path"] = str((trained[1] / config["clip"]["path"]).resolve())
+    (folder / "config.json").write_text(json.dumps(config))
+    policy = Policy.load(folder)
+    network = policy.network
+    proprio_dim = network.observation_space[OBS_PROPRIO].shape[0]
+    assert done_input_dim(network, "estimates") == 2 + proprio_dim  # no reference frame, no skill reader here
+
+    # the inputs are the estimate (and, with a reference frame, where it started and the displacement) and joints
+    xy, start = torch.tensor([[0.5, -0.25]]), torch.tensor([[0.25, 0.25]])
+    proprio = torch.arange(proprio_dim, dtype=torch.float32)[None]
+    inputs = done_inputs(network, None, FusionOutput(torch.zeros(1, 4), None, xy, start), {OBS_PROPRIO: proprio},
+                         "estimates")
+    assert inputs[0, :6].tolist() == [0.5, -0.25, 0.25, 0.25, 0.25, -0.5] and torch.equal(inputs[0, 6:], proprio[0])
+    with pytest.raises(ValueError, match="unknown done inputs"):
+        done_inputs(network, None, None, None, "actions")
+
+    head, done, report = train_done(policy, episodes=4, validation_episodes=2, vec_env="dummy", progress=False,
+                                    inputs="estimates")
+    assert done.inputs == "estimates" and done.features_dim == 2 + proprio_dim
+    assert report["done"]["inputs"] == "estimates"
+    assert DoneConfig.from_dict(done.to_dict()) == done
+    assert "inputs" not in DoneConfig(features_dim=8, threshold=0.5).to_dict()  # heads stored before read "policy"
+    assert DoneConfig.from_dict({"features_dim": 8, "threshold": 0.5}).inputs == "policy"
+    with pytest.raises(ValueError, match="done.inputs"):
+        DoneConfig.from_dict({**done.to_dict(), "inputs": "actions"})
+    save_done_head(folder, head, done)
+    loaded = Policy.load(folder)
+    assert loaded.has_done_signal and loaded.done_config == done
+    from vla_ros.commands.export import sample_inputs
+
+    frames, commands, states = sample_inputs(loaded, 1, seed=5)
+    loaded.normalized_action(frames[0], commands[0], states[0])
+    assert 0.0 <= loaded.last_done_probability <= 1.0
+
+    # a head whose width is not this network's estimates is refused when the checkpoint loads
+    stored = json.loads((folder / "config.json").read_text())
+    stored["done"]["features_dim"] += 1
+    (folder / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="done inputs"):
+        Policy.load(folder)

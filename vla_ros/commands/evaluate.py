@@ -83,7 +83,8 @@ def _score_done(policy, task: str, done, args, env_kwargs: dict, split_kwargs: d
 
     head, config = done
     data = collect_done_data(policy.network, policy.encoder, policy.normalizer, task, args.episodes, args.seed,
-                             num_envs=args.num_envs, progress=True, **env_kwargs, **split_kwargs)
+                             num_envs=args.num_envs, progress=True, inputs=config.inputs, **env_kwargs,
+                             **split_kwargs)
     # each observation's threshold is its command's task's (as vla_node applies it), or the one threshold
     return episode_metrics(done_probabilities(head, data["features"]), data, config.thresholds(data["task"]))
 

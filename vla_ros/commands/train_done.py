@@ -35,12 +35,16 @@ def add_arguments(parser) -> None:
                         help="share of firings on validation episodes that must be right (default: 0.97)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation (default: 0)")
+    parser.add_argument("--inputs", choices=("policy", "estimates"), default="policy",
+                        help="what the head reads: the policy's features, critic, value and action (policy, "
+                        "default), or the fusion's position estimates, the joint state and the skill reader's "
+                        "reading (estimates)")
     parser.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint as it is")
     add_json_argument(parser)
 
 
 def train_done(policy, episodes: int, validation_episodes: int, min_precision: float = 0.97, num_envs: int = 2,
-               seed: int = 0, progress: bool = True, vec_env: str = "subproc"):
+               seed: int = 0, progress: bool = True, vec_env: str = "subproc", inputs: str = "policy"):
     """(head, DoneConfig, report) for ``policy`` (a :class:`vla_ros.policy.policy.Policy`)."""
     from vla_ros.policy.done_head import (
         DONE_TASKS,
@@ -57,7 +61,7 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
 
     task = policy.config.get("task", "reach")
     args = (policy.network, policy.encoder, policy.normalizer, task)
-    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=progress, split="train")
+    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=progress, split="train", inputs=inputs)
     train = collect_done_data(*args, episodes, DONE_SEED, **kwargs)
     validation = collect_done_data(*args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
     head = train_done_head(train["features"], train["labels"], seed=seed)
@@ -69,7 +73,7 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
                    "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train",
                    "observations": int(len(train["labels"])), "fulfilled_observations": int(train["labels"].sum())}
     config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, task_thresholds=per_task,
-                        calibration=calibration)
+                        calibration=calibration, inputs=inputs)
     data = {"train": train, "validation": validation}
     report = {"task": task, "episodes": episodes, "validation_episodes": validation_episodes, "done": config.to_dict(),
               **{name: episode_metrics(probabilities[name], rows, config.thresholds(rows["task"]))
@@ -115,7 +119,7 @@ def run(args) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
     policy = Policy.load(checkpoint)
     head, config, report = train_done(policy, args.episodes, args.validation_episodes, args.min_precision,
-                                      args.num_envs, args.seed)
+                                      args.num_envs, args.seed, inputs=args.inputs)
     report = {"checkpoint": str(checkpoint), **report, "wall_time_s": round(time.perf_counter() - start, 1)}
     columns = ["precision", "recall", "stopped", "reached_success", "task_success_when_stopping"]
     rows = [{"episodes": name, **{k: report[name][k] for k in columns}} for name in ("train", "validation")]

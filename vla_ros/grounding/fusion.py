@@ -187,6 +187,8 @@ class PatchAttention(nn.Module):
 class LateFusion(nn.Module):
     """``[global (D), text (D)]`` -> MLP -> (B, out_dim)."""
 
+    estimates_position = False  # whether fuse() returns a position estimate ``xy`` of the commanded object
+
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256):
         super().__init__()
         self.embed_dim, self.num_patches, self.out_dim = embed_dim, num_patches, out_dim
@@ -208,6 +210,8 @@ class CrossAttentionFusion(nn.Module):
     With ``reference_frame`` the attention also reads the episode's first frame and
     ``[attended_ref, xy_ref]`` are appended.
     """
+
+    estimates_position = True  # whether fuse() returns a position estimate ``xy`` of the commanded object
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None, region_prior: bool = False,
@@ -240,6 +244,8 @@ class CrossAttentionFusion(nn.Module):
 
 class GatedFusion(nn.Module):
     """``h = W global + tanh(alpha) * W_x [attended, xy]``, alpha = 0 at init; MLP(h) -> out_dim."""
+
+    estimates_position = True  # whether fuse() returns a position estimate ``xy`` of the commanded object
 
     def __init__(self, embed_dim: int, num_patches: int, out_dim: int = 256, hidden_dim: int = 256,
                  heads: int = 4, grid_size: tuple[int, int] | None = None):
@@ -277,6 +283,8 @@ class RegionMapFusion(nn.Module):
     ``image_global`` is not used. With ``peak_window`` each frame also gives its mode-seeking position, with
     ``reference_prior`` the current frame's map is taken jointly with the reference frame's (module doc).
     """
+
+    estimates_position = True  # whether fuse() returns a position estimate ``xy`` of the commanded object
 
     DEFAULT_SIGMA_PATCHES = 0.75  # the CLIP's region radius in training (``TrainClipConfig.region_sigma``)
 

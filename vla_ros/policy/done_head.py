@@ -54,17 +54,61 @@ def command_tasks(network, observations: dict) -> np.ndarray:
     return (fusion.skills(sentence).argmax(dim=-1) > 0).long().cpu().numpy()
 
 
-def done_inputs(network, features: torch.Tensor) -> torch.Tensor:
-    """The done head's input (B, D) for the policy's features (B, F): features, critic latent, value, action."""
-    critic = network.mlp_extractor.forward_critic(features)
-    action = network.action_net(network.mlp_extractor.forward_actor(features))
-    return torch.cat([features, critic, network.value_net(critic), action], dim=-1).float()
+DONE_INPUT_KINDS = ("policy", "estimates")
+"""what a done head reads (:func:`done_inputs`): ``policy``, the policy's features, critic latent, value and action
+(the default, and every head stored before ``inputs`` existed); ``estimates``, only the fusion's position estimates
+of the commanded object (now, in the episode's first frame and their difference), the joint state and the skill
+reader's reading of the command"""
 
 
-def done_input_dim(network) -> int:
-    """Width of :func:`done_inputs` for ``network`` (an SB3 actor-critic policy)."""
-    return int(network.features_extractor.features_dim + network.mlp_extractor.latent_dim_vf + 1
-               + network.action_space.shape[0])
+def done_inputs(network, features: torch.Tensor, fused=None, observations: dict | None = None,
+                kind: str = "policy") -> torch.Tensor:
+    """The done head's input (B, D) for the policy's features (B, F), by ``kind`` (:data:`DONE_INPUT_KINDS`).
+
+    ``policy``: features, critic latent, value, action. ``estimates``: the fusion's estimate ``fused.xy`` (B, 2),
+    with a reference frame also ``fused.reference_xy`` and the displacement between the two (a pushed object moves
+    away from where it started), the normalised joint state (where the fingertip is) and, with a skill reader, the
+    reader's five skill probabilities (which displacement fulfils the command). 20-odd numbers instead of hundreds,
+    so a head fitted on a few hundred episodes has less to overfit.
+    """
+    if kind == "policy":
+        critic = network.mlp_extractor.forward_critic(features)
+        action = network.action_net(network.mlp_extractor.forward_actor(features))
+        return torch.cat([features, critic, network.value_net(critic), action], dim=-1).float()
+    if kind != "estimates":
+        raise ValueError(f"unknown done inputs {str(kind)[:40]!r}; known: {DONE_INPUT_KINDS}")
+    from vla_ros.keys import FEAT_SENTENCE, OBS_PROPRIO
+
+    if fused is None or fused.xy is None or observations is None:
+        raise ValueError("done inputs 'estimates' need a fusion that estimates the object's position "
+                         "(region_map, region, cross_attention) and the observations")
+    parts = [fused.xy]
+    if fused.reference_xy is not None:
+        parts += [fused.reference_xy, fused.xy - fused.reference_xy]
+    parts.append(torch.as_tensor(observations[OBS_PROPRIO], device=fused.xy.device, dtype=fused.xy.dtype))
+    fusion = network.features_extractor.fusion
+    if getattr(fusion, "skill_reader_width", 0):
+        sentence = network.features_extractor.text_scale * torch.as_tensor(
+            observations[FEAT_SENTENCE], device=fused.xy.device, dtype=fused.xy.dtype)
+        parts.append(fusion.skills(sentence))
+    return torch.cat(parts, dim=-1).float()
+
+
+def done_input_dim(network, kind: str = "policy") -> int:
+    """Width of :func:`done_inputs` of ``kind`` for ``network`` (an SB3 actor-critic policy)."""
+    if kind == "policy":
+        return int(network.features_extractor.features_dim + network.mlp_extractor.latent_dim_vf + 1
+                   + network.action_space.shape[0])
+    if kind != "estimates":
+        raise ValueError(f"unknown done inputs {str(kind)[:40]!r}; known: {DONE_INPUT_KINDS}")
+    from vla_ros.keys import OBS_PROPRIO
+
+    extractor = network.features_extractor
+    if not getattr(extractor.fusion, "estimates_position", False):
+        raise ValueError(f"done inputs 'estimates' need a fusion that estimates the object's position; "
+                         f"{type(extractor.fusion).__name__} does not")
+    width = 2 + (4 if extractor.reference_frame else 0) + int(network.observation_space[OBS_PROPRIO].shape[0])
+    return width + (5 if getattr(extractor.fusion, "skill_reader_width", 0) else 0)
 
 
 class DoneHead(torch.nn.Module):
@@ -84,9 +128,9 @@ class DoneHead(torch.nn.Module):
 class DoneConfig:
     """``config["done"]``: the head's size and the probability at which it fires.
 
-    ``features_dim`` is the width of its input (:func:`done_input_dim`). ``threshold`` applies to every command;
-    ``task_thresholds`` (``{"reach": p, "push": p}``, skill-reader policies), where present, replaces it for the
-    commands of that task (:func:`command_tasks`). Older checkpoints have none.
+    ``features_dim`` is the width of its input (:func:`done_input_dim` of ``inputs``). ``threshold`` applies to
+    every command; ``task_thresholds`` (``{"reach": p, "push": p}``, skill-reader policies), where present,
+    replaces it for the commands of that task (:func:`command_tasks`). Older checkpoints have none.
     """
 
     features_dim: int
@@ -94,8 +138,12 @@ class DoneConfig:
     hidden: int = 64
     calibration: dict[str, Any] = field(default_factory=dict)
     task_thresholds: dict[str, float] = field(default_factory=dict)
+    inputs: str = "policy"
+    """what the head reads (:data:`DONE_INPUT_KINDS`); heads stored before this field read ``policy``"""
 
     def __post_init__(self):
+        if self.inputs not in DONE_INPUT_KINDS:
+            raise ValueError(f"done.inputs must be one of {DONE_INPUT_KINDS}, got {str(self.inputs)[:40]!r}")
         if isinstance(self.features_dim, bool) or not isinstance(self.features_dim, int) or \
                 not 1 <= self.features_dim <= 65536:
             raise ValueError(f"done.features_dim must be an integer in [1, 65536], got {self.features_dim!r}")
@@ -131,7 +179,7 @@ class DoneConfig:
                 raise TypeError(f"task_thresholds must be a mapping, got {type(task_thresholds).__name__}")
             return cls(features_dim=data["features_dim"], threshold=float(data["threshold"]),
                        hidden=data.get("hidden", 64), calibration=dict(data.get("calibration") or {}),
-                       task_thresholds=dict(task_thresholds))
+                       task_thresholds=dict(task_thresholds), inputs=data.get("inputs", "policy"))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed done config: {error}") from error
 
@@ -141,17 +189,20 @@ class DoneConfig:
                 "calibration": dict(self.calibration)}
         if self.task_thresholds:
             data["task_thresholds"] = dict(self.task_thresholds)
+        if self.inputs != "policy":  # older readers know only the policy's inputs, and a head on them stays as it was
+            data["inputs"] = self.inputs
         return data
 
 
 @torch.no_grad()
 def collect_done_data(network, encoder, normalizer, task: str, episodes: int, seed: int, num_envs: int = 2,
-                      vec_env: str = "subproc", progress: bool = False, **env_kwargs) -> dict[str, np.ndarray]:
+                      vec_env: str = "subproc", progress: bool = False, inputs: str = "policy",
+                      **env_kwargs) -> dict[str, np.ndarray]:
     """The policy's features and done labels on every observation of ``episodes`` deterministic episodes.
 
     Episodes do not end at success (``terminate_on_success=False``): they run to the time limit, as the arm
     would until a done signal stops it, so fulfilled observations are seen well inside success too. Returns
-    ``features`` (N, D) float32 (the head's inputs, :func:`done_inputs`), ``labels`` (N,) bool (the
+    ``features`` (N, D) float32 (the head's inputs, :func:`done_inputs` of ``inputs``), ``labels`` (N,) bool (the
     observation's state is a success), ``episode`` (N,) and ``step`` (N,) int.
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
@@ -175,8 +226,9 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
         obs = venv.reset()
         while finished < episodes:
             keep = current < episodes
-            features = extractor.extract({k: torch.as_tensor(v) for k, v in obs.items()})[0]
-            features = done_inputs(network, features).numpy()
+            observations = {k: torch.as_tensor(v) for k, v in obs.items()}
+            features, fused = extractor.extract(observations)
+            features = done_inputs(network, features, fused, observations, inputs).numpy()
             tasks = command_tasks(network, obs)
             for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps),
                                ("task", tasks)):

@@ -303,7 +303,8 @@ class Policy:
         features, fused = self.network.features_extractor.extract(obs)
         self.last_attention = fused.attention
         if self.done_head is not None:
-            probability = float(torch.sigmoid(self.done_head(done_inputs(self.network, features).cpu()).double())[0])
+            inputs = done_inputs(self.network, features, fused, obs, self.done_config.inputs).cpu()
+            probability = float(torch.sigmoid(self.done_head(inputs).double())[0])
             self.last_done_probability = probability
             # the threshold of the task the command reads as (skill-reader policies), else the one threshold
             threshold = float(self.done_config.thresholds(command_tasks(self.network, obs))[0])
@@ -432,10 +433,13 @@ def _load_done_head(checkpoint: Path | None, config: dict, network):
         done = DoneConfig.from_dict(config["done"])
     except ValueError as error:
         raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: {error}") from None
-    expected = done_input_dim(network)
+    try:
+        expected = done_input_dim(network, done.inputs)
+    except ValueError as error:
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: {error}") from None
     if done.features_dim != expected:
         raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.features_dim {done.features_dim} is not "
-                              f"the width of this network's done inputs, {expected}")
+                              f"the width of this network's done inputs ({done.inputs}), {expected}")
     head = DoneHead(done.features_dim, done.hidden)
     try:
         head.load_state_dict(load_file(str(path)))
