@@ -96,7 +96,7 @@ def test_region_map_sees_only_where_clip_matches_the_command():
     torch.manual_seed(0)
     fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
     text, patches = _scene_matching_at(5, 1)  # the commanded object: left, lower half
-    out, attention, xy, _ = fusion.fuse(torch.randn(1, D), patches, text)
+    out, attention, xy, _ = fusion.fuse(torch.randn(1, D), patches, text)[:4]
     assert torch.equal(out, fusion(torch.randn(1, D), patches, text))  # forward returns fuse's features
     x, y = xy[0].tolist()
     assert int(attention.argmax()) == 8 * 5 + 1 and x < 0 and y > 0
@@ -116,7 +116,7 @@ def test_region_map_of_a_blank_modality_is_flat_and_finite():
     fusion = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16)
     image_global, patches, text = inputs()
     for blank_patches, blank_text in ((patches * 0, text), (patches, text * 0)):
-        out, attention, xy, _ = fusion.fuse(image_global, blank_patches, blank_text)
+        out, attention, xy, _ = fusion.fuse(image_global, blank_patches, blank_text)[:4]
         assert torch.isfinite(out).all()
         assert torch.allclose(attention, torch.full((B, P), 1 / P))
         assert xy.abs().max() < 1e-6
@@ -151,7 +151,7 @@ def test_region_map_peak_estimate_stays_on_the_stronger_of_two_matches():
     mean_only = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16).eval()
     with_peak = build_fusion("region_map", embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5).eval()
     mean_xy = mean_only.fuse(torch.zeros(1, D), patches, text).xy
-    out, _, peak_xy, _ = with_peak.fuse(torch.zeros(1, D), patches, text)
+    out, _, peak_xy, _ = with_peak.fuse(torch.zeros(1, D), patches, text)[:4]
     target_x = (1 + 0.5) / 8 * 2 - 1
     assert abs(peak_xy[0, 0] - target_x) < abs(mean_xy[0, 0] - target_x) - 0.1
     assert out.shape == (1, 16)
@@ -195,7 +195,7 @@ def test_region_map_without_map_weights_feeds_the_mlp_only_position_estimates():
     image_global, text = torch.randn(B, D), torch.randn(B, D)
     patches, reference = torch.randn(B, P, D), torch.randn(B, P, D)
     with torch.no_grad():
-        out, _, xy, reference_xy = fusion.fuse(image_global, patches, text, reference)
+        out, _, xy, reference_xy = fusion.fuse(image_global, patches, text, reference)[:4]
         mean = torch.softmax(fusion.logits(patches, text), -1) @ fusion.coordinates
         reference_mean = torch.softmax(fusion.logits(reference, text), -1) @ fusion.coordinates
         expected = fusion.mlp(torch.cat([mean, xy, reference_mean, reference_xy], -1))
@@ -226,3 +226,30 @@ def test_region_map_text_features_give_the_mlp_the_command_beyond_its_map():
         build_fusion("cross_attention", embed_dim=D, num_patches=P, text_features=3)
     with pytest.raises(ValueError, match=">= 0"):
         build_fusion("region_map", embed_dim=D, num_patches=P, text_features=-1)
+
+
+def test_region_map_current_estimate_follows_a_moved_target_that_the_prior_holds_back():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(1, D), dim=-1)
+    background = torch.nn.functional.normalize(torch.randn(1, P, D), dim=-1) * 0.1
+    reference, current = background.clone(), background.clone()
+    reference[0, 8 * 4 + 2] = text[0]  # where the target started: row 4, column 2
+    current[0, 8 * 4 + 5] = 0.8 * text[0]  # pushed to column 5, where it matches a little less (half covered)
+    kwargs = dict(embed_dim=D, num_patches=P, out_dim=16, peak_window=1.5, reference_frame=True,
+                  reference_prior=True, map_weights=False)
+    held = build_fusion("region_map", **kwargs).eval()
+    both = build_fusion("region_map", current_estimate=True, **kwargs).eval()
+    assert both.mlp[0].in_features == held.mlp[0].in_features + 4  # mean and peak of the frame itself
+    with torch.no_grad():
+        for fusion in (held, both):
+            fusion.reference_prior.fill_(2.0)  # about what training learns
+        moved_x = (5 + 0.5) / 8 * 2 - 1
+        out = both.fuse(torch.zeros(1, D), current, text, reference)
+        assert out.xy[0, 0] < moved_x - 0.3  # the prior holds the estimate near the start ...
+        assert abs(out.current_xy[0, 0] - moved_x) < 0.1  # ... the frame's own estimate follows the push
+        assert torch.equal(out.xy, held.fuse(torch.zeros(1, D), current, text, reference).xy)
+        assert held.fuse(torch.zeros(1, D), current, text, reference).current_xy is None
+    with pytest.raises(ValueError, match="reference_prior"):
+        build_fusion("region_map", embed_dim=D, num_patches=P, reference_frame=True, current_estimate=True)
+    with pytest.raises(ValueError, match="region_map"):
+        build_fusion("cross_attention", embed_dim=D, num_patches=P, current_estimate=True)

@@ -184,3 +184,14 @@ def test_the_long_chunk_recipe_differs_from_the_chunk_one_in_the_chunk_only():
     long = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk16.yaml")]))
     assert {k for k in chunk if chunk[k] != long[k]} - {"command"} == {"action_chunk", "chunk_execute"}
     assert (long["action_chunk"], long["chunk_execute"]) == (16, 8)
+
+
+def test_the_current_estimate_recipe_differs_from_the_chunk_one_in_current_estimate_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
+    current = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current.yaml")]))
+    assert {k for k in chunk if chunk[k] != current[k]} - {"command"} == {"current_estimate"}
+    assert current["current_estimate"] is True and current["reference_prior"] is True

@@ -38,7 +38,10 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   stronger one. ``[weights, xy, xy_peak]`` then go to the MLP, and ``xy_peak`` is the position estimate.
   ``reference_prior=True`` (with a reference frame) adds the first frame's logits, times a learned
   weight, to the current frame's: once the arm covers the target, the current map alone jumps to the
-  next best match. ``map_weights=False`` keeps the weights themselves from the MLP: it then gets only
+  next best match. The prior also holds the estimate near where the object started once the arm moves it
+  (a push): ``current_estimate=True`` gives the MLP the current frame's own estimates as well, so it can weigh
+  the one that stays on a covered object against the one that follows a moved one.
+  ``map_weights=False`` keeps the weights themselves from the MLP: it then gets only
   the position estimates, two numbers each, whose distribution is the same for any commanded object,
   while the map's shape (one sharp peak for a seen combination, a second bump on a same-coloured object
   for an unseen one) is not.
@@ -75,6 +78,8 @@ class FusionOutput(NamedTuple):
     attention: torch.Tensor | None = None
     xy: torch.Tensor | None = None
     reference_xy: torch.Tensor | None = None
+    current_xy: torch.Tensor | None = None
+    """with a reference prior and ``current_estimate``: the current frame's estimate without the prior"""
 
 
 FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
@@ -292,8 +297,11 @@ class RegionMapFusion(nn.Module):
                  grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
-                 command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0):
+                 command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0,
+                 current_estimate: bool = False):
         super().__init__()
+        if current_estimate and not reference_prior:
+            raise ValueError("current_estimate needs reference_prior=True")
         if command_film and skill_reader_width:
             raise ValueError("command_film and skill_reader_width are two sources for one FiLM: choose one")
         if reference_prior and not reference_frame:
@@ -308,7 +316,11 @@ class RegionMapFusion(nn.Module):
             self.register_buffer("log_window", window.log() - window.log().amax(-1, keepdim=True), persistent=False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.reference_prior = nn.Parameter(torch.ones(())) if reference_prior else None
+        # the prior holds the estimate where the object started (it learns a weight near 2), which hides a push's
+        # progress: current_estimate also gives the MLP the current frame's own estimate
+        self.current_estimate = bool(current_estimate)
         per_frame = (num_patches if map_weights else 0) + (4 if self.peak_window > 0 else 2)
+        estimate_width = 4 if self.peak_window > 0 else 2
         if text_features < 0:
             raise ValueError(f"text_features must be >= 0, got {text_features}")
         self.text_projection = nn.Linear(embed_dim, text_features) if text_features else None
@@ -318,8 +330,8 @@ class RegionMapFusion(nn.Module):
         if proprio_dim < 0:
             raise ValueError(f"proprio_dim must be >= 0, got {proprio_dim}")
         self.proprio_dim = int(proprio_dim)
-        self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features + self.proprio_dim, hidden_dim,
-                        out_dim)
+        self.mlp = _mlp(per_frame * (2 if reference_frame else 1) + text_features + self.proprio_dim
+                        + (estimate_width if self.current_estimate else 0), hidden_dim, out_dim)
         # FiLM (as RT-1 conditions on its sentence embedding): the command scales and shifts the MLP's hidden
         # features, so what to do (the verb, a push's direction) acts on where the map says the object is.
         # Zero-initialised: training starts from the unconditioned MLP.
@@ -406,15 +418,18 @@ class RegionMapFusion(nn.Module):
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
         reference = self.logits(reference_patches, text)
+        current_parts, current_xy = [], None
+        if self.current_estimate:
+            raw = self._readout(current)
+            current_parts, current_xy = (raw[0][1:] if self.map_weights else raw[0]), raw[2]  # estimates only
         if self.reference_prior is not None:
             # where the target was before the arm moved in: a covered target then does not move the
             # current estimate to whichever other object matches the command next best
             current = current + self.reference_prior * reference
         parts, weights, xy = self._readout(current)
         reference_parts, _, reference_xy = self._readout(reference)
-        return FusionOutput(self._head(torch.cat(parts + reference_parts + command, dim=-1), text, sentence),
-                            weights, xy,
-                            reference_xy)
+        return FusionOutput(self._head(torch.cat(parts + reference_parts + current_parts + command, dim=-1), text,
+                                       sentence), weights, xy, reference_xy, current_xy)
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:
@@ -432,7 +447,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
-                 skill_reader_width: int = 0, proprio_dim: int = 0) -> nn.Module:
+                 skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -441,7 +456,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
     """
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
-    for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior)):
+    for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior),
+                        ("current_estimate", current_estimate)):
         if value and kind != "region_map":
             raise ValueError(f"{name} is an option of the region_map fusion, not of {kind!r}")
     if peak_window < 0:
@@ -469,6 +485,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["sigma_patches"] = RegionMapFusion.DEFAULT_SIGMA_PATCHES * patch_stitch
     if reference_prior:
         extra["reference_prior"] = True
+    if current_estimate:
+        extra["current_estimate"] = True
     if not map_weights:
         extra["map_weights"] = False
     if text_features:

@@ -67,9 +67,10 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
 
     ``policy``: features, critic latent, value, action. ``estimates``: the fusion's estimate ``fused.xy`` (B, 2),
     with a reference frame also ``fused.reference_xy`` and the displacement between the two (a pushed object moves
-    away from where it started), the normalised joint state (where the fingertip is) and, with a skill reader, the
-    reader's five skill probabilities (which displacement fulfils the command). 20-odd numbers instead of hundreds,
-    so a head fitted on a few hundred episodes has less to overfit.
+    away from where it started), with ``current_estimate`` the current frame's own estimate and its displacement
+    (the prior holds ``xy`` near the start), the normalised joint state (where the fingertip is) and, with a skill
+    reader, the reader's five skill probabilities (which displacement fulfils the command). 20-odd numbers instead
+    of hundreds, so a head fitted on a few hundred episodes has less to overfit.
     """
     if kind == "policy":
         critic = network.mlp_extractor.forward_critic(features)
@@ -85,6 +86,8 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
     parts = [fused.xy]
     if fused.reference_xy is not None:
         parts += [fused.reference_xy, fused.xy - fused.reference_xy]
+    if fused.current_xy is not None:  # the current frame's own estimate (current_estimate), which follows a push
+        parts += [fused.current_xy, fused.current_xy - fused.reference_xy]
     parts.append(torch.as_tensor(observations[OBS_PROPRIO], device=fused.xy.device, dtype=fused.xy.dtype))
     fusion = network.features_extractor.fusion
     if getattr(fusion, "skill_reader_width", 0):
@@ -108,6 +111,7 @@ def done_input_dim(network, kind: str = "policy") -> int:
         raise ValueError(f"done inputs 'estimates' need a fusion that estimates the object's position; "
                          f"{type(extractor.fusion).__name__} does not")
     width = 2 + (4 if extractor.reference_frame else 0) + int(network.observation_space[OBS_PROPRIO].shape[0])
+    width += 4 if getattr(extractor.fusion, "current_estimate", False) else 0
     return width + (5 if getattr(extractor.fusion, "skill_reader_width", 0) else 0)
 
 

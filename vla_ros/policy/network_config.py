@@ -17,6 +17,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``reference_frame`` | bool | the fusion also reads the episode's first frame |
 | ``peak_window`` | float | ``region_map``: mode-seeking window, CLIP patches (0 = off) |
 | ``reference_prior`` | bool | ``region_map``: the reference frame's map is a prior on the current one |
+| ``current_estimate`` | bool | ``region_map`` with ``reference_prior``: the MLP also reads the frame's own estimate |
 | ``patch_stitch`` | int | ``region_map``: shift-and-stitch factor of the image tower |
 | ``map_weights`` | bool | ``region_map``: the MLP also reads the map itself, not only its estimates |
 | ``text_features`` | int | ``region_map``: width of a projection of the command fed to the MLP (0 = none) |
@@ -100,6 +101,7 @@ class NetworkConfig:
     reference_frame: bool = False
     peak_window: float = 0.0
     reference_prior: bool = False
+    current_estimate: bool = False
     patch_stitch: int = 1
     map_weights: bool = True
     text_features: int = 0
@@ -130,6 +132,7 @@ class NetworkConfig:
         _bool(self.reference_frame, src, "reference_frame")
         _float(self.peak_window, src, "peak_window", 0.0, float(MAX_GRID))
         _bool(self.reference_prior, src, "reference_prior")
+        _bool(self.current_estimate, src, "current_estimate")
         _int(self.patch_stitch, src, "patch_stitch", 1, MAX_PATCH_STITCH)
         _bool(self.map_weights, src, "map_weights")
         _int(self.text_features, src, "text_features", 0, MAX_TEXT_FEATURES)
@@ -150,7 +153,8 @@ class NetworkConfig:
         region_map_only = {"peak_window": self.peak_window != 0.0, "reference_prior": self.reference_prior,
                            "patch_stitch": self.patch_stitch != 1, "map_weights": not self.map_weights,
                            "text_features": self.text_features != 0, "command_film": self.command_film,
-                           "skill_reader_width": self.skill_reader_width != 0, "fusion_proprio": self.fusion_proprio}
+                           "skill_reader_width": self.skill_reader_width != 0, "fusion_proprio": self.fusion_proprio,
+                           "current_estimate": self.current_estimate}
         if self.fusion != "region_map":
             for name, used in region_map_only.items():
                 if used:
@@ -159,6 +163,8 @@ class NetworkConfig:
             raise _fail(src, "reference_frame", f"exists for {REFERENCE_FRAME_KINDS}, not for {self.fusion!r}")
         if self.reference_prior and not self.reference_frame:
             raise _fail(src, "reference_prior", "needs reference_frame")
+        if self.current_estimate and not self.reference_prior:
+            raise _fail(src, "current_estimate", "needs reference_prior (without it the estimate is the current one)")
 
     @property
     def num_patches(self) -> int:
@@ -203,6 +209,7 @@ class NetworkConfig:
         """Keyword arguments of :func:`vla_ros.grounding.fusion.build_fusion` (its ``kind`` excluded)."""
         return {"hidden_dim": self.hidden_dim, "heads": self.heads, "grid_size": self.grid_size,
                 "reference_frame": self.reference_frame, "peak_window": self.peak_window,
-                "reference_prior": self.reference_prior, "patch_stitch": self.patch_stitch,
+                "reference_prior": self.reference_prior, "current_estimate": self.current_estimate,
+                "patch_stitch": self.patch_stitch,
                 "map_weights": self.map_weights, "text_features": self.text_features,
                 "command_film": self.command_film, "skill_reader_width": self.skill_reader_width}

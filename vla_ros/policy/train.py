@@ -67,6 +67,9 @@ class TrainConfig:
     reference_prior: bool = False
     """region_map with a reference frame only: add the first frame's map (learned weight) to the current
     frame's, so that the estimate stays on the target while the arm covers it"""
+    current_estimate: bool = False
+    """region_map with reference_prior only: the fusion's MLP also reads the current frame's own estimate (without
+    the prior), which follows an object the arm has pushed where the prior holds the estimate near its start"""
     patch_stitch: int = 1
     """region_map only: run the CLIP image tower on s*s copies shifted by fractions of a patch and
     interleave their tokens into a grid s times as dense (shift-and-stitch); s*s times the image work"""
@@ -160,7 +163,8 @@ class TrainConfig:
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return NetworkConfig(
         fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
-        reference_prior=cfg.reference_prior, patch_stitch=cfg.patch_stitch, map_weights=cfg.map_weights,
+        reference_prior=cfg.reference_prior, current_estimate=cfg.current_estimate, patch_stitch=cfg.patch_stitch,
+        map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
         skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
         action_chunk=cfg.action_chunk, chunk_execute=cfg.chunk_execute, fusion_dim=cfg.fusion_dim,
