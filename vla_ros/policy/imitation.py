@@ -122,6 +122,26 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     )
 
 
+def batch_losses(network, data: Demonstrations, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(action MSE, value MSE, grounding MSE) of ``network`` on the demonstrations' rows ``idx`` (:func:`fit`)."""
+    device = next(network.parameters()).device
+    obs = {k: torch.as_tensor(v[idx], dtype=torch.float32, device=device) for k, v in data.obs.items()}
+    target = torch.as_tensor(data.expert_actions[idx], device=device)
+    returns = torch.as_tensor(data.returns[idx], device=device)
+    target_xy = torch.as_tensor(data.target_xy[idx], device=device)
+    reference_xy = torch.as_tensor(data.reference_xy[idx], device=device) if data.reference_xy is not None else None
+    features, grounding = network.features_extractor.extract(obs)  # Box observations: no preprocessing
+    latent_pi, latent_vf = network.mlp_extractor(features)
+    mean = network.action_net(latent_pi)
+    values = network.value_net(latent_vf).squeeze(-1)
+    action_loss = F.mse_loss(mean, target)
+    value_loss = F.mse_loss(values, returns)
+    grounding_loss = F.mse_loss(grounding.xy, target_xy) if grounding.xy is not None else torch.zeros((), device=device)
+    if grounding.reference_xy is not None and reference_xy is not None:
+        grounding_loss = grounding_loss + F.mse_loss(grounding.reference_xy, reference_xy)
+    return action_loss, value_loss, grounding_loss
+
+
 def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
         value_weight: float = 0.5, grounding_weight: float = 1.0) -> dict[str, float]:
     """Regress the actor mean on expert actions and the value head on observed returns.
@@ -143,20 +163,7 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
         totals = np.zeros(3)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            obs = {k: torch.as_tensor(v[idx], dtype=torch.float32) for k, v in data.obs.items()}
-            target = torch.as_tensor(data.expert_actions[idx])
-            returns = torch.as_tensor(data.returns[idx])
-            target_xy = torch.as_tensor(data.target_xy[idx])
-            reference_xy = torch.as_tensor(data.reference_xy[idx]) if data.reference_xy is not None else None
-            features, grounding = network.features_extractor.extract(obs)  # Box observations: no preprocessing
-            latent_pi, latent_vf = network.mlp_extractor(features)
-            mean = network.action_net(latent_pi)
-            values = network.value_net(latent_vf).squeeze(-1)
-            action_loss = F.mse_loss(mean, target)
-            value_loss = F.mse_loss(values, returns)
-            grounding_loss = F.mse_loss(grounding.xy, target_xy) if grounding.xy is not None else torch.zeros(())
-            if grounding.reference_xy is not None and reference_xy is not None:
-                grounding_loss = grounding_loss + F.mse_loss(grounding.reference_xy, reference_xy)
+            action_loss, value_loss, grounding_loss = batch_losses(network, data, idx)
             loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
             loss.backward()

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
-from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecMonitor
@@ -40,6 +39,7 @@ from vla_ros.policy.envs import make_vec_env
 from vla_ros.policy.evaluate import run_episodes
 from vla_ros.policy.network_config import NetworkConfig
 from vla_ros.policy.proprio import ProprioNormalizer
+from vla_ros.policy.regularised_ppo import ImitationRegularisedPPO
 from vla_ros.robot_config import robot_name, robot_reference
 
 
@@ -124,6 +124,12 @@ class TrainConfig:
     """behaviour-cloning learning rate"""
     ppo_steps: int = 50_000
     """PPO environment steps after the warm start (decisions of a chunked policy, each up to chunk_execute steps)"""
+    ppo_imitation_weight: float = 0.0
+    """0: plain PPO. Otherwise each PPO update is followed by ppo_imitation_batches minibatch steps of this weight
+    times the imitation loss on the run's own demonstrations (OUT/demos_*.npz), so fine-tuning keeps what
+    imitation taught (vla_ros.policy.regularised_ppo)"""
+    ppo_imitation_batches: int = 8
+    """imitation minibatches (of bc_batch_size) after each PPO update, with ppo_imitation_weight"""
     n_steps: int = 128
     """PPO rollout length per env"""
     batch_size: int = 256
@@ -418,7 +424,7 @@ class TrainingRun:
         self.state["skill_reader"] = {"train_accuracy": fit.train_accuracy, "commands": fit.num_commands}
         self._save_state()
 
-    def save_ppo(self, model: PPO) -> None:
+    def save_ppo(self, model: ImitationRegularisedPPO) -> None:
         """Resumable PPO state (SB3 zip; our own run files, never shipped)."""
         model.save(self.out / "ppo_latest.zip")
         self.state["ppo_steps"] = int(model.num_timesteps)
@@ -433,16 +439,20 @@ class TrainingRun:
         latest = self.out / "ppo_latest.zip"
         try:
             if latest.exists():
-                model = PPO.load(latest, env=venv, device=cfg.device)
+                model = ImitationRegularisedPPO.load(latest, env=venv, device=cfg.device)
             else:
-                model = PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs(self.config["network"]),
-                            n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
-                            learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=0.95,
-                            clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=0.5, max_grad_norm=0.5,
-                            seed=cfg.seed, device=cfg.device, verbose=0)
+                # plain SB3 PPO unless ppo_imitation_weight attaches demonstrations below
+                model = ImitationRegularisedPPO(
+                    "MultiInputPolicy", venv, policy_kwargs=policy_kwargs(self.config["network"]),
+                    n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+                    learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=0.95, clip_range=cfg.clip_range,
+                    ent_coef=cfg.ent_coef, vf_coef=0.5, max_grad_norm=0.5, seed=cfg.seed, device=cfg.device, verbose=0)
                 model.policy.load_state_dict(network.state_dict())
                 with torch.no_grad():
                     model.policy.log_std.fill_(cfg.log_std_init)
+            if cfg.ppo_imitation_weight > 0:
+                model.attach_demonstrations(self._demonstrations(), cfg.ppo_imitation_weight,
+                                            cfg.ppo_imitation_batches, cfg.bc_batch_size, cfg.seed + 2000)
             model.set_logger(configure(str(self.out / "logs"), ["csv", "tensorboard"]))
             remaining = cfg.ppo_steps - model.num_timesteps
             if remaining > 0:
@@ -452,6 +462,19 @@ class TrainingRun:
         finally:
             venv.close()
         return model.policy.eval()
+
+    def _demonstrations(self) -> imitation.Demonstrations:
+        """The imitation phase's aggregated demonstrations, from the run folder (for imitation-regularised PPO)."""
+        rounds = int(self.state.get("imitation_rounds_done", 0))
+        paths = [self.out / f"demos_{k}.npz" for k in range(rounds)]
+        missing = [p.name for p in paths if not p.exists()]
+        if not rounds or missing:
+            raise FileNotFoundError(f"ppo_imitation_weight needs the imitation phase's demonstrations in {self.out}; "
+                                    f"missing: {missing or 'all (no imitation round recorded)'}")
+        data = imitation.Demonstrations.concatenate([imitation.Demonstrations.load(p) for p in paths])
+        tqdm.write(f"[ppo] regularised by imitation on {len(data)} demonstrated decisions "
+                   f"(weight {self.cfg.ppo_imitation_weight}, {self.cfg.ppo_imitation_batches} batches per update)")
+        return data
 
     def export(self, network) -> Path:
         """Write the final checkpoint folder and the learning curve."""
