@@ -195,3 +195,14 @@ def test_the_current_estimate_recipe_differs_from_the_chunk_one_in_current_estim
     current = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current.yaml")]))
     assert {k for k in chunk if chunk[k] != current[k]} - {"command"} == {"current_estimate"}
     assert current["current_estimate"] is True and current["reference_prior"] is True
+
+
+def test_the_regularised_ppo_recipe_differs_from_the_current_estimate_one_in_its_ppo_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    current = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current.yaml")]))
+    ppo = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current_ppo.yaml")]))
+    assert {k for k in current if current[k] != ppo[k]} - {"command"} == {"ppo_steps", "ppo_imitation_weight"}
+    assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_imitation_batches"]) == (30000, 1.0, 8)
