@@ -206,3 +206,13 @@ def test_the_regularised_ppo_recipe_differs_from_the_current_estimate_one_in_its
     ppo = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current_ppo.yaml")]))
     assert {k for k in current if current[k] != ppo[k]} - {"command"} == {"ppo_steps", "ppo_imitation_weight"}
     assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_imitation_batches"]) == (30000, 1.0, 8)
+
+
+def test_the_chunked_regularised_ppo_recipe_differs_from_the_chunk_one_in_its_ppo_only():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
+    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
+    ppo = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk_ppo.yaml")]))
+    assert {k for k in chunk if chunk[k] != ppo[k]} - {"command"} == {"ppo_steps", "ppo_imitation_weight"}
