@@ -40,6 +40,7 @@ def test_ppo_regularised_by_imitation_regresses_on_the_runs_demonstrations(tmp_p
     data = imitation.Demonstrations.concatenate([imitation.Demonstrations.load(p)
                                                  for p in sorted((tmp_path / "run").glob("demos_*.npz"))])
     model = ImitationRegularisedPPO.load(tmp_path / "run" / "ppo_latest.zip", device="cpu")
+    assert model.demonstrations is None  # saved without them: they stay in the run folder, attached on resume
     with torch.no_grad():
         model.policy.action_net.weight.add_(0.5)  # away from the expert
     every = np.arange(len(data))

@@ -47,6 +47,11 @@ class ImitationRegularisedPPO(PPO):
         self._imitation_params = [p for name, p in self.policy.named_parameters() if name != "log_std"]
         self._imitation_optimizer = torch.optim.Adam(self._imitation_params, lr=lr)
 
+    def _excluded_save_params(self) -> list[str]:
+        """Keep the demonstrations (often gigabytes, already in the run folder) and their optimiser out of the zip."""
+        return [*super()._excluded_save_params(), "demonstrations", "_imitation_rng", "_imitation_params",
+                "_imitation_optimizer"]
+
     def train(self) -> None:
         """PPO's update, then the imitation steps; logs ``train/imitation_action_mse``."""
         super().train()
