@@ -230,6 +230,15 @@ def test_calibrated_refusal_is_stored_and_holds_refused_episodes_in_evaluation(t
     assert held.mean_length == 50  # held to the time limit
 
 
+def _copy_checkpoint(checkpoint, folder):
+    """A copy of ``checkpoint`` in ``folder`` whose CLIP path still points at the original's CLIP."""
+    shutil.copytree(checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["clip"]["path"] = str((checkpoint / config["clip"]["path"]).resolve())
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def test_train_done_fits_a_head_stores_it_and_evaluation_scores_it(trained, tmp_path):
     from vla_ros.commands.train_done import save_done_head, train_done
     from vla_ros.policy.done_head import (
@@ -267,11 +276,7 @@ def test_train_done_fits_a_head_stores_it_and_evaluation_scores_it(trained, tmp_
         with pytest.raises(ValueError, match=match):
             DoneConfig.from_dict({**config.to_dict(), "task_thresholds": bad})
 
-    folder = tmp_path / "policy"
-    shutil.copytree(trained[1], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["clip"]["path"] = str((trained[1] / config["clip"]["path"]).resolve())
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = _copy_checkpoint(trained[1], tmp_path / "policy")
     policy = Policy.load(folder)
     head, done, report = train_done(policy, episodes=4, validation_episodes=2, vec_env="dummy", progress=False)
     assert report["train"]["episodes"] == 4 and 0.0 < done.threshold < 1.0
@@ -290,11 +295,7 @@ def test_a_done_head_on_the_fusions_estimates_is_trained_stored_and_read_back(tr
     from vla_ros.grounding.fusion import FusionOutput
     from vla_ros.keys import OBS_PROPRIO
     from vla_ros.policy.done_head import DoneConfig, done_input_dim, done_inputs
-    folder = tmp_path / "policy"
-    shutil.copytree(trained[1], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["clip"]["path"] = str((trained[1] / config["clip"]["path"]).resolve())
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = _copy_checkpoint(trained[1], tmp_path / "policy")
     policy = Policy.load(folder)
     network = policy.network
     proprio_dim = network.observation_space[OBS_PROPRIO].shape[0]

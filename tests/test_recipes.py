@@ -128,91 +128,62 @@ def test_the_skills_research_recipe_reads_as_a_mixed_film_run():
     assert load_recipe(TrainConfig, recipe, skip=("command",))["ppo_steps"] == 120_000
 
 
-def test_the_skill_reader_research_recipe_differs_from_the_film_one_in_its_conditioning_only():
+def _research_recipe(name: str) -> dict:
+    """``research/recipes/<name>.yaml`` as the TrainConfig it gives ``vla-ros train``, as a dict."""
     from dataclasses import asdict
     from pathlib import Path
 
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    film = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_film.yaml")]))
-    reader = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_reader.yaml")]))
-    changed = {k for k in film if film[k] != reader[k]} - {"command"}
-    assert changed == {"command_film", "skill_reader", "ppo_steps"}
+    recipe = Path(__file__).resolve().parents[1] / "research" / "recipes" / f"{name}.yaml"
+    return asdict(_config(TrainConfig, ["train", "--config", str(recipe)]))
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    """The settings two recipes differ in (the recorded command line aside)."""
+    return {k for k in before if before[k] != after[k]} - {"command"}
+
+
+def test_the_skill_reader_research_recipe_differs_from_the_film_one_in_its_conditioning_only():
+    film, reader = _research_recipe("skills_film"), _research_recipe("skills_reader")
+    assert _changed(film, reader) == {"command_film", "skill_reader", "ppo_steps"}
     assert reader["skill_reader"] is True and reader["command_film"] is False and reader["task"] == "mixed"
 
 
 def test_the_joint_state_recipe_differs_from_the_skill_reader_one_in_the_fusion_inputs_and_ppo_length_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    reader = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_reader.yaml")]))
-    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
-    changed = {k for k in reader if reader[k] != proprio[k]} - {"command"}
-    assert changed == {"fusion_proprio", "reference_prior", "ppo_steps"}
+    reader, proprio = _research_recipe("skills_reader"), _research_recipe("skills_proprio")
+    assert _changed(reader, proprio) == {"fusion_proprio", "reference_prior", "ppo_steps"}
     assert proprio["fusion_proprio"] is True and proprio["reference_prior"] is True
 
 
 def test_the_prior_ablation_recipe_differs_from_the_joint_state_one_in_fusion_proprio_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
-    prior = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_prior.yaml")]))
-    assert {k for k in proprio if proprio[k] != prior[k]} - {"command"} == {"fusion_proprio"}
+    proprio, prior = _research_recipe("skills_proprio"), _research_recipe("skills_prior")
+    assert _changed(proprio, prior) == {"fusion_proprio"}
     assert prior["fusion_proprio"] is False and prior["reference_prior"] is True
 
 
 def test_the_chunk_recipe_differs_from_the_joint_state_one_in_the_chunk_and_ppo_length_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    proprio = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_proprio.yaml")]))
-    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
-    assert {k for k in proprio if proprio[k] != chunk[k]} - {"command"} == {"action_chunk", "chunk_execute",
-                                                                            "ppo_steps"}
+    proprio, chunk = _research_recipe("skills_proprio"), _research_recipe("skills_chunk")
+    assert _changed(proprio, chunk) == {"action_chunk", "chunk_execute", "ppo_steps"}
     assert (chunk["action_chunk"], chunk["chunk_execute"], chunk["ppo_steps"]) == (8, 4, 0)
 
 
 def test_the_long_chunk_recipe_differs_from_the_chunk_one_in_the_chunk_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
-    long = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk16.yaml")]))
-    assert {k for k in chunk if chunk[k] != long[k]} - {"command"} == {"action_chunk", "chunk_execute"}
+    chunk, long = _research_recipe("skills_chunk"), _research_recipe("skills_chunk16")
+    assert _changed(chunk, long) == {"action_chunk", "chunk_execute"}
     assert (long["action_chunk"], long["chunk_execute"]) == (16, 8)
 
 
 def test_the_current_estimate_recipe_differs_from_the_chunk_one_in_current_estimate_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
-    current = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current.yaml")]))
-    assert {k for k in chunk if chunk[k] != current[k]} - {"command"} == {"current_estimate"}
+    chunk, current = _research_recipe("skills_chunk"), _research_recipe("skills_current")
+    assert _changed(chunk, current) == {"current_estimate"}
     assert current["current_estimate"] is True and current["reference_prior"] is True
 
 
 def test_the_regularised_ppo_recipe_differs_from_the_current_estimate_one_in_its_ppo_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    current = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current.yaml")]))
-    ppo = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_current_ppo.yaml")]))
-    assert {k for k in current if current[k] != ppo[k]} - {"command"} == {"ppo_steps", "ppo_imitation_weight"}
+    current, ppo = _research_recipe("skills_current"), _research_recipe("skills_current_ppo")
+    assert _changed(current, ppo) == {"ppo_steps", "ppo_imitation_weight"}
     assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_imitation_batches"]) == (30000, 1.0, 8)
 
 
 def test_the_chunked_regularised_ppo_recipe_differs_from_the_chunk_one_in_its_ppo_only():
-    from dataclasses import asdict
-    from pathlib import Path
-
-    recipes = Path(__file__).resolve().parents[1] / "research" / "recipes"
-    chunk = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk.yaml")]))
-    ppo = asdict(_config(TrainConfig, ["train", "--config", str(recipes / "skills_chunk_ppo.yaml")]))
-    assert {k for k in chunk if chunk[k] != ppo[k]} - {"command"} == {"ppo_steps", "ppo_imitation_weight"}
+    chunk, ppo = _research_recipe("skills_chunk"), _research_recipe("skills_chunk_ppo")
+    assert _changed(chunk, ppo) == {"ppo_steps", "ppo_imitation_weight"}
