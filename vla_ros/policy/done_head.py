@@ -38,20 +38,29 @@ NO_TASK = -1
 
 
 @torch.no_grad()
-def command_tasks(network, observations: dict) -> np.ndarray:
-    """The :data:`DONE_TASKS` index (B,) each observation's command reads as, :data:`NO_TASK` without a reader.
+def command_skills(network, observations: dict) -> torch.Tensor | None:
+    """The skill reader's (B, 5) probabilities for each observation's command, None without a reader or sentence.
 
-    Read by the network's frozen skill reader from the sentence embedding: its reach class is reach, its four
-    push directions are push.
+    The network's frozen reader reads the sentence embedding: reach, then push left / right / forward / back.
     """
     from vla_ros.keys import FEAT_SENTENCE
 
     fusion = getattr(network.features_extractor, "fusion", None)
-    batch = len(next(iter(observations.values())))
     if not getattr(fusion, "skill_reader_width", 0) or FEAT_SENTENCE not in observations:
-        return np.full(batch, NO_TASK, dtype=np.int64)
-    sentence = torch.as_tensor(observations[FEAT_SENTENCE]).to(fusion.skill_weight.device, torch.float32)
-    return (fusion.skills(sentence).argmax(dim=-1) > 0).long().cpu().numpy()
+        return None
+    return fusion.skills(torch.as_tensor(observations[FEAT_SENTENCE]).to(fusion.skill_weight.device, torch.float32))
+
+
+def command_tasks(network, observations: dict) -> np.ndarray:
+    """The :data:`DONE_TASKS` index (B,) each observation's command reads as, :data:`NO_TASK` without a reader.
+
+    Read by the network's frozen skill reader from the sentence embedding (:func:`command_skills`): its reach
+    class is reach, its four push directions are push.
+    """
+    skills = command_skills(network, observations)
+    if skills is None:
+        return np.full(len(next(iter(observations.values()))), NO_TASK, dtype=np.int64)
+    return (skills.argmax(dim=-1) > 0).long().cpu().numpy()
 
 
 DONE_INPUT_KINDS = ("policy", "estimates")
@@ -78,7 +87,7 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
         return torch.cat([features, critic, network.value_net(critic), action], dim=-1).float()
     if kind != "estimates":
         raise ValueError(f"unknown done inputs {str(kind)[:40]!r}; known: {DONE_INPUT_KINDS}")
-    from vla_ros.keys import FEAT_SENTENCE, OBS_PROPRIO
+    from vla_ros.keys import OBS_PROPRIO
 
     if fused is None or fused.xy is None or observations is None:
         raise ValueError("done inputs 'estimates' need a fusion that estimates the object's position "
@@ -89,11 +98,11 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
     if fused.current_xy is not None:  # the current frame's own estimate (current_estimate), which follows a push
         parts += [fused.current_xy, fused.current_xy - fused.reference_xy]
     parts.append(torch.as_tensor(observations[OBS_PROPRIO], device=fused.xy.device, dtype=fused.xy.dtype))
-    fusion = network.features_extractor.fusion
-    if getattr(fusion, "skill_reader_width", 0):
-        sentence = network.features_extractor.text_scale * torch.as_tensor(
-            observations[FEAT_SENTENCE], device=fused.xy.device, dtype=fused.xy.dtype)
-        parts.append(fusion.skills(sentence))
+    if getattr(network.features_extractor.fusion, "skill_reader_width", 0):
+        skills = command_skills(network, observations)
+        if skills is None:
+            raise ValueError("done inputs 'estimates' of a skill-reader policy need the command's sentence embedding")
+        parts.append(skills.to(fused.xy.device, fused.xy.dtype))
     return torch.cat(parts, dim=-1).float()
 
 
