@@ -372,7 +372,7 @@ class TrainingRun:
         rounds_done = int(self.state.get("imitation_rounds_done", 0))
         if cfg.skill_reader and not rounds_done:
             self._fit_skill_reader(network)
-        datasets = [imitation.Demonstrations.load(self.out / f"demos_{k}.npz") for k in range(rounds_done)]
+        datasets = [imitation.Demonstrations.load(self._demos_path(k)) for k in range(rounds_done)]
         if rounds_done:
             load_model(network, str(weights))
             tqdm.write(f"[imitation] resuming after round {rounds_done - 1} ({sum(map(len, datasets))} samples)")
@@ -389,7 +389,7 @@ class TrainingRun:
                                              gamma=cfg.gamma, desc=f"DAgger {k}")
                     tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
                                f"(beta {beta:.3f})")
-                data.save(self.out / f"demos_{k}.npz")
+                data.save(self._demos_path(k))
                 datasets.append(data)
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(datasets), cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k)
@@ -463,10 +463,14 @@ class TrainingRun:
             venv.close()
         return model.policy.eval()
 
+    def _demos_path(self, round_index: int) -> Path:
+        """Where imitation round ``round_index`` (0: the expert's) keeps its demonstrations in the run folder."""
+        return self.out / f"demos_{round_index}.npz"
+
     def _demonstrations(self) -> imitation.Demonstrations:
         """The imitation phase's aggregated demonstrations, from the run folder (for imitation-regularised PPO)."""
         rounds = int(self.state.get("imitation_rounds_done", 0))
-        paths = [self.out / f"demos_{k}.npz" for k in range(rounds)]
+        paths = [self._demos_path(k) for k in range(rounds)]
         missing = [p.name for p in paths if not p.exists()]
         if not rounds or missing:
             raise FileNotFoundError(f"ppo_imitation_weight needs the imitation phase's demonstrations in {self.out}; "
