@@ -140,12 +140,12 @@ class PushScenes:
                 self._reference_patches = patches
             text = self.policy.encoder.encode_text([command]).float()
             self.last_patches, self.last_text = patches, text  # this frame's, for research.push_estimate_errors
-            out = self.fusion.fuse(encoded.global_embedding.float(), patches, text, self._reference_patches)
-            xy = out.xy
-            if self.prior_weight:  # the first frame's map as a prior on this one (region_map's reference_prior)
-                prior = self.fusion.logits(self._reference_patches, text)
-                xy = self.fusion._readout(self.fusion.logits(patches, text) + self.prior_weight * prior)[2]
-        return xy[0].numpy().astype(np.float32), out.reference_xy[0].numpy().astype(np.float32)
+            # the map's own readouts (not fuse(), whose MLP may also want the joint state or the sentence); the
+            # first frame's map is a prior on this one only at --prior-weight (region_map's reference_prior)
+            prior = self.fusion.logits(self._reference_patches, text)
+            xy = self.fusion._readout(self.fusion.logits(patches, text) + self.prior_weight * prior)[2]
+            reference_xy = self.fusion._readout(prior)[2]
+        return xy[0].numpy().astype(np.float32), reference_xy[0].numpy().astype(np.float32)
 
     def _inputs(self, obs: dict, info: dict) -> np.ndarray:
         direction = np.zeros(len(DIRECTION_ORDER), np.float32)

@@ -239,3 +239,38 @@ def test_push_estimate_errors_reports_each_distance_band_and_prior_weight(refere
     assert len(rows) == 2 * len(BANDS) and {r["prior_weight"] for r in rows} == {0.0, 1.0}
     assert sum(r["frames"] for r in rows if r["prior_weight"] == 0.0) > 0
     assert (tmp_path / "e.json").exists() and "share_off_by_0.2" in capsys.readouterr().out
+
+
+def test_push_estimate_errors_runs_trackers_and_previous_frame_priors(reference_policy, capsys):
+    from research.push_estimate_errors import main, parse_tracker
+
+    assert parse_tracker("1:2:4:prior") == {"sigma": 1.0, "weight": 2.0, "every": 4, "prior": True,
+                                            "name": "track 1:2:4:prior"}
+    report = main([str(reference_policy), "--episodes", "1", "--prior-weights", "0", "--track", "1:1:4",
+                   "--previous", "1:4"])
+    settings = {r["prior_weight"] for r in report["rows"]}
+    assert settings == {0.0, "track 1:1:4", "previous 1:4"}
+    assert all(r["median_error"] >= 0 for r in report["rows"] if r["frames"]) and "track" in capsys.readouterr().out
+
+
+def test_push_failures_sorts_every_episode_into_one_outcome(reference_policy, tmp_path, capsys):
+    from research.push_failures import OUTCOMES, classify, main
+
+    assert classify(False, False, 0.005, False) == "untouched" and classify(False, False, 0.05, True) == "off_direction"
+    assert classify(True, False, 0.09, False) == "success" and classify(False, False, 0.05, False) == "short"
+    for actor in ([], ["--expert"]):
+        report = main([str(reference_policy), "--episodes", "2", *actor, "--json", str(tmp_path / "f.json")])
+        assert sum(r["episodes"] for r in report["rows"]) == 2
+        assert {r["outcome"] for r in report["rows"]} <= set(OUTCOMES)
+        assert all(e["steps"] > 0 and e["closest_approach_m"] >= 0 for e in report["per_episode"])
+    assert report["actor"] == "expert" and (tmp_path / "f.json").is_file()
+    assert "median_along_m" in capsys.readouterr().out
+
+
+def test_push_prior_estimates_scores_every_prior_on_the_policys_own_decisions(reference_policy, capsys):
+    from research.push_prior_estimates import STATES, main
+
+    report = main([str(reference_policy), "--episodes", "1", "--prior-weights", "2", "--spreads", "1"])
+    assert {r["prior"] for r in report["rows"]} == {"none", "map x2", "spread 1 x2"}
+    assert len(report["rows"]) == 3 * len(STATES) and sum(r["decisions"] for r in report["rows"]) > 0
+    assert "spread 1 x2" in capsys.readouterr().out

@@ -1,0 +1,149 @@
+"""How a policy's push episodes fail: never touched, pushed off the commanded direction, or pushed too little.
+
+Usage: ``python -m research.push_failures CHECKPOINT [--episodes 100] [--seed 6000000] [--expert] [--json FILE]``
+
+Runs the checkpoint (``vla_ros.policy.Policy``, deciding as on the robot: a chunked policy every E-th frame) on
+push scenes of the training split, seeds from 6,000,000 (apart from training, validation and evaluation scenes),
+or the scripted expert on the same scenes with ``--expert``. Each episode's outcome, from the simulator's
+privileged state at its end:
+
+- ``success``: the env's flag (moved >= 8 cm along the command, still on the table);
+- ``fell``: the target left the table;
+- ``untouched``: the target never moved 1 cm;
+- ``off_direction``: moved >= 4 cm more than 45 degrees off the command (``vla-ros eval``'s wrong way);
+- ``short``: the rest, moved along the command but less than 8 cm.
+
+Per outcome: episodes, the median largest displacement along the command, the median of the fingertip's closest
+horizontal approach to the target, the median step of first contact (the target moving 1 cm) and the fingertip's
+median distance from the target at the end (a lost contact leaves it far). Then each outcome's share per commanded
+direction.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+
+PROBE_SEED = 6_000_000
+TOUCH = 0.01  # m the target must move to count as touched
+OUTCOMES = ("success", "fell", "untouched", "off_direction", "short")
+
+
+def classify(success: bool, fell: bool, largest_move: float, wrong_way: bool) -> str:
+    """One of :data:`OUTCOMES` for an episode's end state."""
+    if success:
+        return "success"
+    if fell:
+        return "fell"
+    if largest_move < TOUCH:
+        return "untouched"
+    return "off_direction" if wrong_way else "short"
+
+
+def run_episode(env, act, seed: int) -> dict:
+    """One push episode driven by ``act(obs, info) -> action``; its measurements."""
+    from vla_ros.policy.evaluate import pushed_wrong_way
+
+    obs, info = env.reset(seed=seed)
+    largest_move, closest, contact_step, along = 0.0, np.inf, None, 0.0
+    done, step = False, 0
+    while not done:
+        obs, _, terminated, truncated, info = env.step(act(obs, info))
+        step += 1
+        privileged = np.asarray(info["privileged"], dtype=np.float64)
+        moved = privileged[3:5] - privileged[6:8]
+        along = max(along, float(moved @ privileged[9:11]))
+        largest_move = max(largest_move, float(np.linalg.norm(moved)))
+        closest = min(closest, float(np.linalg.norm(privileged[0:2] - privileged[3:5])))
+        if contact_step is None and largest_move >= TOUCH:
+            contact_step = step
+        done = terminated or truncated
+    privileged = np.asarray(info["privileged"], dtype=np.float64)
+    fell = bool(terminated and not info["is_success"])
+    outcome = classify(bool(info["is_success"]), fell, largest_move, bool(pushed_wrong_way(info)))
+    return {"seed": seed, "outcome": outcome, "steps": step, "largest_along_m": along,
+            "closest_approach_m": closest, "contact_step": contact_step,
+            "final_fingertip_to_target_m": float(np.linalg.norm(privileged[0:2] - privileged[3:5])),
+            "direction": info["direction"]}
+
+
+def summarise(episodes: list[dict]) -> list[dict]:
+    """One row per outcome seen, in :data:`OUTCOMES` order."""
+    groups = defaultdict(list)
+    for episode in episodes:
+        groups[episode["outcome"]].append(episode)
+    rows = []
+    for outcome in OUTCOMES:
+        group = groups.get(outcome, [])
+        if not group:
+            continue
+        contacts = [e["contact_step"] for e in group if e["contact_step"] is not None]
+        rows.append({"outcome": outcome, "episodes": len(group), "share": len(group) / len(episodes),
+                     "median_along_m": float(np.median([e["largest_along_m"] for e in group])),
+                     "median_closest_m": float(np.median([e["closest_approach_m"] for e in group])),
+                     "median_contact_step": float(np.median(contacts)) if contacts else float("nan"),
+                     "median_final_distance_m": float(np.median([e["final_fingertip_to_target_m"]
+                                                                 for e in group]))})
+    return rows
+
+
+def by_direction(episodes: list[dict]) -> dict[str, dict]:
+    """Per commanded direction: episodes and the share of each outcome."""
+    table = {}
+    for direction in sorted({e["direction"] for e in episodes}):
+        group = [e["outcome"] for e in episodes if e["direction"] == direction]
+        table[direction] = {"episodes": len(group), **{o: group.count(o) / len(group) for o in OUTCOMES}}
+    return table
+
+
+def main(argv=None) -> dict:
+    """Run the episodes; print the table and return the report."""
+    import gymnasium as gym
+    import torch
+
+    import vla_ros.envs  # noqa: F401  (registers the envs)
+    from vla_ros.envs.expert import ScriptedExpert
+    from vla_ros.policy.policy import Policy
+    from vla_ros.reporting import format_table, write_json
+
+    parser = argparse.ArgumentParser(prog="python -m research.push_failures", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="policy checkpoint folder (its env settings are used with --expert too)")
+    parser.add_argument("--episodes", type=int, default=100, help="push episodes (default 100)")
+    parser.add_argument("--seed", type=int, default=PROBE_SEED, help=f"first scene seed (default {PROBE_SEED})")
+    parser.add_argument("--expert", action="store_true", help="the scripted expert acts instead of the policy")
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    policy = Policy.load(args.checkpoint)
+    env = gym.make("vla_ros/Push-v0", **policy.config.get("env", {}))
+    expert = ScriptedExpert(env.unwrapped)
+
+    def act(obs, info):
+        if args.expert:
+            return expert.act(info)
+        return policy.normalized_action(obs["image"], info["command"], obs["proprio"])
+
+    episodes = []
+    try:
+        for seed in range(args.seed, args.seed + args.episodes):
+            policy.reset()
+            expert.reset()
+            episodes.append(run_episode(env, act, seed))
+    finally:
+        env.close()
+    rows, directions = summarise(episodes), by_direction(episodes)
+    print(format_table(rows, list(rows[0])))
+    print(format_table([{"direction": d, **{k: f"{v:.2f}" if k != "episodes" else v for k, v in entry.items()}}
+                        for d, entry in directions.items()], ["direction", "episodes", *OUTCOMES]))
+    report = {"checkpoint": str(args.checkpoint), "actor": "expert" if args.expert else "policy",
+              "episodes": args.episodes, "seed": args.seed, "rows": rows, "by_direction": directions,
+              "per_episode": episodes}
+    if args.json:
+        write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
