@@ -46,6 +46,9 @@ def test_old_checkpoints_without_newer_fields_get_the_values_they_were_trained_w
     ({"reference_prior": True, "reference_frame": False}, "reference_prior"),
     ({"reference_prior": False, "current_estimate": True}, "current_estimate"),  # nothing to add it to
     ({"current_estimate": 1}, "current_estimate"),
+    ({"reference_prior": False, "prior_spread": 1.0}, "prior_spread"),  # nothing to spread
+    ({"prior_spread": -1.0}, "prior_spread"),
+    ({"prior_spread": float("inf")}, "prior_spread"),
 ])
 def test_a_bad_field_is_refused_with_its_name(change, field):
     shipped = json.loads((MODELS / "policy" / "config.json").read_text())["network"]

@@ -178,6 +178,12 @@ def test_the_current_estimate_recipe_differs_from_the_chunk_one_in_current_estim
     assert current["current_estimate"] is True and current["reference_prior"] is True
 
 
+def test_the_spread_prior_recipe_differs_from_the_chunk_one_in_prior_spread_only():
+    chunk, spread = _research_recipe("skills_chunk"), _research_recipe("skills_spread")
+    assert _changed(chunk, spread) == {"prior_spread"}
+    assert spread["prior_spread"] == 1.0 and spread["reference_prior"] is True
+
+
 def test_the_regularised_ppo_recipe_differs_from_the_current_estimate_one_in_its_ppo_only():
     current, ppo = _research_recipe("skills_current"), _research_recipe("skills_current_ppo")
     assert _changed(current, ppo) == {"ppo_steps", "ppo_imitation_weight"}

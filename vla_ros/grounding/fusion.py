@@ -40,7 +40,9 @@ and ``out_dim`` an attribute. They are chosen by name with :func:`build_fusion`:
   weight, to the current frame's: once the arm covers the target, the current map alone jumps to the
   next best match. The prior also holds the estimate near where the object started once the arm moves it
   (a push): ``current_estimate=True`` gives the MLP the current frame's own estimates as well, so it can weigh
-  the one that stays on a covered object against the one that follows a moved one.
+  the one that stays on a covered object against the one that follows a moved one. ``prior_spread=s`` instead
+  spreads the prior: each patch's prior is the soft maximum of the first frame's logits within a Gaussian of s
+  patches, so an object pushed by a patch or two stays inside it while farther jumps are still barred.
   ``map_weights=False`` keeps the weights themselves from the MLP: it then gets only
   the position estimates, two numbers each, whose distribution is the same for any commanded object,
   while the map's shape (one sharp peak for a seen combination, a second bump on a same-coloured object
@@ -137,6 +139,17 @@ def gaussian_pooling(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Te
     centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
     dist2 = ((centres[:, None] - centres[None]) ** 2).sum(-1)
     return torch.softmax(-dist2 / (2 * sigma_patches ** 2), dim=-1)
+
+
+def log_gaussian_window(grid_h: int, grid_w: int, sigma_patches: float) -> torch.Tensor:
+    """(P, P) log of a Gaussian of ``sigma_patches`` around each patch, 0 at its centre."""
+    window = gaussian_pooling(grid_h, grid_w, sigma_patches).log()
+    return window - window.amax(-1, keepdim=True)
+
+
+def spread_logits(logits: torch.Tensor, log_window: torch.Tensor) -> torch.Tensor:
+    """(B, P) soft maximum of ``logits`` over a window around each patch: ``logsumexp_j(logits_j + log_window_ij)``."""
+    return torch.logsumexp(logits.unsqueeze(1) + log_window, dim=-1)
 
 
 def region_similarity(pooling: torch.Tensor, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -298,8 +311,10 @@ class RegionMapFusion(nn.Module):
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
                  command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0,
-                 current_estimate: bool = False):
+                 current_estimate: bool = False, prior_spread: float = 0.0):
         super().__init__()
+        if prior_spread < 0 or (prior_spread and not reference_prior):
+            raise ValueError(f"prior_spread must be >= 0 and needs reference_prior=True, got {prior_spread}")
         if current_estimate and not reference_prior:
             raise ValueError("current_estimate needs reference_prior=True")
         if command_film and skill_reader_width:
@@ -312,13 +327,20 @@ class RegionMapFusion(nn.Module):
         self.register_buffer("pooling", gaussian_pooling(grid_h, grid_w, sigma_patches), persistent=False)
         self.register_buffer("coordinates", patch_coordinates(grid_h, grid_w), persistent=False)
         if self.peak_window > 0:  # log of a Gaussian window around each patch, (P, P)
-            window = gaussian_pooling(grid_h, grid_w, self.peak_window)
-            self.register_buffer("log_window", window.log() - window.log().amax(-1, keepdim=True), persistent=False)
+            self.register_buffer("log_window", log_gaussian_window(grid_h, grid_w, self.peak_window), persistent=False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.reference_prior = nn.Parameter(torch.ones(())) if reference_prior else None
         # the prior holds the estimate where the object started (it learns a weight near 2), which hides a push's
         # progress: current_estimate also gives the MLP the current frame's own estimate
         self.current_estimate = bool(current_estimate)
+        # prior_spread: the prior at each patch is the largest reference-map evidence within a Gaussian window
+        # around it (a soft max, log-sum-exp), so an object pushed one or two patches is still inside the prior
+        # while a jump to another object or the arm further away is not (research/push_failures.py: half the
+        # failed pushes were an estimate held at the start after a first push)
+        self.prior_spread = float(prior_spread)
+        if self.prior_spread > 0:
+            self.register_buffer("log_spread", log_gaussian_window(grid_h, grid_w, self.prior_spread),
+                                 persistent=False)
         per_frame = (num_patches if map_weights else 0) + (4 if self.peak_window > 0 else 2)
         estimate_width = 4 if self.peak_window > 0 else 2
         if text_features < 0:
@@ -425,7 +447,8 @@ class RegionMapFusion(nn.Module):
         if self.reference_prior is not None:
             # where the target was before the arm moved in: a covered target then does not move the
             # current estimate to whichever other object matches the command next best
-            current = current + self.reference_prior * reference
+            prior = reference if self.prior_spread <= 0 else spread_logits(reference, self.log_spread)
+            current = current + self.reference_prior * prior
         parts, weights, xy = self._readout(current)
         reference_parts, _, reference_xy = self._readout(reference)
         return FusionOutput(self._head(torch.cat(parts + reference_parts + current_parts + command, dim=-1), text,
@@ -447,17 +470,18 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  heads: int = 4, grid_size: tuple[int, int] | None = None, reference_frame: bool = False,
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
-                 skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False) -> nn.Module:
+                 skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False,
+                 prior_spread: float = 0.0) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
     (:func:`vla_ros.grounding.encoder.vision_forward`); ``region_map``'s pooling radius and ``peak_window``,
-    given in CLIP patches, are scaled to it so they cover the same part of the image.
+    given in CLIP patches, are scaled to it so they cover the same part of the image; so is ``prior_spread``.
     """
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
     for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior),
-                        ("current_estimate", current_estimate)):
+                        ("current_estimate", current_estimate), ("prior_spread", prior_spread)):
         if value and kind != "region_map":
             raise ValueError(f"{name} is an option of the region_map fusion, not of {kind!r}")
     if peak_window < 0:
@@ -487,6 +511,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["reference_prior"] = True
     if current_estimate:
         extra["current_estimate"] = True
+    if prior_spread:
+        extra["prior_spread"] = prior_spread * patch_stitch
     if not map_weights:
         extra["map_weights"] = False
     if text_features:

@@ -110,6 +110,7 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
            else "")
         + (f", peak position estimate (window {net['peak_window']} patches)" if net.get("peak_window") else "")
         + (", the reference frame's map as a prior on the current one" if net.get("reference_prior") else "")
+        + (f" (spread by a Gaussian of {net['prior_spread']} patches)" if net.get("prior_spread") else "")
         + (" (the MLP also reads the current frame's own estimate)" if net.get("current_estimate") else "")
         + (", the MLP reads only the map's position estimates" if net.get("map_weights") is False else "")
         + (f", and a learned {net['text_features']}-d projection of the command embedding"

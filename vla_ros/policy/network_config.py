@@ -18,6 +18,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``peak_window`` | float | ``region_map``: mode-seeking window, CLIP patches (0 = off) |
 | ``reference_prior`` | bool | ``region_map``: the reference frame's map is a prior on the current one |
 | ``current_estimate`` | bool | ``region_map`` with ``reference_prior``: the MLP also reads the frame's own estimate |
+| ``prior_spread`` | float | ``region_map``: the reference prior spread by a Gaussian, CLIP patches (0 = off) |
 | ``patch_stitch`` | int | ``region_map``: shift-and-stitch factor of the image tower |
 | ``map_weights`` | bool | ``region_map``: the MLP also reads the map itself, not only its estimates |
 | ``text_features`` | int | ``region_map``: width of a projection of the command fed to the MLP (0 = none) |
@@ -102,6 +103,7 @@ class NetworkConfig:
     peak_window: float = 0.0
     reference_prior: bool = False
     current_estimate: bool = False
+    prior_spread: float = 0.0
     patch_stitch: int = 1
     map_weights: bool = True
     text_features: int = 0
@@ -133,6 +135,7 @@ class NetworkConfig:
         _float(self.peak_window, src, "peak_window", 0.0, float(MAX_GRID))
         _bool(self.reference_prior, src, "reference_prior")
         _bool(self.current_estimate, src, "current_estimate")
+        _float(self.prior_spread, src, "prior_spread", 0.0, float(MAX_GRID))
         _int(self.patch_stitch, src, "patch_stitch", 1, MAX_PATCH_STITCH)
         _bool(self.map_weights, src, "map_weights")
         _int(self.text_features, src, "text_features", 0, MAX_TEXT_FEATURES)
@@ -154,7 +157,7 @@ class NetworkConfig:
                            "patch_stitch": self.patch_stitch != 1, "map_weights": not self.map_weights,
                            "text_features": self.text_features != 0, "command_film": self.command_film,
                            "skill_reader_width": self.skill_reader_width != 0, "fusion_proprio": self.fusion_proprio,
-                           "current_estimate": self.current_estimate}
+                           "current_estimate": self.current_estimate, "prior_spread": self.prior_spread != 0.0}
         if self.fusion != "region_map":
             for name, used in region_map_only.items():
                 if used:
@@ -165,6 +168,8 @@ class NetworkConfig:
             raise _fail(src, "reference_prior", "needs reference_frame")
         if self.current_estimate and not self.reference_prior:
             raise _fail(src, "current_estimate", "needs reference_prior (without it the estimate is the current one)")
+        if self.prior_spread and not self.reference_prior:
+            raise _fail(src, "prior_spread", "needs reference_prior (it spreads the prior)")
 
     @property
     def num_patches(self) -> int:
@@ -210,6 +215,7 @@ class NetworkConfig:
         return {"hidden_dim": self.hidden_dim, "heads": self.heads, "grid_size": self.grid_size,
                 "reference_frame": self.reference_frame, "peak_window": self.peak_window,
                 "reference_prior": self.reference_prior, "current_estimate": self.current_estimate,
+                "prior_spread": self.prior_spread,
                 "patch_stitch": self.patch_stitch,
                 "map_weights": self.map_weights, "text_features": self.text_features,
                 "command_film": self.command_film, "skill_reader_width": self.skill_reader_width}

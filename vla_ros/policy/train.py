@@ -70,6 +70,10 @@ class TrainConfig:
     current_estimate: bool = False
     """region_map with reference_prior only: the fusion's MLP also reads the current frame's own estimate (without
     the prior), which follows an object the arm has pushed where the prior holds the estimate near its start"""
+    prior_spread: float = 0.0
+    """region_map with reference_prior only: the prior is the first frame's map spread by a Gaussian of this many
+    patches (a soft max over the window), so it still bars jumps to other objects but lets a pushed object move
+    within it (0: the map itself, which holds the estimate at the object's start)"""
     patch_stitch: int = 1
     """region_map only: run the CLIP image tower on s*s copies shifted by fractions of a patch and
     interleave their tokens into a grid s times as dense (shift-and-stitch); s*s times the image work"""
@@ -169,7 +173,8 @@ class TrainConfig:
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
     return NetworkConfig(
         fusion=cfg.fusion, reference_frame=cfg.reference_frame, peak_window=float(cfg.peak_window),
-        reference_prior=cfg.reference_prior, current_estimate=cfg.current_estimate, patch_stitch=cfg.patch_stitch,
+        reference_prior=cfg.reference_prior, current_estimate=cfg.current_estimate,
+        prior_spread=cfg.prior_spread, patch_stitch=cfg.patch_stitch,
         map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
         skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
