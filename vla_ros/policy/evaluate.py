@@ -85,6 +85,13 @@ class SplitResult:
     wrong_way: int | None = None
     """push: episodes that moved the target >= 4 cm in a wrong direction (:func:`pushed_wrong_way`); None when
     no episode was a push"""
+    by_task: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """(successes, episodes, refused) per ``info["task"]``: a mixed env's reach and push episodes apart"""
+
+    def task_success_rate(self, task: str) -> float | None:
+        """Success rate of one task's episodes; None when none ran."""
+        wins, n, _ = self.by_task.get(task, (0, 0, 0))
+        return wins / n if n else None
 
     @property
     def success_rate(self) -> float:
@@ -163,6 +170,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         successes, refused, lengths, pushes = 0, 0, [], []
         by_corruption: dict[str, tuple[int, int, int]] = {}
         by_word_kind: dict[str, tuple[int, int, int]] = {}
+        by_task: dict[str, tuple[int, int, int]] = {}
         steps = np.zeros(num_envs, dtype=int)
         while np.any(done_counts < quotas):
             actions, _ = network.predict(obs, deterministic=True)
@@ -180,6 +188,7 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
                     done_counts[i] += 1
                     _count(by_corruption, infos[i].get("corruption"), success, int(holding[i]))
                     _count(by_word_kind, infos[i].get("word_kind"), success, int(holding[i]))
+                    _count(by_task, infos[i].get("task"), success, int(holding[i]))
                     if bar is not None:
                         bar.update(1)
                 steps[i] = 0
@@ -191,4 +200,4 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
         extractor.text_scale.copy_(saved[1])
         venv.close()
     return SplitResult(successes, int(quotas.sum()), float(np.mean(lengths)) if lengths else 0.0, by_corruption,
-                       refused, by_word_kind, _wrong_way(pushes))
+                       refused, by_word_kind, _wrong_way(pushes), by_task)

@@ -134,6 +134,10 @@ class TrainConfig:
     imitation taught (vla_ros.policy.regularised_ppo)"""
     ppo_imitation_batches: int = 8
     """imitation minibatches (of bc_batch_size) after each PPO update, with ppo_imitation_weight"""
+    ppo_selection: str = "success"
+    """which PPO iterate the checkpoint keeps, read on training combos of validation scenes: 'success' (the
+    highest success rate) or 'lowest_task' (the highest of a mixed run's lower per-task success, so that gains on
+    one task cannot pay for losses on another)"""
     n_steps: int = 128
     """PPO rollout length per env"""
     batch_size: int = 256
@@ -168,6 +172,19 @@ class TrainConfig:
     """torch threads in the main process (env workers use one)"""
     command: str = field(default="", repr=False)
     """the command line that started the run (recorded in the checkpoint)"""
+
+
+PPO_SELECTIONS = ("success", "lowest_task")
+
+
+def selection_score(result, selection: str) -> float:
+    """The model-selection score of a validation :class:`~vla_ros.policy.evaluate.SplitResult`.
+
+    ``lowest_task``: the lowest per-task success rate (a single-task run's own success rate).
+    """
+    if selection == "success" or not result.by_task:
+        return result.success_rate
+    return min(result.task_success_rate(task) for task in result.by_task)
 
 
 def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
@@ -262,6 +279,8 @@ class TrainingRun:
     """One resumable training run in ``cfg.out``."""
 
     def __init__(self, cfg: TrainConfig):
+        if cfg.ppo_selection not in PPO_SELECTIONS:
+            raise ValueError(f"ppo_selection must be one of {PPO_SELECTIONS}, got {cfg.ppo_selection!r}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -330,18 +349,17 @@ class TrainingRun:
         row = {"phase": phase, "ppo_steps": ppo_steps,
                "env_steps": self.state["imitation_env_steps"] + ppo_steps * self.cfg.chunk_execute,
                "time": time.time()}
+        scores = {}
         for split in ("train", "heldout_combos"):
             result = run_episodes(network, self.encoder, self.normalizer, self.cfg.task,
                                   self.cfg.eval_episodes, seed=10_000 + self.cfg.seed, num_envs=self.cfg.num_envs,
                                   vec_env=self.cfg.vec_env, split=split, **self.env_kwargs)
             row[f"success_{split}"] = result.success_rate
-        path = self.out / "eval.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            if len(result.by_task) > 1:  # a mixed run: each task apart
+                for task in sorted(result.by_task):
+                    row[f"success_{split}_{task}"] = result.task_success_rate(task)
+            scores[split] = selection_score(result, self.cfg.ppo_selection)
+        _append_row(self.out / "eval.csv", row)
         for key, value in row.items():
             if key.startswith("success_"):
                 self.log_scalar(f"eval/{key}", value, row["env_steps"])
@@ -350,8 +368,9 @@ class TrainingRun:
         if phase == "ppo":
             # Model selection among PPO iterates reads only training combos on validation scenes: held-out
             # combos are what the evaluation measures, so they must not choose the iterate. Ties go to the
-            # later iterate (more training), so a saturated score keeps the last one.
-            score = row["success_train"]
+            # later iterate (more training), so a saturated score keeps the last one. The score is
+            # ppo_selection's: the success rate, or a mixed run's lowest per-task success rate.
+            score = scores["train"]
             if score >= self.state.get("best_ppo_train_success", -1.0):
                 save_model(network, str(self.out / "ppo_best.safetensors"))
                 self.state.update(best_ppo_train_success=score, best_ppo_steps=ppo_steps)
@@ -500,6 +519,7 @@ class TrainingRun:
             load_model(network, str(best))
             config["metrics"]["selected_ppo_steps"] = self.state.get("best_ppo_steps")
             config["metrics"]["selected_validation_success_train"] = self.state.get("best_ppo_train_success")
+            config["metrics"]["selected_by"] = cfg.ppo_selection
         eval_path = self.out / "eval.csv"
         if eval_path.exists():
             rows = list(csv.DictReader(eval_path.open()))
@@ -515,6 +535,20 @@ class TrainingRun:
         return self.export(network)
 
 
+def _append_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV at ``path``; new columns rewrite it with them (earlier rows leave them empty)."""
+    rows, columns = [], list(row)
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or []) + [k for k in row if k not in (reader.fieldnames or [])]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows + [row])
+
+
 def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     """Success rate against environment steps, per evaluated split."""
     import matplotlib
@@ -524,10 +558,11 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
 
     if not rows:
         return
-    steps = [int(float(r["env_steps"])) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in [k for k in rows[0] if k.startswith("success_")]:
-        ax.plot(steps, [float(r[key]) for r in rows], marker="o", label=key.removeprefix("success_"))
+        kept = [r for r in rows if r.get(key) not in (None, "")]  # a column added after the first rows
+        ax.plot([int(float(r["env_steps"])) for r in kept], [float(r[key]) for r in kept], marker="o",
+                label=key.removeprefix("success_"))
     ax.set_xlabel("environment steps (imitation + PPO)")
     ax.set_ylabel("success rate")
     ax.set_ylim(0, 1.02)
