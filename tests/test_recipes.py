@@ -193,3 +193,9 @@ def test_the_regularised_ppo_recipe_differs_from_the_current_estimate_one_in_its
 def test_the_chunked_regularised_ppo_recipe_differs_from_the_chunk_one_in_its_ppo_only():
     chunk, ppo = _research_recipe("skills_chunk"), _research_recipe("skills_chunk_ppo")
     assert _changed(chunk, ppo) == {"ppo_steps", "ppo_imitation_weight"}
+
+
+def test_the_spread_prior_ppo_recipe_differs_from_the_spread_one_in_its_ppo_only():
+    spread, ppo = _research_recipe("skills_spread"), _research_recipe("skills_spread_ppo")
+    assert _changed(spread, ppo) == {"ppo_steps", "ppo_imitation_weight", "ppo_selection"}
+    assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_selection"]) == (30000, 3.0, "lowest_task")
