@@ -199,3 +199,9 @@ def test_the_spread_prior_ppo_recipe_differs_from_the_spread_one_in_its_ppo_only
     spread, ppo = _research_recipe("skills_spread"), _research_recipe("skills_spread_ppo")
     assert _changed(spread, ppo) == {"ppo_steps", "ppo_imitation_weight", "ppo_selection"}
     assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_selection"]) == (30000, 3.0, "lowest_task")
+
+
+def test_the_learner_dagger_recipe_differs_from_the_chunk_one_in_dagger_beta_only():
+    chunk, learner = _research_recipe("skills_chunk"), _research_recipe("skills_learner_dagger")
+    assert _changed(chunk, learner) == {"dagger_beta"}
+    assert learner["dagger_beta"] == 0.0

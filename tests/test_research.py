@@ -274,3 +274,31 @@ def test_push_prior_estimates_scores_every_prior_on_the_policys_own_decisions(re
     assert {r["prior"] for r in report["rows"]} == {"none", "map x2", "spread 1 x2"}
     assert len(report["rows"]) == 3 * len(STATES) and sum(r["decisions"] for r in report["rows"]) > 0
     assert "spread 1 x2" in capsys.readouterr().out
+
+
+def test_temporal_ensemble_averages_every_plan_covering_a_frame_oldest_first():
+    from research.push_chunk_ensemble import TemporalEnsemble
+
+    ensemble = TemporalEnsemble(predicted=4, action_dim=1, every=2, decay=np.log(2.0))
+    assert ensemble.decides
+    ensemble.add(np.array([0.1, 0.2, 0.3, 0.4]))
+    assert ensemble.action() == pytest.approx([0.1]) and not ensemble.decides
+    assert ensemble.action() == pytest.approx([0.2]) and ensemble.decides
+    ensemble.add(np.array([0.9, 0.9, 0.9, 0.9]))  # frame 2: the old plan (weight 1) and the new one (weight 1/2)
+    assert ensemble.action() == pytest.approx([(0.3 + 0.45) / 1.5])
+    with pytest.raises(ValueError, match="every"):
+        TemporalEnsemble(predicted=4, action_dim=1, every=5, decay=0.0)
+
+
+def test_push_chunk_ensemble_runs_a_chunked_policy_and_refuses_a_single_step_one(tmp_path, capsys):
+    from policy_fixtures import make_policy_checkpoint
+
+    from research.push_chunk_ensemble import main
+
+    chunked = make_policy_checkpoint(tmp_path / "chunked", task="push", fusion="region_map", reference_frame=True,
+                                     action_chunk=4, chunk_execute=2)
+    report = main([str(chunked), "--episodes", "1", "--every", "2"])
+    assert sum(r["episodes"] for r in report["rows"]) == 1 and "outcome" in capsys.readouterr().out
+    single = make_policy_checkpoint(tmp_path / "single", task="push", fusion="region_map", reference_frame=True)
+    with pytest.raises(SystemExit, match="not a chunked policy"):
+        main([str(single), "--episodes", "1"])
