@@ -335,8 +335,8 @@ class RegionMapFusion(nn.Module):
         self.current_estimate = bool(current_estimate)
         # prior_spread: the prior at each patch is the largest reference-map evidence within a Gaussian window
         # around it (a soft max, log-sum-exp), so an object pushed one or two patches is still inside the prior
-        # while a jump to another object or the arm further away is not (research/push_failures.py: half the
-        # failed pushes were an estimate held at the start after a first push)
+        # while a jump to another object or the arm further away is not (research/push_prior_estimates.py: once
+        # an object moved 2 cm, the map itself as the prior held the estimate about 5 cm behind it)
         self.prior_spread = float(prior_spread)
         if self.prior_spread > 0:
             self.register_buffer("log_spread", log_gaussian_window(grid_h, grid_w, self.prior_spread),
