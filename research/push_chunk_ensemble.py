@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     import torch
 
     import vla_ros.envs  # noqa: F401  (registers the envs)
-    from research.push_failures import PROBE_SEED, by_direction, run_episode, summarise
+    from research.push_failures import PROBE_SEED, by_direction, run_episodes, summarise
     from vla_ros.policy.policy import Policy
     from vla_ros.reporting import format_table, write_json
 
@@ -83,14 +83,11 @@ def main(argv=None) -> dict:
             ensemble.add(policy.decide(obs["image"], info["command"], obs["proprio"]))
         return ensemble.action()
 
-    episodes = []
-    try:
-        for seed in range(args.seed, args.seed + args.episodes):
-            policy.reset()
-            ensemble.reset()
-            episodes.append(run_episode(env, act, seed))
-    finally:
-        env.close()
+    def reset() -> None:
+        policy.reset()
+        ensemble.reset()
+
+    episodes = run_episodes(env, act, args.seed, args.episodes, reset)
     rows = summarise(episodes)
     print(format_table(rows, list(rows[0])))
     report = {"checkpoint": str(args.checkpoint), "every": args.every, "decay": args.decay,

@@ -69,6 +69,21 @@ def run_episode(env, act, seed: int) -> dict:
             "direction": info["direction"]}
 
 
+def run_episodes(env, act, first_seed: int, count: int, before_each) -> list[dict]:
+    """``count`` episodes of :func:`run_episode` from ``first_seed`` (``before_each()`` first: the actor's reset).
+
+    Closes ``env`` when done.
+    """
+    try:
+        episodes = []
+        for seed in range(first_seed, first_seed + count):
+            before_each()
+            episodes.append(run_episode(env, act, seed))
+        return episodes
+    finally:
+        env.close()
+
+
 def summarise(episodes: list[dict]) -> list[dict]:
     """One row per outcome seen, in :data:`OUTCOMES` order."""
     groups = defaultdict(list)
@@ -125,14 +140,11 @@ def main(argv=None) -> dict:
             return expert.act(info)
         return policy.normalized_action(obs["image"], info["command"], obs["proprio"])
 
-    episodes = []
-    try:
-        for seed in range(args.seed, args.seed + args.episodes):
-            policy.reset()
-            expert.reset()
-            episodes.append(run_episode(env, act, seed))
-    finally:
-        env.close()
+    def reset() -> None:
+        policy.reset()
+        expert.reset()
+
+    episodes = run_episodes(env, act, args.seed, args.episodes, reset)
     rows, directions = summarise(episodes), by_direction(episodes)
     print(format_table(rows, list(rows[0])))
     print(format_table([{"direction": d, **{k: f"{v:.2f}" if k != "episodes" else v for k, v in entry.items()}}

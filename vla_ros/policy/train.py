@@ -349,7 +349,6 @@ class TrainingRun:
         row = {"phase": phase, "ppo_steps": ppo_steps,
                "env_steps": self.state["imitation_env_steps"] + ppo_steps * self.cfg.chunk_execute,
                "time": time.time()}
-        scores = {}
         for split in ("train", "heldout_combos"):
             result = run_episodes(network, self.encoder, self.normalizer, self.cfg.task,
                                   self.cfg.eval_episodes, seed=10_000 + self.cfg.seed, num_envs=self.cfg.num_envs,
@@ -358,7 +357,8 @@ class TrainingRun:
             if len(result.by_task) > 1:  # a mixed run: each task apart
                 for task in sorted(result.by_task):
                     row[f"success_{split}_{task}"] = result.task_success_rate(task)
-            scores[split] = selection_score(result, self.cfg.ppo_selection)
+            if split == "train":  # only training combos choose a PPO iterate (below)
+                score = selection_score(result, self.cfg.ppo_selection)
         _append_row(self.out / "eval.csv", row)
         for key, value in row.items():
             if key.startswith("success_"):
@@ -370,7 +370,6 @@ class TrainingRun:
             # combos are what the evaluation measures, so they must not choose the iterate. Ties go to the
             # later iterate (more training), so a saturated score keeps the last one. The score is
             # ppo_selection's: the success rate, or a mixed run's lowest per-task success rate.
-            score = scores["train"]
             if score >= self.state.get("best_ppo_train_success", -1.0):
                 save_model(network, str(self.out / "ppo_best.safetensors"))
                 self.state.update(best_ppo_train_success=score, best_ppo_steps=ppo_steps)
