@@ -78,3 +78,31 @@ def test_write_video_refuses_unknown_formats():
     frame = np.full((64, 64, 3), 128, np.uint8)
     with pytest.raises(ValueError, match="unsupported"):
         write_video([frame], "out.avi")
+
+
+def test_a_fingertip_off_the_push_line_slides_back_onto_it_at_table_level():
+    from vla_ros.envs.expert import PUSH_CLEARANCE, PUSH_HEIGHT
+
+    env = gym.make(ENV_IDS["push"], render_observation=False)
+    expert = ScriptedExpert(env)
+    target, direction = np.array([0.3, 0.0, 0.027]), np.array([1.0, 0.0, 0.0])
+    on_line = np.array([0.3 - 0.045, 0.0, PUSH_HEIGHT])
+    goal, _, phase = expert._push_goal(on_line, target, direction)
+    assert phase == "push" and goal[0] > target[0]  # through the object's centre
+    off_line = on_line + [0.0, 0.045, 0.0]
+    goal, _, phase = expert._push_goal(off_line, target, direction)
+    assert phase == "realign" and goal[2] == PUSH_HEIGHT and goal[0] <= target[0] - PUSH_CLEARANCE
+    assert abs(goal[1]) < 1e-9  # back onto the line, without rising
+    goals = [expert._push_goal(on_line + [0.0, lateral, 0.0], target, direction)[0]
+             for lateral in np.arange(0.0, 0.055, 0.001)]
+    assert max(np.linalg.norm(b - a) for a, b in zip(goals, goals[1:])) < 0.01  # no edge in the labels
+    env.close()
+
+
+def test_the_expert_still_pushes_when_its_actions_are_disturbed():
+    from research.push_expert_phases import noisy_expert
+
+    env = gym.make(ENV_IDS["push"], render_observation=False)
+    result = noisy_expert(env, ScriptedExpert(env), 0, 20, 0.3, np.random.default_rng(0))
+    env.close()
+    assert result["success"] >= 0.9, result

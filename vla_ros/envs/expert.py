@@ -4,7 +4,8 @@ It moves the fingertip through Cartesian waypoints with damped-least-squares inv
 the MuJoCo Jacobian (position, plus a weaker term keeping the tool pointing down) and turns the
 joint velocity into the env's action (joint deltas in units of ``max_delta``).
 Reach: hover above the target, then descend onto its top. Push: hover over a point behind the
-target (opposite the push direction), descend to table level, then push through the object's centre.
+target (opposite the push direction), descend to table level, then push through the object's centre; a
+fingertip that drifts off the push line or up while behind the object slides back onto it at table level.
 Both decide their waypoint from the current state alone, so the expert can label any state DAgger visits.
 """
 
@@ -20,6 +21,8 @@ PUSH_HEIGHT = 0.022  # m, fingertip centre height while pushing (below every obj
 PUSH_STANDOFF = 0.07  # m behind the object's centre where a push starts
 MOVE_STEP = 0.03  # m per control step while travelling (0.6 m/s)
 PUSH_STEP = 0.015  # m per control step while pushing (0.3 m/s)
+PUSH_CLEARANCE = 0.039  # m from an object's centre to the fingertip's centre at first contact (cube 0.027 + 0.012)
+FUNNEL_HALF_WIDTH = 0.06  # m off the push line within which a low fingertip behind the object slides back onto it
 DOWN = np.array([0.0, 0.0, -1.0])
 
 
@@ -51,8 +54,8 @@ class ScriptedExpert:
     def act_with_phase(self, info: dict) -> tuple[np.ndarray, str]:
         """The action and the name of the waypoint it heads for (analysis: which phase a learner gets wrong).
 
-        Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push)
-        or ``push``.
+        Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push),
+        ``push`` or ``realign`` (low behind the object but off its line or raised: back onto it at table level).
         """
         ee, goal, step, phase = self._waypoint(info)
         return self._action_towards(ee, goal, step), phase
@@ -80,11 +83,21 @@ class ScriptedExpert:
         offset = ee - target
         along = float(offset[:2] @ direction[:2])
         lateral = np.linalg.norm(offset[:2] - along * direction[:2])
-        low = ee[2] < PUSH_HEIGHT + 0.012
-        if low and -PUSH_STANDOFF - 0.03 < along < -0.02 and lateral < 0.035:
-            goal = target + direction * 0.05  # behind the object, at table level: push through its centre
+        height = ee[2] - PUSH_HEIGHT
+        # The push funnel: low behind the object, near its line. The goal slides from pushing through the
+        # object's centre (on the line, at table level) to holding back behind it and sliding onto the line
+        # (off the line or too high), so a fingertip that drifts sideways or up while pushing is led back at
+        # table level. A hard edge here (rise and start over) gave labels a learner with centimetre-scale
+        # estimates averaged into hovering: research/push_expert_phases.py.
+        clear_behind = along < -(PUSH_CLEARANCE + 0.003)  # the fingertip can move sideways without touching
+        if -PUSH_STANDOFF - 0.03 < along < -0.02 and lateral < FUNNEL_HALF_WIDTH \
+                and height < (0.04 if clear_behind else 0.016):
+            off_line = np.clip((lateral - 0.015) / 0.02, 0.0, 1.0)
+            raised = np.clip((height - 0.004) / 0.012, 0.0, 1.0)
+            hold = float(max(off_line, raised))
+            goal = target + direction * ((1.0 - hold) * 0.05 + hold * min(along, -PUSH_CLEARANCE - 0.006))
             goal[2] = PUSH_HEIGHT
-            return goal, PUSH_STEP, "push"
+            return goal, PUSH_STEP, "push" if hold < 0.5 else "realign"
         if np.linalg.norm(ee[:2] - behind[:2]) < 0.02:
             return behind, MOVE_STEP, "descend"  # above the start of the push: go down
         hover = np.array([behind[0], behind[1], target[2] + HOVER_CLEARANCE])

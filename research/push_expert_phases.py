@@ -1,0 +1,144 @@
+"""What the push expert says on a policy's own states, and how well it pushes when its actions are disturbed.
+
+Usage: ``python -m research.push_expert_phases CHECKPOINT [--episodes 40] [--noise 0 0.3 0.6]
+[--noise-episodes 200] [--json FILE]``
+
+1. **Phases on the policy's states.** The checkpoint (``vla_ros.policy.Policy``, deciding as on the robot) pushes
+   in scenes of the training split from seed 6,000,000 (``research.push_failures``); at every step the scripted
+   expert names the waypoint it would head for from that state (``ScriptedExpert.act_with_phase``). Per outcome
+   (``push_failures.OUTCOMES``), the share of the steps from first contact on that fall in each phase, and the
+   median mean-squared gap between the policy's and the expert's actions in that phase. DAgger trains on exactly
+   these labels, so a phase the policy reaches often but follows badly is a label it cannot fit.
+2. **The expert under action noise.** The expert alone on the same scenes, Gaussian noise of each standard
+   deviation added to its actions (clipped to [-1, 1]): success and median steps. How far a learner may stray
+   from the expert's path before the expert's own labels no longer bring the push home.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from research.push_failures import OUTCOMES, PROBE_SEED, TOUCH, classify
+
+PHASES = ("travel", "rise", "descend", "realign", "push")
+
+
+def _displacement(info) -> tuple[float, float]:
+    """The target's distance moved in the table plane, and along the commanded direction (m)."""
+    privileged = np.asarray(info["privileged"], dtype=np.float64)
+    moved = privileged[3:5] - privileged[6:8]
+    return float(np.linalg.norm(moved)), float(moved @ privileged[9:11])
+
+
+def policy_episode(env, policy, expert, seed: int) -> dict:
+    """One push episode driven by the policy; per step the expert's phase and the action gap (from contact)."""
+    from vla_ros.policy.evaluate import pushed_wrong_way
+
+    policy.reset()
+    obs, info = env.reset(seed=seed)
+    largest, contact, steps, done = 0.0, None, [], False
+    while not done:
+        expert_action, phase = expert.act_with_phase(info)
+        action = policy.normalized_action(obs["image"], info["command"], obs["proprio"])
+        if contact is not None:
+            steps.append((phase, float(np.mean((np.asarray(action) - expert_action) ** 2))))
+        obs, _, terminated, truncated, info = env.step(action)
+        largest = max(largest, _displacement(info)[0])
+        if contact is None and largest >= TOUCH:
+            contact = True
+        done = terminated or truncated
+    outcome = classify(bool(info["is_success"]), bool(terminated and not info["is_success"]), largest,
+                       bool(pushed_wrong_way(info)))
+    return {"seed": seed, "outcome": outcome, "direction": info["direction"], "after_contact": steps}
+
+
+def phase_rows(episodes: list[dict]) -> list[dict]:
+    """Per outcome seen: episodes, steps after contact, and per phase its share and median action gap."""
+    groups = defaultdict(list)
+    for episode in episodes:
+        groups[episode["outcome"]].append(episode)
+    rows = []
+    for outcome in OUTCOMES:
+        steps = [step for episode in groups.get(outcome, []) for step in episode["after_contact"]]
+        if not groups.get(outcome):
+            continue
+        counts = Counter(phase for phase, _ in steps)
+        row = {"outcome": outcome, "episodes": len(groups[outcome]), "steps_after_contact": len(steps)}
+        for phase in PHASES:
+            gaps = [gap for name, gap in steps if name == phase]
+            row[f"{phase}_share"] = counts[phase] / len(steps) if steps else 0.0
+            row[f"{phase}_gap"] = float(np.median(gaps)) if gaps else float("nan")
+        rows.append(row)
+    return rows
+
+
+def noisy_expert(env, expert, first_seed: int, episodes: int, noise: float, rng) -> dict:
+    """The expert's push success and median episode length with N(0, noise^2) added to every action."""
+    successes, lengths = [], []
+    for seed in range(first_seed, first_seed + episodes):
+        _, info = env.reset(seed=seed)
+        done, length = False, 0
+        while not done:
+            action = expert.act(info)
+            if noise > 0:
+                action = np.clip(action + rng.normal(0.0, noise, action.shape), -1.0, 1.0).astype(np.float32)
+            _, _, terminated, truncated, info = env.step(action)
+            length += 1
+            done = terminated or truncated
+        successes.append(bool(info["is_success"]))
+        lengths.append(length)
+    return {"noise": noise, "episodes": episodes, "success": float(np.mean(successes)),
+            "median_steps": float(np.median(lengths))}
+
+
+def main(argv=None) -> dict:
+    """Run both parts; print their tables and return the report."""
+    import gymnasium as gym
+    import torch
+
+    import vla_ros.envs  # noqa: F401  (registers the envs)
+    from vla_ros.envs.expert import ScriptedExpert
+    from vla_ros.policy.policy import Policy
+    from vla_ros.reporting import format_table, write_json
+
+    parser = argparse.ArgumentParser(prog="python -m research.push_expert_phases",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="policy checkpoint folder (its env settings are used for both parts)")
+    parser.add_argument("--episodes", type=int, default=40, help="push episodes of the policy (default 40)")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.6],
+                        help="standard deviations of the expert's action noise (default 0 0.3 0.6)")
+    parser.add_argument("--noise-episodes", type=int, default=200, help="expert episodes per noise level")
+    parser.add_argument("--seed", type=int, default=PROBE_SEED, help=f"first scene seed (default {PROBE_SEED})")
+    parser.add_argument("--json", help="write the report here")
+    args = parser.parse_args(argv)
+    if any(noise < 0 for noise in args.noise):
+        parser.error("--noise: standard deviations must be >= 0")
+    torch.set_num_threads(1)
+    policy = Policy.load(args.checkpoint)
+    env = gym.make("vla_ros/Push-v0", **policy.config.get("env", {}))
+    try:
+        expert = ScriptedExpert(env.unwrapped)
+        episodes = [policy_episode(env, policy, expert, seed) for seed in range(args.seed, args.seed + args.episodes)]
+        rng = np.random.default_rng(0)
+        noise_rows = [noisy_expert(env, expert, args.seed, args.noise_episodes, noise, rng) for noise in args.noise]
+    finally:
+        env.close()
+    rows = phase_rows(episodes)
+    print(format_table([{k: f"{v:.2f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows],
+                       list(rows[0])))
+    print(format_table(noise_rows, list(noise_rows[0])))
+    report = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
+              "phase_rows": rows, "noise_rows": noise_rows,
+              "per_episode": [{k: v for k, v in e.items() if k != "after_contact"}
+                              | {"phases_after_contact": dict(Counter(p for p, _ in e["after_contact"]))}
+                              for e in episodes]}
+    if args.json:
+        write_json(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
