@@ -1,6 +1,6 @@
 """What the push expert says on a policy's own states, and how well it pushes when its actions are disturbed.
 
-Usage: ``python -m research.push_expert_phases CHECKPOINT [--episodes 40] [--noise 0 0.3 0.6]
+Usage: ``python -m research.push_expert_phases CHECKPOINT [--episodes 40] [--takeover 30] [--noise 0 0.3 0.6]
 [--noise-episodes 200] [--json FILE]``
 
 1. **Phases on the policy's states.** The checkpoint (``vla_ros.policy.Policy``, deciding as on the robot) pushes
@@ -9,7 +9,10 @@ Usage: ``python -m research.push_expert_phases CHECKPOINT [--episodes 40] [--noi
    (``push_failures.OUTCOMES``), the share of the steps from first contact on that fall in each phase, and the
    median mean-squared gap between the policy's and the expert's actions in that phase. DAgger trains on exactly
    these labels, so a phase the policy reaches often but follows badly is a label it cannot fit.
-2. **The expert under action noise.** The expert alone on the same scenes, Gaussian noise of each standard
+2. **The expert taking over** (``--takeover STEP``): the policy acts for STEP steps, then the expert finishes the
+   episode from wherever the policy left it: how many of the pushes the policy had not finished the expert's
+   labels bring home (whether the labels of the policy's failure states lead anywhere).
+3. **The expert under action noise.** The expert alone on the same scenes, Gaussian noise of each standard
    deviation added to its actions (clipped to [-1, 1]): success and median steps. How far a learner may stray
    from the expert's path before the expert's own labels no longer bring the push home.
 """
@@ -23,7 +26,7 @@ import numpy as np
 
 from research.push_failures import OUTCOMES, PROBE_SEED, TOUCH, classify
 
-PHASES = ("travel", "rise", "descend", "realign", "push")
+PHASES = ("travel", "rise", "descend", "back_off", "realign", "push")
 
 
 def _displacement(info) -> tuple[float, float]:
@@ -75,6 +78,31 @@ def phase_rows(episodes: list[dict]) -> list[dict]:
     return rows
 
 
+def takeover(env, policy, expert, first_seed: int, episodes: int, step: int) -> dict:
+    """The policy acts for ``step`` steps, the expert after that: pushes finished by each."""
+    by_policy, taken_over, by_expert = 0, 0, 0
+    for seed in range(first_seed, first_seed + episodes):
+        policy.reset()
+        obs, info = env.reset(seed=seed)
+        done, length = False, 0
+        while not done:
+            if length < step:
+                action = policy.normalized_action(obs["image"], info["command"], obs["proprio"])
+            else:
+                action = expert.act(info)
+            obs, _, terminated, truncated, info = env.step(action)
+            length += 1
+            done = terminated or truncated
+        success = bool(info["is_success"])
+        if length <= step:
+            by_policy += success
+        else:
+            taken_over += 1
+            by_expert += success
+    return {"takeover_step": step, "episodes": episodes, "finished_by_policy": by_policy,
+            "taken_over": taken_over, "finished_by_expert": by_expert}
+
+
 def noisy_expert(env, expert, first_seed: int, episodes: int, noise: float, rng) -> dict:
     """The expert's push success and median episode length with N(0, noise^2) added to every action."""
     successes, lengths = [], []
@@ -108,6 +136,8 @@ def main(argv=None) -> dict:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="policy checkpoint folder (its env settings are used for both parts)")
     parser.add_argument("--episodes", type=int, default=40, help="push episodes of the policy (default 40)")
+    parser.add_argument("--takeover", type=int, default=0,
+                        help="also let the expert take over after this many policy steps (0: not run)")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.6],
                         help="standard deviations of the expert's action noise (default 0 0.3 0.6)")
     parser.add_argument("--noise-episodes", type=int, default=200, help="expert episodes per noise level")
@@ -122,6 +152,7 @@ def main(argv=None) -> dict:
     try:
         expert = ScriptedExpert(env.unwrapped)
         episodes = [policy_episode(env, policy, expert, seed) for seed in range(args.seed, args.seed + args.episodes)]
+        handover = takeover(env, policy, expert, args.seed, args.episodes, args.takeover) if args.takeover else None
         rng = np.random.default_rng(0)
         noise_rows = [noisy_expert(env, expert, args.seed, args.noise_episodes, noise, rng) for noise in args.noise]
     finally:
@@ -129,9 +160,11 @@ def main(argv=None) -> dict:
     rows = phase_rows(episodes)
     print(format_table([{k: f"{v:.2f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows],
                        list(rows[0])))
+    if handover:
+        print(format_table([handover], list(handover)))
     print(format_table(noise_rows, list(noise_rows[0])))
     report = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
-              "phase_rows": rows, "noise_rows": noise_rows,
+              "phase_rows": rows, "takeover": handover, "noise_rows": noise_rows,
               "per_episode": [{k: v for k, v in e.items() if k != "after_contact"}
                               | {"phases_after_contact": dict(Counter(p for p, _ in e["after_contact"]))}
                               for e in episodes]}

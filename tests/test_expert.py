@@ -80,7 +80,7 @@ def test_write_video_refuses_unknown_formats():
         write_video([frame], "out.avi")
 
 
-def test_a_fingertip_off_the_push_line_slides_back_onto_it_at_table_level():
+def test_a_fingertip_off_the_push_line_slides_back_onto_it_at_table_level_and_backs_off_from_beside_it():
     from vla_ros.envs.expert import PUSH_CLEARANCE, PUSH_HEIGHT
 
     env = gym.make(ENV_IDS["push"], render_observation=False)
@@ -93,6 +93,10 @@ def test_a_fingertip_off_the_push_line_slides_back_onto_it_at_table_level():
     goal, _, phase = expert._push_goal(off_line, target, direction)
     assert phase == "realign" and goal[2] == PUSH_HEIGHT and goal[0] <= target[0] - PUSH_CLEARANCE
     assert abs(goal[1]) < 1e-9  # back onto the line, without rising
+    beside = np.array([0.3, 0.04, PUSH_HEIGHT])  # slid past the object's side
+    goal, _, phase = expert._push_goal(beside, target, direction)
+    assert phase == "back_off" and goal[2] == PUSH_HEIGHT and goal[0] < target[0] - PUSH_CLEARANCE
+    assert goal[1] >= PUSH_CLEARANCE  # along the object's side, not across it
     goals = [expert._push_goal(on_line + [0.0, lateral, 0.0], target, direction)[0]
              for lateral in np.arange(0.0, 0.055, 0.001)]
     assert max(np.linalg.norm(b - a) for a, b in zip(goals, goals[1:])) < 0.01  # no edge in the labels

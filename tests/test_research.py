@@ -307,10 +307,12 @@ def test_push_chunk_ensemble_runs_a_chunked_policy_and_refuses_a_single_step_one
 def test_push_expert_phases_reports_phases_after_contact_and_the_noisy_expert(reference_policy, tmp_path, capsys):
     from research.push_expert_phases import PHASES, main
 
-    report = main([str(reference_policy), "--episodes", "2", "--noise", "0", "0.5", "--noise-episodes", "2",
-                   "--json", str(tmp_path / "p.json")])
+    report = main([str(reference_policy), "--episodes", "2", "--takeover", "3", "--noise", "0", "0.5",
+                   "--noise-episodes", "2", "--json", str(tmp_path / "p.json")])
     assert sum(r["episodes"] for r in report["phase_rows"]) == 2
     assert all(f"{phase}_share" in row for row in report["phase_rows"] for phase in PHASES)
+    handover = report["takeover"]
+    assert handover["taken_over"] + handover["finished_by_policy"] <= 2 and handover["finished_by_expert"] >= 0
     assert [r["noise"] for r in report["noise_rows"]] == [0.0, 0.5]
     assert all(0.0 <= r["success"] <= 1.0 and r["median_steps"] > 0 for r in report["noise_rows"])
     assert (tmp_path / "p.json").is_file() and "noise" in capsys.readouterr().out

@@ -5,7 +5,8 @@ the MuJoCo Jacobian (position, plus a weaker term keeping the tool pointing down
 joint velocity into the env's action (joint deltas in units of ``max_delta``).
 Reach: hover above the target, then descend onto its top. Push: hover over a point behind the
 target (opposite the push direction), descend to table level, then push through the object's centre; a
-fingertip that drifts off the push line or up while behind the object slides back onto it at table level.
+fingertip that drifts off the push line or up while behind the object slides back onto it at table level, one
+that slid past the object's side backs off along it first.
 Both decide their waypoint from the current state alone, so the expert can label any state DAgger visits.
 """
 
@@ -55,7 +56,8 @@ class ScriptedExpert:
         """The action and the name of the waypoint it heads for (analysis: which phase a learner gets wrong).
 
         Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push),
-        ``push`` or ``realign`` (low behind the object but off its line or raised: back onto it at table level).
+        ``push``, ``realign`` (low behind the object but off its line or raised: back onto it at table level) or
+        ``back_off`` (low beside the object: back along its side until behind it).
         """
         ee, goal, step, phase = self._waypoint(info)
         return self._action_towards(ee, goal, step), phase
@@ -90,6 +92,14 @@ class ScriptedExpert:
         # table level. A hard edge here (rise and start over) gave labels a learner with centimetre-scale
         # estimates averaged into hovering: research/push_expert_phases.py.
         clear_behind = along < -(PUSH_CLEARANCE + 0.003)  # the fingertip can move sideways without touching
+        if not clear_behind and along < 0.04 and 0.03 < lateral < FUNNEL_HALF_WIDTH and height < 0.03:
+            # low beside the object (it slid past its side): back off along the line, keeping clear of the
+            # object's side, until it can slide behind it (no rise, no sweep across it)
+            side = (offset[:2] - along * direction[:2]) / lateral
+            goal = target - direction * (PUSH_CLEARANCE + 0.01)
+            goal[:2] += side * max(lateral, PUSH_CLEARANCE + 0.003)
+            goal[2] = PUSH_HEIGHT
+            return goal, PUSH_STEP, "back_off"
         if -PUSH_STANDOFF - 0.03 < along < -0.02 and lateral < FUNNEL_HALF_WIDTH \
                 and height < (0.04 if clear_behind else 0.016):
             off_line = np.clip((lateral - 0.015) / 0.02, 0.0, 1.0)
