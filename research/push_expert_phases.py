@@ -20,49 +20,35 @@ Usage: ``python -m research.push_expert_phases CHECKPOINT [--episodes 40] [--tak
 from __future__ import annotations
 
 import argparse
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 
-from research.push_failures import OUTCOMES, PROBE_SEED, TOUCH, classify
+from research.push_failures import OUTCOMES, PROBE_SEED, group_by_outcome, run_episode
 
 PHASES = ("travel", "rise", "descend", "back_off", "realign", "push")
 
 
-def _displacement(info) -> tuple[float, float]:
-    """The target's distance moved in the table plane, and along the commanded direction (m)."""
-    privileged = np.asarray(info["privileged"], dtype=np.float64)
-    moved = privileged[3:5] - privileged[6:8]
-    return float(np.linalg.norm(moved)), float(moved @ privileged[9:11])
-
-
 def policy_episode(env, policy, expert, seed: int) -> dict:
     """One push episode driven by the policy; per step the expert's phase and the action gap (from contact)."""
-    from vla_ros.policy.evaluate import pushed_wrong_way
+    labelled = []  # (phase, gap) of every step, in order
 
-    policy.reset()
-    obs, info = env.reset(seed=seed)
-    largest, contact, steps, done = 0.0, None, [], False
-    while not done:
+    def act(obs, info):
         expert_action, phase = expert.act_with_phase(info)
         action = policy.normalized_action(obs["image"], info["command"], obs["proprio"])
-        if contact is not None:
-            steps.append((phase, float(np.mean((np.asarray(action) - expert_action) ** 2))))
-        obs, _, terminated, truncated, info = env.step(action)
-        largest = max(largest, _displacement(info)[0])
-        if contact is None and largest >= TOUCH:
-            contact = True
-        done = terminated or truncated
-    outcome = classify(bool(info["is_success"]), bool(terminated and not info["is_success"]), largest,
-                       bool(pushed_wrong_way(info)))
-    return {"seed": seed, "outcome": outcome, "direction": info["direction"], "after_contact": steps}
+        labelled.append((phase, float(np.mean((np.asarray(action) - expert_action) ** 2))))
+        return action
+
+    policy.reset()
+    episode = run_episode(env, act, seed)
+    contact = episode["contact_step"]  # steps taken when the target had first moved TOUCH: later steps count
+    return {"seed": seed, "outcome": episode["outcome"], "direction": episode["direction"],
+            "after_contact": [] if contact is None else labelled[contact:]}
 
 
 def phase_rows(episodes: list[dict]) -> list[dict]:
     """Per outcome seen: episodes, steps after contact, and per phase its share and median action gap."""
-    groups = defaultdict(list)
-    for episode in episodes:
-        groups[episode["outcome"]].append(episode)
+    groups = group_by_outcome(episodes)
     rows = []
     for outcome in OUTCOMES:
         steps = [step for episode in groups.get(outcome, []) for step in episode["after_contact"]]
@@ -82,19 +68,19 @@ def takeover(env, policy, expert, first_seed: int, episodes: int, step: int) -> 
     """The policy acts for ``step`` steps, the expert after that: pushes finished by each."""
     by_policy, taken_over, by_expert = 0, 0, 0
     for seed in range(first_seed, first_seed + episodes):
+        taken = 0
+
+        def act(obs, info):
+            nonlocal taken
+            taken += 1
+            if taken <= step:
+                return policy.normalized_action(obs["image"], info["command"], obs["proprio"])
+            return expert.act(info)
+
         policy.reset()
-        obs, info = env.reset(seed=seed)
-        done, length = False, 0
-        while not done:
-            if length < step:
-                action = policy.normalized_action(obs["image"], info["command"], obs["proprio"])
-            else:
-                action = expert.act(info)
-            obs, _, terminated, truncated, info = env.step(action)
-            length += 1
-            done = terminated or truncated
-        success = bool(info["is_success"])
-        if length <= step:
+        episode = run_episode(env, act, seed)
+        success = episode["outcome"] == "success"
+        if episode["steps"] <= step:
             by_policy += success
         else:
             taken_over += 1
@@ -105,21 +91,17 @@ def takeover(env, policy, expert, first_seed: int, episodes: int, step: int) -> 
 
 def noisy_expert(env, expert, first_seed: int, episodes: int, noise: float, rng) -> dict:
     """The expert's push success and median episode length with N(0, noise^2) added to every action."""
-    successes, lengths = [], []
-    for seed in range(first_seed, first_seed + episodes):
-        _, info = env.reset(seed=seed)
-        done, length = False, 0
-        while not done:
-            action = expert.act(info)
-            if noise > 0:
-                action = np.clip(action + rng.normal(0.0, noise, action.shape), -1.0, 1.0).astype(np.float32)
-            _, _, terminated, truncated, info = env.step(action)
-            length += 1
-            done = terminated or truncated
-        successes.append(bool(info["is_success"]))
-        lengths.append(length)
-    return {"noise": noise, "episodes": episodes, "success": float(np.mean(successes)),
-            "median_steps": float(np.median(lengths))}
+
+    def act(obs, info):
+        action = expert.act(info)
+        if noise > 0:
+            action = np.clip(action + rng.normal(0.0, noise, action.shape), -1.0, 1.0).astype(np.float32)
+        return action
+
+    results = [run_episode(env, act, seed) for seed in range(first_seed, first_seed + episodes)]
+    return {"noise": noise, "episodes": episodes,
+            "success": float(np.mean([e["outcome"] == "success" for e in results])),
+            "median_steps": float(np.median([e["steps"] for e in results]))}
 
 
 def main(argv=None) -> dict:

@@ -84,11 +84,17 @@ def run_episodes(env, act, first_seed: int, count: int, before_each) -> list[dic
         env.close()
 
 
-def summarise(episodes: list[dict]) -> list[dict]:
-    """One row per outcome seen, in :data:`OUTCOMES` order."""
+def group_by_outcome(episodes: list[dict]) -> dict[str, list[dict]]:
+    """The episodes of each outcome (a missing outcome maps to an empty list)."""
     groups = defaultdict(list)
     for episode in episodes:
         groups[episode["outcome"]].append(episode)
+    return groups
+
+
+def summarise(episodes: list[dict]) -> list[dict]:
+    """One row per outcome seen, in :data:`OUTCOMES` order."""
+    groups = group_by_outcome(episodes)
     rows = []
     for outcome in OUTCOMES:
         group = groups.get(outcome, [])
