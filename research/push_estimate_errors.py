@@ -1,14 +1,15 @@
 """How far off is a policy's estimate of the pushed object as the fingertip nears it, with a reference prior or not.
 
 Usage: ``python -m research.push_estimate_errors CHECKPOINT [--episodes 40] [--prior-weights 0 0.5 1 2]
-[--track SIGMA:WEIGHT[:EVERY] ...] [--seed 7500000] [--json FILE]``
+[--track SIGMA:WEIGHT[:EVERY] ...] [--clip DIR] [--seed 7500000] [--json FILE]``
 
 The scripted expert pushes (so every run sees the same states); at each step the checkpoint's ``region_map``
 fusion (reference frame required) estimates the commanded object's image position from the rendered frame, with
 the episode's first-frame map added at each ``--prior-weights`` weight (``reference_prior``'s rule; 0: the
 current frame alone). Reported per band of fingertip-object distance (horizontal): frames, the median error and
 the share of frames off by more than 0.2 image half-widths (a jump to another object or to the arm), against the
-object's true projected position.
+object's true projected position. ``--clip DIR`` reads another CLIP's map (an exported ``train-clip`` model folder)
+through the checkpoint's fusion, so two CLIPs compare on the same states before a policy is trained on either.
 
 ``--track SIGMA:WEIGHT[:EVERY]`` adds trackers: the current map plus ``WEIGHT`` times the log of a Gaussian of
 ``SIGMA`` patches centred on the tracker's own previous estimate (the first frame starts it), updated every
@@ -84,11 +85,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--previous", type=parse_previous, nargs="*", default=[],
                         help="WEIGHT:EVERY: the map of the last frame a policy deciding every EVERY frames saw, as "
                              "a prior at WEIGHT (the first frame's until then)")
+    parser.add_argument("--clip", help="read this CLIP model folder's map instead of the checkpoint's CLIP")
     parser.add_argument("--seed", type=int, default=7_500_000, help="first scene seed (default 7,500,000)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    scenes = PushScenes(estimates_from=args.checkpoint)
+    scenes = PushScenes(estimates_from=args.checkpoint, clip=args.clip)
     fusion = scenes.fusion
     distances, errors = [], []
     top_prior = max(args.prior_weights)
@@ -125,7 +127,8 @@ def main(argv=None) -> dict:
                 + [f"previous {weight:g}:{every}" for weight, every in args.previous])
     rows = summarise(np.asarray(distances), np.asarray(errors), settings)
     print(format_table(rows, list(rows[0])))
-    report = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed, "rows": rows}
+    report = {"checkpoint": str(args.checkpoint), "clip": args.clip, "episodes": args.episodes, "seed": args.seed,
+              "rows": rows}
     if args.json:
         write_json(args.json, report)
     return report

@@ -78,7 +78,8 @@ def _mujoco():
 class PushScenes:
     """One push env (rendered for ``estimates_from`` only), its expert, and the learner's inputs."""
 
-    def __init__(self, estimate_noise: float = 0.0, estimates_from: str | None = None, prior_weight: float = 0.0):
+    def __init__(self, estimate_noise: float = 0.0, estimates_from: str | None = None, prior_weight: float = 0.0,
+                 clip: str | None = None):
         from vla_ros.envs.expert import ScriptedExpert
         from vla_ros.envs.tabletop import TabletopEnv
         from vla_ros.policy.proprio import ProprioNormalizer
@@ -93,6 +94,13 @@ class PushScenes:
             self.fusion = self.policy.network.features_extractor.fusion
             if not getattr(self.fusion, "reference_frame", False):
                 raise ValueError(f"{estimates_from}: the estimates need a reference-frame region_map policy")
+            if clip:  # another CLIP's map read with this checkpoint's fusion (its temperature and prior rule)
+                from vla_ros.grounding.encoder import ClipEncoder
+
+                self.policy.encoder = ClipEncoder.from_pretrained(
+                    clip, patch_stitch=int(self.policy.config["network"].get("patch_stitch", 1)))
+        elif clip:
+            raise ValueError("clip replaces the CLIP of estimates_from: give both")
         self.env = TabletopEnv(task="push", render_observation=self.policy is not None)
         self.expert = ScriptedExpert(self.env)
         self.normalise = ProprioNormalizer.from_robot(self.env.robot)

@@ -38,6 +38,31 @@ def test_generated_scenes_hold_only_the_split_combos(tmp_path, instructions):
     assert np.array_equal(again.images, data.images) and list(again.commands) == list(data.commands)
 
 
+def test_contact_scenes_show_the_fingertip_at_a_moved_object(instructions):
+    """Mid-push scenes: the expert pushed, so the commanded object left its start and the fingertip is near it."""
+    from vla_ros.envs.tabletop import TabletopEnv
+
+    data = generate_scenes(6, seed=700_000, split="train", contact=True)
+    assert data.images.shape == (6, 64, 64, 3) and all(command.split()[0] in
+                                                       ("push", "move", "slide", "shove", "nudge", "give")
+                                                       for command in data.commands)
+    valid = data.valid
+    combos = {(data.colour_names[c], data.shape_names[s]) for c, s in zip(data.colours[valid], data.shapes[valid])}
+    assert not combos & instructions.heldout_combos
+    env = TabletopEnv(task="push", render_observation=False)
+    moved = []
+    try:
+        for i in range(len(data)):  # the same seed's reset puts the target where it started
+            _, info = env.reset(seed=700_000 + i)
+            start = info["objects"][info["target"]["index"]]["position"]
+            moved.append(np.linalg.norm(data.positions[i, data.target[i], :2] - start[:2]))
+    finally:
+        env.close()
+    assert max(moved) > 0.02  # at least one push got under way (steps are drawn from 10-45)
+    with pytest.raises(ValueError, match="contact"):
+        generate_scenes(1, contact=True, corrupted=True)
+
+
 def test_captions_describe_the_scene(instructions):
     sampler = CaptionSampler.from_instructions(instructions)
     colours, shapes = np.array([0, 2]), np.array([0, 1])  # red cube, blue ball (file order)

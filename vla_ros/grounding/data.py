@@ -28,7 +28,14 @@ from tqdm import tqdm
 # has created its EGL context segfaults (seen with MUJOCO_GL=egl, torch 2.14), so load it first.
 
 REACH_ENV_ID = "vla_ros/Reach-v0"
+PUSH_ENV_ID = "vla_ros/Push-v0"
 NO_ATTRIBUTE = -1
+CONTACT_STEPS = (10, 45)
+"""the scripted push expert runs this many steps (inclusive range) before a contact scene's frame is taken: from
+the descent behind the object through first contact (about step 20) to a finished push (about step 24) and on"""
+CONTACT_NOISE = 0.3
+"""std of the Gaussian noise on the expert's actions in contact scenes (the expert still pushes 100% with it,
+``research/push_expert_phases.py``): the fingertip ends beside, on and behind objects as a learner's does"""
 
 
 def article(word: str) -> str:
@@ -135,20 +142,37 @@ def _paint_named_colours(env, info: dict, named_colours, rng: np.random.Generato
     return env.unwrapped.paint_objects(rgba), chosen
 
 
-def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int, robot: str | None = None):
+def _make_env(split: str, num_objects: int, perturbation: str | None, image_size: int, robot: str | None = None,
+              env_id: str = REACH_ENV_ID):
     import gymnasium as gym
 
     import vla_ros.envs  # noqa: F401  (registers the env ids)
 
-    return gym.make(REACH_ENV_ID, num_objects=num_objects, image_size=image_size, split=split,
+    return gym.make(env_id, num_objects=num_objects, image_size=image_size, split=split,
                     perturbation=perturbation, robot=robot)
+
+
+def _expert_contact(env, obs, info, rng: np.random.Generator):
+    """Run the scripted push expert with noisy actions for a drawn number of steps; the last obs and info.
+
+    The episode ends early only if the env ends it (a finished push runs on: the expert keeps pushing).
+    """
+    from vla_ros.envs.expert import ScriptedExpert
+
+    expert = ScriptedExpert(env)
+    for _ in range(int(rng.integers(CONTACT_STEPS[0], CONTACT_STEPS[1] + 1))):
+        action = np.clip(expert.act(info) + rng.normal(0.0, CONTACT_NOISE, env.action_space.shape), -1.0, 1.0)
+        obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
+        if terminated or truncated:
+            break
+    return obs, info
 
 
 def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_size: int = 64,
                     num_objects: int = 3, distractor_fraction: float = 0.0, jitter_fraction: float = 0.0,
                     moved_arm_fraction: float = 0.0, max_random_steps: int = 30,
                     progress: bool = False, named_colours: Sequence = (), corrupted: bool = False,
-                    robot: str | None = None) -> SceneDataset:
+                    robot: str | None = None, contact: bool = False) -> SceneDataset:
     """Render ``num_scenes`` scenes of the env's ``split``, seeds ``seed, seed + 1, ...``.
 
     ``robot``: the robot file of the scene (default: vla_arm); a policy's refusal rule is calibrated on its own
@@ -162,11 +186,18 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
     them (see :func:`_paint_named_colours`); colour indices then count the palette first, these after it.
     ``corrupted``: the commands name nothing on the table (the env's ``corrupted`` perturbation; ``kinds``
     says how), for measuring refusal.
+
+    ``contact``: push scenes (``vla_ros/Push-v0``, the same split's combos) in which the scripted push expert,
+    its actions noisy, first runs :data:`CONTACT_STEPS` steps: the fingertip beside, on or behind the commanded
+    object and the object pushed off its start, the frames a pushing policy's map has to read (random arm moves,
+    ``moved_arm_fraction``, rarely bring the fingertip next to an object). It replaces ``moved_arm_fraction``.
     """
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
     if corrupted and (distractor_fraction > 0 or jitter_fraction > 0):
         raise ValueError("corrupted scenes are plain scenes: the env takes one perturbation at a time")
+    if contact and corrupted:
+        raise ValueError("contact scenes run the push expert, which needs a command naming an object on the table")
     rng = np.random.default_rng(seed)
     plain = "corrupted" if corrupted else None
     kinds = [("plain", plain, num_objects), ("distractors", "distractors", num_objects),
@@ -187,14 +218,17 @@ def generate_scenes(num_scenes: int, seed: int = 0, split: str = "train", image_
             kind = kinds[1] if draw < distractor_fraction else (
                 kinds[2] if draw < distractor_fraction + jitter_fraction else kinds[0])
             if kind[0] not in envs:
-                envs[kind[0]] = _make_env(split, kind[2], kind[1], image_size, robot)
+                envs[kind[0]] = _make_env(split, kind[2], kind[1], image_size, robot,
+                                          PUSH_ENV_ID if contact else REACH_ENV_ID)
             env = envs[kind[0]]
             if colour_names is None:
                 instructions = env.unwrapped.instructions
                 colour_names = tuple(instructions.colours) + tuple(c.name for c in named_colours)
                 shape_names = tuple(instructions.shapes)
             obs, info = env.reset(seed=seed + i)
-            if rng.random() < moved_arm_fraction:
+            if contact:
+                obs, info = _expert_contact(env, obs, info, rng)
+            elif rng.random() < moved_arm_fraction:
                 steps = int(rng.integers(1, max_random_steps + 1))
                 action = rng.uniform(-1, 1, env.action_space.shape)
                 for step in range(steps):

@@ -20,7 +20,9 @@ From scratch it trains ``vla-tiny-clip``; with ``text_tower`` its text side is a
 only its projection into the joint space learns (the frozen part's output is cached per caption). With
 ``broad_vocabulary`` captions also use :mod:`vla_ros.grounding.vocabulary`'s shape nouns and frames, and
 ``named_colour_scenes`` more scenes are rendered with every object painted in a named colour (XKCD / CSS4
-names) and captioned with that name: which hue a colour word means is taught, never assumed. No word of a
+names) and captioned with that name: which hue a colour word means is taught, never assumed. With
+``contact_scenes`` more scenes show the scripted push expert mid-push (fingertip beside or on the object, the
+object moved), where a pushing policy's map is read (:func:`vla_ros.grounding.data.generate_scenes`). No word of a
 word split (validation or held-out words) reaches any caption. With ``init_from`` it adapts a local
 pretrained open_clip model, either fully or with LoRA (``adapter="lora"``: only the low-rank adapters train, merged into
 the weights at export). Checkpoints (model, optimiser, scheduler, step, RNG states) make runs
@@ -53,6 +55,7 @@ from vla_ros.grounding.text_pooling import pool_projected
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes use seeds far from any training seed
 NAMED_SEED_OFFSET = 500_000  # named-colour training scenes: other seeds than the palette ones
+CONTACT_SEED_OFFSET = 700_000  # contact (mid-push) training scenes: other seeds again
 STATE_FILE = "train_state.pt"
 UNKNOWN_COLOUR = -2  # attribute value of objects in repainted (novel-colour) views
 # hue bands (degrees) between the palette's hues (red 0, orange 30, yellow 53, green 126, blue 229,
@@ -177,6 +180,11 @@ class TrainClipConfig:
     named_colour_scenes: int = 0
     """extra training scenes, every object painted in a named colour and captioned with its name (needs
     ``broad_vocabulary``); a colour is never painted on a shape that would make it look like a held-out combo"""
+    contact_scenes: int = 0
+    """extra training scenes taken mid-push: the scripted push expert, its actions noisy, runs 10-45 steps of a
+    push episode first, so the fingertip is beside, on or behind the commanded object and the object has moved
+    (a pushing policy reads its map there; random arm moves rarely get that close). Palette colours, train
+    combos; 0 leaves them out"""
     presence_weight: float = 0.0
     """weight of the presence term: whether the best-matching region of a scene matches a caption, for the
     scene's own object captions against absent colour-shape pairs and nonsense phrases (what refusal reads)"""
@@ -329,8 +337,8 @@ def check_config(config: TrainClipConfig) -> None:
         raise ValueError("named_absent_fraction needs broad_vocabulary (the colour names come from it)")
     if not 0 <= config.named_absent_fraction <= 1:
         raise ValueError("named_absent_fraction must be in [0, 1]")
-    if config.named_colour_scenes < 0 or config.presence_weight < 0:
-        raise ValueError("named_colour_scenes and presence_weight must be >= 0")
+    if config.named_colour_scenes < 0 or config.presence_weight < 0 or config.contact_scenes < 0:
+        raise ValueError("named_colour_scenes, contact_scenes and presence_weight must be >= 0")
 
 
 class ClipTrainer:
@@ -381,6 +389,11 @@ class ClipTrainer:
                 num_scenes=config.named_colour_scenes, seed=config.seed + NAMED_SEED_OFFSET,
                 named_colours=self.vocabulary.named_colours, **render)
             self.train_data = SceneDataset.concatenate(self.train_data, named)
+        if config.contact_scenes:
+            contact = load_or_generate(
+                self.out / "data" / f"contact_{config.contact_scenes}_seed{config.seed}_{config.image_size}px.npz",
+                num_scenes=config.contact_scenes, seed=config.seed + CONTACT_SEED_OFFSET, contact=True, **render)
+            self.train_data = SceneDataset.concatenate(self.train_data, contact)
         self.sampler = _scene_sampler(config, self.vocabulary)
         if len(self.train_data.colour_names) > len(self.sampler.colour_names) or \
                 self.train_data.colour_names != self.sampler.colour_names[: len(self.train_data.colour_names)]:
