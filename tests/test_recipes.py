@@ -205,3 +205,19 @@ def test_the_learner_dagger_recipe_differs_from_the_chunk_one_in_dagger_beta_onl
     chunk, learner = _research_recipe("skills_chunk"), _research_recipe("skills_learner_dagger")
     assert _changed(chunk, learner) == {"dagger_beta"}
     assert learner["dagger_beta"] == 0.0
+
+
+def test_the_contact_clip_recipe_differs_from_the_shipped_clip_one_in_its_contact_scenes_only():
+    from pathlib import Path
+
+    shipped = load_recipe(TrainClipConfig, share_path("models", "clip", "recipe.yaml"), skip=("command",))
+    contact = load_recipe(TrainClipConfig, Path(__file__).resolve().parents[1] / "research" / "recipes" /
+                          "clip_contact.yaml", skip=("command",))
+    assert {k for k in set(shipped) | set(contact) if shipped.get(k) != contact.get(k)} == {"contact_scenes"}
+    assert contact["contact_scenes"] == 8000
+
+
+def test_the_contact_recipe_differs_from_the_backoff_one_in_its_clip_only():
+    backoff, contact = _research_recipe("skills_backoff"), _research_recipe("skills_contact")
+    assert _changed(backoff, contact) == {"clip"}
+    assert contact["clip"] == "runs/clip_contact/model"
