@@ -49,3 +49,6 @@ def test_a_policy_with_the_current_estimate_trains_acts_and_its_done_inputs_carr
     proprio = observations[OBS_PROPRIO].shape[-1]
     assert inputs.shape == (1, done_input_dim(policy.network, "estimates")) == (1, 2 + 4 + 4 + proprio)
     assert torch.allclose(inputs[0, 8:10], fused.current_xy[0] - fused.reference_xy[0])
+    moved = done_inputs(policy.network, features, fused, observations, "moved")
+    assert moved.shape == (1, done_input_dim(policy.network, "moved")) == (1, 2 + 4 + 4 + 4 + proprio)
+    assert torch.allclose(moved[0, 10:12], fused.frame_xy[0]) and torch.equal(fused.frame_xy, fused.current_xy)

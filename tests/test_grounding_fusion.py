@@ -248,7 +248,9 @@ def test_region_map_current_estimate_follows_a_moved_target_that_the_prior_holds
         assert out.xy[0, 0] < moved_x - 0.3  # the prior holds the estimate near the start ...
         assert abs(out.current_xy[0, 0] - moved_x) < 0.1  # ... the frame's own estimate follows the push
         assert torch.equal(out.xy, held.fuse(torch.zeros(1, D), current, text, reference).xy)
-        assert held.fuse(torch.zeros(1, D), current, text, reference).current_xy is None
+        alone = held.fuse(torch.zeros(1, D), current, text, reference)
+        assert alone.current_xy is None  # the MLP does not read it ...
+        assert torch.equal(alone.frame_xy, out.current_xy)  # ... but heads fitted later (done) can
     with pytest.raises(ValueError, match="reference_prior"):
         build_fusion("region_map", embed_dim=D, num_patches=P, reference_frame=True, current_estimate=True)
     with pytest.raises(ValueError, match="region_map"):

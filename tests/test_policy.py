@@ -309,6 +309,10 @@ def test_a_done_head_on_the_fusions_estimates_is_trained_stored_and_read_back(tr
     assert inputs[0, :6].tolist() == [0.5, -0.25, 0.25, 0.25, 0.25, -0.5] and torch.equal(inputs[0, 6:], proprio[0])
     with pytest.raises(ValueError, match="unknown done inputs"):
         done_inputs(network, None, None, None, "actions")
+    with pytest.raises(ValueError, match="'moved' need"):  # no reference prior: nothing holds the estimate back
+        done_input_dim(network, "moved")
+    with pytest.raises(ValueError, match="'moved' need"):
+        done_inputs(network, None, FusionOutput(torch.zeros(1, 4), None, xy, start), {OBS_PROPRIO: proprio}, "moved")
 
     head, done, report = train_done(policy, episodes=4, validation_episodes=2, vec_env="dummy", progress=False,
                                     inputs="estimates")

@@ -35,10 +35,11 @@ def add_arguments(parser) -> None:
                         help="share of firings on validation episodes that must be right (default: 0.97)")
     parser.add_argument("--num-envs", type=int, default=2, help="parallel simulator processes (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation (default: 0)")
-    parser.add_argument("--inputs", choices=("policy", "estimates"), default="policy",
+    parser.add_argument("--inputs", choices=("policy", "estimates", "moved"), default="policy",
                         help="what the head reads: the policy's features, critic, value and action (policy, "
                         "default), or the fusion's position estimates, the joint state and the skill reader's "
-                        "reading (estimates)")
+                        "reading (estimates), or those and the current frame's own estimate and how far it moved "
+                        "from the first frame's (moved; reference-prior policies)")
     parser.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint as it is")
     add_json_argument(parser)
 

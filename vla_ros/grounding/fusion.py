@@ -82,6 +82,9 @@ class FusionOutput(NamedTuple):
     reference_xy: torch.Tensor | None = None
     current_xy: torch.Tensor | None = None
     """with a reference prior and ``current_estimate``: the current frame's estimate without the prior"""
+    frame_xy: torch.Tensor | None = None
+    """with a reference prior: the current frame's estimate without the prior, whether or not the MLP reads it
+    (a pushed object's displacement, which the prior hides, for heads fitted after the policy such as done)"""
 
 
 FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
@@ -440,10 +443,12 @@ class RegionMapFusion(nn.Module):
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
         reference = self.logits(reference_patches, text)
-        current_parts, current_xy = [], None
-        if self.current_estimate:
+        current_parts, current_xy, frame_xy = [], None, None
+        if self.current_estimate or self.reference_prior is not None:
             raw = self._readout(current)
-            current_parts, current_xy = (raw[0][1:] if self.map_weights else raw[0]), raw[2]  # estimates only
+            frame_xy = raw[2]
+            if self.current_estimate:
+                current_parts, current_xy = (raw[0][1:] if self.map_weights else raw[0]), raw[2]  # estimates only
         if self.reference_prior is not None:
             # where the target was before the arm moved in: a covered target then does not move the
             # current estimate to whichever other object matches the command next best
@@ -452,7 +457,7 @@ class RegionMapFusion(nn.Module):
         parts, weights, xy = self._readout(current)
         reference_parts, _, reference_xy = self._readout(reference)
         return FusionOutput(self._head(torch.cat(parts + reference_parts + current_parts + command, dim=-1), text,
-                                       sentence), weights, xy, reference_xy, current_xy)
+                                       sentence), weights, xy, reference_xy, current_xy, frame_xy)
 
 
 def _region_fusion(**kwargs) -> CrossAttentionFusion:

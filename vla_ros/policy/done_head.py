@@ -63,7 +63,7 @@ def command_tasks(network, observations: dict) -> np.ndarray:
     return (skills.argmax(dim=-1) > 0).long().cpu().numpy()
 
 
-DONE_INPUT_KINDS = ("policy", "estimates")
+DONE_INPUT_KINDS = ("policy", "estimates", "moved")
 """what a done head reads (:func:`done_inputs`): ``policy``, the policy's features, critic latent, value and action
 (the default, and every head stored before ``inputs`` existed); ``estimates``, only the fusion's position estimates
 of the commanded object (now, in the episode's first frame and their difference), the joint state and the skill
@@ -79,16 +79,21 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
     away from where it started), with ``current_estimate`` the current frame's own estimate and its displacement
     (the prior holds ``xy`` near the start), the normalised joint state (where the fingertip is) and, with a skill
     reader, the reader's five skill probabilities (which displacement fulfils the command). 20-odd numbers instead
-    of hundreds, so a head fitted on a few hundred episodes has less to overfit.
+    of hundreds, so a head fitted on a few hundred episodes has less to overfit. ``moved``: ``estimates`` plus the
+    current frame's own estimate and its displacement from the first frame's (``fused.frame_xy``, which a
+    reference-prior fusion computes whether or not its MLP reads it): a push is fulfilled by how far the object
+    moved, which the prior hides (a head on ``estimates`` of such a policy never fired on push).
     """
     if kind == "policy":
         critic = network.mlp_extractor.forward_critic(features)
         action = network.action_net(network.mlp_extractor.forward_actor(features))
         return torch.cat([features, critic, network.value_net(critic), action], dim=-1).float()
-    if kind != "estimates":
+    if kind not in DONE_INPUT_KINDS:
         raise ValueError(f"unknown done inputs {str(kind)[:40]!r}; known: {DONE_INPUT_KINDS}")
     from vla_ros.keys import OBS_PROPRIO
 
+    if kind == "moved" and (fused is None or fused.frame_xy is None):
+        raise ValueError("done inputs 'moved' need a region_map fusion with a reference prior (its frame_xy)")
     if fused is None or fused.xy is None or observations is None:
         raise ValueError("done inputs 'estimates' need a fusion that estimates the object's position "
                          "(region_map, region, cross_attention) and the observations")
@@ -97,6 +102,8 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
         parts += [fused.reference_xy, fused.xy - fused.reference_xy]
     if fused.current_xy is not None:  # the current frame's own estimate (current_estimate), which follows a push
         parts += [fused.current_xy, fused.current_xy - fused.reference_xy]
+    if kind == "moved":
+        parts += [fused.frame_xy, fused.frame_xy - fused.reference_xy]
     parts.append(torch.as_tensor(observations[OBS_PROPRIO], device=fused.xy.device, dtype=fused.xy.dtype))
     if getattr(network.features_extractor.fusion, "skill_reader_width", 0):
         skills = command_skills(network, observations)
@@ -111,7 +118,7 @@ def done_input_dim(network, kind: str = "policy") -> int:
     if kind == "policy":
         return int(network.features_extractor.features_dim + network.mlp_extractor.latent_dim_vf + 1
                    + network.action_space.shape[0])
-    if kind != "estimates":
+    if kind not in DONE_INPUT_KINDS:
         raise ValueError(f"unknown done inputs {str(kind)[:40]!r}; known: {DONE_INPUT_KINDS}")
     from vla_ros.keys import OBS_PROPRIO
 
@@ -121,6 +128,10 @@ def done_input_dim(network, kind: str = "policy") -> int:
                          f"{type(extractor.fusion).__name__} does not")
     width = 2 + (4 if extractor.reference_frame else 0) + int(network.observation_space[OBS_PROPRIO].shape[0])
     width += 4 if getattr(extractor.fusion, "current_estimate", False) else 0
+    if kind == "moved":
+        if getattr(extractor.fusion, "reference_prior", None) is None:
+            raise ValueError("done inputs 'moved' need a region_map fusion with a reference prior")
+        width += 4
     return width + (5 if getattr(extractor.fusion, "skill_reader_width", 0) else 0)
 
 
