@@ -221,3 +221,9 @@ def test_the_contact_recipe_differs_from_the_backoff_one_in_its_clip_only():
     backoff, contact = _research_recipe("skills_backoff"), _research_recipe("skills_contact")
     assert _changed(backoff, contact) == {"clip"}
     assert contact["clip"] == "runs/clip_contact/model"
+
+
+def test_the_contact_current_recipe_differs_from_the_contact_one_in_current_estimate_only():
+    contact, current = _research_recipe("skills_contact"), _research_recipe("skills_contact_current")
+    assert _changed(contact, current) == {"current_estimate"}
+    assert current["current_estimate"] is True and current["reference_prior"] is True
