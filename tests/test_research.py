@@ -241,6 +241,24 @@ def test_push_estimate_errors_reports_each_distance_band_and_prior_weight(refere
     assert (tmp_path / "e.json").exists() and "share_off_by_0.2" in capsys.readouterr().out
 
 
+def test_push_estimate_errors_reads_another_clips_map_through_the_checkpoints_fusion(reference_policy, tmp_path):
+    from research.push_estimate_errors import main
+    from research.push_memory_probe import PushScenes
+    from vla_ros.grounding import create_clip, save_clip_checkpoint
+
+    other = tmp_path / "other_clip"  # the same architecture, other weights
+    loaded = create_clip(seed=1)
+    save_clip_checkpoint(loaded.model, other, loaded.model_cfg, loaded.preprocess_cfg)
+    own = main([str(reference_policy), "--episodes", "1", "--prior-weights", "0"])
+    same = main([str(reference_policy), "--episodes", "1", "--prior-weights", "0", "--clip",
+                 str(reference_policy.parent / "clip")])
+    swapped = main([str(reference_policy), "--episodes", "1", "--prior-weights", "0", "--clip", str(other)])
+    assert same["rows"] == own["rows"] and swapped["clip"] == str(other)
+    assert [r["median_error"] for r in swapped["rows"]] != [r["median_error"] for r in own["rows"]]
+    with pytest.raises(ValueError, match="give both"):
+        PushScenes(clip=str(other))
+
+
 def test_push_estimate_errors_runs_trackers_and_previous_frame_priors(reference_policy, capsys):
     from research.push_estimate_errors import main, parse_tracker
 
