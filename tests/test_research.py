@@ -334,3 +334,23 @@ def test_push_expert_phases_reports_phases_after_contact_and_the_noisy_expert(re
     assert [r["noise"] for r in report["noise_rows"]] == [0.0, 0.5]
     assert all(0.0 <= r["success"] <= 1.0 and r["median_steps"] > 0 for r in report["noise_rows"])
     assert (tmp_path / "p.json").is_file() and "noise" in capsys.readouterr().out
+
+
+def test_push_outcome_overlap_counts_shared_and_exclusive_successes(tmp_path, capsys):
+    import json
+
+    from research.push_outcome_overlap import main
+
+    def report(name, successes):
+        path = tmp_path / f"push_failures_{name}.json"
+        path.write_text(json.dumps({"per_episode": [{"seed": s, "outcome": "success" if ok else "short"}
+                                                    for s, ok in enumerate(successes)]}))
+        return str(path)
+
+    a, b = report("a", [1, 1, 0, 0]), report("b", [1, 0, 1, 0])
+    rows = main([a, b, "--json", str(tmp_path / "o.json")])
+    assert rows == [{"a": "a", "b": "b", "scenes": 4, "success_a": 2, "success_b": 2, "both": 1, "only_a": 1,
+                     "only_b": 1, "both_if_independent": 1.0, "union": 3}]
+    assert "both_if_independent" in capsys.readouterr().out and (tmp_path / "o.json").exists()
+    with pytest.raises(ValueError, match="different scenes"):
+        main([a, report("c", [1, 0, 1])])
