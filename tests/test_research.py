@@ -354,3 +354,32 @@ def test_push_outcome_overlap_counts_shared_and_exclusive_successes(tmp_path, ca
     assert "both_if_independent" in capsys.readouterr().out and (tmp_path / "o.json").exists()
     with pytest.raises(ValueError, match="different scenes"):
         main([a, report("c", [1, 0, 1])])
+
+
+def test_done_task_heads_scores_joint_and_per_task_heads_on_held_out_episodes(tmp_path, capsys):
+    """On cached episodes (the collection is vla-ros train-done's, tested with it): a separable signal is found."""
+    from research.done_task_heads import main
+
+    rng = np.random.default_rng(0)
+    parts = {}
+    for prefix, episodes in (("train", 40), ("val", 40)):
+        rows = {"features": [], "labels": [], "episode": [], "step": [], "task": []}
+        for episode in range(episodes):
+            task = episode % 2
+            success_from = int(rng.integers(3, 8))
+            for step in range(12):
+                label = step >= success_from
+                rows["features"].append([float(label) + rng.normal(0, 0.05), float(task)])
+                rows["labels"].append(label)
+                rows["episode"].append(episode)
+                rows["step"].append(step)
+                rows["task"].append(task)
+        parts.update({f"{prefix}_{k}": np.asarray(v, np.float32 if k == "features" else None)
+                      for k, v in rows.items()})
+    cache = tmp_path / "done.npz"
+    np.savez(cache, **parts)
+    report = main(["unused", "--cache", str(cache), "--head-seeds", "0", "--json", str(tmp_path / "d.json")])
+    assert {(r["variant"], r["task"]) for r in report["rows"]} == {(v, t) for v in ("joint", "per_task")
+                                                                   for t in ("reach", "push")}
+    assert all(r["held_out_precision"] >= 0.9 and r["held_out_recall"] >= 0.9 for r in report["rows"])
+    assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "d.json").exists()
