@@ -227,3 +227,8 @@ def test_the_contact_current_recipe_differs_from_the_contact_one_in_current_esti
     contact, current = _research_recipe("skills_contact"), _research_recipe("skills_contact_current")
     assert _changed(contact, current) == {"current_estimate"}
     assert current["current_estimate"] is True and current["reference_prior"] is True
+
+
+def test_the_contact_second_seed_recipe_differs_from_the_contact_one_in_its_seed_only():
+    contact, seed1 = _research_recipe("skills_contact"), _research_recipe("skills_contact_seed1")
+    assert _changed(contact, seed1) == {"seed"} and seed1["seed"] == 1
