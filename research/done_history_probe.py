@@ -38,19 +38,46 @@ def _subset(data: dict[str, np.ndarray], episodes: np.ndarray) -> dict[str, np.n
     return {key: value[keep] for key, value in data.items()}
 
 
+def collected_episodes(checkpoint: str, episodes: int, validation_episodes: int, num_envs: int = 2,
+                       vec_env: str = "subproc", cache: str | None = None,
+                       inputs: str = "policy") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training, validation) episodes of ``checkpoint`` as ``vla-ros train-done`` collects them, head ``inputs``.
+
+    Training seeds from ``DONE_SEED``, validation from ``DONE_VALIDATION_SEED``. ``cache``: an ``.npz`` file read
+    when it exists, else written after collecting (the episodes cost minutes; the heads fitted on them, seconds).
+    """
+    from vla_ros.commands.train_done import DONE_SEED, DONE_VALIDATION_SEED
+    from vla_ros.policy.done_head import collect_done_data
+
+    path = Path(cache) if cache else None
+    if path is not None and path.is_file():
+        with np.load(path) as stored:
+            train = {k.removeprefix("train_"): stored[k] for k in stored.files if k.startswith("train_")}
+            validation = {k.removeprefix("val_"): stored[k] for k in stored.files if k.startswith("val_")}
+        return train, validation
+    from vla_ros.policy.policy import Policy
+
+    policy = Policy.load(checkpoint)
+    collect_args = (policy.network, policy.encoder, policy.normalizer, policy.config.get("task", "reach"))
+    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=True, split="train", inputs=inputs)
+    train = collect_done_data(*collect_args, episodes, DONE_SEED, **kwargs)
+    validation = collect_done_data(*collect_args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in validation.items()})
+    return train, validation
+
+
 def main(argv=None) -> dict:
     """Run the comparison; return {history: {"threshold", "tuning": metrics, "held_out": metrics}}."""
     import torch
 
-    from vla_ros.commands.train_done import DONE_SEED, DONE_VALIDATION_SEED
     from vla_ros.policy.done_head import (
-        collect_done_data,
         done_probabilities,
         episode_metrics,
         threshold_for_episode_precision,
         train_done_head,
     )
-    from vla_ros.policy.policy import Policy
 
     parser = argparse.ArgumentParser(prog="python -m research.done_history_probe", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="policy checkpoint folder")
@@ -65,21 +92,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    cache = Path(args.cache) if args.cache else None
-    if cache is not None and cache.is_file():
-        with np.load(cache) as stored:
-            train = {k.removeprefix("train_"): stored[k] for k in stored.files if k.startswith("train_")}
-            validation = {k.removeprefix("val_"): stored[k] for k in stored.files if k.startswith("val_")}
-    else:
-        policy = Policy.load(args.checkpoint)
-        collect_args = (policy.network, policy.encoder, policy.normalizer, policy.config.get("task", "reach"))
-        kwargs = dict(num_envs=args.num_envs, vec_env=args.vec_env, progress=True, split="train")
-        train = collect_done_data(*collect_args, args.episodes, DONE_SEED, **kwargs)
-        validation = collect_done_data(*collect_args, args.validation_episodes, DONE_VALIDATION_SEED, **kwargs)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **{f"train_{k}": v for k, v in train.items()},
-                     **{f"val_{k}": v for k, v in validation.items()})
+    train, validation = collected_episodes(args.checkpoint, args.episodes, args.validation_episodes,
+                                           args.num_envs, args.vec_env, args.cache)
     episodes = np.unique(validation["episode"])
     tuning_episodes, held_out_episodes = episodes[: len(episodes) // 2], episodes[len(episodes) // 2:]
     results = {}

@@ -10,13 +10,13 @@ task's observations (``joint``, the shipped way) or on one task's alone (``per_t
 is chosen on the first half of that task's validation episodes (episode precision >= ``--min-precision`` when
 each episode stops at the first firing, as ``vla_node`` does); precision and recall are reported on the other half,
 so the figures are not those the threshold was tuned on. Several head seeds show how much a fit varies.
-``--cache`` keeps the collected episodes (read when the file exists).
+``--cache`` keeps the collected episodes (read when the file exists;
+:func:`research.done_history_probe.collected_episodes`).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -50,11 +50,10 @@ def main(argv=None) -> dict:
     """Run the comparison; print one row per (variant, head seed, task); return the report."""
     import torch
 
-    from vla_ros.commands.train_done import DONE_SEED, DONE_VALIDATION_SEED
+    from research.done_history_probe import collected_episodes
     from vla_ros.policy.done_head import (
         DONE_INPUT_KINDS,
         DONE_TASKS,
-        collect_done_data,
         done_probabilities,
         episodes_of_task,
         train_done_head,
@@ -76,24 +75,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    cache = Path(args.cache) if args.cache else None
-    if cache is not None and cache.is_file():
-        with np.load(cache) as stored:
-            train = {k.removeprefix("train_"): stored[k] for k in stored.files if k.startswith("train_")}
-            validation = {k.removeprefix("val_"): stored[k] for k in stored.files if k.startswith("val_")}
-    else:
-        from vla_ros.policy.policy import Policy
-
-        policy = Policy.load(args.checkpoint)
-        collect_args = (policy.network, policy.encoder, policy.normalizer, policy.config.get("task", "reach"))
-        kwargs = dict(num_envs=args.num_envs, vec_env=args.vec_env, progress=True, split="train",
-                      inputs=args.inputs)
-        train = collect_done_data(*collect_args, args.episodes, DONE_SEED, **kwargs)
-        validation = collect_done_data(*collect_args, args.validation_episodes, DONE_VALIDATION_SEED, **kwargs)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **{f"train_{k}": v for k, v in train.items()},
-                     **{f"val_{k}": v for k, v in validation.items()})
+    train, validation = collected_episodes(args.checkpoint, args.episodes, args.validation_episodes,
+                                           args.num_envs, args.vec_env, args.cache, inputs=args.inputs)
     tasks = [i for i in range(len(DONE_TASKS)) if episodes_of_task(validation, i).any()]
     if not tasks:
         raise ValueError(f"{args.checkpoint}: no command read as a task; the heads need a skill-reader policy")
