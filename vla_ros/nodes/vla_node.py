@@ -30,6 +30,7 @@ from vla_ros.goal_tracker import Outcome
 from vla_ros.nodes.node_support import LOG_TEXT_LIMIT, declare_parameters, for_log, run_node  # noqa: F401
 from vla_ros.nodes.vla_node_parameters import PARAMETERS, NodeSettings, default_policy_path, robot_limits_source
 from vla_ros.ros import qos
+from vla_ros.ros.collector_pauses import collection_paused, freeze_long_lived
 from vla_ros.ros.conversions import frame_to_numpy, message_key
 from vla_ros.ros.diagnostics import diagnostic_array, stats_key_values
 from vla_ros.ros.estop_server import EstopServer
@@ -66,6 +67,8 @@ class VlaNode(LifecycleNode):
         # Import the policy stack (torch, open_clip, transformers) now: imports hold the GIL for up to 0.2 s at a
         # time, which would stall the e-stop thread if they ran during activation; loading weights does not.
         import vla_ros.policy.policy  # noqa: F401
+        # ... and keep the collector's full collections, which hold the GIL too, off those imports' objects
+        freeze_long_lived()
         self._estop_server = EstopServer(self, self._on_estop)
 
     def _param(self, name: str):
@@ -116,7 +119,8 @@ class VlaNode(LifecycleNode):
         """Load the policy, bind it to the controller and start the control thread."""
         try:
             settings = self._settings
-            policy = settings.load_policy(self._param("policy_path"), self.get_logger())
+            with collection_paused():  # no collection, full ones included, while loading allocates
+                policy = settings.load_policy(self._param("policy_path"), self.get_logger())
             self.controller.bind(policy, self._robot_limits, settings.output_joint_names, settings.max_step,
                                  settings.max_frame_age_s, settings.max_joint_state_age_s)
         except Exception as error:
@@ -177,7 +181,7 @@ class VlaNode(LifecycleNode):
         if self.controller.policy is None:
             return
         self.controller.unbind()
-        gc.collect()
+        gc.collect()  # the policy's reference cycles; objects frozen at construction are not walked
         if self._settings is not None and self._settings.device.startswith("cuda"):
             import torch
 
