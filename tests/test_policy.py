@@ -338,3 +338,56 @@ def test_a_done_head_on_the_fusions_estimates_is_trained_stored_and_read_back(tr
     (folder / "config.json").write_text(json.dumps(stored))
     with pytest.raises(CheckpointError, match="done inputs"):
         Policy.load(folder)
+
+
+def test_takeover_rollouts_keep_only_the_experts_stretch(trained, tmp_path):
+    """Takeover from the first decision is the expert's own data; a takeover after the time limit keeps nothing;
+    in between, the learner's decisions before the switch are dropped."""
+    from vla_ros.policy import imitation
+    from vla_ros.policy.checkpoint import build_network
+
+    cfg, _ = trained
+    run = TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "takeover"), "task": "push"}))
+    network = build_network(run.config).eval()
+
+    def collect(**kwargs):
+        venv = run._venv(5, expert_labels=True)
+        try:
+            return imitation.collect(venv, 2, np.random.default_rng(0), **kwargs)
+        finally:
+            venv.close()
+
+    expert = collect()
+    from_start = collect(network=network, takeover=(0, 0))
+    assert len(from_start) == len(expert) > 0 and from_start.successes == expert.successes
+    np.testing.assert_array_equal(from_start.expert_actions, expert.expert_actions)
+    np.testing.assert_array_equal(from_start.obs["proprio"], expert.obs["proprio"])
+    never = collect(network=network, takeover=(10_000, 10_000))
+    assert len(never) == 0 and never.episodes >= 2 and never.cost >= 2 * 3  # dropped decisions still count
+    later = collect(network=network, takeover=(3, 3))
+    assert 0 < len(later) < later.cost and later.episodes >= 2
+    assert expert.cost == len(expert)
+    with pytest.raises(ValueError, match="takeover"):
+        collect(network=None, takeover=(0, 1))
+    with pytest.raises(ValueError, match="dagger_takeover_rounds"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad"), "dagger_takeover_rounds": 3}))
+    with pytest.raises(ValueError, match="dagger_takeover_repeat"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad3"), "dagger_takeover_repeat": 0}))
+    with pytest.raises(ValueError, match="dagger_takeover_after"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad2"), "dagger_takeover_after": (5, 2)}))
+
+
+def test_a_run_with_a_takeover_round_collects_it_after_its_mixed_rounds(trained, tmp_path):
+    from vla_ros.policy.imitation import Demonstrations
+
+    cfg, _ = trained
+    out = tmp_path / "run"
+    TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(out), "dagger_rounds": 2, "dagger_takeover_rounds": 1,
+                               "dagger_takeover_after": (0, 0), "dagger_takeover_repeat": 3,
+                               "ppo_steps": 0})).run()
+    state = json.loads((out / "state.json").read_text())
+    assert state["imitation_rounds_done"] == 3 and state["config"]["dagger_takeover_after"] == [0, 0]
+    takeover = Demonstrations.load(out / "demos_2.npz")  # taken over from the first decision: every step kept
+    assert takeover.episodes >= cfg.dagger_episodes and len(takeover) >= takeover.episodes
+    rounds = [Demonstrations.load(out / f"demos_{k}.npz") for k in range(3)]  # steps run, not their repeats
+    assert state["imitation_env_steps"] == sum(d.cost for d in rounds) * cfg.chunk_execute

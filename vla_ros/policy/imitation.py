@@ -31,13 +31,23 @@ class Demonstrations:
     episodes: int
     reference_xy: np.ndarray | None = None
     """the target's image position in its episode's first frame (for reference-frame fusions)"""
+    decisions_run: int | None = None
+    """decisions stepped to collect these samples, kept or not (takeover rollouts drop the learner's); None: one
+    per sample"""
 
     def __len__(self) -> int:
         return len(self.expert_actions)
 
+    @property
+    def cost(self) -> int:
+        """Decisions stepped in the simulator to collect these samples (environment steps / chunk_execute)."""
+        return len(self) if self.decisions_run is None else self.decisions_run
+
     def save(self, path) -> None:
         """Write to an ``.npz`` file (no pickle)."""
         extra = {} if self.reference_xy is None else {"reference_xy": self.reference_xy}
+        if self.decisions_run is not None:
+            extra["decisions_run"] = np.array(self.decisions_run)
         np.savez(path, expert_actions=self.expert_actions, target_xy=self.target_xy, returns=self.returns,
                  counts=np.array([self.successes, self.episodes]), **extra,
                  **{f"obs/{k}": v for k, v in self.obs.items()})
@@ -50,7 +60,8 @@ class Demonstrations:
             successes, episodes = (int(x) for x in data["counts"])
             return cls(obs=obs, expert_actions=data["expert_actions"], target_xy=data["target_xy"],
                        returns=data["returns"], successes=successes, episodes=episodes,
-                       reference_xy=data["reference_xy"] if "reference_xy" in data.files else None)
+                       reference_xy=data["reference_xy"] if "reference_xy" in data.files else None,
+                       decisions_run=int(data["decisions_run"]) if "decisions_run" in data.files else None)
 
     @staticmethod
     def concatenate(parts: list["Demonstrations"]) -> "Demonstrations":
@@ -65,6 +76,7 @@ class Demonstrations:
             episodes=sum(p.episodes for p in parts),
             reference_xy=(np.concatenate([p.reference_xy for p in parts])
                           if all(p.reference_xy is not None for p in parts) else None),
+            decisions_run=sum(p.cost for p in parts),
         )
 
 
@@ -79,14 +91,31 @@ def _discounted_returns(rewards: list[np.ndarray], dones: list[np.ndarray], gamm
 
 @torch.no_grad()
 def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, network=None,
-            beta: float = 1.0, gamma: float = 0.97, desc: str = "collect") -> Demonstrations:
-    """Roll out (expert with probability ``beta`` per step, else ``network``) and label with the expert."""
+            beta: float = 1.0, gamma: float = 0.97, desc: str = "collect",
+            takeover: tuple[int, int] | None = None) -> Demonstrations:
+    """Roll out and label with the expert.
+
+    Mixed rollouts (``takeover`` None): the expert acts with probability ``beta`` per step, else ``network``; every
+    step is kept. Takeover rollouts (``takeover=(low, high)``, with ``network``): the network acts alone for a
+    number of decisions drawn per episode from ``low..high``, then the expert drives to the episode's end, and
+    only the expert's stretch is kept. Its first state is one the learner led to (a stalled or lost push), and the
+    rest shows the expert's way out of it, labels that stay consistent with each other, unlike the expert's
+    labels on every state the learner visits (learner-driven DAgger collapsed: docs/EXPERIMENT_LOG.md).
+    """
+    if takeover is not None and (network is None or not 0 <= takeover[0] <= takeover[1]):
+        raise ValueError(f"takeover needs a network and 0 <= low <= high, got {takeover}")
     obs = venv.reset()
     current = list(venv.reset_infos)  # info of each env's current observation
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs}
-    actions_l, xy_l, ref_xy_l, rewards_l, dones_l = [], [], [], [], []
+    actions_l, xy_l, ref_xy_l, rewards_l, dones_l, kept_l = [], [], [], [], [], []
     reference_xy = np.stack([info[TARGET_XY] for info in current])  # each env's episode-start target position
     finished = successes = 0
+    decisions = np.zeros(venv.num_envs, dtype=np.int64)  # decisions so far in each env's episode
+
+    def draw_switch(count: int) -> np.ndarray:
+        return rng.integers(takeover[0], takeover[1] + 1, size=count) if takeover else np.zeros(count, np.int64)
+
+    switch_at = draw_switch(venv.num_envs)
     with tqdm(total=episodes, desc=desc, leave=False) as bar:
         while finished < episodes:
             for k, v in obs.items():
@@ -96,7 +125,12 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             xy_l.append(np.stack([info[TARGET_XY] for info in current]))
             ref_xy_l.append(reference_xy.copy())
             act = np.clip(labels, -1, 1)
-            if network is not None and beta < 1.0:
+            if takeover is not None:
+                learner, _ = network.predict(obs, deterministic=True)
+                use_learner = decisions < switch_at
+                act = np.where(use_learner[:, None], learner, act)
+                kept_l.append(~use_learner)
+            elif network is not None and beta < 1.0:
                 learner, _ = network.predict(obs, deterministic=True)
                 use_learner = rng.random(len(act)) >= beta
                 act = np.where(use_learner[:, None], learner, act)
@@ -104,13 +138,21 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             rewards_l.append(rewards.astype(np.float32))
             dones_l.append(dones.astype(np.float32))
             current = [venv.reset_infos[i] if dones[i] else infos[i] for i in range(len(infos))]
+            decisions += 1
             for i in np.flatnonzero(dones):
                 reference_xy[i] = current[i][TARGET_XY]
+                decisions[i] = 0
+                switch_at[i] = draw_switch(1)[0]
                 finished += 1
                 successes += int(bool(infos[i].get("is_success", False)))
                 bar.update(1)
     returns = _discounted_returns(rewards_l, dones_l, gamma)
-    flat = lambda arr: arr.reshape(-1, *arr.shape[2:])  # noqa: E731  (T, E, ...) -> (T*E, ...)
+    flat_kept = np.stack(kept_l).reshape(-1) if takeover is not None else None  # the expert drove this step
+
+    def flat(arr: np.ndarray) -> np.ndarray:  # (T, E, ...) -> (T*E, ...), the kept steps only
+        out = arr.reshape(-1, *arr.shape[2:])
+        return out if flat_kept is None else out[flat_kept]
+
     return Demonstrations(
         obs={k: flat(np.stack(v)) for k, v in buffers.items()},
         expert_actions=np.clip(flat(np.stack(actions_l)), -1, 1),
@@ -119,6 +161,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
         successes=successes,
         episodes=finished,
         reference_xy=flat(np.stack(ref_xy_l)),
+        decisions_run=len(actions_l) * venv.num_envs,
     )
 
 

@@ -120,6 +120,15 @@ class TrainConfig:
     """episodes per DAgger round"""
     dagger_beta: float = 0.5
     """probability that the expert acts in the first DAgger round's steps; halved every round"""
+    dagger_takeover_rounds: int = 0
+    """the last this many DAgger rounds are takeover rounds instead: the learner acts alone for
+    dagger_takeover_after decisions, then the expert drives to the episode's end and only its stretch is kept
+    (vla_ros.policy.imitation.collect); the rounds before them keep beta's schedule"""
+    dagger_takeover_after: tuple[int, int] = (8, 40)
+    """takeover rounds: the learner's decisions before the expert takes over, drawn per episode from low..high"""
+    dagger_takeover_repeat: int = 1
+    """how many times each takeover round's samples count in the fits (a round keeps few: most of its episodes
+    succeed or end before the expert takes over)"""
     bc_epochs: int = 15
     """epochs over the aggregated demonstrations per fit"""
     bc_batch_size: int = 256
@@ -281,6 +290,14 @@ class TrainingRun:
     def __init__(self, cfg: TrainConfig):
         if cfg.ppo_selection not in PPO_SELECTIONS:
             raise ValueError(f"ppo_selection must be one of {PPO_SELECTIONS}, got {cfg.ppo_selection!r}")
+        if not 0 <= cfg.dagger_takeover_rounds <= cfg.dagger_rounds:
+            raise ValueError(f"dagger_takeover_rounds must be in [0, dagger_rounds={cfg.dagger_rounds}], "
+                             f"got {cfg.dagger_takeover_rounds}")
+        if cfg.dagger_takeover_repeat < 1:
+            raise ValueError(f"dagger_takeover_repeat must be at least 1, got {cfg.dagger_takeover_repeat}")
+        after = tuple(cfg.dagger_takeover_after)
+        if len(after) != 2 or not 0 <= after[0] <= after[1]:
+            raise ValueError(f"dagger_takeover_after must be (low, high) with 0 <= low <= high, got {after}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -406,6 +423,12 @@ class TrainingRun:
                 if k == 0:
                     data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos")
                     tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
+                elif self._is_takeover_round(k):
+                    low, high = (int(v) for v in cfg.dagger_takeover_after)
+                    data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, gamma=cfg.gamma,
+                                             desc=f"DAgger {k} (takeover)", takeover=(low, high))
+                    tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
+                               f"(takeover after {low}-{high} decisions, {len(data)} expert samples kept)")
                 else:
                     beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
                     data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
@@ -414,7 +437,9 @@ class TrainingRun:
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
                 datasets.append(data)
-                losses = imitation.fit(network, imitation.Demonstrations.concatenate(datasets), cfg.bc_epochs,
+                repeats = [cfg.dagger_takeover_repeat if self._is_takeover_round(r) else 1 for r in range(k + 1)]
+                weighted = [d for d, n in zip(datasets, repeats) for _ in range(n)]
+                losses = imitation.fit(network, imitation.Demonstrations.concatenate(weighted), cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
                 for name, value in losses.items():
@@ -424,7 +449,7 @@ class TrainingRun:
                 save_model(network, str(weights))
                 self.state["imitation_rounds_done"] = k + 1
                 # one sample per decision; a chunked policy's decision runs up to chunk_execute env steps
-                self.state["imitation_env_steps"] = int(sum(len(d) for d in datasets)) * cfg.chunk_execute
+                self.state["imitation_env_steps"] = int(sum(d.cost for d in datasets)) * cfg.chunk_execute
                 self._save_state()
         finally:
             venv.close()
@@ -432,6 +457,9 @@ class TrainingRun:
         self._save_state()
         self.evaluate(network, phase="imitation")
         return network
+
+    def _is_takeover_round(self, k: int) -> bool:
+        return k > self.cfg.dagger_rounds - self.cfg.dagger_takeover_rounds
 
     def _fit_skill_reader(self, network) -> None:
         """Fit the skill reader on training commands only and freeze it into ``network``'s fusion buffers."""
