@@ -90,7 +90,7 @@ class _DemoDriver:
         profiles = {"/camera/image_raw": qos.CAMERA_QOS, "/viewer/image_raw": qos.VIEW_QOS,
                     "/vla/command": qos.COMMAND_QOS, "/joint_states": qos.JOINT_STATES_QOS,
                     "/vla/grounding/debug_image": qos.DEBUG_IMAGE_QOS, "/vla/grounding/heatmap": qos.DEBUG_IMAGE_QOS,
-                    "/forward_position_controller/commands": qos.JOINT_COMMAND_QOS}
+                    "/forward_position_controller/commands": qos.JOINT_COMMAND_RECORDING_QOS}
         for topic, type_name in RECORDED_TOPICS.items():
             package, _, name = type_name.split("/")  # "pkg/msg/Type" -> class Type of module pkg.msg
             msg_cls = getattr(importlib.import_module(f"{package}.msg"), name)

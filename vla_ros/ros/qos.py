@@ -60,6 +60,15 @@ JOINT_COMMAND_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
+# A recorder keeps every joint command: reliable as the publisher is, with a queue for a loaded machine (the
+# controller's depth 1 lost 2 of 175 commands in a recording with the 2 cores fully loaded, CI 2026-12-06).
+JOINT_COMMAND_RECORDING_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=50,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
 # Debug images are for humans; drop rather than queue.
 DEBUG_IMAGE_QOS = CAMERA_QOS
 
