@@ -391,3 +391,28 @@ def test_a_run_with_a_takeover_round_collects_it_after_its_mixed_rounds(trained,
     assert takeover.episodes >= cfg.dagger_episodes and len(takeover) >= takeover.episodes
     rounds = [Demonstrations.load(out / f"demos_{k}.npz") for k in range(3)]  # steps run, not their repeats
     assert state["imitation_env_steps"] == sum(d.cost for d in rounds) * cfg.chunk_execute
+
+
+def test_noisy_expert_rollouts_leave_the_experts_path_but_keep_its_clean_labels(trained, tmp_path):
+    from vla_ros.policy import imitation
+
+    cfg, _ = trained
+    run = TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "dart"), "task": "push"}))
+
+    def collect(**kwargs):
+        venv = run._venv(5, expert_labels=True)
+        try:
+            return imitation.collect(venv, 2, np.random.default_rng(0), **kwargs)
+        finally:
+            venv.close()
+
+    clean, noisy = collect(), collect(action_noise=0.5)
+    envs = cfg.num_envs  # the first decision of each env starts from the same state: the same clean label
+    np.testing.assert_array_equal(noisy.expert_actions[:envs], clean.expert_actions[:envs])
+    steps = min(len(clean), len(noisy))
+    assert not np.allclose(noisy.obs["proprio"][envs:steps], clean.obs["proprio"][envs:steps])
+    assert np.all(np.abs(noisy.expert_actions) <= 1.0)
+    with pytest.raises(ValueError, match="action_noise"):
+        collect(action_noise=-0.1)
+    with pytest.raises(ValueError, match="bc_action_noise"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad"), "bc_action_noise": -1.0}))

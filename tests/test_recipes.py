@@ -245,3 +245,8 @@ def test_the_takeover_recipes_add_two_takeover_rounds_to_their_bases_and_nothing
 def test_the_repeated_takeover_recipe_differs_from_the_takeover_one_in_the_repeat_only():
     once, repeated = _research_recipe("skills_takeover"), _research_recipe("skills_takeover_x5")
     assert _changed(once, repeated) == {"dagger_takeover_repeat"} and repeated["dagger_takeover_repeat"] == 5
+
+
+def test_the_dart_recipe_differs_from_the_backoff_one_in_the_action_noise_only():
+    backoff, dart = _research_recipe("skills_backoff"), _research_recipe("skills_dart")
+    assert _changed(backoff, dart) == {"bc_action_noise"} and dart["bc_action_noise"] == 0.3

@@ -92,7 +92,7 @@ def _discounted_returns(rewards: list[np.ndarray], dones: list[np.ndarray], gamm
 @torch.no_grad()
 def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, network=None,
             beta: float = 1.0, gamma: float = 0.97, desc: str = "collect",
-            takeover: tuple[int, int] | None = None) -> Demonstrations:
+            takeover: tuple[int, int] | None = None, action_noise: float = 0.0) -> Demonstrations:
     """Roll out and label with the expert.
 
     Mixed rollouts (``takeover`` None): the expert acts with probability ``beta`` per step, else ``network``; every
@@ -101,7 +101,13 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     only the expert's stretch is kept. Its first state is one the learner led to (a stalled or lost push), and the
     rest shows the expert's way out of it, labels that stay consistent with each other, unlike the expert's
     labels on every state the learner visits (learner-driven DAgger collapsed: docs/EXPERIMENT_LOG.md).
+
+    ``action_noise`` (DART, Laskey et al. 2017): Gaussian noise of this standard deviation (normalised action
+    units) on every action the expert executes, clipped to [-1, 1]; the labels stay the expert's clean actions,
+    so the demonstrations cover states just off the expert's path with the way back to it.
     """
+    if action_noise < 0:
+        raise ValueError(f"action_noise must be >= 0, got {action_noise}")
     if takeover is not None and (network is None or not 0 <= takeover[0] <= takeover[1]):
         raise ValueError(f"takeover needs a network and 0 <= low <= high, got {takeover}")
     obs = venv.reset()
@@ -125,6 +131,8 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             xy_l.append(np.stack([info[TARGET_XY] for info in current]))
             ref_xy_l.append(reference_xy.copy())
             act = np.clip(labels, -1, 1)
+            if action_noise > 0:
+                act = np.clip(act + rng.normal(0.0, action_noise, act.shape), -1, 1).astype(np.float32)
             if takeover is not None:
                 learner, _ = network.predict(obs, deterministic=True)
                 use_learner = decisions < switch_at

@@ -120,6 +120,9 @@ class TrainConfig:
     """episodes per DAgger round"""
     dagger_beta: float = 0.5
     """probability that the expert acts in the first DAgger round's steps; halved every round"""
+    bc_action_noise: float = 0.0
+    """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
+    (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
     dagger_takeover_rounds: int = 0
     """the last this many DAgger rounds are takeover rounds instead: the learner acts alone for
     dagger_takeover_after decisions, then the expert drives to the episode's end and only its stretch is kept
@@ -293,6 +296,8 @@ class TrainingRun:
         if not 0 <= cfg.dagger_takeover_rounds <= cfg.dagger_rounds:
             raise ValueError(f"dagger_takeover_rounds must be in [0, dagger_rounds={cfg.dagger_rounds}], "
                              f"got {cfg.dagger_takeover_rounds}")
+        if cfg.bc_action_noise < 0:
+            raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
             raise ValueError(f"dagger_takeover_repeat must be at least 1, got {cfg.dagger_takeover_repeat}")
         after = tuple(cfg.dagger_takeover_after)
@@ -421,18 +426,20 @@ class TrainingRun:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
                 if k == 0:
-                    data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos")
+                    data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos",
+                                            action_noise=cfg.bc_action_noise)
                     tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
                 elif self._is_takeover_round(k):
                     low, high = (int(v) for v in cfg.dagger_takeover_after)
                     data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, gamma=cfg.gamma,
-                                             desc=f"DAgger {k} (takeover)", takeover=(low, high))
+                                             desc=f"DAgger {k} (takeover)", takeover=(low, high),
+                                             action_noise=cfg.bc_action_noise)
                     tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
                                f"(takeover after {low}-{high} decisions, {len(data)} expert samples kept)")
                 else:
                     beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
                     data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
-                                             gamma=cfg.gamma, desc=f"DAgger {k}")
+                                             gamma=cfg.gamma, desc=f"DAgger {k}", action_noise=cfg.bc_action_noise)
                     tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
