@@ -39,8 +39,8 @@ def _subset(data: dict[str, np.ndarray], episodes: np.ndarray) -> dict[str, np.n
 
 
 def collected_episodes(checkpoint: str, episodes: int, validation_episodes: int, num_envs: int = 2,
-                       vec_env: str = "subproc", cache: str | None = None,
-                       inputs: str = "policy") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                       vec_env: str = "subproc", cache: str | None = None, inputs: str = "policy",
+                       privileged: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(training, validation) episodes of ``checkpoint`` as ``vla-ros train-done`` collects them, head ``inputs``.
 
     Training seeds from ``DONE_SEED``, validation from ``DONE_VALIDATION_SEED``. ``cache``: an ``.npz`` file read
@@ -59,7 +59,8 @@ def collected_episodes(checkpoint: str, episodes: int, validation_episodes: int,
 
     policy = Policy.load(checkpoint)
     collect_args = (policy.network, policy.encoder, policy.normalizer, policy.config.get("task", "reach"))
-    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=True, split="train", inputs=inputs)
+    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=True, split="train", inputs=inputs,
+                  privileged=privileged)
     train = collect_done_data(*collect_args, episodes, DONE_SEED, **kwargs)
     validation = collect_done_data(*collect_args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
     if path is not None:

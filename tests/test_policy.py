@@ -416,3 +416,21 @@ def test_noisy_expert_rollouts_leave_the_experts_path_but_keep_its_clean_labels(
         collect(action_noise=-0.1)
     with pytest.raises(ValueError, match="bc_action_noise"):
         TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad"), "bc_action_noise": -1.0}))
+
+
+def test_done_data_can_carry_each_observations_simulator_state(trained):
+    """privileged rows line up with their observations: an episode's first holds the object where it started, and
+    an observation is labelled fulfilled exactly where its fingertip is within reach's 5 cm of the object."""
+    from vla_ros.policy.done_head import collect_done_data
+
+    policy = Policy.load(trained[1])
+    data = collect_done_data(policy.network, policy.encoder, policy.normalizer, "reach", 3, 11, vec_env="dummy",
+                             privileged=True)
+    state = data["privileged"]
+    assert state.shape[0] == len(data["labels"]) and state.shape[1] >= 12
+    first = data["step"] == 0
+    assert first.sum() == 3 and np.allclose(state[first, 3:6], state[first, 6:9])
+    near = np.linalg.norm(state[:, 0:3] - state[:, 3:6], axis=1) < 0.05
+    assert np.array_equal(near[~first], data["labels"][~first])
+    assert "privileged" not in collect_done_data(policy.network, policy.encoder, policy.normalizer, "reach", 1, 11,
+                                                 vec_env="dummy")

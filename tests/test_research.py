@@ -383,3 +383,38 @@ def test_done_task_heads_scores_joint_and_per_task_heads_on_held_out_episodes(tm
                                                                    for t in ("reach", "push")}
     assert all(r["held_out_precision"] >= 0.9 and r["held_out_recall"] >= 0.9 for r in report["rows"])
     assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "d.json").exists()
+
+
+def test_done_geometry_probe_finds_a_signal_that_only_the_privileged_geometry_carries(tmp_path, capsys):
+    """On cached episodes whose label is the fingertip's distance to the object: the geometry variant finds it,
+    the policy's inputs (noise here) do not; the collection's privileged rows are tested with train-done's."""
+    from research.done_geometry_probe import main
+
+    rng = np.random.default_rng(0)
+    parts = {}
+    for prefix, episodes in (("train", 60), ("val", 60)):
+        rows = {"features": [], "labels": [], "episode": [], "step": [], "task": [], "privileged": []}
+        for episode in range(episodes):
+            task = episode % 2
+            target = np.array([0.5, 0.0, 0.03]) + rng.normal(0, 0.05, 3)
+            for step in range(12):
+                fingertip = target + np.array([0.2 * (1 - step / 8), 0.0, 0.02]) + rng.normal(0, 0.003, 3)
+                label = bool(np.linalg.norm(fingertip - target) < 0.05)
+                skills = np.eye(5)[0 if task == 0 else 1]
+                rows["features"].append(np.concatenate([rng.normal(0, 1, 3), skills]))
+                rows["labels"].append(label)
+                rows["episode"].append(episode)
+                rows["step"].append(step)
+                rows["task"].append(task)
+                rows["privileged"].append(np.concatenate([fingertip, target, target, [1.0, 0.0, 0.0]]))
+        parts.update({f"{prefix}_{k}": np.asarray(v, np.float32 if k in ("features", "privileged") else None)
+                      for k, v in rows.items()})
+    cache = tmp_path / "done.npz"
+    np.savez(cache, **parts)
+    report = main(["unused", "--cache", str(cache), "--head-seeds", "0", "--variants", "moved", "geometry",
+                   "--json", str(tmp_path / "g.json")])
+    by = {(r["variant"], r["task"]): r for r in report["rows"]}
+    assert set(by) == {(v, t) for v in ("moved", "geometry") for t in ("reach", "push")}
+    assert all(by[("geometry", t)]["held_out_recall"] >= 0.9 for t in ("reach", "push"))
+    assert all(by[("geometry", t)]["held_out_precision"] >= 0.9 for t in ("reach", "push"))
+    assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "g.json").exists()

@@ -221,13 +221,15 @@ class DoneConfig:
 @torch.no_grad()
 def collect_done_data(network, encoder, normalizer, task: str, episodes: int, seed: int, num_envs: int = 2,
                       vec_env: str = "subproc", progress: bool = False, inputs: str = "policy",
-                      **env_kwargs) -> dict[str, np.ndarray]:
+                      privileged: bool = False, **env_kwargs) -> dict[str, np.ndarray]:
     """The policy's features and done labels on every observation of ``episodes`` deterministic episodes.
 
     Episodes do not end at success (``terminate_on_success=False``): they run to the time limit, as the arm
     would until a done signal stops it, so fulfilled observations are seen well inside success too. Returns
     ``features`` (N, D) float32 (the head's inputs, :func:`done_inputs` of ``inputs``), ``labels`` (N,) bool (the
-    observation's state is a success), ``episode`` (N,) and ``step`` (N,) int.
+    observation's state is a success), ``episode`` (N,) and ``step`` (N,) int; with ``privileged`` also the
+    simulator's state of each observation, ``privileged`` (N, 12 + 3 * objects) (``info["privileged"]``: fingertip,
+    target, target's start, push direction, every object), for analysis only: a head never reads it.
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
@@ -238,6 +240,8 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
                              encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
                              sentence=bool(getattr(extractor, "sentence_dim", 0)))
     rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": [], "task": []}
+    if privileged:
+        rows["privileged"] = []
     current, steps = np.arange(num_envs), np.zeros(num_envs, int)
     success = np.zeros(num_envs, bool)  # the state of the current observation (a reset state is not)
     next_episode, finished = num_envs, 0
@@ -248,6 +252,7 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
         bar = tqdm(total=episodes, desc=f"done data {env_kwargs.get('split', '')}", unit="ep", leave=False)
     try:
         obs = venv.reset()
+        state = [info.get("privileged") for info in venv.reset_infos]  # of each env's current observation
         while finished < episodes:
             keep = current < episodes
             observations = {k: torch.as_tensor(v) for k, v in obs.items()}
@@ -257,9 +262,12 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
             for key, value in (("features", features), ("labels", success), ("episode", current), ("step", steps),
                                ("task", tasks)):
                 rows[key].append(np.asarray(value)[keep].copy())
+            if privileged:
+                rows["privileged"].append(np.stack(state).astype(np.float32)[keep])
             actions, _ = network.predict(obs, deterministic=True)
             obs, _, dones, infos = venv.step(actions)
             success = np.array([bool(info.get("is_success", False)) for info in infos])
+            state = [(venv.reset_infos[i] if dones[i] else info).get("privileged") for i, info in enumerate(infos)]
             steps += 1
             for i in np.flatnonzero(dones):  # time limit (or the object fell): the next observation is a reset
                 finished += int(current[i] < episodes)
