@@ -38,6 +38,7 @@ def camera_projection():
 
     probe = make_vec_env("mixed", 1, 0, vec_env="dummy")
     try:
+        probe.reset()  # the camera's pose is computed by the first forward pass
         env = probe.envs[0].unwrapped
         cam = env.scene.camera_id
         pos, mat = env.data.cam_xpos[cam].copy(), env.data.cam_xmat[cam].copy()

@@ -434,3 +434,34 @@ def test_done_data_can_carry_each_observations_simulator_state(trained):
     assert np.array_equal(near[~first], data["labels"][~first])
     assert "privileged" not in collect_done_data(policy.network, policy.encoder, policy.normalizer, "reach", 1, 11,
                                                  vec_env="dummy")
+
+
+def test_a_done_head_with_a_fingertip_locator_is_trained_stored_and_read_back(trained, tmp_path):
+    import torch
+
+    from vla_ros.commands.train_done import save_done_head, train_done
+    from vla_ros.policy.done_head import DoneConfig, proprio_columns
+
+    folder = _copy_checkpoint(trained[1], tmp_path / "policy")
+    policy = Policy.load(folder)
+    with pytest.raises(ValueError, match="joint state"):  # the policy's own features: no known joint columns
+        train_done(policy, episodes=2, validation_episodes=2, vec_env="dummy", progress=False, fingertip=True)
+    head, done, report = train_done(policy, episodes=4, validation_episodes=2, vec_env="dummy", progress=False,
+                                    inputs="estimates", fingertip=True)
+    columns = proprio_columns(policy.network, "estimates")
+    assert done.fingertip_proprio == columns and report["done"]["fingertip_proprio"] == list(columns)
+    assert set(done.calibration["fingertip_locator_errors"]) == {"image_median", "height_median_m"}
+    assert DoneConfig.from_dict(done.to_dict()) == done
+    assert all(not p.requires_grad for p in head.locator.parameters())  # fitted first, then frozen
+    save_done_head(folder, head, done)
+    loaded = Policy.load(folder)
+    assert loaded.has_done_signal and loaded.done_config == done
+    for name, value in head.state_dict().items():
+        assert torch.equal(loaded.done_head.state_dict()[name], value)
+    config = json.loads((folder / "config.json").read_text())
+    config["done"]["fingertip_proprio"] = [0, columns[1] - columns[0]]  # not where this network's joints are
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="fingertip_proprio"):
+        Policy.load(folder)
+    with pytest.raises(ValueError, match="fingertip_proprio"):
+        DoneConfig.from_dict({**done.to_dict(), "fingertip_proprio": [5, 2]})

@@ -40,13 +40,22 @@ def add_arguments(parser) -> None:
                         "default), or the fusion's position estimates, the joint state and the skill reader's "
                         "reading (estimates), or those and the current frame's own estimate and how far it moved "
                         "from the first frame's (moved; reference-prior policies)")
+    parser.add_argument("--fingertip", action="store_true",
+                        help="the head also reads the fingertip's image position and height, from a locator fitted "
+                        "on the simulator's fingertip positions through the training camera (--inputs estimates or "
+                        "moved)")
     parser.add_argument("--dry-run", action="store_true", help="report only; leave the checkpoint as it is")
     add_json_argument(parser)
 
 
 def train_done(policy, episodes: int, validation_episodes: int, min_precision: float = 0.97, num_envs: int = 2,
-               seed: int = 0, progress: bool = True, vec_env: str = "subproc", inputs: str = "policy"):
-    """(head, DoneConfig, report) for ``policy`` (a :class:`vla_ros.policy.policy.Policy`)."""
+               seed: int = 0, progress: bool = True, vec_env: str = "subproc", inputs: str = "policy",
+               fingertip: bool = False):
+    """(head, DoneConfig, report) for ``policy`` (a :class:`vla_ros.policy.policy.Policy`).
+
+    ``fingertip``: fit a :class:`~vla_ros.policy.fingertip_locator.FingertipLocator` on the training episodes'
+    joint states and simulator fingertip positions first; the head then reads it too.
+    """
     from vla_ros.policy.done_head import (
         DONE_TASKS,
         DoneConfig,
@@ -54,6 +63,7 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
         done_probabilities,
         episode_metrics,
         episodes_of_task,
+        proprio_columns,
         select_rows,
         task_thresholds,
         threshold_for_episode_precision,
@@ -62,10 +72,27 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
 
     task = policy.config.get("task", "reach")
     args = (policy.network, policy.encoder, policy.normalizer, task)
-    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=progress, split="train", inputs=inputs)
+    columns = proprio_columns(policy.network, inputs) if fingertip else None  # refuses inputs without joints
+    kwargs = dict(num_envs=num_envs, vec_env=vec_env, progress=progress, split="train", inputs=inputs,
+                  privileged=fingertip)
     train = collect_done_data(*args, episodes, DONE_SEED, **kwargs)
     validation = collect_done_data(*args, validation_episodes, DONE_VALIDATION_SEED, **kwargs)
-    head = train_done_head(train["features"], train["labels"], seed=seed)
+    locator, locator_report = None, None
+    if fingertip:
+        from vla_ros.policy.fingertip_locator import (
+            camera_projection,
+            fit_fingertip_locator,
+            locator_errors,
+            locator_targets,
+        )
+
+        project = camera_projection(task)
+        start, end = columns
+        locator = fit_fingertip_locator(train["features"][:, start:end],
+                                        locator_targets(train["privileged"][:, 0:3], project), seed=seed)
+        locator_report = locator_errors(locator, validation["features"][:, start:end],
+                                        locator_targets(validation["privileged"][:, 0:3], project))
+    head = train_done_head(train["features"], train["labels"], seed=seed, locator=locator, fingertip_proprio=columns)
     probabilities = {"train": done_probabilities(head, train["features"]),
                      "validation": done_probabilities(head, validation["features"])}
     threshold = threshold_for_episode_precision(probabilities["validation"], validation, min_precision)
@@ -73,8 +100,10 @@ def train_done(policy, episodes: int, validation_episodes: int, min_precision: f
     calibration = {"episodes": episodes, "seed": DONE_SEED, "validation_episodes": validation_episodes,
                    "validation_seed": DONE_VALIDATION_SEED, "min_precision": min_precision, "split": "train",
                    "observations": int(len(train["labels"])), "fulfilled_observations": int(train["labels"].sum())}
+    if locator_report is not None:  # on the validation episodes' observations
+        calibration["fingertip_locator_errors"] = locator_report
     config = DoneConfig(features_dim=int(train["features"].shape[1]), threshold=threshold, task_thresholds=per_task,
-                        calibration=calibration, inputs=inputs)
+                        calibration=calibration, inputs=inputs, fingertip_proprio=columns)
     data = {"train": train, "validation": validation}
     report = {"task": task, "episodes": episodes, "validation_episodes": validation_episodes, "done": config.to_dict(),
               **{name: episode_metrics(probabilities[name], rows, config.thresholds(rows["task"]))
@@ -120,7 +149,7 @@ def run(args) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else share_path("models", "policy")
     policy = Policy.load(checkpoint)
     head, config, report = train_done(policy, args.episodes, args.validation_episodes, args.min_precision,
-                                      args.num_envs, args.seed, inputs=args.inputs)
+                                      args.num_envs, args.seed, inputs=args.inputs, fingertip=args.fingertip)
     report = {"checkpoint": str(checkpoint), **report, "wall_time_s": round(time.perf_counter() - start, 1)}
     columns = ["precision", "recall", "stopped", "reached_success", "task_success_when_stopping"]
     rows = [{"episodes": name, **{k: report[name][k] for k in columns}} for name in ("train", "validation")]

@@ -135,16 +135,44 @@ def done_input_dim(network, kind: str = "policy") -> int:
     return width + (5 if getattr(extractor.fusion, "skill_reader_width", 0) else 0)
 
 
-class DoneHead(torch.nn.Module):
-    """done inputs (B, D) (:func:`done_inputs`) -> done logit (B,)."""
+def proprio_columns(network, kind: str) -> tuple[int, int]:
+    """(start, end) of the joint state within :func:`done_inputs` of ``kind`` (``estimates`` or ``moved``)."""
+    from vla_ros.keys import OBS_PROPRIO
 
-    def __init__(self, features_dim: int, hidden: int = 64):
+    if kind not in ("estimates", "moved"):
+        raise ValueError(f"done inputs {str(kind)[:40]!r} do not hold the joint state in known columns")
+    width = int(network.observation_space[OBS_PROPRIO].shape[0])
+    skills = 5 if getattr(network.features_extractor.fusion, "skill_reader_width", 0) else 0
+    end = done_input_dim(network, kind) - skills
+    return end - width, end
+
+
+class DoneHead(torch.nn.Module):
+    """done inputs (B, D) (:func:`done_inputs`) -> done logit (B,).
+
+    ``fingertip_proprio`` (start, end): the columns of the inputs holding the joint state; the head then also
+    reads a :class:`~vla_ros.policy.fingertip_locator.FingertipLocator`'s reading of them (the fingertip's image
+    position and height), fitted first and frozen (:func:`train_done_head`).
+    """
+
+    def __init__(self, features_dim: int, hidden: int = 64, fingertip_proprio: tuple[int, int] | None = None):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(features_dim, hidden), torch.nn.ReLU(),
+        extra = 0
+        self.fingertip_proprio = None if fingertip_proprio is None else tuple(int(c) for c in fingertip_proprio)
+        if self.fingertip_proprio is not None:
+            from vla_ros.policy.fingertip_locator import LOCATOR_OUTPUTS, FingertipLocator
+
+            start, end = self.fingertip_proprio
+            self.locator = FingertipLocator(end - start)
+            extra = LOCATOR_OUTPUTS
+        self.net = torch.nn.Sequential(torch.nn.Linear(features_dim + extra, hidden), torch.nn.ReLU(),
                                        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Done logits (B,)."""
+        if self.fingertip_proprio is not None:
+            start, end = self.fingertip_proprio
+            features = torch.cat([features, self.locator(features[:, start:end])], dim=-1)
         return self.net(features).squeeze(-1)
 
 
@@ -164,6 +192,9 @@ class DoneConfig:
     task_thresholds: dict[str, float] = field(default_factory=dict)
     inputs: str = "policy"
     """what the head reads (:data:`DONE_INPUT_KINDS`); heads stored before this field read ``policy``"""
+    fingertip_proprio: tuple[int, int] | None = None
+    """the joint state's columns in the inputs, which a fingertip locator in the head reads (:class:`DoneHead`);
+    None (every head stored before it): no locator"""
 
     def __post_init__(self):
         if self.inputs not in DONE_INPUT_KINDS:
@@ -182,6 +213,17 @@ class DoneConfig:
                 raise ValueError(f"done.task_thresholds: unknown task {str(task)[:40]!r}; known: {DONE_TASKS}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ValueError(f"done.task_thresholds.{task} must be a probability in (0, 1), got {value!r}")
+        if self.fingertip_proprio is not None:
+            columns = self.fingertip_proprio
+            valid = (isinstance(columns, (list, tuple)) and len(columns) == 2
+                     and all(isinstance(c, int) and not isinstance(c, bool) for c in columns)
+                     and 0 <= columns[0] < columns[1] <= self.features_dim)
+            if not valid:
+                raise ValueError(f"done.fingertip_proprio must be [start, end] columns within the inputs, "
+                                 f"got {str(columns)[:60]}")
+            if self.inputs not in ("estimates", "moved"):
+                raise ValueError("done.fingertip_proprio needs inputs 'estimates' or 'moved' (they hold the joints)")
+            object.__setattr__(self, "fingertip_proprio", tuple(columns))
 
     def thresholds(self, tasks: np.ndarray) -> np.ndarray:
         """The firing threshold (N,) for observations whose commands read as ``tasks`` (:func:`command_tasks`)."""
@@ -203,7 +245,8 @@ class DoneConfig:
                 raise TypeError(f"task_thresholds must be a mapping, got {type(task_thresholds).__name__}")
             return cls(features_dim=data["features_dim"], threshold=float(data["threshold"]),
                        hidden=data.get("hidden", 64), calibration=dict(data.get("calibration") or {}),
-                       task_thresholds=dict(task_thresholds), inputs=data.get("inputs", "policy"))
+                       task_thresholds=dict(task_thresholds), inputs=data.get("inputs", "policy"),
+                       fingertip_proprio=data.get("fingertip_proprio"))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed done config: {error}") from error
 
@@ -215,6 +258,8 @@ class DoneConfig:
             data["task_thresholds"] = dict(self.task_thresholds)
         if self.inputs != "policy":  # older readers know only the policy's inputs, and a head on them stays as it was
             data["inputs"] = self.inputs
+        if self.fingertip_proprio is not None:
+            data["fingertip_proprio"] = list(self.fingertip_proprio)
         return data
 
 
@@ -311,15 +356,24 @@ def episode_metrics(probabilities: np.ndarray, data: dict[str, np.ndarray], thre
 
 
 def train_done_head(features: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 200,
-                    hidden: int = 64) -> DoneHead:
-    """Fit a :class:`DoneHead` with class-balanced BCE (full batch, Adam)."""
+                    hidden: int = 64, locator=None, fingertip_proprio: tuple[int, int] | None = None) -> DoneHead:
+    """Fit a :class:`DoneHead` with class-balanced BCE (full batch, Adam).
+
+    ``locator`` (a fitted :class:`~vla_ros.policy.fingertip_locator.FingertipLocator`) with ``fingertip_proprio``
+    (the joint state's columns in ``features``): the head also reads the locator, which stays as fitted.
+    """
     torch.manual_seed(seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.float32)
-    head = DoneHead(x.shape[1], hidden)
+    if (locator is None) != (fingertip_proprio is None):
+        raise ValueError("a fingertip locator needs the joint state's columns (fingertip_proprio), and they it")
+    head = DoneHead(x.shape[1], hidden, fingertip_proprio)
+    if locator is not None:
+        head.locator.load_state_dict(locator.state_dict())
+        head.locator.requires_grad_(False)
     positives = max(1.0, float(y.sum()))
     weight = torch.tensor((len(y) - positives) / positives)
-    optimiser = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    optimiser = torch.optim.Adam(head.net.parameters(), lr=3e-3, weight_decay=1e-4)
     for _ in range(epochs):
         optimiser.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x), y, pos_weight=weight)

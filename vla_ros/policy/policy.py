@@ -426,7 +426,7 @@ def _load_done_head(checkpoint: Path | None, config: dict, network):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE, DoneConfig, DoneHead, done_input_dim
+    from vla_ros.policy.done_head import DONE_WEIGHTS_FILE, DoneConfig, DoneHead, done_input_dim, proprio_columns
 
     path = Path(checkpoint) / DONE_WEIGHTS_FILE
     try:
@@ -440,7 +440,11 @@ def _load_done_head(checkpoint: Path | None, config: dict, network):
     if done.features_dim != expected:
         raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.features_dim {done.features_dim} is not "
                               f"the width of this network's done inputs ({done.inputs}), {expected}")
-    head = DoneHead(done.features_dim, done.hidden)
+    if done.fingertip_proprio is not None and done.fingertip_proprio != proprio_columns(network, done.inputs):
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: done.fingertip_proprio "
+                              f"{list(done.fingertip_proprio)} are not the joint state's columns of this network's "
+                              f"done inputs, {list(proprio_columns(network, done.inputs))}")
+    head = DoneHead(done.features_dim, done.hidden, done.fingertip_proprio)
     try:
         head.load_state_dict(load_file(str(path)))
     except (OSError, SafetensorError, RuntimeError) as error:
