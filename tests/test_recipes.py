@@ -234,12 +234,10 @@ def test_the_contact_second_seed_recipe_differs_from_the_contact_one_in_its_seed
     assert _changed(contact, seed1) == {"seed"} and seed1["seed"] == 1
 
 
-def test_the_takeover_recipes_add_two_takeover_rounds_to_their_bases_and_nothing_else():
-    pairs = (("skills_backoff", "skills_takeover"), ("skills_contact_seed1", "skills_contact_seed1_takeover"))
-    for base, name in pairs:
-        before, after = _research_recipe(base), _research_recipe(name)
-        assert _changed(before, after) == {"dagger_rounds", "dagger_takeover_rounds", "dagger_takeover_after"}
-        assert (after["dagger_rounds"], after["dagger_takeover_rounds"]) == (before["dagger_rounds"] + 2, 2)
+def test_the_takeover_recipe_adds_two_takeover_rounds_to_the_backoff_one_and_nothing_else():
+    before, after = _research_recipe("skills_backoff"), _research_recipe("skills_takeover")
+    assert _changed(before, after) == {"dagger_rounds", "dagger_takeover_rounds", "dagger_takeover_after"}
+    assert (after["dagger_rounds"], after["dagger_takeover_rounds"]) == (before["dagger_rounds"] + 2, 2)
 
 
 def test_the_repeated_takeover_recipe_differs_from_the_takeover_one_in_the_repeat_only():
