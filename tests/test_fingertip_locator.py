@@ -35,9 +35,10 @@ def test_a_locator_fitted_on_joint_states_finds_the_fingertip_on_states_it_has_n
     proprio, fingertips = [], []
     try:
         obs = venv.reset()
+        info = venv.reset_infos[0]  # of the current observation
         for _ in range(600):
             proprio.append(obs[OBS_PROPRIO][0].copy())
-            fingertips.append(venv.reset_infos[0]["ee_position"].copy() if not fingertips else info["ee_position"])
+            fingertips.append(np.array(info["ee_position"]))
             obs, _, dones, infos = venv.step(rng.uniform(-1, 1, (1, venv.action_space.shape[0])))
             info = venv.reset_infos[0] if dones[0] else infos[0]
     finally:
