@@ -31,27 +31,6 @@ import numpy as np
 VARIANTS = ("moved", "moved+fingertip", "moved+fingertip+object", "geometry")
 
 
-def camera_projection():
-    """``project(points (N, 3)) -> (N, 2)`` image positions in [-1, 1] of the env's fixed camera (64 px image)."""
-    from vla_ros.envs.scene import project_points
-    from vla_ros.policy.envs import make_vec_env
-
-    probe = make_vec_env("mixed", 1, 0, vec_env="dummy")
-    try:
-        probe.reset()  # the camera's pose is computed by the first forward pass
-        env = probe.envs[0].unwrapped
-        cam = env.scene.camera_id
-        pos, mat = env.data.cam_xpos[cam].copy(), env.data.cam_xmat[cam].copy()
-        fovy, size = float(env.model.cam_fovy[cam]), env.image_size
-    finally:
-        probe.close()
-
-    def project(points: np.ndarray) -> np.ndarray:
-        return (project_points(points, pos, mat, fovy, size, size) / size * 2 - 1).astype(np.float32)
-
-    return project
-
-
 def variant_inputs(data: dict[str, np.ndarray], variant: str, project, skills_width: int = 5) -> np.ndarray:
     """The head inputs (N, D) of ``variant`` for collected rows with ``privileged`` state."""
     state = data["privileged"].astype(np.float64)
@@ -74,23 +53,18 @@ def main(argv=None) -> dict:
     """Fit and score every variant; print one row per (variant, head seed, task); return the report."""
     import torch
 
-    from research.done_history_probe import collected_episodes
+    from research.done_history_probe import add_episode_arguments, collected_episodes
     from research.done_task_heads import score_task
     from vla_ros.policy.done_head import DONE_TASKS, done_probabilities, episodes_of_task, train_done_head
+    from vla_ros.policy.fingertip_locator import camera_projection
     from vla_ros.reporting import format_table, write_json
 
     parser = argparse.ArgumentParser(prog="python -m research.done_geometry_probe",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a skill-reader policy checkpoint with a reference prior")
-    parser.add_argument("--episodes", type=int, default=400, help="training episodes (default 400)")
-    parser.add_argument("--validation-episodes", type=int, default=200,
-                        help="validation episodes, each task's halved into threshold tuning and held-out")
+    add_episode_arguments(parser)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--min-precision", type=float, default=0.97)
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
-    parser.add_argument("--cache", help=".npz file keeping the collected episodes (read when it exists)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
 

@@ -38,6 +38,17 @@ def _subset(data: dict[str, np.ndarray], episodes: np.ndarray) -> dict[str, np.n
     return {key: value[keep] for key, value in data.items()}
 
 
+def add_episode_arguments(parser) -> None:
+    """The options of the done probes that collect episodes (:func:`collected_episodes`) and tune thresholds."""
+    parser.add_argument("--episodes", type=int, default=400, help="training episodes (default 400)")
+    parser.add_argument("--validation-episodes", type=int, default=200,
+                        help="validation episodes, halved into threshold tuning and held-out (default 200)")
+    parser.add_argument("--min-precision", type=float, default=0.97, help="episode precision the threshold needs")
+    parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
+    parser.add_argument("--cache", help=".npz file keeping the collected episodes (read when it exists)")
+
+
 def collected_episodes(checkpoint: str, episodes: int, validation_episodes: int, num_envs: int = 2,
                        vec_env: str = "subproc", cache: str | None = None, inputs: str = "policy",
                        privileged: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -82,14 +93,8 @@ def main(argv=None) -> dict:
 
     parser = argparse.ArgumentParser(prog="python -m research.done_history_probe", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="policy checkpoint folder")
-    parser.add_argument("--episodes", type=int, default=400, help="training episodes (default 400)")
-    parser.add_argument("--validation-episodes", type=int, default=200,
-                        help="validation episodes, halved into threshold tuning and held-out (default 200)")
+    add_episode_arguments(parser)
     parser.add_argument("--history", type=int, nargs="+", default=[0, 1, 2, 3], help="steps of history compared")
-    parser.add_argument("--min-precision", type=float, default=0.97, help="episode precision the threshold needs")
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
-    parser.add_argument("--cache", help=".npz file keeping the collected episodes (read when it exists)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     """Run the comparison; print one row per (variant, head seed, task); return the report."""
     import torch
 
-    from research.done_history_probe import collected_episodes
+    from research.done_history_probe import add_episode_arguments, collected_episodes
     from vla_ros.policy.done_head import (
         DONE_INPUT_KINDS,
         DONE_TASKS,
@@ -63,14 +63,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m research.done_task_heads", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a skill-reader policy checkpoint (its commands read as reach or push)")
     parser.add_argument("--inputs", choices=DONE_INPUT_KINDS, default="moved", help="what the heads read")
-    parser.add_argument("--episodes", type=int, default=400, help="training episodes (default 400)")
-    parser.add_argument("--validation-episodes", type=int, default=200,
-                        help="validation episodes, each task's halved into threshold tuning and held-out")
+    add_episode_arguments(parser)
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--min-precision", type=float, default=0.97)
-    parser.add_argument("--num-envs", type=int, default=2)
-    parser.add_argument("--vec-env", default="subproc", choices=("subproc", "dummy"))
-    parser.add_argument("--cache", help=".npz file keeping the collected episodes (read when it exists)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
 

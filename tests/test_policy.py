@@ -1,6 +1,7 @@
 """Policy training smoke run, checkpoint round trip, the Policy wrapper and its error handling."""
 
 import csv
+import functools
 import json
 import shutil
 
@@ -340,22 +341,27 @@ def test_a_done_head_on_the_fusions_estimates_is_trained_stored_and_read_back(tr
         Policy.load(folder)
 
 
+def _collect_two_episodes(run, **kwargs):
+    """imitation.collect on two episodes of ``run``'s envs from seed 5 (the same scenes every call)."""
+    from vla_ros.policy import imitation
+
+    venv = run._venv(5, expert_labels=True)
+    try:
+        return imitation.collect(venv, 2, np.random.default_rng(0), **kwargs)
+    finally:
+        venv.close()
+
+
 def test_takeover_rollouts_keep_only_the_experts_stretch(trained, tmp_path):
     """Takeover from the first decision is the expert's own data; a takeover after the time limit keeps nothing;
     in between, the learner's decisions before the switch are dropped."""
-    from vla_ros.policy import imitation
     from vla_ros.policy.checkpoint import build_network
 
     cfg, _ = trained
     run = TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "takeover"), "task": "push"}))
     network = build_network(run.config).eval()
 
-    def collect(**kwargs):
-        venv = run._venv(5, expert_labels=True)
-        try:
-            return imitation.collect(venv, 2, np.random.default_rng(0), **kwargs)
-        finally:
-            venv.close()
+    collect = functools.partial(_collect_two_episodes, run)
 
     expert = collect()
     from_start = collect(network=network, takeover=(0, 0))
@@ -394,17 +400,10 @@ def test_a_run_with_a_takeover_round_collects_it_after_its_mixed_rounds(trained,
 
 
 def test_noisy_expert_rollouts_leave_the_experts_path_but_keep_its_clean_labels(trained, tmp_path):
-    from vla_ros.policy import imitation
-
     cfg, _ = trained
     run = TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "dart"), "task": "push"}))
 
-    def collect(**kwargs):
-        venv = run._venv(5, expert_labels=True)
-        try:
-            return imitation.collect(venv, 2, np.random.default_rng(0), **kwargs)
-        finally:
-            venv.close()
+    collect = functools.partial(_collect_two_episodes, run)
 
     clean, noisy = collect(), collect(action_noise=0.5)
     envs = cfg.num_envs  # the first decision of each env starts from the same state: the same clean label
