@@ -64,3 +64,32 @@ def test_ppo_regularised_by_imitation_needs_the_demonstrations_and_a_positive_we
     data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
     with pytest.raises(ValueError, match="positive"):
         ImitationRegularisedPPO.attach_demonstrations(object.__new__(ImitationRegularisedPPO), data, 0.0, 8, 8, 0)
+
+
+def test_a_detached_value_loss_reaches_the_critic_but_not_the_fusion_the_actor_shares(tmp_path):
+    """`bc_value_detached`: on a real tiny run's demonstrations, the value loss's gradient stops at the features."""
+    from vla_ros.policy.checkpoint import build_network
+
+    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_value_detached=True))
+    run.run()
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
+        "training"]["config"]["bc_value_detached"] is True
+    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    network = build_network(run.config)
+    every = np.arange(len(data))
+
+    def gradients(detached: bool) -> tuple[float, float]:
+        network.zero_grad()
+        imitation.batch_losses(network, data, every, value_detached=detached)[1].backward()
+        norm = lambda module: sum(float(p.grad.abs().sum()) for p in module.parameters()  # noqa: E731
+                                  if p.grad is not None)
+        return norm(network.features_extractor), norm(network.mlp_extractor.value_net)
+
+    fusion_shared, critic_shared = gradients(False)
+    fusion_detached, critic_detached = gradients(True)
+    assert fusion_shared > 0 and critic_shared > 0
+    assert fusion_detached == 0 and critic_detached > 0
+    # the actor's loss is the same either way
+    with torch.no_grad():
+        assert torch.equal(imitation.batch_losses(network, data, every, value_detached=True)[0],
+                           imitation.batch_losses(network, data, every)[0])

@@ -66,6 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_ros.grounding.object_locator import ObjectLocator
+
 NUM_SKILLS = 5  # the skill reader's classes: reach, push left / right / forward / back (vla_ros.policy.skill_reader)
 
 
@@ -84,7 +86,8 @@ class FusionOutput(NamedTuple):
     """with a reference prior and ``current_estimate``: the current frame's estimate without the prior"""
     frame_xy: torch.Tensor | None = None
     """with a reference prior: the current frame's estimate without the prior, whether or not the MLP reads it
-    (a pushed object's displacement, which the prior hides, for heads fitted after the policy such as done)"""
+    (a pushed object's displacement, which the prior hides, for heads fitted after the policy such as done); with
+    an object locator: its estimate"""
 
 
 FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
@@ -314,8 +317,11 @@ class RegionMapFusion(nn.Module):
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
                  command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0,
-                 current_estimate: bool = False, prior_spread: float = 0.0):
+                 current_estimate: bool = False, prior_spread: float = 0.0, object_locator: bool = False):
         super().__init__()
+        if object_locator and (not reference_frame or reference_prior):
+            raise ValueError("object_locator needs reference_frame=True and replaces reference_prior (it reads the "
+                             "first frame's map itself)")
         if prior_spread < 0 or (prior_spread and not reference_prior):
             raise ValueError(f"prior_spread must be >= 0 and needs reference_prior=True, got {prior_spread}")
         if current_estimate and not reference_prior:
@@ -372,6 +378,13 @@ class RegionMapFusion(nn.Module):
         if self.film is not None:
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
+        # object_locator: a learned map of where the commanded object is, fitted on the simulator's positions
+        # before imitation and frozen (vla_ros.grounding.object_locator); it replaces the current frame's map,
+        # which next to the arm jumps to the arm or another object
+        self.object_locator = None
+        if object_locator:
+            self.object_locator = ObjectLocator(embed_dim)
+            self.object_locator.requires_grad_(False)
 
     def skills(self, sentence: torch.Tensor) -> torch.Tensor:
         """The skill reader's (B, 5) probabilities of reach, push left / right / forward / back."""
@@ -392,14 +405,21 @@ class RegionMapFusion(nn.Module):
         scale, shift = self.film(condition).chunk(2, dim=-1)
         return self.mlp[3](self.mlp[2](hidden * (1 + scale) + shift))
 
-    def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``t`` times the command's region-text similarity over patches, standardised per frame, (B, P)."""
+    def standardised(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The command's region-text similarity over patches, standardised per frame, (B, P)."""
         similarity = region_similarity(self.pooling, patches, text)
         # standardised per frame: how strongly CLIP matches differs between combinations, where it matches
         # most is what the policy needs; a blank modality (ablations) gives a flat map, not NaN
         centred = similarity - similarity.mean(dim=-1, keepdim=True)
-        standardised = centred / (centred.square().mean(dim=-1, keepdim=True).sqrt() + 1e-6)
-        return self.log_temperature.exp() * standardised
+        return centred / (centred.square().mean(dim=-1, keepdim=True).sqrt() + 1e-6)
+
+    def logits(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``t`` times the command's standardised region-text similarity over patches, (B, P)."""
+        return self.log_temperature.exp() * self.standardised(patches, text)
+
+    def readout_estimate(self, logits: torch.Tensor) -> torch.Tensor:
+        """The position estimate (B, 2) that a map of ``logits`` (B, P) gives (:meth:`_readout`)."""
+        return self._readout(logits)[2]
 
     def _readout(self, logits: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """MLP inputs of one frame, its weights (B, P) and its position estimate (B, 2) as (x, y) in [-1, 1].
@@ -443,6 +463,10 @@ class RegionMapFusion(nn.Module):
             raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
                              f"image_patches {tuple(image_patches.shape)}")
         reference = self.logits(reference_patches, text)
+        if self.object_locator is not None:  # temperature-free inputs: imitation trains the temperature later
+            temperature = self.log_temperature.exp()
+            current = self.object_locator(image_patches, text, current / temperature, reference / temperature,
+                                          self.coordinates)
         current_parts, current_xy, frame_xy = [], None, None
         if self.current_estimate or self.reference_prior is not None:
             raw = self._readout(current)
@@ -455,6 +479,8 @@ class RegionMapFusion(nn.Module):
             prior = reference if self.prior_spread <= 0 else spread_logits(reference, self.log_spread)
             current = current + self.reference_prior * prior
         parts, weights, xy = self._readout(current)
+        if self.object_locator is not None:
+            frame_xy = xy  # the locator's map follows a pushed object (no prior holds it at its start)
         reference_parts, _, reference_xy = self._readout(reference)
         return FusionOutput(self._head(torch.cat(parts + reference_parts + current_parts + command, dim=-1), text,
                                        sentence), weights, xy, reference_xy, current_xy, frame_xy)
@@ -476,7 +502,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
                  skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False,
-                 prior_spread: float = 0.0) -> nn.Module:
+                 prior_spread: float = 0.0, object_locator: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -486,7 +512,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
     if kind not in _FUSIONS:
         raise ValueError(f"unknown fusion kind {kind!r}; expected one of {FUSION_KINDS}")
     for name, value in (("peak_window", peak_window), ("reference_prior", reference_prior),
-                        ("current_estimate", current_estimate), ("prior_spread", prior_spread)):
+                        ("current_estimate", current_estimate), ("prior_spread", prior_spread),
+                        ("object_locator", object_locator)):
         if value and kind != "region_map":
             raise ValueError(f"{name} is an option of the region_map fusion, not of {kind!r}")
     if peak_window < 0:
@@ -528,6 +555,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["skill_reader_width"] = int(skill_reader_width)
     if proprio_dim:
         extra["proprio_dim"] = int(proprio_dim)
+    if object_locator:
+        extra["object_locator"] = True
     if kind in ("cross_attention", "region", "gated"):
         extra.update(heads=heads, grid_size=grid_size)
     elif kind == "region_map":

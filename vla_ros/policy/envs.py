@@ -62,10 +62,14 @@ class ExpertLabelWrapper(gym.Wrapper):
 
             info[EXPERT_ACTION] = expert_chunk(self.env, self.expert, info, self.chunk_length,
                                                first=info[EXPERT_ACTION]).ravel()
-        size = self.env.unwrapped.image_size
-        u, v = info["objects"][info["target"]["index"]]["pixel"]
-        info[TARGET_XY] = np.array([u / size * 2 - 1, v / size * 2 - 1], dtype=np.float32)
+        info[TARGET_XY] = target_image_xy(info, self.env.unwrapped.image_size)
         return info
+
+
+def target_image_xy(info: dict, image_size: int) -> np.ndarray:
+    """The commanded object's image position (x, y) in [-1, 1] from an env step's ``info`` (simulator truth)."""
+    u, v = info["objects"][info["target"]["index"]]["pixel"]
+    return np.array([u / image_size * 2 - 1, v / image_size * 2 - 1], dtype=np.float32)
 
 
 def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, **env_kwargs: Any) -> Callable[[], gym.Env]:

@@ -173,8 +173,13 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     )
 
 
-def batch_losses(network, data: Demonstrations, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(action MSE, value MSE, grounding MSE) of ``network`` on the demonstrations' rows ``idx`` (:func:`fit`)."""
+def batch_losses(network, data: Demonstrations, idx: np.ndarray,
+                 value_detached: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(action MSE, value MSE, grounding MSE) of ``network`` on the demonstrations' rows ``idx`` (:func:`fit`).
+
+    ``value_detached``: the value loss reaches the critic's own layers only, not the features it shares with the
+    actor (the fusion).
+    """
     device = next(network.parameters()).device
     obs = {k: torch.as_tensor(v[idx], dtype=torch.float32, device=device) for k, v in data.obs.items()}
     target = torch.as_tensor(data.expert_actions[idx], device=device)
@@ -182,7 +187,11 @@ def batch_losses(network, data: Demonstrations, idx: np.ndarray) -> tuple[torch.
     target_xy = torch.as_tensor(data.target_xy[idx], device=device)
     reference_xy = torch.as_tensor(data.reference_xy[idx], device=device) if data.reference_xy is not None else None
     features, grounding = network.features_extractor.extract(obs)  # Box observations: no preprocessing
-    latent_pi, latent_vf = network.mlp_extractor(features)
+    if value_detached:
+        latent_pi = network.mlp_extractor.forward_actor(features)
+        latent_vf = network.mlp_extractor.forward_critic(features.detach())
+    else:
+        latent_pi, latent_vf = network.mlp_extractor(features)
     mean = network.action_net(latent_pi)
     values = network.value_net(latent_vf).squeeze(-1)
     action_loss = F.mse_loss(mean, target)
@@ -194,7 +203,7 @@ def batch_losses(network, data: Demonstrations, idx: np.ndarray) -> tuple[torch.
 
 
 def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
-        value_weight: float = 0.5, grounding_weight: float = 1.0) -> dict[str, float]:
+        value_weight: float = 0.5, grounding_weight: float = 1.0, value_detached: bool = False) -> dict[str, float]:
     """Regress the actor mean on expert actions and the value head on observed returns.
 
     Fusions that attend over patches also regress their attention's expected position on the
@@ -214,7 +223,7 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
         totals = np.zeros(3)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            action_loss, value_loss, grounding_loss = batch_losses(network, data, idx)
+            action_loss, value_loss, grounding_loss = batch_losses(network, data, idx, value_detached)
             loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
             loss.backward()

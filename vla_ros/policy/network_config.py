@@ -25,6 +25,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``command_film`` | bool | ``region_map``: the command's embedding FiLM-modulates the MLP (what to do) |
 | ``skill_reader_width`` | int | ``region_map``: sentence width of a frozen skill reader FiLM-ing the MLP (0 = none) |
 | ``fusion_proprio`` | bool | ``region_map``: the joint state enters the MLP beside the map's estimates |
+| ``object_locator`` | bool | ``region_map``: a learned, frozen map of the object replaces the current frame's map |
 | ``action_chunk`` | int | actions the actor predicts per decision, K (1: one action, as before) |
 | ``chunk_execute`` | int | of those, how many run before the next decision, E (receding horizon; 1 <= E <= K) |
 | ``net_arch`` | {pi: [int], vf: [int]} | SB3 actor and critic hidden layers |
@@ -110,6 +111,7 @@ class NetworkConfig:
     command_film: bool = False
     skill_reader_width: int = 0
     fusion_proprio: bool = False
+    object_locator: bool = False
     action_chunk: int = 1
     chunk_execute: int = 1
     net_arch_pi: tuple[int, ...] = (256, 256)
@@ -142,6 +144,7 @@ class NetworkConfig:
         _bool(self.command_film, src, "command_film")
         _int(self.skill_reader_width, src, "skill_reader_width", 0, MAX_TEXT_FEATURES)
         _bool(self.fusion_proprio, src, "fusion_proprio")
+        _bool(self.object_locator, src, "object_locator")
         _int(self.action_chunk, src, "action_chunk", 1, MAX_ACTION_CHUNK)
         _int(self.chunk_execute, src, "chunk_execute", 1, MAX_ACTION_CHUNK)
         if self.chunk_execute > self.action_chunk:
@@ -157,7 +160,8 @@ class NetworkConfig:
                            "patch_stitch": self.patch_stitch != 1, "map_weights": not self.map_weights,
                            "text_features": self.text_features != 0, "command_film": self.command_film,
                            "skill_reader_width": self.skill_reader_width != 0, "fusion_proprio": self.fusion_proprio,
-                           "current_estimate": self.current_estimate, "prior_spread": self.prior_spread != 0.0}
+                           "current_estimate": self.current_estimate, "prior_spread": self.prior_spread != 0.0,
+                           "object_locator": self.object_locator}
         if self.fusion != "region_map":
             for name, used in region_map_only.items():
                 if used:
@@ -170,6 +174,10 @@ class NetworkConfig:
             raise _fail(src, "current_estimate", "needs reference_prior (without it the estimate is the current one)")
         if self.prior_spread and not self.reference_prior:
             raise _fail(src, "prior_spread", "needs reference_prior (it spreads the prior)")
+        if self.object_locator and not self.reference_frame:
+            raise _fail(src, "object_locator", "needs reference_frame (it reads the first frame's map)")
+        if self.object_locator and self.reference_prior:
+            raise _fail(src, "object_locator", "replaces reference_prior (it reads the first frame's map itself)")
 
     @property
     def num_patches(self) -> int:
@@ -218,4 +226,5 @@ class NetworkConfig:
                 "prior_spread": self.prior_spread,
                 "patch_stitch": self.patch_stitch,
                 "map_weights": self.map_weights, "text_features": self.text_features,
-                "command_film": self.command_film, "skill_reader_width": self.skill_reader_width}
+                "command_film": self.command_film, "skill_reader_width": self.skill_reader_width,
+                **({"object_locator": True} if self.object_locator else {})}

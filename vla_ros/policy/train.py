@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from vla_ros.grounding.checkpoint import sha256_file
 from vla_ros.grounding.encoder import ClipEncoder
+from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT
 from vla_ros.paths import share_path
 from vla_ros.policy import imitation
 from vla_ros.policy.action_chunk import ActionChunk
@@ -93,6 +94,12 @@ class TrainConfig:
     fusion_proprio: bool = False
     """region_map only: the joint state enters the fusion's MLP beside the map's position estimates (as well as the
     actor), so its first layers can relate where the arm is to where the object is (push's approach)"""
+    object_locator: bool = False
+    """region_map with reference_frame, instead of reference_prior: a learned map of the
+    commanded object replaces the current frame's CLIP map; fitted on the expert demonstrations' true object
+    positions before the first policy fit, then frozen (vla_ros.grounding.object_locator)"""
+    object_locator_epochs: int = 10
+    """object_locator: epochs of its fit on the expert demonstrations"""
     action_chunk: int = 1
     """actions the actor predicts per decision (1: one per step); imitation labels each state with the expert's
     next action_chunk actions (vla_ros.policy.action_chunk)"""
@@ -120,6 +127,9 @@ class TrainConfig:
     """episodes per DAgger round"""
     dagger_beta: float = 0.5
     """probability that the expert acts in the first DAgger round's steps; halved every round"""
+    bc_value_detached: bool = False
+    """imitation's value regression trains the critic's own layers only, not the fusion the actor shares with it:
+    by the last DAgger rounds the returns' MSE is hundreds of times the actions' (docs/EXPERIMENT_LOG.md, 2026-12-07)"""
     bc_action_noise: float = 0.0
     """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
     (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
@@ -207,6 +217,7 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
         map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
         skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
+        object_locator=cfg.object_locator,
         action_chunk=cfg.action_chunk, chunk_execute=cfg.chunk_execute, fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
         grid_size=tuple(int(g) for g in encoder.grid_size), net_arch_pi=tuple(cfg.net_arch),
@@ -444,10 +455,13 @@ class TrainingRun:
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
                 datasets.append(data)
+                if k == 0 and cfg.object_locator:
+                    self._fit_object_locator(network, data)
                 repeats = [cfg.dagger_takeover_repeat if self._is_takeover_round(r) else 1 for r in range(k + 1)]
                 weighted = [d for d, n in zip(datasets, repeats) for _ in range(n)]
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(weighted), cfg.bc_epochs,
-                                       cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k)
+                                       cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k,
+                                       value_detached=cfg.bc_value_detached)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
                 for name, value in losses.items():
                     self.log_scalar(f"imitation/{name}", value, k)
@@ -467,6 +481,18 @@ class TrainingRun:
 
     def _is_takeover_round(self, k: int) -> bool:
         return k > self.cfg.dagger_rounds - self.cfg.dagger_takeover_rounds
+
+    def _fit_object_locator(self, network, data: imitation.Demonstrations) -> None:
+        """Fit the object locator on the expert's demonstrations; it is frozen after."""
+        from vla_ros.grounding.object_locator import fit_object_locator
+
+        fit = fit_object_locator(network.features_extractor.fusion, data.obs[FEAT_IMAGE_PATCHES],
+                                 data.obs[FEAT_REFERENCE_PATCHES], data.obs[FEAT_TEXT], data.target_xy,
+                                 epochs=self.cfg.object_locator_epochs, seed=self.cfg.seed)
+        tqdm.write(f"[imitation] object locator: held-out median error {fit.median_error:.3f} "
+                   f"(map {fit.map_median_error:.3f}), jumps {fit.share_jumps:.3f} (map {fit.map_share_jumps:.3f})")
+        self.state["object_locator"] = fit.as_dict()
+        self._save_state()
 
     def _fit_skill_reader(self, network) -> None:
         """Fit the skill reader on training commands only and freeze it into ``network``'s fusion buffers."""
@@ -548,6 +574,8 @@ class TrainingRun:
                              "env_steps_ppo": ppo_steps * cfg.chunk_execute}
         if "skill_reader" in self.state:
             config["metrics"]["skill_reader_train_accuracy"] = self.state["skill_reader"]["train_accuracy"]
+        if "object_locator" in self.state:
+            config["metrics"]["object_locator_heldout"] = self.state["object_locator"]
         best = self.out / "ppo_best.safetensors"
         if best.exists():  # the PPO iterate with the best validation success on training combos
             load_model(network, str(best))
