@@ -1,10 +1,13 @@
 """How a policy's push episodes fail: never touched, pushed off the commanded direction, or pushed too little.
 
-Usage: ``python -m research.push_failures CHECKPOINT [--episodes 100] [--seed 6000000] [--expert] [--json FILE]``
+Usage: ``python -m research.push_failures CHECKPOINT [--episodes 100] [--seed 6000000] [--expert]
+[--oracle-estimate] [--json FILE]``
 
 Runs the checkpoint (``vla_ros.policy.Policy``, deciding as on the robot: a chunked policy every E-th frame) on
 push scenes of the training split, seeds from 6,000,000 (apart from training, validation and evaluation scenes),
-or the scripted expert on the same scenes with ``--expert``. Each episode's outcome, from the simulator's
+or the scripted expert on the same scenes with ``--expert``. ``--oracle-estimate`` (a checkpoint with an object
+locator) replaces the locator's map by the object's true image position: the policy with perfect perception of
+each frame, which tells a perception failure from a policy one. Each episode's outcome, from the simulator's
 privileged state at its end:
 
 - ``success``: the env's flag (moved >= 8 cm along the command, still on the table);
@@ -119,6 +122,24 @@ def by_direction(episodes: list[dict]) -> dict[str, dict]:
     return table
 
 
+def oracle_locator():
+    """A module standing in for a fusion's object locator: logits of a Gaussian of 0.5 patches around ``xy``.
+
+    ``xy`` is set to the object's true image position before each decision.
+    """
+    import torch
+
+    class OracleLocator(torch.nn.Module):
+        xy = None
+
+        def forward(self, patches, text, current, reference, coordinates):
+            sigma = 0.5 * 2.0 / round(coordinates.shape[0] ** 0.5)
+            squared = (coordinates[None] - self.xy.reshape(1, 1, 2)).square().sum(-1)
+            return (-squared / (2 * sigma * sigma)).expand(patches.shape[0], -1)
+
+    return OracleLocator()
+
+
 def main(argv=None) -> dict:
     """Run the episodes; print the table and return the report."""
     import gymnasium as gym
@@ -126,6 +147,7 @@ def main(argv=None) -> dict:
 
     import vla_ros.envs  # noqa: F401  (registers the envs)
     from vla_ros.envs.expert import ScriptedExpert
+    from vla_ros.policy.envs import target_image_xy
     from vla_ros.policy.policy import Policy
     from vla_ros.reporting import format_table, write_json
 
@@ -134,16 +156,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--episodes", type=int, default=100, help="push episodes (default 100)")
     parser.add_argument("--seed", type=int, default=PROBE_SEED, help=f"first scene seed (default {PROBE_SEED})")
     parser.add_argument("--expert", action="store_true", help="the scripted expert acts instead of the policy")
+    parser.add_argument("--oracle-estimate", action="store_true",
+                        help="an object-locator checkpoint reads the object's true image position instead of its "
+                             "locator's map (perfect perception of the current frame, for analysis)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     policy = Policy.load(args.checkpoint)
     env = gym.make("vla_ros/Push-v0", **policy.config.get("env", {}))
     expert = ScriptedExpert(env.unwrapped)
+    oracle = None
+    if args.oracle_estimate:
+        fusion = policy.network.features_extractor.fusion
+        if getattr(fusion, "object_locator", None) is None:
+            parser.error("--oracle-estimate needs a checkpoint with an object locator")
+        oracle = fusion.object_locator = oracle_locator()
 
     def act(obs, info):
         if args.expert:
             return expert.act(info)
+        if oracle is not None:
+            oracle.xy = torch.as_tensor(target_image_xy(info, env.unwrapped.image_size))
         return policy.normalized_action(obs["image"], info["command"], obs["proprio"])
 
     def reset() -> None:
@@ -156,6 +189,7 @@ def main(argv=None) -> dict:
     print(format_table([{"direction": d, **{k: f"{v:.2f}" if k != "episodes" else v for k, v in entry.items()}}
                         for d, entry in directions.items()], ["direction", "episodes", *OUTCOMES]))
     report = {"checkpoint": str(args.checkpoint), "actor": "expert" if args.expert else "policy",
+              "oracle_estimate": bool(args.oracle_estimate),
               "episodes": args.episodes, "seed": args.seed, "rows": rows, "by_direction": directions,
               "per_episode": episodes}
     if args.json:

@@ -248,3 +248,21 @@ def test_the_repeated_takeover_recipe_differs_from_the_takeover_one_in_the_repea
 def test_the_dart_recipe_differs_from_the_backoff_one_in_the_action_noise_only():
     backoff, dart = _research_recipe("skills_backoff"), _research_recipe("skills_dart")
     assert _changed(backoff, dart) == {"bc_action_noise"} and dart["bc_action_noise"] == 0.3
+
+
+def test_the_locator_recipe_swaps_the_backoff_ones_reference_prior_for_an_object_locator():
+    backoff, locator = _research_recipe("skills_backoff"), _research_recipe("skills_locator")
+    assert _changed(backoff, locator) == {"reference_prior", "object_locator"}
+    assert locator["object_locator"] is True and locator["reference_prior"] is False
+
+
+def test_the_value_detached_recipe_differs_from_the_backoff_one_in_the_value_detachment_only():
+    backoff, detached = _research_recipe("skills_backoff"), _research_recipe("skills_value_detached")
+    assert _changed(backoff, detached) == {"bc_value_detached"} and detached["bc_value_detached"] is True
+
+
+def test_the_push_only_recipe_is_the_backoff_one_on_push_with_as_many_pushes():
+    backoff, push = _research_recipe("skills_backoff"), _research_recipe("skills_push_only")
+    assert _changed(backoff, push) == {"task", "bc_episodes", "dagger_episodes"}
+    assert push["task"] == "push" and 2 * push["bc_episodes"] == backoff["bc_episodes"]
+    assert 2 * push["dagger_episodes"] == backoff["dagger_episodes"]
