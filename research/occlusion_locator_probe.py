@@ -76,7 +76,7 @@ def collect(checkpoint: str, seeds: range) -> dict[str, np.ndarray]:
             rows["visible"].append(pixels / first_pixels)
             rows["step"].append(step)
             step += 1
-            _, info, done = scenes.step(scenes.expert.act(info))
+            _, info, done, _ = scenes.step(scenes.expert.act(info))
     data = {k: np.asarray(v) for k, v in rows.items()}
     data["references"] = np.stack(references)
     return data

@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
             privileged = info["privileged"]
             distances.append(float(np.linalg.norm(privileged[0:2] - privileged[3:5])))
             errors.append([float(np.linalg.norm(e - true)) for e in estimates])
-            _, info, done = scenes.step(scenes.expert.act(info))
+            _, info, done, _ = scenes.step(scenes.expert.act(info))
     settings = (list(args.prior_weights) + [tracker["name"] for tracker in args.track]
                 + [f"previous {weight:g}:{every}" for weight, every in args.previous])
     rows = summarise(np.asarray(distances), np.asarray(errors), settings)

@@ -117,10 +117,10 @@ class PushScenes:
         self._start_xy = self._target_xy() if self.policy is None else None
         return self._inputs(obs, info), info
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, dict, bool]:
-        """Act; returns (inputs, info, episode over)."""
-        obs, _, terminated, _, info = self.env.step(action)
-        return self._inputs(obs, info), info, bool(terminated) or self.env._steps >= PUSH_STEPS
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, dict, bool, float]:
+        """Act; returns (inputs, info, episode over, reward)."""
+        obs, reward, terminated, _, info = self.env.step(action)
+        return self._inputs(obs, info), info, bool(terminated) or self.env._steps >= PUSH_STEPS, float(reward)
 
     def expert_chunk(self, info: dict, length: int) -> np.ndarray:
         """The expert's next ``length`` actions from the current state, as the policy's labels are made.
@@ -171,19 +171,31 @@ LAYOUTS = ("flat", "policy", "policy_proprio")
 
 
 def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_dim: int):
-    """The learner's network: ``flat`` or ``policy``.
+    """The learner's network: ``flat`` or ``policy``; its ``forward`` gives (actions, value).
 
     ``flat``: every input into three GELU layers of 256. ``policy``: the CLIP policy's shape, where the estimates
     and the direction pass the fusion's two GELU layers before proprioception joins them in the actor's two tanh
     layers (SB3's ``net_arch`` of 256, 256). ``policy_proprio``: the same, with proprioception also entering the
-    fusion's first layer beside the estimates.
+    fusion's first layer beside the estimates. The value is a critic's estimate of the return, as the CLIP
+    policy's critic (``--value-weight``): for ``flat`` a linear head on the last hidden layer, for the policy
+    shapes SB3's critic (two tanh layers of 256 beside the actor's, on the same shared features).
     """
     import torch
     from torch import nn
 
     if layout == "flat":
-        return nn.Sequential(nn.Linear(input_dim * history, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(),
-                             nn.Linear(256, 256), nn.GELU(), nn.Linear(256, out_dim))
+        class Flat(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.trunk = nn.Sequential(nn.Linear(input_dim * history, 256), nn.GELU(), nn.Linear(256, 256),
+                                           nn.GELU(), nn.Linear(256, 256), nn.GELU())
+                self.actor, self.critic = nn.Linear(256, out_dim), nn.Linear(256, 1)
+
+            def forward(self, x):
+                hidden = self.trunk(x)
+                return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+        return Flat()
 
     early = layout == "policy_proprio"
 
@@ -195,24 +207,45 @@ def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_
                                         nn.Linear(256, 256), nn.GELU())
             self.actor = nn.Sequential(nn.Linear(256 + proprio_dim * history, 256), nn.Tanh(), nn.Linear(256, 256),
                                        nn.Tanh(), nn.Linear(256, out_dim))
+            self.critic = nn.Sequential(nn.Linear(256 + proprio_dim * history, 256), nn.Tanh(), nn.Linear(256, 256),
+                                        nn.Tanh(), nn.Linear(256, 1))
 
         def forward(self, x):
             frames = x.reshape(len(x), history, input_dim)
             fused = self.fusion(frames[..., 0 if early else proprio_dim:].flatten(1))
-            return self.actor(torch.cat([fused, frames[..., :proprio_dim].flatten(1)], dim=-1))
+            features = torch.cat([fused, frames[..., :proprio_dim].flatten(1)], dim=-1)
+            return self.actor(features), self.critic(features).squeeze(-1)
 
     return PolicyShaped()
 
 
+@dataclass(frozen=True)
+class Regime:
+    """How the learner is fitted: the probe's plain regression, or the CLIP policy's imitation (``imitation.fit``).
+
+    ``value_weight``: the critic regresses the discounted returns at this weight beside the actions (0: no critic
+    loss). ``grad_clip``: the gradient's total norm is clipped to this (0: not clipped); the CLIP policy clips the
+    sum of its action, value and grounding losses' gradients to 1.0. ``fresh_optimizer``: a new Adam for every fit,
+    as ``imitation.fit`` makes, instead of one across rounds. ``separate_clip``: the actions' and the values'
+    gradients are clipped apart, then added (so a large value loss cannot shrink the actions' step).
+    """
+
+    value_weight: float = 0.0
+    grad_clip: float = 0.0
+    fresh_optimizer: bool = False
+    separate_clip: bool = False
+    gamma: float = 0.97
+
+
 class ChunkLearner:
-    """An MLP (``layout``, :func:`_build_net`) from ``history`` stacked inputs to ``chunk`` actions."""
+    """An MLP (``layout``, :func:`_build_net`) from ``history`` stacked inputs to ``chunk`` actions and a value."""
 
     def __init__(self, input_dim: int, action_dim: int, variant: Variant, seed: int, layout: str = "flat",
-                 proprio_dim: int = 0):
+                 proprio_dim: int = 0, regime: Regime = Regime()):
         import torch
 
         torch.manual_seed(seed)
-        self.variant, self.action_dim = variant, action_dim
+        self.variant, self.action_dim, self.regime = variant, action_dim, regime
         self.net = _build_net(layout, input_dim, proprio_dim, variant.history, action_dim * variant.chunk)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
@@ -221,7 +254,7 @@ class ChunkLearner:
         import torch
 
         with torch.no_grad():
-            out = self.net(torch.as_tensor(stacked[None]))[0].numpy()
+            out = self.net(torch.as_tensor(stacked[None]))[0][0].numpy()
         return np.clip(out.reshape(self.variant.chunk, self.action_dim), -1, 1)
 
     def mse(self, inputs: np.ndarray, labels: np.ndarray) -> float:
@@ -229,50 +262,92 @@ class ChunkLearner:
         import torch
 
         with torch.no_grad():
-            out = self.net(torch.as_tensor(inputs)).numpy().reshape(len(inputs), self.variant.chunk, -1)
+            out = self.net(torch.as_tensor(inputs))[0].numpy().reshape(len(inputs), self.variant.chunk, -1)
         return float(np.mean((np.clip(out[:, 0], -1, 1) - labels[:, 0]) ** 2))
 
-    def fit(self, inputs: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> float:
-        """Regress all chunk actions; returns the last epoch's mean loss."""
+    def fit(self, inputs: np.ndarray, labels: np.ndarray, returns: np.ndarray, epochs: int,
+            seed: int) -> dict[str, float]:
+        """Regress all chunk actions (and the returns, at the regime's weight); the last epoch's mean losses."""
         import torch
         import torch.nn.functional as F
 
+        regime = self.regime
         rng = np.random.default_rng(seed)
+        if regime.fresh_optimizer:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        params = list(self.net.parameters())
         x, y = torch.as_tensor(inputs), torch.as_tensor(labels.reshape(len(labels), -1))
-        loss_sum = 0.0
+        g = torch.as_tensor(returns, dtype=torch.float32)
+        totals = np.zeros(2)
         for _ in range(epochs):
-            loss_sum = 0.0
+            totals[:] = 0.0
             for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // 256)):
-                loss = F.mse_loss(self.net(x[idx]), y[idx])
+                actions, values = self.net(x[idx])
+                action_loss, value_loss = F.mse_loss(actions, y[idx]), F.mse_loss(values, g[idx])
                 self.optimizer.zero_grad()
-                loss.backward()
+                if regime.separate_clip and regime.value_weight:
+                    value_grads = torch.autograd.grad(regime.value_weight * value_loss, params, retain_graph=True,
+                                                      allow_unused=True)
+                    action_loss.backward()
+                    if regime.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, regime.grad_clip)
+                        norm = torch.sqrt(sum(v.square().sum() for v in value_grads if v is not None))
+                        scale = min(1.0, regime.grad_clip / (float(norm) + 1e-6))
+                    else:
+                        scale = 1.0
+                    for p, v in zip(params, value_grads):
+                        if v is not None:
+                            p.grad = v * scale if p.grad is None else p.grad + v * scale
+                else:
+                    (action_loss + regime.value_weight * value_loss).backward()
+                    if regime.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, regime.grad_clip)
                 self.optimizer.step()
-                loss_sum += loss.item() * len(idx)
-        return loss_sum / len(x)
+                totals += [action_loss.item() * len(idx), value_loss.item() * len(idx)]
+        return {"action_mse": totals[0] / len(x), "value_mse": totals[1] / len(x)}
+
+
+def _discounted(rewards: list[float], gamma: float) -> np.ndarray:
+    out, running = np.zeros(len(rewards), np.float32), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
 
 
 def run_episodes(scenes: PushScenes, variant: Variant, learner: ChunkLearner | None, beta: float, seeds,
-                 rng: np.random.Generator, label: bool = True) -> dict:
-    """Roll out episodes (expert with probability ``beta`` per decision, else the learner's chunk)."""
-    inputs, labels = [], []
+                 rng: np.random.Generator, label: bool = True, decisions_only: bool = False,
+                 gamma: float = 0.97) -> dict:
+    """Roll out episodes (expert with probability ``beta`` per decision, else the learner's chunk).
+
+    Labels every step's state, or with ``decisions_only`` only the states where a chunk is decided (as the CLIP
+    policy's imitation does). Returns are discounted by ``gamma`` per decision (``gamma ** (1 / executed)`` a step).
+    """
+    inputs, labels, returns = [], [], []
     successes = wrong_way = 0
     for seed in seeds:
         x, info = scenes.reset(int(seed))
         history = [x] * variant.history
-        plan, done = [], False
+        plan, done, rewards, labelled = [], False, [], []
         while not done:
             stacked = np.concatenate(history[-variant.history:])
-            expert_labels = scenes.expert_chunk(info, variant.chunk) if label else None
-            if label:
+            deciding = not plan
+            labelling = label and (deciding or not decisions_only)
+            expert_labels = scenes.expert_chunk(info, variant.chunk) if labelling else None
+            if labelling:
                 inputs.append(stacked)
                 labels.append(expert_labels)
-            if not plan:  # decide the next executed actions: the expert's or the learner's chunk
+                labelled.append(len(rewards))
+            if deciding:  # decide the next executed actions: the expert's or the learner's chunk
                 use_expert = learner is None or rng.random() < beta
                 source = (expert_labels if expert_labels is not None else scenes.expert_chunk(info, variant.chunk)) \
                     if use_expert else learner.predict(stacked)
                 plan = list(source[:variant.execute])
-            x, info, done = scenes.step(plan.pop(0))
+            x, info, done, reward = scenes.step(plan.pop(0))
+            rewards.append(reward)
             history.append(x)
+        if label:
+            returns.append(_discounted(rewards, gamma ** (1.0 / variant.execute))[labelled])
         successes += int(info["is_success"])
         env = scenes.env
         moved = (env._object_positions()[env.target_index] - env._target_start)[:2]
@@ -280,6 +355,7 @@ def run_episodes(scenes: PushScenes, variant: Variant, learner: ChunkLearner | N
     out = {"episodes": len(seeds), "success": successes / len(seeds), "wrong_way": wrong_way / len(seeds)}
     if label:
         out["inputs"], out["labels"] = np.stack(inputs), np.stack(labels)
+        out["returns"] = np.concatenate(returns)
     return out
 
 
@@ -289,23 +365,30 @@ def run_variant(variant: Variant, args) -> dict:
 
     torch.set_num_threads(max(1, args.threads))
     scenes = PushScenes(args.estimate_noise, args.estimates_from, args.prior_weight)
+    regime = Regime(value_weight=args.value_weight, grad_clip=args.grad_clip, fresh_optimizer=args.fresh_optimizer,
+                    separate_clip=args.separate_clip)
     rng = np.random.default_rng(args.seed)
     started = time.time()
     next_seed = PROBE_SEED + 100_000
     seeds = lambda n: range(next_seed, next_seed + n)  # noqa: E731
-    demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng)
+    collect = dict(decisions_only=args.label_decisions, gamma=regime.gamma)
+    demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng, **collect)
     next_seed += args.bc_episodes
-    inputs, labels = demos["inputs"], demos["labels"]
+    inputs, labels, returns = demos["inputs"], demos["labels"], demos["returns"]
     learner = ChunkLearner(inputs.shape[1] // variant.history, labels.shape[2], variant, args.seed, args.layout,
-                           2 * scenes.normalise.num_joints)
-    report = {"bc_frames": len(inputs), "bc_loss": learner.fit(inputs, labels, args.epochs, args.seed), "rounds": []}
+                           2 * scenes.normalise.num_joints, regime)
+    losses = learner.fit(inputs, labels, returns, args.epochs, args.seed)
+    report = {"bc_frames": len(inputs), "bc_loss": losses["action_mse"], "bc_value_mse": losses["value_mse"],
+              "rounds": []}
     for round_index, beta in enumerate(DAGGER_BETAS[:args.dagger_rounds]):
-        new = run_episodes(scenes, variant, learner, beta, seeds(args.dagger_episodes), rng)
+        new = run_episodes(scenes, variant, learner, beta, seeds(args.dagger_episodes), rng, **collect)
         next_seed += args.dagger_episodes
         report["rounds"].append({"beta": beta, "success": new["success"],
                                  "mse_on_new_states": learner.mse(new["inputs"], new["labels"])})
         inputs, labels = np.concatenate([inputs, new["inputs"]]), np.concatenate([labels, new["labels"]])
-        report["rounds"][-1]["loss"] = learner.fit(inputs, labels, args.epochs, args.seed + round_index + 1)
+        returns = np.concatenate([returns, new["returns"]])
+        losses = learner.fit(inputs, labels, returns, args.epochs, args.seed + round_index + 1)
+        report["rounds"][-1].update(loss=losses["action_mse"], value_mse=losses["value_mse"])
     evaluation = run_episodes(scenes, variant, learner, 0.0, range(PROBE_SEED, PROBE_SEED + args.eval_episodes),
                               rng, label=False)
     report.update(eval_success=evaluation["success"], eval_wrong_way=evaluation["wrong_way"],
@@ -336,6 +419,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--layout", choices=LAYOUTS, default="flat",
                         help="the learner's network: flat (default), the CLIP policy's shape, or that shape with "
                              "proprioception entering the fusion too")
+    parser.add_argument("--value-weight", type=float, default=0.0,
+                        help="the critic regresses the discounted returns at this weight beside the actions, "
+                             "through the shared layers (the CLIP policy's imitation: 0.5; default 0: no critic loss)")
+    parser.add_argument("--grad-clip", type=float, default=0.0,
+                        help="clip the gradient's total norm to this (the CLIP policy's imitation: 1.0; default 0)")
+    parser.add_argument("--separate-clip", action="store_true",
+                        help="with --value-weight: clip the actions' and the values' gradients apart, then add them")
+    parser.add_argument("--fresh-optimizer", action="store_true",
+                        help="a new Adam for every fit (the CLIP policy's imitation) instead of one for the run")
+    parser.add_argument("--label-decisions", action="store_true",
+                        help="label only the states where a chunk is decided (the CLIP policy's imitation), not "
+                             "every step's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", help="write the report here")
@@ -346,6 +441,7 @@ def main(argv=None) -> dict:
         report["variants"][variant.name] = run_variant(variant, args)
     rows = [{"variant": name, "BC loss": r["bc_loss"],
              "DAgger success": " / ".join(f"{x['success']:.2f}" for x in r["rounds"]),
+             "value MSE": " / ".join(f"{x['value_mse']:.2f}" for x in r["rounds"]),
              "MSE on new states": " / ".join(f"{x['mse_on_new_states']:.4f}" for x in r["rounds"]),
              "learner alone": f"{100 * r['eval_success']:.1f}%", "wrong way": f"{100 * r['eval_wrong_way']:.1f}%",
              "frames": r["frames"], "s": r["seconds"]}

@@ -217,6 +217,24 @@ def test_push_memory_probe_trains_and_scores_each_variant(tmp_path, capsys):
     assert (tmp_path / "r.json").exists() and "history2_chunk3x2" in capsys.readouterr().out
 
 
+def test_push_memory_probe_fits_a_critic_under_the_policys_imitation_regime():
+    from research.push_memory_probe import main
+
+    args = ["--variants", "chunk3x2", "--bc-episodes", "2", "--dagger-rounds", "1", "--dagger-episodes", "1",
+            "--eval-episodes", "1", "--epochs", "30", "--layout", "policy_proprio"]
+    every_step = main(args)["variants"]["chunk3x2"]
+    plain = main(args + ["--label-decisions"])["variants"]["chunk3x2"]
+    imitation = main(args + ["--label-decisions", "--value-weight", "0.5", "--grad-clip", "1.0",
+                             "--fresh-optimizer"])["variants"]["chunk3x2"]
+    separate = main(args + ["--label-decisions", "--value-weight", "0.5", "--grad-clip", "1.0",
+                            "--separate-clip"])["variants"]["chunk3x2"]
+    # labelling decisions only keeps one state in two (a chunk of 3 runs 2 steps): the same scenes, fewer frames
+    assert plain["bc_frames"] < every_step["bc_frames"] and plain["bc_frames"] == imitation["bc_frames"]
+    # without a value weight the critic is never fitted: with one, its error on the same returns falls
+    assert imitation["rounds"][0]["value_mse"] < plain["rounds"][0]["value_mse"]
+    assert separate["rounds"][0]["value_mse"] < plain["rounds"][0]["value_mse"]
+
+
 def test_push_memory_probe_reads_estimates_from_a_reference_frame_policy(reference_policy, capsys):
     from research.push_memory_probe import PushScenes, main
 
