@@ -372,7 +372,8 @@ def run_variant(variant: Variant, args) -> dict:
     next_seed = PROBE_SEED + 100_000
     seeds = lambda n: range(next_seed, next_seed + n)  # noqa: E731
     collect = dict(decisions_only=args.label_decisions, gamma=regime.gamma)
-    demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng, **collect)
+    demos = run_episodes(scenes, variant, None, 1.0, seeds(args.bc_episodes), rng,
+                         **{**collect, "decisions_only": args.label_decisions and not args.bc_every_step})
     next_seed += args.bc_episodes
     inputs, labels, returns = demos["inputs"], demos["labels"], demos["returns"]
     learner = ChunkLearner(inputs.shape[1] // variant.history, labels.shape[2], variant, args.seed, args.layout,
@@ -431,6 +432,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--label-decisions", action="store_true",
                         help="label only the states where a chunk is decided (the CLIP policy's imitation), not "
                              "every step's")
+    parser.add_argument("--bc-every-step", action="store_true",
+                        help="with --label-decisions: the expert's own episodes still label every step (the expert "
+                             "runs closed-loop, so a chunk of one executed action gives the same path)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", help="write the report here")

@@ -93,3 +93,51 @@ def test_a_detached_value_loss_reaches_the_critic_but_not_the_fusion_the_actor_s
     with torch.no_grad():
         assert torch.equal(imitation.batch_losses(network, data, every, value_detached=True)[0],
                            imitation.batch_losses(network, data, every)[0])
+
+
+def test_clipping_the_value_gradient_apart_keeps_the_actions_share_of_the_fusions_step(tmp_path):
+    """`bc_clip_apart`: with returns far off, the fusion still moves the way the actions' loss asks."""
+    from vla_ros.policy.checkpoint import build_network
+
+    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_clip_apart=True))
+    run.run()
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
+        "training"]["config"]["bc_clip_apart"] is True
+    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    data.returns = data.returns + 1000.0  # a critic hopelessly wrong: its gradient dwarfs the actions'
+    every = np.arange(len(data))
+
+    network = build_network(run.config)
+    params = [p for name, p in network.named_parameters() if name != "log_std"]
+    fusion = [p for p in network.features_extractor.parameters() if p.requires_grad]
+
+    def fusion_gradient(value_weight: float, clip_apart: bool) -> torch.Tensor:
+        network.zero_grad(set_to_none=True)
+        imitation.set_gradients(network, data, every, params, value_weight, 1.0, clip_apart=clip_apart)
+        return torch.cat([p.grad.flatten() for p in fusion])
+
+    actions_only = fusion_gradient(0.0, False)  # what the actions (and grounding) alone ask of the fusion
+
+    def cosine(gradient: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(gradient, actions_only, dim=0))
+
+    together, apart = cosine(fusion_gradient(0.5, False)), cosine(fusion_gradient(0.5, True))
+    assert together < 0.2 < apart, (together, apart)  # clipped together, the critic's gradient sets the direction
+
+
+def test_the_expert_round_can_label_every_step_of_a_chunked_policy(tmp_path):
+    """`bc_expert_every_step`: the expert's demonstrations hold a state per env step, each with a whole chunk."""
+    def demos(every_step: bool):
+        out = tmp_path / ("every" if every_step else "decisions")
+        run = TrainingRun(_config(out, ppo_steps=0, dagger_rounds=0, action_chunk=4, chunk_execute=4,
+                                  bc_expert_every_step=every_step))
+        run.run()
+        state = json.loads((out / "state.json").read_text())
+        return imitation.Demonstrations.load(out / "demos_0.npz"), state["imitation_env_steps"]
+
+    decisions, decision_steps = demos(False)
+    every, every_steps = demos(True)
+    assert every.expert_actions.shape[1] == decisions.expert_actions.shape[1]  # chunks of 4 actions either way
+    # the same two expert scenes: about four labelled states where the chunked run labelled one
+    assert len(every) > 2 * len(decisions)
+    assert every_steps == every.cost and decision_steps == 4 * decisions.cost

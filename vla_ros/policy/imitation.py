@@ -202,9 +202,47 @@ def batch_losses(network, data: Demonstrations, idx: np.ndarray,
     return action_loss, value_loss, grounding_loss
 
 
+def _add_clipped(params: list[torch.Tensor], grads, max_norm: float) -> None:
+    """Add ``grads`` (one per parameter, None where unused), scaled to a total norm of at most ``max_norm``."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g * scale if p.grad is None else p.grad + g * scale
+
+
+def set_gradients(network, data: Demonstrations, idx: np.ndarray, params: list[torch.Tensor], value_weight: float,
+                  grounding_weight: float, value_detached: bool = False,
+                  clip_apart: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Set ``params``' gradients (zeroed before) for one step of :func:`fit`; returns :func:`batch_losses`.
+
+    The gradient is clipped to a total norm of 1, or with ``clip_apart`` the value loss's gradient and the
+    actions' (with the grounding loss's) are clipped to 1 each and then added.
+    """
+    action_loss, value_loss, grounding_loss = batch_losses(network, data, idx, value_detached)
+    if clip_apart:
+        value_grads = torch.autograd.grad(value_weight * value_loss, params, retain_graph=True, allow_unused=True)
+        (action_loss + grounding_weight * grounding_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        _add_clipped(params, value_grads, 1.0)
+    else:
+        (action_loss + value_weight * value_loss + grounding_weight * grounding_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+    return action_loss, value_loss, grounding_loss
+
+
 def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
-        value_weight: float = 0.5, grounding_weight: float = 1.0, value_detached: bool = False) -> dict[str, float]:
+        value_weight: float = 0.5, grounding_weight: float = 1.0, value_detached: bool = False,
+        clip_apart: bool = False) -> dict[str, float]:
     """Regress the actor mean on expert actions and the value head on observed returns.
+
+    Each step's gradient is clipped to a total norm of 1 (:func:`set_gradients`). ``clip_apart`` clips the value
+    loss's gradient and the actions' apart and then adds them: clipped together, returns whose error is hundreds
+    of times the actions' set the direction of the layers the critic shares with the actor (the fusion), and
+    the actions' share of it all but vanishes (docs/EXPERIMENT_LOG.md, 2026-12-07, sixteenth session).
 
     Fusions that attend over patches also regress their attention's expected position on the
     commanded object's image position (an auxiliary grounding loss from simulator state; at run
@@ -223,11 +261,9 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
         totals = np.zeros(3)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            action_loss, value_loss, grounding_loss = batch_losses(network, data, idx, value_detached)
-            loss = action_loss + value_weight * value_loss + grounding_weight * grounding_loss
             optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            action_loss, value_loss, grounding_loss = set_gradients(network, data, idx, params, value_weight,
+                                                                    grounding_weight, value_detached, clip_apart)
             optimizer.step()
             totals += [action_loss.item() * len(idx), value_loss.item() * len(idx), grounding_loss.item() * len(idx)]
         losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n, "grounding_mse": totals[2] / n}

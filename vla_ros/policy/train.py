@@ -130,6 +130,13 @@ class TrainConfig:
     bc_value_detached: bool = False
     """imitation's value regression trains the critic's own layers only, not the fusion the actor shares with it:
     by the last DAgger rounds the returns' MSE is hundreds of times the actions' (docs/EXPERIMENT_LOG.md, 2026-12-07)"""
+    bc_clip_apart: bool = False
+    """imitation clips the value loss's gradient and the actions' apart (each to norm 1) before adding them, so the
+    returns' large error cannot shrink the actions' step (vla_ros.policy.imitation.fit)"""
+    bc_expert_every_step: bool = False
+    """a chunked policy's expert round labels every env step, not only the steps where a chunk is decided: the
+    expert acts closed-loop, so its path is the same, with chunk_execute times the labelled states (the DAgger
+    rounds still decide every chunk_execute steps, as the policy runs)"""
     bc_action_noise: float = 0.0
     """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
     (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
@@ -365,14 +372,21 @@ class TrainingRun:
         self._writer.add_scalar(tag, float(value), int(step))
         self._writer.flush()
 
+    def _steps_per_decision(self, round_index: int) -> int:
+        """Env steps one labelled decision of imitation round ``round_index`` runs (at most)."""
+        if round_index == 0 and self.cfg.bc_expert_every_step:
+            return 1
+        return self.cfg.chunk_execute
+
     def _save_state(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")
 
-    def _venv(self, seed: int, expert_labels: bool = False, **env_kwargs) -> ClipFeatureVecEnv:
+    def _venv(self, seed: int, expert_labels: bool = False, action_chunk: ActionChunk | None = None,
+              **env_kwargs) -> ClipFeatureVecEnv:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
-                           expert_labels=expert_labels, action_chunk=self.action_chunk, **kwargs)
+                           expert_labels=expert_labels, action_chunk=action_chunk or self.action_chunk, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
                                  sentence=self.cfg.skill_reader)
@@ -436,7 +450,20 @@ class TrainingRun:
         try:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
-                if k == 0:
+                if k == 0 and self._steps_per_decision(0) == 1 < cfg.chunk_execute:
+                    # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
+                    # are the labels); returns discounted per step so they match the decisions' per chunk
+                    every_step = self._venv(cfg.seed, expert_labels=True,
+                                            action_chunk=ActionChunk(self.action_chunk.predicted, 1))
+                    try:
+                        data = imitation.collect(every_step, cfg.bc_episodes, rng,
+                                                 gamma=cfg.gamma ** (1.0 / cfg.chunk_execute),
+                                                 desc="expert demos (every step)", action_noise=cfg.bc_action_noise)
+                    finally:
+                        every_step.close()
+                    tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples "
+                               f"(every step labelled)")
+                elif k == 0:
                     data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos",
                                             action_noise=cfg.bc_action_noise)
                     tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
@@ -461,7 +488,7 @@ class TrainingRun:
                 weighted = [d for d, n in zip(datasets, repeats) for _ in range(n)]
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(weighted), cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k,
-                                       value_detached=cfg.bc_value_detached)
+                                       value_detached=cfg.bc_value_detached, clip_apart=cfg.bc_clip_apart)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
                 for name, value in losses.items():
                     self.log_scalar(f"imitation/{name}", value, k)
@@ -469,8 +496,10 @@ class TrainingRun:
                                 data.successes / max(1, data.episodes), k)
                 save_model(network, str(weights))
                 self.state["imitation_rounds_done"] = k + 1
-                # one sample per decision; a chunked policy's decision runs up to chunk_execute env steps
-                self.state["imitation_env_steps"] = int(sum(d.cost for d in datasets)) * cfg.chunk_execute
+                # one sample per decision; a chunked policy's decision runs up to chunk_execute env steps (one in
+                # an expert round that labels every step)
+                self.state["imitation_env_steps"] = int(sum(d.cost * self._steps_per_decision(r)
+                                                            for r, d in enumerate(datasets)))
                 self._save_state()
         finally:
             venv.close()
