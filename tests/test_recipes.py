@@ -266,3 +266,9 @@ def test_the_push_only_recipe_is_the_backoff_one_on_push_with_as_many_pushes():
     assert _changed(backoff, push) == {"task", "bc_episodes", "dagger_episodes"}
     assert push["task"] == "push" and 2 * push["bc_episodes"] == backoff["bc_episodes"]
     assert 2 * push["dagger_episodes"] == backoff["dagger_episodes"]
+
+
+def test_the_clip_apart_recipe_changes_the_backoff_ones_imitation_regime_only():
+    backoff, apart = _research_recipe("skills_backoff"), _research_recipe("skills_clip_apart")
+    assert _changed(backoff, apart) == {"bc_clip_apart", "bc_expert_every_step"}
+    assert apart["bc_clip_apart"] is True and apart["bc_expert_every_step"] is True
