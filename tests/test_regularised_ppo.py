@@ -141,3 +141,56 @@ def test_the_expert_round_can_label_every_step_of_a_chunked_policy(tmp_path):
     # the same two expert scenes: about four labelled states where the chunked run labelled one
     assert len(every) > 2 * len(decisions)
     assert every_steps == every.cost and decision_steps == 4 * decisions.cost
+
+
+def test_every_round_can_label_the_states_a_chunk_passes(tmp_path):
+    """`bc_label_every_step`: expert and DAgger rounds keep the states inside each chunk, expert-labelled."""
+    out = tmp_path / "every"
+    run = TrainingRun(_config(out, ppo_steps=0, dagger_rounds=1, action_chunk=4, chunk_execute=3,
+                              bc_label_every_step=True))
+    run.run()
+    for k in (0, 1):
+        data = imitation.Demonstrations.load(out / f"demos_{k}.npz")
+        # each decision runs up to 3 steps: up to 2 passed states per decision beside it
+        assert data.cost < len(data) <= 3 * data.cost
+        assert data.expert_actions.shape[1] == 4 * data.expert_actions.shape[1] // 4
+        assert len(data.returns) == len(data.target_xy) == len(data.reference_xy) == len(data)
+        assert np.isfinite(data.returns).all() and np.abs(data.expert_actions).max() <= 1
+        # a passed state is a real, different frame: its features differ from its decision's
+        decisions = data.obs["image_patches"][:data.cost].astype(np.float32)
+        passed = data.obs["image_patches"][data.cost:].astype(np.float32)
+        assert not any(np.array_equal(passed[0], d) for d in decisions)
+    state = json.loads((out / "state.json").read_text())
+    assert state["imitation_env_steps"] <= 3 * sum(imitation.Demonstrations.load(out / f"demos_{k}.npz").cost
+                                                   for k in (0, 1))
+    with pytest.raises(ValueError, match="chunk_execute"):
+        TrainingRun(_config(tmp_path / "bad", action_chunk=4, chunk_execute=1, bc_label_every_step=True))
+
+
+def test_passed_states_are_labelled_as_the_expert_would_label_them_there():
+    """A state inside a chunk gets the label an env deciding every step gives there, and the same next decision."""
+    from vla_ros.policy.action_chunk import ActionChunk, ChunkedActionWrapper
+    from vla_ros.policy.envs import CHUNK_STEPS, EXPERT_ACTION, TARGET_XY, ExpertLabelWrapper, make_env_fn
+
+    every = make_env_fn("reach", expert_labels=True, action_chunk=ActionChunk(4, 3), label_every_step=True)()
+    single = make_env_fn("reach", expert_labels=True, action_chunk=ActionChunk(4, 1))()
+    assert isinstance(every, ExpertLabelWrapper) and isinstance(every.env, ChunkedActionWrapper)
+    _, info = every.reset(seed=3)
+    _, reference = single.reset(seed=3)
+    np.testing.assert_allclose(info[EXPERT_ACTION], reference[EXPERT_ACTION])
+    chunk = info[EXPERT_ACTION]
+    _, _, terminated, _, info = every.step(chunk)
+    passed = info[CHUNK_STEPS]
+    assert not terminated and len(passed) == 2  # the chunk ran 3 steps: 2 states before its last
+    joints = every.env.joint_dim
+    labels = []
+    for k in range(3):  # the same three actions, one decision each
+        action = np.zeros_like(chunk)
+        action[:joints] = chunk[k * joints:(k + 1) * joints]
+        labels.append(single.step(action)[4])
+    for state, step_info in zip(passed, labels[:2]):
+        np.testing.assert_allclose(state[EXPERT_ACTION], step_info[EXPERT_ACTION], atol=1e-6)
+        np.testing.assert_allclose(state[TARGET_XY], step_info[TARGET_XY], atol=1e-6)
+    np.testing.assert_allclose(info[EXPERT_ACTION], labels[2][EXPERT_ACTION], atol=1e-6)
+    with pytest.raises(ValueError, match="label_every_step"):
+        make_env_fn("reach", expert_labels=False, action_chunk=ActionChunk(4, 3), label_every_step=True)

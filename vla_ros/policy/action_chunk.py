@@ -71,7 +71,12 @@ class ChunkedActionWrapper(gym.Wrapper):
 
     The reward is the sum over the steps that ran; the episode's end (success, the object falling, the time
     limit) ends the chunk early. ``info`` is the last step's, with ``env_steps`` the number of steps run.
+    ``inner_step_hook`` (None: unused), when set, is called ``(obs, info)`` after each step that ran before the
+    last one: the states the policy passes without deciding (the expert labels them:
+    :class:`vla_ros.policy.envs.ExpertLabelWrapper`).
     """
+
+    inner_step_hook = None
 
     def __init__(self, env: gym.Env, chunk: ActionChunk):
         super().__init__(env)
@@ -90,6 +95,8 @@ class ChunkedActionWrapper(gym.Wrapper):
             total += float(reward)
             if terminated or truncated:
                 break
+            if k < self.chunk.executed - 1 and self.inner_step_hook is not None:
+                self.inner_step_hook(obs, info)
         info[ENV_STEPS] = k + 1
         return obs, total, terminated, truncated, info
 

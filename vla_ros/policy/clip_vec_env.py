@@ -4,7 +4,8 @@ Raw env observations (image, command bytes, proprioception) become CLIP features
 embedding, patch tokens, cached text embedding, normalised proprioception). ``batched=False``
 encodes env by env instead: the slower baseline ``vla-ros bench train`` compares against.
 ``reference_frame=True`` adds the patch tokens of each env's first frame of its current episode;
-``sentence=True`` the text tower's sentence embedding of each command (a skill reader reads it).
+``sentence=True`` the text tower's sentence embedding of each command (a skill reader reads it). The states a
+chunked step passed (``info["chunk_steps"]``, :class:`vla_ros.policy.envs.ExpertLabelWrapper`) are encoded too.
 """
 
 from __future__ import annotations
@@ -85,10 +86,42 @@ class ClipFeatureVecEnv(VecEnvWrapper):
         self.reset_infos = self.venv.reset_infos  # VecEnvWrapper keeps its own (empty) list otherwise
         return self._with_reference(self._convert(obs), np.ones(self.num_envs, dtype=bool))
 
+    def _convert_passed(self, infos: list[dict]) -> None:
+        """Replace each ``info[CHUNK_STEPS]``'s raw observations by features, in one batch over all envs.
+
+        Each becomes ``{"obs": features (n, ...), EXPERT_ACTION: (n, K * joints), TARGET_XY: (n, 2)}`` (None
+        where the chunk passed none); the
+        reference patches are those of the episode the states belong to (before a reset replaces them).
+        """
+        from vla_ros.policy.envs import CHUNK_STEPS, EXPERT_ACTION, TARGET_XY
+
+        owners = [(i, step) for i, info in enumerate(infos) for step in info.get(CHUNK_STEPS, ())]
+        if not owners:
+            return
+        raw = [step["obs"] for _, step in owners]
+        feats = self.features(np.stack([o[OBS_IMAGE] for o in raw]), [decode_command(o[OBS_COMMAND]) for o in raw],
+                              np.stack([o[OBS_PROPRIO] for o in raw]))
+        env_of = np.array([i for i, _ in owners])
+        if self.reference_frame:
+            feats[FEAT_REFERENCE_PATCHES] = self.reference[env_of].copy()
+        for i, info in enumerate(infos):
+            if CHUNK_STEPS in info:
+                rows = np.flatnonzero(env_of == i)
+                if not rows.size:  # the chunk's first step ended the episode
+                    info[CHUNK_STEPS] = None
+                    continue
+                steps = [owners[r][1] for r in rows]
+                info[CHUNK_STEPS] = {
+                    "obs": {k: v[rows] for k, v in feats.items()},
+                    EXPERT_ACTION: np.array([s[EXPERT_ACTION] for s in steps], dtype=np.float32).reshape(len(rows), -1),
+                    TARGET_XY: np.array([s[TARGET_XY] for s in steps], dtype=np.float32).reshape(len(rows), 2),
+                }
+
     def step_wait(self):
-        """Step all envs; terminal observations (kept for bootstrapping) are converted too."""
+        """Step all envs; terminal observations (kept for bootstrapping) and passed states are converted too."""
         obs, rewards, dones, infos = self.venv.step_wait()
         self.reset_infos = self.venv.reset_infos
+        self._convert_passed(infos)
         for i in np.flatnonzero(dones):
             terminal = infos[i].get("terminal_observation")
             if terminal is not None:

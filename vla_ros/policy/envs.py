@@ -14,6 +14,9 @@ from vla_ros.envs.instructions import TASKS
 EXPERT_ACTION = "expert_action"
 EXPERT_PHASE = "expert_phase"  # the waypoint the expert heads for (analysis only: ScriptedExpert.act_with_phase)
 TARGET_XY = "target_xy"  # commanded object's image position, (x, y) in [-1, 1] (training signal only)
+# info key of a chunked step with label_every_step: the states passed inside the chunk, each a dict of its raw
+# observation ("obs"), EXPERT_ACTION and TARGET_XY (ClipFeatureVecEnv replaces the observations by features)
+CHUNK_STEPS = "chunk_steps"
 
 
 def checkpoint_tasks(task: str) -> tuple[str, ...]:
@@ -35,14 +38,29 @@ class ExpertLabelWrapper(gym.Wrapper):
     The expert reads privileged simulator state, so it must run where the env lives (the worker). With
     ``chunk_length`` K > 1 the label is the expert's next K actions, flattened (K * n,) as a chunked policy's
     action is (:func:`vla_ros.policy.action_chunk.expert_chunk`).
+
+    ``label_every_step`` (around a :class:`vla_ros.policy.action_chunk.ChunkedActionWrapper`): the states a chunk
+    passes before its last step are labelled too, and listed in ``info[CHUNK_STEPS]`` with their observations,
+    so imitation can learn from every state the policy visits, not only where it decides.
     """
 
-    def __init__(self, env: gym.Env, chunk_length: int = 1):
+    def __init__(self, env: gym.Env, chunk_length: int = 1, label_every_step: bool = False):
         super().__init__(env)
         from vla_ros.envs.expert import ScriptedExpert
+        from vla_ros.policy.action_chunk import ChunkedActionWrapper
 
         self.expert = ScriptedExpert(env)
         self.chunk_length = int(chunk_length)
+        self._passed: list[dict] | None = None
+        if label_every_step:
+            if not isinstance(env, ChunkedActionWrapper):
+                raise ValueError("label_every_step labels the states inside a chunk: wrap a ChunkedActionWrapper")
+            self._passed = []
+            env.inner_step_hook = self._label_passed
+
+    def _label_passed(self, obs: dict, info: dict) -> None:
+        info = self._label(dict(info))
+        self._passed.append({"obs": obs, EXPERT_ACTION: info[EXPERT_ACTION], TARGET_XY: info[TARGET_XY]})
 
     def reset(self, **kwargs):
         """Reset and label the first observation."""
@@ -51,8 +69,12 @@ class ExpertLabelWrapper(gym.Wrapper):
         return obs, self._label(info)
 
     def step(self, action):
-        """Step and label the next observation."""
+        """Step and label the next observation (and with ``label_every_step`` the states passed on the way)."""
+        if self._passed is not None:
+            self._passed = []
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._passed is not None:
+            info[CHUNK_STEPS] = self._passed
         return obs, reward, terminated, truncated, self._label(info)
 
     def _label(self, info: dict) -> dict:
@@ -72,12 +94,17 @@ def target_image_xy(info: dict, image_size: int) -> np.ndarray:
     return np.array([u / image_size * 2 - 1, v / image_size * 2 - 1], dtype=np.float32)
 
 
-def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, **env_kwargs: Any) -> Callable[[], gym.Env]:
+def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label_every_step: bool = False,
+                **env_kwargs: Any) -> Callable[[], gym.Env]:
     """A picklable thunk creating one env (torch limited to one thread in workers).
 
     ``action_chunk`` (:class:`vla_ros.policy.action_chunk.ActionChunk`, for a chunked policy): each step takes a
-    chunk and runs its first E actions; expert labels are then chunks too.
+    chunk and runs its first E actions; expert labels are then chunks too, and with ``label_every_step`` the
+    states inside each chunk are labelled as well (:class:`ExpertLabelWrapper`).
     """
+    chunked = action_chunk is not None and not action_chunk.single
+    if label_every_step and not (expert_labels and chunked):
+        raise ValueError("label_every_step needs expert_labels and an action chunk executing more than one action")
 
     def thunk() -> gym.Env:
         import torch
@@ -86,13 +113,13 @@ def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, **env
         import vla_ros.envs  # noqa: F401  (registers the ids)
 
         env = gym.make(env_id(task), **env_kwargs)
-        chunked = action_chunk is not None and not action_chunk.single
         if chunked:
             from vla_ros.policy.action_chunk import ChunkedActionWrapper
 
             env = ChunkedActionWrapper(env, action_chunk)
         if expert_labels:  # outside the chunk: one label (a chunk) per decision, not one per step run
-            env = ExpertLabelWrapper(env, chunk_length=action_chunk.predicted if chunked else 1)
+            env = ExpertLabelWrapper(env, chunk_length=action_chunk.predicted if chunked else 1,
+                                     label_every_step=label_every_step)
         return env
 
     return thunk
@@ -103,16 +130,18 @@ VEC_ENVS = ("subproc", "dummy", "ray")
 
 def make_vec_env(task: str, num_envs: int, seed: int, vec_env: str = "subproc", expert_labels: bool = False,
                  ray_workers: int = 0, ray_address: str | None = None, action_chunk=None,
-                 **env_kwargs: Any) -> VecEnv:
+                 label_every_step: bool = False, **env_kwargs: Any) -> VecEnv:
     """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset.
 
-    ``action_chunk``: a chunked policy's :class:`vla_ros.policy.action_chunk.ActionChunk` (:func:`make_env_fn`).
+    ``action_chunk``: a chunked policy's :class:`vla_ros.policy.action_chunk.ActionChunk`; ``label_every_step``
+    labels the states inside its chunks (:func:`make_env_fn`).
 
     ``vec_env``: ``subproc`` (one process per env), ``dummy`` (in this process) or ``ray`` (batches of envs
     hosted by ``ray_workers`` Ray actors, 0: one per free CPU; local Ray unless ``ray_address``). All three give
     the same transitions for the same seed and env count.
     """
-    fns = [make_env_fn(task, expert_labels=expert_labels, action_chunk=action_chunk, **env_kwargs)
+    fns = [make_env_fn(task, expert_labels=expert_labels, action_chunk=action_chunk,
+                       label_every_step=label_every_step, **env_kwargs)
            for _ in range(num_envs)]
     if vec_env == "ray":
         from vla_ros.distributed.ray_vec_env import RayVecEnv

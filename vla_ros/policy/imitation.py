@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
-from vla_ros.policy.envs import EXPERT_ACTION, TARGET_XY
+from vla_ros.policy.envs import CHUNK_STEPS, EXPERT_ACTION, TARGET_XY
 
 
 @dataclass
@@ -92,7 +92,8 @@ def _discounted_returns(rewards: list[np.ndarray], dones: list[np.ndarray], gamm
 @torch.no_grad()
 def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, network=None,
             beta: float = 1.0, gamma: float = 0.97, desc: str = "collect",
-            takeover: tuple[int, int] | None = None, action_noise: float = 0.0) -> Demonstrations:
+            takeover: tuple[int, int] | None = None, action_noise: float = 0.0,
+            passed_states: bool = False) -> Demonstrations:
     """Roll out and label with the expert.
 
     Mixed rollouts (``takeover`` None): the expert acts with probability ``beta`` per step, else ``network``; every
@@ -105,7 +106,13 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     ``action_noise`` (DART, Laskey et al. 2017): Gaussian noise of this standard deviation (normalised action
     units) on every action the expert executes, clipped to [-1, 1]; the labels stay the expert's clean actions,
     so the demonstrations cover states just off the expert's path with the way back to it.
+
+    ``passed_states`` (a venv made with ``label_every_step``): the states each chunk passed before its last step
+    are kept as well, with their own expert labels, so a policy deciding every E steps imitates on E times the
+    states it visits. Their return is their decision's (the rewards of the chunk's first steps included).
     """
+    if passed_states and takeover is not None:
+        raise ValueError("passed_states keeps every state of mixed rollouts; takeover rounds keep only the expert's")
     if action_noise < 0:
         raise ValueError(f"action_noise must be >= 0, got {action_noise}")
     if takeover is not None and (network is None or not 0 <= takeover[0] <= takeover[1]):
@@ -114,6 +121,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     current = list(venv.reset_infos)  # info of each env's current observation
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions_l, xy_l, ref_xy_l, rewards_l, dones_l, kept_l = [], [], [], [], [], []
+    passed_l: list[tuple[int, int, dict, np.ndarray]] = []  # (decision row, env, the chunk's passed states, ref xy)
     reference_xy = np.stack([info[TARGET_XY] for info in current])  # each env's episode-start target position
     finished = successes = 0
     decisions = np.zeros(venv.num_envs, dtype=np.int64)  # decisions so far in each env's episode
@@ -145,6 +153,10 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             obs, rewards, dones, infos = venv.step(act)
             rewards_l.append(rewards.astype(np.float32))
             dones_l.append(dones.astype(np.float32))
+            if passed_states:
+                for i, info in enumerate(infos):
+                    if info.get(CHUNK_STEPS):  # states of the episode this step belonged to, so its reference
+                        passed_l.append((len(rewards_l) - 1, i, info[CHUNK_STEPS], reference_xy[i].copy()))
             current = [venv.reset_infos[i] if dones[i] else infos[i] for i in range(len(infos))]
             decisions += 1
             for i in np.flatnonzero(dones):
@@ -161,14 +173,25 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
         out = arr.reshape(-1, *arr.shape[2:])
         return out if flat_kept is None else out[flat_kept]
 
+    obs_out = {k: flat(np.stack(v)) for k, v in buffers.items()}
+    actions_out, xy_out = flat(np.stack(actions_l)), flat(np.stack(xy_l))
+    returns_out, ref_out = flat(returns), flat(np.stack(ref_xy_l))
+    if passed_l:
+        counts = [len(states[TARGET_XY]) for _, _, states, _ in passed_l]
+        obs_out = {k: np.concatenate([v] + [states["obs"][k].astype(np.float16) for _, _, states, _ in passed_l])
+                   for k, v in obs_out.items()}
+        actions_out = np.concatenate([actions_out] + [states[EXPERT_ACTION] for _, _, states, _ in passed_l])
+        xy_out = np.concatenate([xy_out] + [states[TARGET_XY] for _, _, states, _ in passed_l])
+        returns_out = np.concatenate([returns_out, np.repeat([returns[t, i] for t, i, _, _ in passed_l], counts)])
+        ref_out = np.concatenate([ref_out, np.repeat(np.stack([r for *_, r in passed_l]), counts, axis=0)])
     return Demonstrations(
-        obs={k: flat(np.stack(v)) for k, v in buffers.items()},
-        expert_actions=np.clip(flat(np.stack(actions_l)), -1, 1),
-        target_xy=flat(np.stack(xy_l)),
-        returns=flat(returns),
+        obs=obs_out,
+        expert_actions=np.clip(actions_out, -1, 1),
+        target_xy=xy_out,
+        returns=returns_out.astype(np.float32),
         successes=successes,
         episodes=finished,
-        reference_xy=flat(np.stack(ref_xy_l)),
+        reference_xy=ref_out,
         decisions_run=len(actions_l) * venv.num_envs,
     )
 

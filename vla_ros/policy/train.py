@@ -137,6 +137,10 @@ class TrainConfig:
     """a chunked policy's expert round labels every env step, not only the steps where a chunk is decided: the
     expert acts closed-loop, so its path is the same, with chunk_execute times the labelled states (the DAgger
     rounds still decide every chunk_execute steps, as the policy runs)"""
+    bc_label_every_step: bool = False
+    """a chunked policy's imitation labels every env step of every round: the states each chunk passes before its
+    last step are labelled by the expert and kept beside the decisions' (vla_ros.policy.imitation.collect's
+    passed_states); the policy still decides every chunk_execute steps. Not with takeover rounds"""
     bc_action_noise: float = 0.0
     """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
     (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
@@ -318,6 +322,13 @@ class TrainingRun:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
             raise ValueError(f"dagger_takeover_repeat must be at least 1, got {cfg.dagger_takeover_repeat}")
+        if cfg.bc_label_every_step and (cfg.chunk_execute < 2 or cfg.dagger_takeover_rounds
+                                        or cfg.bc_expert_every_step):
+            raise ValueError("bc_label_every_step labels the states inside executed chunks: it needs chunk_execute "
+                             ">= 2, no takeover rounds, and replaces bc_expert_every_step")
+        if cfg.bc_expert_every_step and cfg.chunk_execute < 2:
+            raise ValueError("bc_expert_every_step needs chunk_execute >= 2 (a policy deciding every step labels "
+                             "every step already)")
         after = tuple(cfg.dagger_takeover_after)
         if len(after) != 2 or not 0 <= after[0] <= after[1]:
             raise ValueError(f"dagger_takeover_after must be (low, high) with 0 <= low <= high, got {after}")
@@ -382,11 +393,12 @@ class TrainingRun:
         self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")
 
     def _venv(self, seed: int, expert_labels: bool = False, action_chunk: ActionChunk | None = None,
-              **env_kwargs) -> ClipFeatureVecEnv:
+              label_every_step: bool = False, **env_kwargs) -> ClipFeatureVecEnv:
         kwargs = {**self.env_kwargs, **env_kwargs}
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
-                           expert_labels=expert_labels, action_chunk=action_chunk or self.action_chunk, **kwargs)
+                           expert_labels=expert_labels, action_chunk=action_chunk or self.action_chunk,
+                           label_every_step=label_every_step, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
                                  sentence=self.cfg.skill_reader)
@@ -446,11 +458,12 @@ class TrainingRun:
         if rounds_done:
             load_model(network, str(weights))
             tqdm.write(f"[imitation] resuming after round {rounds_done - 1} ({sum(map(len, datasets))} samples)")
-        venv = self._venv(cfg.seed, expert_labels=True)
+        passed = cfg.bc_label_every_step
+        venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed)
         try:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
-                if k == 0 and self._steps_per_decision(0) == 1 < cfg.chunk_execute:
+                if k == 0 and cfg.bc_expert_every_step:
                     # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
                     # are the labels); returns discounted per step so they match the decisions' per chunk
                     every_step = self._venv(cfg.seed, expert_labels=True,
@@ -465,7 +478,7 @@ class TrainingRun:
                                f"(every step labelled)")
                 elif k == 0:
                     data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos",
-                                            action_noise=cfg.bc_action_noise)
+                                            action_noise=cfg.bc_action_noise, passed_states=passed)
                     tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
                 elif self._is_takeover_round(k):
                     low, high = (int(v) for v in cfg.dagger_takeover_after)
@@ -477,7 +490,8 @@ class TrainingRun:
                 else:
                     beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
                     data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
-                                             gamma=cfg.gamma, desc=f"DAgger {k}", action_noise=cfg.bc_action_noise)
+                                             gamma=cfg.gamma, desc=f"DAgger {k}", action_noise=cfg.bc_action_noise,
+                                             passed_states=passed)
                     tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
