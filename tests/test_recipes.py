@@ -272,3 +272,9 @@ def test_the_clip_apart_recipe_changes_the_backoff_ones_imitation_regime_only():
     backoff, apart = _research_recipe("skills_backoff"), _research_recipe("skills_clip_apart")
     assert _changed(backoff, apart) == {"bc_clip_apart", "bc_expert_every_step"}
     assert apart["bc_clip_apart"] is True and apart["bc_expert_every_step"] is True
+
+
+def test_the_every_step_recipe_labels_every_round_instead_of_the_expert_round_only():
+    apart, every = _research_recipe("skills_clip_apart"), _research_recipe("skills_every_step")
+    assert _changed(apart, every) == {"bc_expert_every_step", "bc_label_every_step"}
+    assert every["bc_label_every_step"] is True and every["bc_expert_every_step"] is False
