@@ -194,3 +194,23 @@ def test_passed_states_are_labelled_as_the_expert_would_label_them_there():
     np.testing.assert_allclose(info[EXPERT_ACTION], labels[2][EXPERT_ACTION], atol=1e-6)
     with pytest.raises(ValueError, match="label_every_step"):
         make_env_fn("reach", expert_labels=False, action_chunk=ActionChunk(4, 3), label_every_step=True)
+
+
+def test_imitation_without_a_value_weight_leaves_the_critic_untrained(tmp_path):
+    """`bc_value_weight: 0`: the critic's own layers keep their initial weights; the actor still learns."""
+    from vla_ros.policy.checkpoint import build_network
+
+    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_value_weight=0.0))
+    run.run()
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
+        "training"]["config"]["bc_value_weight"] == 0.0
+    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    network = build_network(run.config)
+    critic = [p.detach().clone() for p in network.value_net.parameters()]
+    actor = [p.detach().clone() for p in network.action_net.parameters()]
+    imitation.fit(network, data, epochs=2, batch_size=8, lr=1e-3, seed=0, value_weight=0.0)
+    assert all(torch.equal(p, q) for p, q in zip(network.value_net.parameters(), critic))
+    assert not all(torch.equal(p, q) for p, q in zip(network.action_net.parameters(), actor))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="bc_value_weight"):
+            TrainingRun(_config(tmp_path / "bad", bc_value_weight=bad))

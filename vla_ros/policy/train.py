@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shlex
 import sys
@@ -130,6 +131,9 @@ class TrainConfig:
     bc_value_detached: bool = False
     """imitation's value regression trains the critic's own layers only, not the fusion the actor shares with it:
     by the last DAgger rounds the returns' MSE is hundreds of times the actions' (docs/EXPERIMENT_LOG.md, 2026-12-07)"""
+    bc_value_weight: float = 0.5
+    """weight of imitation's value regression (the critic on the observed returns, PPO's warm start) beside the
+    actions' (weight 1); 0 leaves the critic untrained until PPO"""
     bc_clip_apart: bool = False
     """imitation clips the value loss's gradient and the actions' apart (each to norm 1) before adding them, so the
     returns' large error cannot shrink the actions' step (vla_ros.policy.imitation.fit)"""
@@ -318,6 +322,8 @@ class TrainingRun:
         if not 0 <= cfg.dagger_takeover_rounds <= cfg.dagger_rounds:
             raise ValueError(f"dagger_takeover_rounds must be in [0, dagger_rounds={cfg.dagger_rounds}], "
                              f"got {cfg.dagger_takeover_rounds}")
+        if not (math.isfinite(cfg.bc_value_weight) and cfg.bc_value_weight >= 0):
+            raise ValueError(f"bc_value_weight must be finite and >= 0, got {cfg.bc_value_weight}")
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
@@ -502,7 +508,8 @@ class TrainingRun:
                 weighted = [d for d, n in zip(datasets, repeats) for _ in range(n)]
                 losses = imitation.fit(network, imitation.Demonstrations.concatenate(weighted), cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k,
-                                       value_detached=cfg.bc_value_detached, clip_apart=cfg.bc_clip_apart)
+                                       value_weight=cfg.bc_value_weight, value_detached=cfg.bc_value_detached,
+                                       clip_apart=cfg.bc_clip_apart)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
                 for name, value in losses.items():
                     self.log_scalar(f"imitation/{name}", value, k)
