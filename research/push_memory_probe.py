@@ -2,7 +2,8 @@
 
 Usage: ``python -m research.push_memory_probe [--variants none history2 history4 chunk8x4 history2_chunk8x4]
 [--bc-episodes 400] [--dagger-rounds 3] [--dagger-episodes 200] [--eval-episodes 200] [--estimate-noise 0.0]
-[--json FILE]``
+[--layout flat] [--value-weight 0] [--grad-clip 0] [--separate-clip] [--fresh-optimizer] [--label-decisions]
+[--bc-every-step] [--dagger-execute E] [--json FILE]``
 
 The CLIP policy's actor reads, besides the command, what its fusion estimates of the commanded object (its image
 position now and in the episode's first frame) and the arm's joint positions and velocities. This probe gives a
@@ -26,6 +27,11 @@ Diffusion Policy executes 8 of 16).
 ``--estimates-from CHECKPOINT`` takes them from a reference-frame ``region_map`` policy's fusion on rendered frames
 (its CLIP and its trained map), so the estimates carry the map's real errors (the arm covering the object);
 ``--prior-weight W`` adds W times the first frame's map to the current one first (``reference_prior``).
+The fit can follow the CLIP policy's imitation (``vla_ros.policy.imitation.fit``) piece by piece: a critic
+regressing the discounted returns through the shared layers (``--value-weight 0.5``), the gradient clipped to
+norm 1 (``--grad-clip 1``; ``--separate-clip`` clips the critic's apart), a new Adam per fit
+(``--fresh-optimizer``), and labels only where a chunk is decided (``--label-decisions``; ``--bc-every-step``
+keeps every step in the expert's episodes, ``--dagger-execute 1`` lets DAgger's learner decide every step).
 Reported per variant: the DAgger rounds' success (expert-mixed), action MSE on each round's new (learner-visited)
 states before fitting them, and the learner alone on ``--eval-episodes`` scenes from seed 7,000,000 (success,
 pushes the wrong way). Push only, training split; seeds apart from training and evaluation scenes of the policy.
@@ -381,8 +387,12 @@ def run_variant(variant: Variant, args) -> dict:
     losses = learner.fit(inputs, labels, returns, args.epochs, args.seed)
     report = {"bc_frames": len(inputs), "bc_loss": losses["action_mse"], "bc_value_mse": losses["value_mse"],
               "rounds": []}
+    dagger_variant, dagger_collect = variant, collect
+    if args.dagger_execute:  # DAgger's learner runs fewer of its chunk's actions (returns discounted as before)
+        dagger_variant = Variant(variant.name, variant.history, variant.chunk, args.dagger_execute)
+        dagger_collect = {**collect, "gamma": regime.gamma ** (args.dagger_execute / variant.execute)}
     for round_index, beta in enumerate(DAGGER_BETAS[:args.dagger_rounds]):
-        new = run_episodes(scenes, variant, learner, beta, seeds(args.dagger_episodes), rng, **collect)
+        new = run_episodes(scenes, dagger_variant, learner, beta, seeds(args.dagger_episodes), rng, **dagger_collect)
         next_seed += args.dagger_episodes
         report["rounds"].append({"beta": beta, "success": new["success"],
                                  "mse_on_new_states": learner.mse(new["inputs"], new["labels"])})
@@ -435,6 +445,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--bc-every-step", action="store_true",
                         help="with --label-decisions: the expert's own episodes still label every step (the expert "
                              "runs closed-loop, so a chunk of one executed action gives the same path)")
+    parser.add_argument("--dagger-execute", type=int, default=0,
+                        help="in DAgger rounds the learner runs this many of its chunk's actions before deciding "
+                             "again (1: closed loop, so every step is a decision); the evaluation runs the "
+                             "variant's (default 0: the variant's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", help="write the report here")

@@ -263,9 +263,10 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
     """Regress the actor mean on expert actions and the value head on observed returns.
 
     Each step's gradient is clipped to a total norm of 1 (:func:`set_gradients`). ``clip_apart`` clips the value
-    loss's gradient and the actions' apart and then adds them: clipped together, returns whose error is hundreds
-    of times the actions' set the direction of the layers the critic shares with the actor (the fusion), and
-    the actions' share of it all but vanishes (docs/EXPERIMENT_LOG.md, 2026-12-07, sixteenth session).
+    loss's gradient and the actions' apart and then adds them, so returns whose error is hundreds of times the
+    actions' cannot set the direction of the layers the critic shares with the actor (the fusion) alone; in the
+    push probe it was no reliable cure for what the value loss costs (docs/EXPERIMENT_LOG.md, 2026-12-07,
+    sixteenth session).
 
     Fusions that attend over patches also regress their attention's expected position on the
     commanded object's image position (an auxiliary grounding loss from simulator state; at run
