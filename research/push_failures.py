@@ -129,13 +129,14 @@ def oracle_locator():
     """
     import torch
 
+    from vla_ros.grounding.object_locator import gaussian_logits
+
     class OracleLocator(torch.nn.Module):
         xy = None
 
         def forward(self, patches, text, current, reference, coordinates):
-            sigma = 0.5 * 2.0 / round(coordinates.shape[0] ** 0.5)
-            squared = (coordinates[None] - self.xy.reshape(1, 1, 2)).square().sum(-1)
-            return (-squared / (2 * sigma * sigma)).expand(patches.shape[0], -1)
+            grid_side = round(coordinates.shape[0] ** 0.5)
+            return gaussian_logits(coordinates, self.xy.reshape(1, 2), grid_side, 0.5).expand(patches.shape[0], -1)
 
     return OracleLocator()
 

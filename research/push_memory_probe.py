@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -277,6 +278,8 @@ class ChunkLearner:
         import torch
         import torch.nn.functional as F
 
+        from vla_ros.policy.imitation import add_clipped_gradients
+
         regime = self.regime
         rng = np.random.default_rng(seed)
         if regime.fresh_optimizer:
@@ -297,13 +300,7 @@ class ChunkLearner:
                     action_loss.backward()
                     if regime.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, regime.grad_clip)
-                        norm = torch.sqrt(sum(v.square().sum() for v in value_grads if v is not None))
-                        scale = min(1.0, regime.grad_clip / (float(norm) + 1e-6))
-                    else:
-                        scale = 1.0
-                    for p, v in zip(params, value_grads):
-                        if v is not None:
-                            p.grad = v * scale if p.grad is None else p.grad + v * scale
+                    add_clipped_gradients(params, value_grads, regime.grad_clip or math.inf)
                 else:
                     (action_loss + regime.value_weight * value_loss).backward()
                     if regime.grad_clip:

@@ -24,6 +24,16 @@ def _config(out, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _tiny_imitation(tmp_path, **option):
+    """A real tiny run with one imitation ``option`` (recorded in its checkpoint), and its expert demonstrations."""
+    (name, value), = option.items()
+    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, **option))
+    run.run()
+    recorded = json.loads((tmp_path / "run" / "final" / "config.json").read_text())["training"]["config"][name]
+    assert recorded == value and type(recorded) is type(value)
+    return run, imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+
+
 def test_ppo_regularised_by_imitation_regresses_on_the_runs_demonstrations(tmp_path):
     """A real tiny run: the imitation steps run after each update, on the demonstrations the run saved."""
     run = TrainingRun(_config(tmp_path / "run", ppo_imitation_weight=1.0, ppo_imitation_batches=3,
@@ -70,11 +80,7 @@ def test_a_detached_value_loss_reaches_the_critic_but_not_the_fusion_the_actor_s
     """`bc_value_detached`: on a real tiny run's demonstrations, the value loss's gradient stops at the features."""
     from vla_ros.policy.checkpoint import build_network
 
-    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_value_detached=True))
-    run.run()
-    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
-        "training"]["config"]["bc_value_detached"] is True
-    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    run, data = _tiny_imitation(tmp_path, bc_value_detached=True)
     network = build_network(run.config)
     every = np.arange(len(data))
 
@@ -99,11 +105,7 @@ def test_clipping_the_value_gradient_apart_keeps_the_actions_share_of_the_fusion
     """`bc_clip_apart`: with returns far off, the fusion still moves the way the actions' loss asks."""
     from vla_ros.policy.checkpoint import build_network
 
-    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_clip_apart=True))
-    run.run()
-    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
-        "training"]["config"]["bc_clip_apart"] is True
-    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    run, data = _tiny_imitation(tmp_path, bc_clip_apart=True)
     data.returns = data.returns + 1000.0  # a critic hopelessly wrong: its gradient dwarfs the actions'
     every = np.arange(len(data))
 
@@ -200,11 +202,7 @@ def test_imitation_without_a_value_weight_leaves_the_critic_untrained(tmp_path):
     """`bc_value_weight: 0`: the critic's own layers keep their initial weights; the actor still learns."""
     from vla_ros.policy.checkpoint import build_network
 
-    run = TrainingRun(_config(tmp_path / "run", ppo_steps=0, dagger_rounds=0, bc_value_weight=0.0))
-    run.run()
-    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())[
-        "training"]["config"]["bc_value_weight"] == 0.0
-    data = imitation.Demonstrations.load(tmp_path / "run" / "demos_0.npz")
+    run, data = _tiny_imitation(tmp_path, bc_value_weight=0.0)
     network = build_network(run.config)
     critic = [p.detach().clone() for p in network.value_net.parameters()]
     actor = [p.detach().clone() for p in network.action_net.parameters()]

@@ -65,11 +65,17 @@ class ObjectLocator(nn.Module):
         return self.mlp(inputs)[..., 0]
 
 
+def gaussian_logits(coordinates: torch.Tensor, xy: torch.Tensor, grid_side: int,
+                    sigma_patches: float = TARGET_SIGMA_PATCHES) -> torch.Tensor:
+    """(B, P) logits over patches of a Gaussian of ``sigma_patches`` around each position ``xy`` (B, 2)."""
+    sigma = sigma_patches * 2.0 / grid_side
+    return -(coordinates[None] - xy[:, None]).square().sum(-1) / (2 * sigma * sigma)
+
+
 def gaussian_targets(coordinates: torch.Tensor, xy: torch.Tensor, grid_side: int,
                      sigma_patches: float = TARGET_SIGMA_PATCHES) -> torch.Tensor:
     """(B, P) distributions over patches: a Gaussian of ``sigma_patches`` around each true position (B, 2)."""
-    sigma = sigma_patches * 2.0 / grid_side
-    return torch.softmax(-(coordinates[None] - xy[:, None]).square().sum(-1) / (2 * sigma * sigma), dim=-1)
+    return torch.softmax(gaussian_logits(coordinates, xy, grid_side, sigma_patches), dim=-1)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ errors. Returns along those rollouts also warm up the value head, so PPO starts 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,7 +226,7 @@ def batch_losses(network, data: Demonstrations, idx: np.ndarray,
     return action_loss, value_loss, grounding_loss
 
 
-def _add_clipped(params: list[torch.Tensor], grads, max_norm: float) -> None:
+def add_clipped_gradients(params: list[torch.Tensor], grads, max_norm: float = math.inf) -> None:
     """Add ``grads`` (one per parameter, None where unused), scaled to a total norm of at most ``max_norm``."""
     present = [g for g in grads if g is not None]
     if not present:
@@ -250,7 +251,7 @@ def set_gradients(network, data: Demonstrations, idx: np.ndarray, params: list[t
         value_grads = torch.autograd.grad(value_weight * value_loss, params, retain_graph=True, allow_unused=True)
         (action_loss + grounding_weight * grounding_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        _add_clipped(params, value_grads, 1.0)
+        add_clipped_gradients(params, value_grads, 1.0)
     else:
         (action_loss + value_weight * value_loss + grounding_weight * grounding_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -136,7 +136,7 @@ class TrainConfig:
     actions' (weight 1); 0 leaves the critic untrained until PPO"""
     bc_clip_apart: bool = False
     """imitation clips the value loss's gradient and the actions' apart (each to norm 1) before adding them, so the
-    returns' large error cannot shrink the actions' step (vla_ros.policy.imitation.fit)"""
+    returns' large error cannot alone set the direction of the fusion both share (vla_ros.policy.imitation.fit)"""
     bc_expert_every_step: bool = False
     """a chunked policy's expert round labels every env step, not only the steps where a chunk is decided: the
     expert acts closed-loop, so its path is the same, with chunk_execute times the labelled states (the DAgger
