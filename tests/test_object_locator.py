@@ -111,3 +111,37 @@ def test_an_object_locator_checkpoint_trains_saves_loads_and_exports(tmp_path):
     frames, commands, states = sample_inputs(policy, 4, seed=3)
     report = parity_report(policy, files, frames, commands, states)
     assert report["actions_match"], report
+
+
+def test_object_locator_refit_fits_again_on_every_rounds_demonstrations(tmp_path):
+    """`object_locator_refit`: a real tiny run with one DAgger round fits the locator twice, the second time on
+    both rounds' demonstrations (the learner's own states too), and it differs from a run that fits it once."""
+    from safetensors.torch import load_file
+
+    from vla_ros.policy import imitation
+    from vla_ros.policy.train import TrainConfig, TrainingRun
+
+    def run(name, **extra):
+        cfg = TrainConfig(out=str(tmp_path / name), task="mixed", clip=str(share_path("models", "clip")),
+                          fusion="region_map", reference_frame=True, map_weights=False, peak_window=1.5,
+                          object_locator=True, object_locator_epochs=1, num_envs=1, vec_env="dummy",
+                          bc_episodes=2, dagger_rounds=1, dagger_episodes=1, bc_epochs=1, ppo_steps=0,
+                          eval_episodes=1, fusion_dim=32, hidden_dim=32, command="pytest", **extra)
+        training = TrainingRun(cfg)
+        training.run()
+        weights = load_file(str(tmp_path / name / "final" / "policy.safetensors"))
+        return training.state, {k: v for k, v in weights.items() if ".object_locator." in k}
+
+    with pytest.raises(ValueError, match="object_locator_refit .* needs object_locator"):
+        TrainingRun(TrainConfig(out=str(tmp_path / "x"), object_locator_refit=True))
+    refit_state, refit = run("refit", object_locator_refit=True)
+    once_state, once = run("once")
+    rounds = refit_state["object_locator_rounds"]
+    assert sorted(rounds) == ["0", "1"] and sorted(once_state["object_locator_rounds"]) == ["0"]
+    both = sum(len(imitation.Demonstrations.load(tmp_path / "refit" / f"demos_{k}.npz")) for k in (0, 1))
+    first = len(imitation.Demonstrations.load(tmp_path / "refit" / "demos_0.npz"))
+    # the held-out tenth is taken from all the samples the fit saw: both rounds' in the second fit
+    assert rounds["0"]["heldout_samples"] == first - round(first * 0.9)
+    assert rounds["1"]["heldout_samples"] == both - round(both * 0.9)
+    assert refit_state["object_locator"] == rounds["1"]
+    assert refit.keys() == once.keys() and any(not torch.equal(refit[k], once[k]) for k in refit)

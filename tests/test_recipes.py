@@ -278,3 +278,13 @@ def test_the_every_step_recipe_labels_every_round_instead_of_the_expert_round_on
     apart, every = _research_recipe("skills_clip_apart"), _research_recipe("skills_every_step")
     assert _changed(apart, every) == {"bc_expert_every_step", "bc_label_every_step"}
     assert every["bc_label_every_step"] is True and every["bc_expert_every_step"] is False
+
+
+def test_the_every_step_locator_recipe_is_the_locator_one_labelled_every_step():
+    locator, every = _research_recipe("skills_locator"), _research_recipe("skills_every_step_locator")
+    assert _changed(locator, every) == {"bc_label_every_step"} and every["bc_label_every_step"] is True
+
+
+def test_the_locator_refit_recipe_refits_the_every_step_locator_ones_locator_only():
+    every, refit = _research_recipe("skills_every_step_locator"), _research_recipe("skills_locator_refit")
+    assert _changed(every, refit) == {"object_locator_refit"} and refit["object_locator_refit"] is True

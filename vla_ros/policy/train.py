@@ -101,6 +101,10 @@ class TrainConfig:
     positions before the first policy fit, then frozen (vla_ros.grounding.object_locator)"""
     object_locator_epochs: int = 10
     """object_locator: epochs of its fit on the expert demonstrations"""
+    object_locator_refit: bool = False
+    """object_locator: fit it again before every DAgger round's policy fit, on all rounds' demonstrations so far,
+    warm from its last fit, so it also learns the learner's own states (its arm resting on or pushing the object),
+    which the expert's demonstrations, ending at success, lack; frozen in the policy fits and at run time"""
     action_chunk: int = 1
     """actions the actor predicts per decision (1: one per step); imitation labels each state with the expert's
     next action_chunk actions (vla_ros.policy.action_chunk)"""
@@ -332,6 +336,8 @@ class TrainingRun:
                                         or cfg.bc_expert_every_step):
             raise ValueError("bc_label_every_step labels the states inside executed chunks: it needs chunk_execute "
                              ">= 2, no takeover rounds, and replaces bc_expert_every_step")
+        if cfg.object_locator_refit and not cfg.object_locator:
+            raise ValueError("object_locator_refit refits the object locator: it needs object_locator")
         if cfg.bc_expert_every_step and cfg.chunk_execute < 2:
             raise ValueError("bc_expert_every_step needs chunk_execute >= 2 (a policy deciding every step labels "
                              "every step already)")
@@ -502,11 +508,12 @@ class TrainingRun:
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
                 datasets.append(data)
-                if k == 0 and cfg.object_locator:
-                    self._fit_object_locator(network, data)
                 repeats = [cfg.dagger_takeover_repeat if self._is_takeover_round(r) else 1 for r in range(k + 1)]
-                weighted = [d for d, n in zip(datasets, repeats) for _ in range(n)]
-                losses = imitation.fit(network, imitation.Demonstrations.concatenate(weighted), cfg.bc_epochs,
+                weighted = imitation.Demonstrations.concatenate(
+                    [d for d, n in zip(datasets, repeats) for _ in range(n)])
+                if cfg.object_locator and (k == 0 or cfg.object_locator_refit):
+                    self._fit_object_locator(network, weighted, k)
+                losses = imitation.fit(network, weighted, cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k,
                                        value_weight=cfg.bc_value_weight, value_detached=cfg.bc_value_detached,
                                        clip_apart=cfg.bc_clip_apart)
@@ -532,16 +539,21 @@ class TrainingRun:
     def _is_takeover_round(self, k: int) -> bool:
         return k > self.cfg.dagger_rounds - self.cfg.dagger_takeover_rounds
 
-    def _fit_object_locator(self, network, data: imitation.Demonstrations) -> None:
-        """Fit the object locator on the expert's demonstrations; it is frozen after."""
+    def _fit_object_locator(self, network, data: imitation.Demonstrations, round_index: int = 0) -> None:
+        """Fit the object locator on ``data`` and freeze it.
+
+        ``data`` is the expert's demonstrations in round 0; with object_locator_refit, every round's so far, and
+        the fit starts from the last one's weights.
+        """
         from vla_ros.grounding.object_locator import fit_object_locator
 
         fit = fit_object_locator(network.features_extractor.fusion, data.obs[FEAT_IMAGE_PATCHES],
                                  data.obs[FEAT_REFERENCE_PATCHES], data.obs[FEAT_TEXT], data.target_xy,
-                                 epochs=self.cfg.object_locator_epochs, seed=self.cfg.seed)
-        tqdm.write(f"[imitation] object locator: held-out median error {fit.median_error:.3f} "
+                                 epochs=self.cfg.object_locator_epochs, seed=self.cfg.seed + round_index)
+        tqdm.write(f"[imitation] object locator, round {round_index}: held-out median error {fit.median_error:.3f} "
                    f"(map {fit.map_median_error:.3f}), jumps {fit.share_jumps:.3f} (map {fit.map_share_jumps:.3f})")
         self.state["object_locator"] = fit.as_dict()
+        self.state.setdefault("object_locator_rounds", {})[str(round_index)] = fit.as_dict()
         self._save_state()
 
     def _fit_skill_reader(self, network) -> None:
