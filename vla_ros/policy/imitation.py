@@ -66,7 +66,9 @@ class Demonstrations:
 
     @staticmethod
     def concatenate(parts: list["Demonstrations"]) -> "Demonstrations":
-        """Merge data sets (DAgger aggregation)."""
+        """Merge data sets (DAgger aggregation); one part is returned as it is, not copied."""
+        if len(parts) == 1:
+            return parts[0]
         keys = parts[0].obs.keys()
         return Demonstrations(
             obs={k: np.concatenate([p.obs[k] for p in parts]) for k in keys},

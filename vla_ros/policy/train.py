@@ -467,9 +467,15 @@ class TrainingRun:
         if cfg.skill_reader and not rounds_done:
             self._fit_skill_reader(network)
         datasets = [imitation.Demonstrations.load(self._demos_path(k)) for k in range(rounds_done)]
+        costs = [d.cost * self._steps_per_decision(r) for r, d in enumerate(datasets)]  # env steps per round
+        # without repeated rounds one aggregate replaces the rounds' parts: one copy of the data in memory, not two
+        keep_rounds = any(self._is_takeover_round(r) for r in range(cfg.dagger_rounds + 1)) and \
+            cfg.dagger_takeover_repeat > 1
         if rounds_done:
             load_model(network, str(weights))
             tqdm.write(f"[imitation] resuming after round {rounds_done - 1} ({sum(map(len, datasets))} samples)")
+            if not keep_rounds:
+                datasets = [imitation.Demonstrations.concatenate(datasets)]
         passed = cfg.bc_label_every_step
         venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed)
         try:
@@ -507,10 +513,17 @@ class TrainingRun:
                     tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
                                f"(beta {beta:.3f})")
                 data.save(self._demos_path(k))
+                costs.append(data.cost * self._steps_per_decision(k))
+                round_success = data.successes / max(1, data.episodes)
                 datasets.append(data)
-                repeats = [cfg.dagger_takeover_repeat if self._is_takeover_round(r) else 1 for r in range(k + 1)]
-                weighted = imitation.Demonstrations.concatenate(
-                    [d for d, n in zip(datasets, repeats) for _ in range(n)])
+                del data
+                if keep_rounds:
+                    repeats = [cfg.dagger_takeover_repeat if self._is_takeover_round(r) else 1 for r in range(k + 1)]
+                    weighted = imitation.Demonstrations.concatenate(
+                        [d for d, n in zip(datasets, repeats) for _ in range(n)])
+                else:
+                    weighted = imitation.Demonstrations.concatenate(datasets)
+                    datasets = [weighted]
                 if cfg.object_locator and (k == 0 or cfg.object_locator_refit):
                     self._fit_object_locator(network, weighted, k)
                 losses = imitation.fit(network, weighted, cfg.bc_epochs,
@@ -521,13 +534,12 @@ class TrainingRun:
                 for name, value in losses.items():
                     self.log_scalar(f"imitation/{name}", value, k)
                 self.log_scalar("imitation/expert_success" if k == 0 else "imitation/dagger_success",
-                                data.successes / max(1, data.episodes), k)
+                                round_success, k)
                 save_model(network, str(weights))
                 self.state["imitation_rounds_done"] = k + 1
                 # one sample per decision; a chunked policy's decision runs up to chunk_execute env steps (one in
                 # an expert round that labels every step)
-                self.state["imitation_env_steps"] = int(sum(d.cost * self._steps_per_decision(r)
-                                                            for r, d in enumerate(datasets)))
+                self.state["imitation_env_steps"] = int(sum(costs))
                 self._save_state()
         finally:
             venv.close()
