@@ -159,7 +159,9 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
             if passed_states:
                 for i, info in enumerate(infos):
                     if info.get(CHUNK_STEPS):  # states of the episode this step belonged to, so its reference
-                        passed_l.append((len(rewards_l) - 1, i, info[CHUNK_STEPS], reference_xy[i].copy()))
+                        states = dict(info[CHUNK_STEPS])  # kept as float16, as the decisions are (half the memory)
+                        states["obs"] = {k: v.astype(np.float16) for k, v in states["obs"].items()}
+                        passed_l.append((len(rewards_l) - 1, i, states, reference_xy[i].copy()))
             current = [venv.reset_infos[i] if dones[i] else infos[i] for i in range(len(infos))]
             decisions += 1
             for i in np.flatnonzero(dones):
@@ -181,7 +183,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     returns_out, ref_out = flat(returns), flat(np.stack(ref_xy_l))
     if passed_l:
         counts = [len(states[TARGET_XY]) for _, _, states, _ in passed_l]
-        obs_out = {k: np.concatenate([v] + [states["obs"][k].astype(np.float16) for _, _, states, _ in passed_l])
+        obs_out = {k: np.concatenate([v] + [states["obs"][k] for _, _, states, _ in passed_l])
                    for k, v in obs_out.items()}
         actions_out = np.concatenate([actions_out] + [states[EXPERT_ACTION] for _, _, states, _ in passed_l])
         xy_out = np.concatenate([xy_out] + [states[TARGET_XY] for _, _, states, _ in passed_l])
