@@ -8,6 +8,8 @@ target (opposite the push direction), descend to table level, then push through 
 fingertip that drifts off the push line or up while behind the object slides back onto it at table level, one
 that slid past the object's side backs off along it first.
 Both decide their waypoint from the current state alone, so the expert can label any state DAgger visits.
+Past a push's success (an env that runs on after success: ``terminate_on_success=False``) it pushes
+``RETRACT_MARGIN`` further and then rises straight up and holds, leaving the moved object in the camera's view.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from vla_ros.envs.tabletop import TabletopEnv
+from vla_ros.envs.tabletop import PUSH_SUCCESS_DISTANCE, TabletopEnv
 
 HOVER_CLEARANCE = 0.08  # m above the target's centre while travelling
 PUSH_HEIGHT = 0.022  # m, fingertip centre height while pushing (below every object's centre)
@@ -23,6 +25,7 @@ PUSH_STANDOFF = 0.07  # m behind the object's centre where a push starts
 MOVE_STEP = 0.03  # m per control step while travelling (0.6 m/s)
 PUSH_STEP = 0.015  # m per control step while pushing (0.3 m/s)
 PUSH_CLEARANCE = 0.039  # m from an object's centre to the fingertip's centre at first contact (cube 0.027 + 0.012)
+RETRACT_MARGIN = 0.01  # m a push goes on past its success distance before the fingertip rises off the object
 FUNNEL_HALF_WIDTH = 0.06  # m off the push line within which a low fingertip behind the object slides back onto it
 DOWN = np.array([0.0, 0.0, -1.0])
 
@@ -56,8 +59,9 @@ class ScriptedExpert:
         """The action and the name of the waypoint it heads for (analysis: which phase a learner gets wrong).
 
         Reach: ``travel`` or ``descend``; push: ``travel``, ``rise``, ``descend`` (above the start of the push),
-        ``push``, ``realign`` (low behind the object but off its line or raised: back onto it at table level) or
-        ``back_off`` (low beside the object: back along its side until behind it).
+        ``push``, ``realign`` (low behind the object but off its line or raised: back onto it at table level),
+        ``back_off`` (low beside the object: back along its side until behind it) or ``retract`` (the object
+        pushed ``RETRACT_MARGIN`` past the success distance: straight up to the travel height, then hold).
         """
         ee, goal, step, phase = self._waypoint(info)
         return self._action_towards(ee, goal, step), phase
@@ -68,6 +72,9 @@ class ScriptedExpert:
         if info["task"] == "reach":
             goal, phase = self._reach_goal(ee, target)
             return ee, goal, MOVE_STEP, phase
+        start = privileged[6:9]
+        if float((target - start)[:2] @ direction[:2]) >= PUSH_SUCCESS_DISTANCE + RETRACT_MARGIN:
+            return ee, np.array([ee[0], ee[1], target[2] + HOVER_CLEARANCE]), MOVE_STEP, "retract"
         return ee, *self._push_goal(ee, target, direction)
 
     def _reach_goal(self, ee: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, str]:

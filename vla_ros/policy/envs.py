@@ -88,6 +88,43 @@ class ExpertLabelWrapper(gym.Wrapper):
         return info
 
 
+class SettleAfterSuccess(gym.Wrapper):
+    """Ends an episode ``settle_steps`` env steps after its first success instead of at it.
+
+    Wraps an env made with ``terminate_on_success=False``. Imitation's demonstrations otherwise end at the first
+    success: a reach at the 5 cm boundary, a push at 8 cm with the fingertip still against the object. The steps
+    after it show the scripted expert settling (a reach descends onto the object's top; a push goes on 1 cm and
+    rises off the object, :data:`vla_ros.envs.expert.RETRACT_MARGIN`), so a policy learns to come to rest inside
+    the goal, and a done signal has fulfilled states to learn from that the policy really reaches. The episode's
+    ``is_success`` at its end is that of its last state.
+    """
+
+    def __init__(self, env: gym.Env, settle_steps: int):
+        super().__init__(env)
+        if env.unwrapped.terminate_on_success:
+            raise ValueError("SettleAfterSuccess needs an env made with terminate_on_success=False")
+        if int(settle_steps) < 1:
+            raise ValueError(f"settle_steps must be at least 1, got {settle_steps}")
+        self.settle_steps = int(settle_steps)
+        self._since_success: int | None = None
+
+    def reset(self, **kwargs):
+        """Reset; the next success starts the count again."""
+        self._since_success = None
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        """Step; terminated once ``settle_steps`` steps have run since the first success."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._since_success is not None:
+            self._since_success += 1
+        elif info["is_success"]:
+            self._since_success = 0
+        if self._since_success is not None and self._since_success >= self.settle_steps:
+            terminated = True
+        return obs, reward, terminated, truncated, info
+
+
 def target_image_xy(info: dict, image_size: int) -> np.ndarray:
     """The commanded object's image position (x, y) in [-1, 1] from an env step's ``info`` (simulator truth)."""
     u, v = info["objects"][info["target"]["index"]]["pixel"]
@@ -95,16 +132,21 @@ def target_image_xy(info: dict, image_size: int) -> np.ndarray:
 
 
 def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label_every_step: bool = False,
-                **env_kwargs: Any) -> Callable[[], gym.Env]:
+                settle_steps: int = 0, **env_kwargs: Any) -> Callable[[], gym.Env]:
     """A picklable thunk creating one env (torch limited to one thread in workers).
 
     ``action_chunk`` (:class:`vla_ros.policy.action_chunk.ActionChunk`, for a chunked policy): each step takes a
     chunk and runs its first E actions; expert labels are then chunks too, and with ``label_every_step`` the
-    states inside each chunk are labelled as well (:class:`ExpertLabelWrapper`).
+    states inside each chunk are labelled as well (:class:`ExpertLabelWrapper`). ``settle_steps`` > 0: episodes
+    run this many env steps past their first success (:class:`SettleAfterSuccess`).
     """
     chunked = action_chunk is not None and not action_chunk.single
     if label_every_step and not (expert_labels and chunked):
         raise ValueError("label_every_step needs expert_labels and an action chunk executing more than one action")
+    if settle_steps < 0:
+        raise ValueError(f"settle_steps must be >= 0, got {settle_steps}")
+    if settle_steps and env_kwargs.get("terminate_on_success") is not None:
+        raise ValueError("settle_steps sets terminate_on_success itself")
 
     def thunk() -> gym.Env:
         import torch
@@ -112,7 +154,10 @@ def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label
         torch.set_num_threads(1)
         import vla_ros.envs  # noqa: F401  (registers the ids)
 
-        env = gym.make(env_id(task), **env_kwargs)
+        if settle_steps:
+            env = SettleAfterSuccess(gym.make(env_id(task), terminate_on_success=False, **env_kwargs), settle_steps)
+        else:
+            env = gym.make(env_id(task), **env_kwargs)
         if chunked:
             from vla_ros.policy.action_chunk import ChunkedActionWrapper
 

@@ -149,6 +149,11 @@ class TrainConfig:
     """a chunked policy's imitation labels every env step of every round: the states each chunk passes before its
     last step are labelled by the expert and kept beside the decisions' (vla_ros.policy.imitation.collect's
     passed_states); the policy still decides every chunk_execute steps. Not with takeover rounds"""
+    bc_settle_steps: int = 0
+    """imitation's episodes (expert and DAgger rounds) run this many env steps past their first success, labelled
+    by the expert settling there (a reach descends onto the object's top, a push rises off the moved object), so
+    the policy comes to rest inside the goal rather than at its edge (vla_ros.policy.envs.SettleAfterSuccess);
+    evaluation still ends at the first success. 0: episodes end at it"""
     bc_action_noise: float = 0.0
     """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
     (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
@@ -328,6 +333,8 @@ class TrainingRun:
                              f"got {cfg.dagger_takeover_rounds}")
         if not (math.isfinite(cfg.bc_value_weight) and cfg.bc_value_weight >= 0):
             raise ValueError(f"bc_value_weight must be finite and >= 0, got {cfg.bc_value_weight}")
+        if cfg.bc_settle_steps < 0:
+            raise ValueError(f"bc_settle_steps must be >= 0, got {cfg.bc_settle_steps}")
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
@@ -477,7 +484,8 @@ class TrainingRun:
             if not keep_rounds:
                 datasets = [imitation.Demonstrations.concatenate(datasets)]
         passed = cfg.bc_label_every_step
-        venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed)
+        settle = {"settle_steps": cfg.bc_settle_steps} if cfg.bc_settle_steps else {}
+        venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed, **settle)
         try:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
@@ -485,7 +493,7 @@ class TrainingRun:
                     # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
                     # are the labels); returns discounted per step so they match the decisions' per chunk
                     every_step = self._venv(cfg.seed, expert_labels=True,
-                                            action_chunk=ActionChunk(self.action_chunk.predicted, 1))
+                                            action_chunk=ActionChunk(self.action_chunk.predicted, 1), **settle)
                     try:
                         data = imitation.collect(every_step, cfg.bc_episodes, rng,
                                                  gamma=cfg.gamma ** (1.0 / cfg.chunk_execute),
