@@ -288,3 +288,8 @@ def test_the_every_step_locator_recipe_is_the_locator_one_labelled_every_step():
 def test_the_locator_refit_recipe_refits_the_every_step_locator_ones_locator_only():
     every, refit = _research_recipe("skills_every_step_locator"), _research_recipe("skills_locator_refit")
     assert _changed(every, refit) == {"object_locator_refit"} and refit["object_locator_refit"] is True
+
+
+def test_the_settle_recipe_is_the_locator_refit_one_settling_past_success():
+    refit, settle = _research_recipe("skills_locator_refit"), _research_recipe("skills_settle")
+    assert _changed(refit, settle) == {"bc_settle_steps"} and settle["bc_settle_steps"] == 8
