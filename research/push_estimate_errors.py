@@ -23,8 +23,9 @@ import argparse
 
 import numpy as np
 
+from vla_ros.grounding.object_locator import JUMP  # image half-widths: an estimate that has jumped
+
 BANDS = ((0.0, 0.05), (0.05, 0.10), (0.10, np.inf))  # m between fingertip and object, horizontally
-JUMP = 0.2  # image half-widths
 
 
 def summarise(distances: np.ndarray, errors: np.ndarray, weights) -> list[dict]:

@@ -18,10 +18,11 @@ import argparse
 
 import numpy as np
 
+from vla_ros.grounding.object_locator import JUMP  # image half-widths: an estimate that has jumped
+
 PROBE_SEED = 6_000_000
 MOVED = 0.02  # m: the object has been pushed
 NEAR = 0.05  # m: the fingertip is next to it (horizontally)
-JUMP = 0.2  # image half-widths
 STATES = (("not moved, fingertip < 5 cm", False, True), ("not moved, fingertip >= 5 cm", False, False),
           ("moved, fingertip < 5 cm", True, True), ("moved, fingertip >= 5 cm", True, False))
 
