@@ -436,3 +436,50 @@ def test_done_geometry_probe_finds_a_signal_that_only_the_privileged_geometry_ca
     assert all(by[("geometry", t)]["held_out_recall"] >= 0.9 for t in ("reach", "push"))
     assert all(by[("geometry", t)]["held_out_precision"] >= 0.9 for t in ("reach", "push"))
     assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "g.json").exists()
+
+
+def test_the_done_rule_probes_plane_homography_inverts_the_cameras_projection():
+    from research.done_rule_probe import plane_homography, to_plane
+    from vla_ros.policy.fingertip_locator import camera_projection
+
+    project = camera_projection()
+    homography = plane_homography(project, 0.027)
+    xy = np.random.default_rng(0).uniform([0.2, -0.3], [0.7, 0.3], size=(50, 2))
+    image = project(np.concatenate([xy, np.full((50, 1), 0.027)], axis=1))
+    assert np.abs(to_plane(homography, image.astype(np.float64)) - xy).max() < 2e-4  # float32 image positions
+
+
+def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path, capsys):
+    """Cached episodes whose estimates are the objects' exact projections: every rule reaches the bars."""
+    from research.done_rule_probe import main
+    from vla_ros.policy.fingertip_locator import camera_projection
+
+    project = camera_projection()
+    rng = np.random.default_rng(0)
+    rows = {"features": [], "labels": [], "episode": [], "step": [], "task": [], "privileged": []}
+    for episode in range(80):
+        task = episode % 2
+        start = np.array([0.45, 0.0, 0.027]) + np.array([0.1, 0.1, 0.0]) * rng.uniform(-1, 1, 3)
+        direction = np.array([0.0, 1.0, 0.0]) if episode % 4 < 2 else np.array([-1.0, 0.0, 0.0])
+        for step in range(12):
+            target = start + direction * (0.012 * step if task else 0.0)
+            fingertip = target + (np.array([0.0, 0.0, 0.03 + 0.25 * max(0.0, 1 - step / 8)]) if not task
+                                  else np.concatenate([-direction[:2] * (0.04 if step < 6 else 0.0), [0.12]]))
+            label = bool(np.linalg.norm(fingertip - target) <= 0.05) if not task else \
+                bool((target - start) @ direction >= 0.08)
+            now, first = project(np.stack([target, start]))
+            rows["features"].append(np.concatenate([now, first, now - first, np.zeros(2), np.eye(5)[task]]))
+            rows["labels"].append(label)
+            rows["episode"].append(episode)
+            rows["step"].append(step)
+            rows["task"].append(task)
+            rows["privileged"].append(np.concatenate([fingertip, target, start, direction]))
+    cache = tmp_path / "done.npz"
+    np.savez(cache, **{f"val_{k}": np.asarray(v, np.float32 if k in ("features", "privileged") else None)
+                       for k, v in rows.items()}, train_episode=np.zeros(0))
+    report = main(["unused", "--inputs", "estimates", "--proprio-width", "2", "--cache", str(cache),
+                   "--json", str(tmp_path / "r.json")])
+    by = {r["rule"]: r for r in report["rows"]}
+    assert set(by) == {"reach", "reach_true", "push", "push_clear", "push_true"}
+    assert all(r["held_out_precision"] >= 0.95 and r["held_out_recall"] >= 0.9 for r in by.values()), by
+    assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "r.json").exists()
