@@ -471,6 +471,8 @@ class TrainingRun:
             load_model(network, str(weights))
             return network.eval()
         rounds_done = int(self.state.get("imitation_rounds_done", 0))
+        # rounds whose demonstrations were saved (a run cut off in a fit resumes with that round's samples)
+        collected = int(self.state.get("imitation_rounds_collected", rounds_done))
         if cfg.skill_reader and not rounds_done:
             self._fit_skill_reader(network)
         datasets = [imitation.Demonstrations.load(self._demos_path(k)) for k in range(rounds_done)]
@@ -489,38 +491,15 @@ class TrainingRun:
         try:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
-                if k == 0 and cfg.bc_expert_every_step:
-                    # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
-                    # are the labels); returns discounted per step so they match the decisions' per chunk
-                    every_step = self._venv(cfg.seed, expert_labels=True,
-                                            action_chunk=ActionChunk(self.action_chunk.predicted, 1), **settle)
-                    try:
-                        data = imitation.collect(every_step, cfg.bc_episodes, rng,
-                                                 gamma=cfg.gamma ** (1.0 / cfg.chunk_execute),
-                                                 desc="expert demos (every step)", action_noise=cfg.bc_action_noise)
-                    finally:
-                        every_step.close()
-                    tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples "
-                               f"(every step labelled)")
-                elif k == 0:
-                    data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos",
-                                            action_noise=cfg.bc_action_noise, passed_states=passed)
-                    tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
-                elif self._is_takeover_round(k):
-                    low, high = (int(v) for v in cfg.dagger_takeover_after)
-                    data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, gamma=cfg.gamma,
-                                             desc=f"DAgger {k} (takeover)", takeover=(low, high),
-                                             action_noise=cfg.bc_action_noise)
-                    tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
-                               f"(takeover after {low}-{high} decisions, {len(data)} expert samples kept)")
+                if k < collected and self._demos_path(k).is_file():
+                    # collected before the run was cut off in this round's fit: the same samples again
+                    data = imitation.Demonstrations.load(self._demos_path(k))
+                    tqdm.write(f"[imitation] round {k}: its saved demonstrations ({len(data)} samples)")
                 else:
-                    beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
-                    data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
-                                             gamma=cfg.gamma, desc=f"DAgger {k}", action_noise=cfg.bc_action_noise,
-                                             passed_states=passed)
-                    tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
-                               f"(beta {beta:.3f})")
-                data.save(self._demos_path(k))
+                    data = self._collect_round(k, venv, network, rng, settle)
+                    data.save(self._demos_path(k))
+                    self.state["imitation_rounds_collected"] = k + 1
+                    self._save_state()
                 costs.append(data.cost * self._steps_per_decision(k))
                 round_success = data.successes / max(1, data.episodes)
                 datasets.append(data)
@@ -555,6 +534,44 @@ class TrainingRun:
         self._save_state()
         self.evaluate(network, phase="imitation")
         return network
+
+    def _collect_round(self, k: int, venv, network, rng: np.random.Generator,
+                       settle: dict) -> imitation.Demonstrations:
+        """Imitation round ``k``'s demonstrations: the expert's (k = 0) or a DAgger round's."""
+        cfg = self.cfg
+        passed = cfg.bc_label_every_step
+        if k == 0 and cfg.bc_expert_every_step:
+            # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
+            # are the labels); returns discounted per step so they match the decisions' per chunk
+            every_step = self._venv(cfg.seed, expert_labels=True,
+                                    action_chunk=ActionChunk(self.action_chunk.predicted, 1), **settle)
+            try:
+                data = imitation.collect(every_step, cfg.bc_episodes, rng,
+                                         gamma=cfg.gamma ** (1.0 / cfg.chunk_execute),
+                                         desc="expert demos (every step)", action_noise=cfg.bc_action_noise)
+            finally:
+                every_step.close()
+            tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples "
+                       f"(every step labelled)")
+        elif k == 0:
+            data = imitation.collect(venv, cfg.bc_episodes, rng, gamma=cfg.gamma, desc="expert demos",
+                                    action_noise=cfg.bc_action_noise, passed_states=passed)
+            tqdm.write(f"[imitation] expert: {data.successes}/{data.episodes} successes, {len(data)} samples")
+        elif self._is_takeover_round(k):
+            low, high = (int(v) for v in cfg.dagger_takeover_after)
+            data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, gamma=cfg.gamma,
+                                     desc=f"DAgger {k} (takeover)", takeover=(low, high),
+                                     action_noise=cfg.bc_action_noise)
+            tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
+                       f"(takeover after {low}-{high} decisions, {len(data)} expert samples kept)")
+        else:
+            beta = cfg.dagger_beta * 0.5 ** (k - 1)  # the learner takes over as it improves
+            data = imitation.collect(venv, cfg.dagger_episodes, rng, network=network, beta=beta,
+                                     gamma=cfg.gamma, desc=f"DAgger {k}", action_noise=cfg.bc_action_noise,
+                                     passed_states=passed)
+            tqdm.write(f"[imitation] DAgger {k}: {data.successes}/{data.episodes} successes "
+                       f"(beta {beta:.3f})")
+        return data
 
     def _is_takeover_round(self, k: int) -> bool:
         return k > self.cfg.dagger_rounds - self.cfg.dagger_takeover_rounds
