@@ -20,6 +20,10 @@ instead of learning them:
   arm does not cover it; ``*_true``: the same rules on the simulator's true object position (what
   the rule gives with perfect perception).
 
+``episode_ends`` says whether the policy stays where its task is fulfilled: of each task's episodes (run to the
+time limit), how many reach success, how many end in it, and the last observation's median fingertip-object
+distance (reach) or displacement along the direction (push).
+
 A row's ``threshold_score_m`` is the tuned level of its score in metres: minus the fingertip-object distance
 for reach, the displacement along the direction for push.
 
@@ -94,6 +98,29 @@ def rule_scores(data: dict[str, np.ndarray], homography: np.ndarray, columns: tu
             "push_true": along((target - start)[:, :2])}
 
 
+def episode_ends(data: dict[str, np.ndarray], task: int) -> dict:
+    """Whether ``task``'s episodes stay fulfilled.
+
+    How many reach success, how many end in it, and the median of the last observation's fingertip-object
+    distance (reach) or displacement along the direction (push), in metres.
+    """
+    state = data["privileged"].astype(np.float64)
+    rows = np.flatnonzero(np.asarray(data["task"]) == task)
+    episodes = np.unique(data["episode"][rows])
+    reached = ended = 0
+    finals = []
+    for episode in episodes:
+        mine = rows[data["episode"][rows] == episode]
+        mine = mine[np.argsort(data["step"][mine])]
+        reached += int(data["labels"][mine].any())
+        ended += int(data["labels"][mine[-1]])
+        last = state[mine[-1]]
+        finals.append(np.linalg.norm(last[0:3] - last[3:6]) if task == 0 else
+                      float((last[3:5] - last[6:8]) @ last[9:11]))
+    return {"episodes": int(len(episodes)), "reached_success": reached, "ended_in_success": ended,
+            "median_final_m": float(np.median(finals)) if finals else float("nan")}
+
+
 def main(argv=None) -> dict:
     """Score every rule on the held-out half of each task's validation episodes; print and return the report."""
     import torch
@@ -139,9 +166,13 @@ def main(argv=None) -> dict:
                      "held_out_precision": held["precision"], "held_out_recall": held["recall"],
                      "held_out_stopped": held["stopped"], "held_out_reached_success": held["reached_success"]})
     print(format_table(rows, list(rows[0])))
+    ends = {DONE_TASKS[t]: episode_ends(validation, t) for t in range(len(DONE_TASKS))
+            if episodes_of_task(validation, t).any()}
+    print(format_table([{"task": t, **e} for t, e in ends.items()],
+                       ["task", "episodes", "reached_success", "ended_in_success", "median_final_m"]))
     report = {"checkpoint": str(args.checkpoint), "inputs": args.inputs,
               "validation_episodes": args.validation_episodes, "min_precision": args.min_precision,
-              "clear_m": CLEAR, "rows": rows}
+              "clear_m": CLEAR, "rows": rows, "episode_ends": ends}
     if args.json:
         write_json(args.json, report)
     return report

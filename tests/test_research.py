@@ -482,4 +482,8 @@ def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path,
     by = {r["rule"]: r for r in report["rows"]}
     assert set(by) == {"reach", "reach_true", "push", "push_clear", "push_true"}
     assert all(r["held_out_precision"] >= 0.95 and r["held_out_recall"] >= 0.9 for r in by.values()), by
+    ends = report["episode_ends"]
+    assert ends["reach"] == {"episodes": 40, "reached_success": 40, "ended_in_success": 40,
+                             "median_final_m": pytest.approx(0.03, abs=1e-6)}
+    assert ends["push"]["ended_in_success"] == 40 and ends["push"]["median_final_m"] == pytest.approx(0.132, abs=1e-6)
     assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "r.json").exists()
