@@ -336,3 +336,33 @@ def test_without_terminate_on_success_an_episode_runs_past_its_success():
         steps += 1
     assert successes > 1 and not terminated and truncated and steps == 50
     env.close()
+
+
+def _threads_after(pickled_thunk: bytes) -> int:
+    import cloudpickle
+    import torch
+
+    cloudpickle.loads(pickled_thunk)().close()
+    return torch.get_num_threads()
+
+
+def test_an_env_made_in_the_callers_process_keeps_its_torch_threads_and_a_worker_gets_one():
+    """`TrainingRun(torch_threads=2)` builds an in-process env first: that must not drop it to one thread."""
+    import multiprocessing
+
+    import cloudpickle
+    import torch
+
+    from vla_ros.policy.envs import make_env_fn, make_vec_env
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        make_vec_env("reach", 1, 0, vec_env="dummy", render_observation=False).close()
+        assert torch.get_num_threads() == 2
+        with multiprocessing.get_context("forkserver").Pool(1) as pool:
+            # as SubprocVecEnv sends it: cloudpickled
+            thunk = cloudpickle.dumps(make_env_fn("reach", render_observation=False))
+            assert pool.apply(_threads_after, (thunk,)) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -133,7 +134,7 @@ def target_image_xy(info: dict, image_size: int) -> np.ndarray:
 
 def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label_every_step: bool = False,
                 settle_steps: int = 0, **env_kwargs: Any) -> Callable[[], gym.Env]:
-    """A picklable thunk creating one env (torch limited to one thread in workers).
+    """A picklable thunk creating one env (torch limited to one thread in worker processes, not in the caller's).
 
     ``action_chunk`` (:class:`vla_ros.policy.action_chunk.ActionChunk`, for a chunked policy): each step takes a
     chunk and runs its first E actions; expert labels are then chunks too, and with ``label_every_step`` the
@@ -148,10 +149,13 @@ def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label
     if settle_steps and env_kwargs.get("terminate_on_success") is not None:
         raise ValueError("settle_steps sets terminate_on_success itself")
 
+    caller = os.getpid()
+
     def thunk() -> gym.Env:
         import torch
 
-        torch.set_num_threads(1)
+        if os.getpid() != caller:  # a worker process: one core each; an in-process env keeps the caller's setting
+            torch.set_num_threads(1)
         import vla_ros.envs  # noqa: F401  (registers the ids)
 
         if settle_steps:
