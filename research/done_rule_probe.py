@@ -81,11 +81,16 @@ def estimate_columns(features: np.ndarray, inputs: str, proprio: int, skills: in
     return slice(2, 4), slice(0, 2)
 
 
-def rule_scores(data: dict[str, np.ndarray], homography: np.ndarray, columns: tuple[slice, slice]) -> dict:
-    """Each rule's score (N,) in metres (higher: more done) for collected rows with ``privileged`` state."""
+def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slice]) -> dict:
+    """Each rule's score (N,) in metres (higher: more done) for collected rows with ``privileged`` state.
+
+    ``project``: the camera's projection (:func:`vla_ros.policy.fingertip_locator.camera_projection`); the objects'
+    plane is at the median height of the targets' starts.
+    """
     state = data["privileged"].astype(np.float64)
     fingertip, target, start, direction = state[:, 0:3], state[:, 3:6], state[:, 6:9], state[:, 9:12]
     height = float(np.median(start[:, 2]))
+    homography = plane_homography(project, height)
     reference = to_plane(homography, data["features"][:, columns[0]].astype(np.float64))
     current = to_plane(homography, data["features"][:, columns[1]].astype(np.float64))
     as_3d = lambda xy: np.concatenate([xy, np.full((len(xy), 1), height)], axis=1)  # noqa: E731
@@ -150,9 +155,8 @@ def main(argv=None) -> dict:
         proprio = int(Policy.load(args.checkpoint).network.observation_space[OBS_PROPRIO].shape[0])
     _, validation = collected_episodes(args.checkpoint, args.episodes, args.validation_episodes, args.num_envs,
                                        args.vec_env, args.cache, inputs=args.inputs, privileged=True)
-    heights = validation["privileged"][:, 8]
-    homography = plane_homography(camera_projection(), float(np.median(heights)))
-    scores = rule_scores(validation, homography, estimate_columns(validation["features"], args.inputs, proprio))
+    columns = estimate_columns(validation["features"], args.inputs, proprio)
+    scores = rule_scores(validation, camera_projection(), columns)
     rows = []
     for rule in RULES:
         task = DONE_TASKS.index(rule.split("_")[0])

@@ -68,11 +68,10 @@ class ScriptedExpert:
 
     def _waypoint(self, info: dict) -> tuple[np.ndarray, np.ndarray, float, str]:
         privileged = np.asarray(info["privileged"], dtype=np.float64)
-        ee, target, direction = (privileged[i:i + 3] for i in (0, 3, 9))
+        ee, target, start, direction = (privileged[i:i + 3] for i in (0, 3, 6, 9))
         if info["task"] == "reach":
             goal, phase = self._reach_goal(ee, target)
             return ee, goal, MOVE_STEP, phase
-        start = privileged[6:9]
         if float((target - start)[:2] @ direction[:2]) >= PUSH_SUCCESS_DISTANCE + RETRACT_MARGIN:
             return ee, np.array([ee[0], ee[1], target[2] + HOVER_CLEARANCE]), MOVE_STEP, "retract"
         return ee, *self._push_goal(ee, target, direction)

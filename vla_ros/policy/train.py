@@ -478,16 +478,14 @@ class TrainingRun:
         datasets = [imitation.Demonstrations.load(self._demos_path(k)) for k in range(rounds_done)]
         costs = [d.cost * self._steps_per_decision(r) for r, d in enumerate(datasets)]  # env steps per round
         # without repeated rounds one aggregate replaces the rounds' parts: one copy of the data in memory, not two
-        keep_rounds = any(self._is_takeover_round(r) for r in range(cfg.dagger_rounds + 1)) and \
-            cfg.dagger_takeover_repeat > 1
+        keep_rounds = cfg.dagger_takeover_rounds > 0 and cfg.dagger_takeover_repeat > 1
         if rounds_done:
             load_model(network, str(weights))
             tqdm.write(f"[imitation] resuming after round {rounds_done - 1} ({sum(map(len, datasets))} samples)")
             if not keep_rounds:
                 datasets = [imitation.Demonstrations.concatenate(datasets)]
         passed = cfg.bc_label_every_step
-        settle = {"settle_steps": cfg.bc_settle_steps} if cfg.bc_settle_steps else {}
-        venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed, **settle)
+        venv = self._venv(cfg.seed, expert_labels=True, label_every_step=passed, settle_steps=cfg.bc_settle_steps)
         try:
             for k in range(rounds_done, cfg.dagger_rounds + 1):
                 rng = np.random.default_rng([cfg.seed, k])
@@ -496,7 +494,7 @@ class TrainingRun:
                     data = imitation.Demonstrations.load(self._demos_path(k))
                     tqdm.write(f"[imitation] round {k}: its saved demonstrations ({len(data)} samples)")
                 else:
-                    data = self._collect_round(k, venv, network, rng, settle)
+                    data = self._collect_round(k, venv, network, rng)
                     data.save(self._demos_path(k))
                     self.state["imitation_rounds_collected"] = k + 1
                     self._save_state()
@@ -535,8 +533,7 @@ class TrainingRun:
         self.evaluate(network, phase="imitation")
         return network
 
-    def _collect_round(self, k: int, venv, network, rng: np.random.Generator,
-                       settle: dict) -> imitation.Demonstrations:
+    def _collect_round(self, k: int, venv, network, rng: np.random.Generator) -> imitation.Demonstrations:
         """Imitation round ``k``'s demonstrations: the expert's (k = 0) or a DAgger round's."""
         cfg = self.cfg
         passed = cfg.bc_label_every_step
@@ -544,7 +541,8 @@ class TrainingRun:
             # every step a decision: the expert's chunk labels each state it passes (one runs, the rest
             # are the labels); returns discounted per step so they match the decisions' per chunk
             every_step = self._venv(cfg.seed, expert_labels=True,
-                                    action_chunk=ActionChunk(self.action_chunk.predicted, 1), **settle)
+                                    action_chunk=ActionChunk(self.action_chunk.predicted, 1),
+                                    settle_steps=cfg.bc_settle_steps)
             try:
                 data = imitation.collect(every_step, cfg.bc_episodes, rng,
                                          gamma=cfg.gamma ** (1.0 / cfg.chunk_execute),
