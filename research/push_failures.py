@@ -1,14 +1,15 @@
 """How a policy's push episodes fail: never touched, pushed off the commanded direction, or pushed too little.
 
 Usage: ``python -m research.push_failures CHECKPOINT [--episodes 100] [--seed 6000000] [--expert]
-[--oracle-estimate] [--json FILE]``
+[--oracle-estimate] [--oracle-reference] [--json FILE]``
 
 Runs the checkpoint (``vla_ros.policy.Policy``, deciding as on the robot: a chunked policy every E-th frame) on
 push scenes of the training split, seeds from 6,000,000 (apart from training, validation and evaluation scenes),
 or the scripted expert on the same scenes with ``--expert``. ``--oracle-estimate`` (a checkpoint with an object
 locator) replaces the locator's map by the object's true image position: the policy with perfect perception of
-each frame, which tells a perception failure from a policy one. Each episode's outcome, from the simulator's
-privileged state at its end:
+each frame, which tells a perception failure from a policy one; ``--oracle-reference`` (with ``--oracle-estimate``)
+also replaces the first frame's map, which a locator does not touch, by a Gaussian at the object's true starting
+image position. Each episode's outcome, from the simulator's privileged state at its end:
 
 - ``success``: the env's flag (moved >= 8 cm along the command, still on the table);
 - ``fell``: the target left the table;
@@ -141,6 +142,28 @@ def oracle_locator():
     return OracleLocator()
 
 
+def oracle_reference_logits(fusion):
+    """Stands in for ``fusion.logits``: a Gaussian of 0.5 patches around ``start_xy``, for every frame.
+
+    The fusion computes the first frame's map with it; the current frame's goes only to the object locator, which
+    :func:`oracle_locator` must replace (it ignores the map). ``start_xy`` is set to the object's true image
+    position at the episode's start.
+    """
+    import torch
+
+    from vla_ros.grounding.object_locator import gaussian_logits
+
+    class OracleReference:
+        start_xy = None
+
+        def __call__(self, patches, text):
+            grid_side = round(fusion.coordinates.shape[0] ** 0.5)
+            xy = torch.as_tensor(self.start_xy).reshape(1, 2).to(fusion.coordinates)
+            return gaussian_logits(fusion.coordinates, xy, grid_side, 0.5).expand(patches.shape[0], -1)
+
+    return OracleReference()
+
+
 def main(argv=None) -> dict:
     """Run the episodes; print the table and return the report."""
     import gymnasium as gym
@@ -160,6 +183,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--oracle-estimate", action="store_true",
                         help="an object-locator checkpoint reads the object's true image position instead of its "
                              "locator's map (perfect perception of the current frame, for analysis)")
+    parser.add_argument("--oracle-reference", action="store_true",
+                        help="with --oracle-estimate, the first frame's map (the reference estimate, which the locator "
+                             "does not touch) reads the object's true starting image position too: perfect "
+                             "perception of both frames")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -172,17 +199,26 @@ def main(argv=None) -> dict:
         if getattr(fusion, "object_locator", None) is None:
             parser.error("--oracle-estimate needs a checkpoint with an object locator")
         oracle = fusion.object_locator = oracle_locator()
+    reference = None
+    if args.oracle_reference:
+        if oracle is None:  # the fusion's maps of both frames come from fusion.logits, which this replaces
+            parser.error("--oracle-reference needs --oracle-estimate (a locator would read the start's Gaussian)")
+        reference = fusion.logits = oracle_reference_logits(fusion)
 
     def act(obs, info):
         if args.expert:
             return expert.act(info)
         if oracle is not None:
             oracle.xy = torch.as_tensor(target_image_xy(info, env.unwrapped.image_size))
+        if reference is not None and reference.start_xy is None:  # the episode's first frame
+            reference.start_xy = target_image_xy(info, env.unwrapped.image_size)
         return policy.normalized_action(obs["image"], info["command"], obs["proprio"])
 
     def reset() -> None:
         policy.reset()
         expert.reset()
+        if reference is not None:
+            reference.start_xy = None
 
     episodes = run_episodes(env, act, args.seed, args.episodes, reset)
     rows, directions = summarise(episodes), by_direction(episodes)
@@ -190,7 +226,7 @@ def main(argv=None) -> dict:
     print(format_table([{"direction": d, **{k: f"{v:.2f}" if k != "episodes" else v for k, v in entry.items()}}
                         for d, entry in directions.items()], ["direction", "episodes", *OUTCOMES]))
     report = {"checkpoint": str(args.checkpoint), "actor": "expert" if args.expert else "policy",
-              "oracle_estimate": bool(args.oracle_estimate),
+              "oracle_estimate": bool(args.oracle_estimate), "oracle_reference": bool(args.oracle_reference),
               "episodes": args.episodes, "seed": args.seed, "rows": rows, "by_direction": directions,
               "per_episode": episodes}
     if args.json:

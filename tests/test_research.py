@@ -303,6 +303,29 @@ def test_push_failures_sorts_every_episode_into_one_outcome(reference_policy, tm
     assert "median_along_m" in capsys.readouterr().out
 
 
+def test_push_failures_oracles_give_the_fusion_the_true_positions_of_both_frames(tmp_path):
+    import torch
+    from policy_fixtures import make_policy_checkpoint
+
+    from research.push_failures import main, oracle_locator, oracle_reference_logits
+    from vla_ros.policy.policy import Policy
+
+    checkpoint = make_policy_checkpoint(tmp_path, task="push", fusion="region_map", reference_frame=True,
+                                        peak_window=1.5, map_weights=False, object_locator=True)
+    fusion = Policy.load(checkpoint).network.features_extractor.fusion
+    fusion.object_locator, fusion.logits = oracle_locator(), oracle_reference_logits(fusion)
+    fusion.object_locator.xy, fusion.logits.start_xy = torch.tensor([0.3, -0.2]), [-0.4, 0.1]
+    patches = torch.randn(1, fusion.num_patches, fusion.embed_dim)
+    text = torch.randn(1, fusion.embed_dim)
+    fused = fusion.fuse(torch.randn(1, fusion.embed_dim), patches, text, torch.randn_like(patches))
+    assert fused.reference_xy[0].tolist() == pytest.approx([-0.4, 0.1], abs=0.02)  # the start, not the map
+    assert fused.xy[0].tolist() == pytest.approx([0.3, -0.2], abs=0.02)  # the current position
+    report = main([str(checkpoint), "--episodes", "1", "--oracle-estimate", "--oracle-reference"])
+    assert report["oracle_reference"] and sum(r["episodes"] for r in report["rows"]) == 1
+    with pytest.raises(SystemExit):
+        main([str(checkpoint), "--episodes", "1", "--oracle-reference"])
+
+
 def test_push_prior_estimates_scores_every_prior_on_the_policys_own_decisions(reference_policy, capsys):
     from research.push_prior_estimates import STATES, main
 
