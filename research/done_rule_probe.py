@@ -17,8 +17,10 @@ instead of learning them:
 - ``reach``: fires when the fingertip is within a distance of the object; ``push``: when the object's estimated
   displacement from its first-frame estimate along the commanded direction passes a distance;
   ``push_clear``: the same, only while the fingertip is at least 6 cm from the estimated object, where the
-  arm does not cover it; ``*_true``: the same rules on the simulator's true object position (what
-  the rule gives with perfect perception).
+  arm does not cover it; ``*_located``: the same rules with the object's start taken from the current estimate
+  of the episode's first frame (an object locator's, where the reference estimate is the CLIP map's);
+  ``*_true``: the same rules on the simulator's true object position (what the rule gives with perfect
+  perception).
 
 ``episode_ends`` says whether the policy stays where its task is fulfilled: of each task's episodes (run to the
 time limit), how many reach success, how many end in it, and the last observation's median fingertip-object
@@ -41,7 +43,7 @@ import argparse
 import numpy as np
 
 CLEAR = 0.06  # m between fingertip and estimated object beyond which the arm does not cover it
-RULES = ("reach", "reach_true", "push", "push_clear", "push_true")
+RULES = ("reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_true")
 SCALE = 0.01  # m: scores (metres) pass through a sigmoid of this scale so thresholds are probabilities
 
 
@@ -81,6 +83,14 @@ def estimate_columns(features: np.ndarray, inputs: str, proprio: int, skills: in
     return slice(2, 4), slice(0, 2)
 
 
+def first_rows(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """For each row, the index of its episode's row with the smallest step (N,)."""
+    order = np.lexsort((step, episode))
+    starts = np.flatnonzero(np.r_[True, episode[order][1:] != episode[order][:-1]])
+    first = order[starts]  # one per episode, in sorted episode order
+    return first[np.searchsorted(episode[first], episode)]
+
+
 def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slice]) -> dict:
     """Each rule's score (N,) in metres (higher: more done) for collected rows with ``privileged`` state.
 
@@ -97,7 +107,10 @@ def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slic
     along = lambda moved: np.sum(moved * direction[:, :2], axis=1)  # noqa: E731
     covered = np.linalg.norm(fingertip - as_3d(current), axis=1) < CLEAR
     push = along(current - reference)
+    located = current[first_rows(data["episode"], data["step"])]  # each episode's first current estimate
     return {"reach": -np.linalg.norm(fingertip - as_3d(reference), axis=1),
+            "reach_located": -np.linalg.norm(fingertip - as_3d(located), axis=1),
+            "push_located": along(current - located),
             "reach_true": -np.linalg.norm(fingertip - target, axis=1),
             "push": push, "push_clear": np.where(covered, -1.0, push),
             "push_true": along((target - start)[:, :2])}

@@ -472,6 +472,13 @@ def test_the_done_rule_probes_plane_homography_inverts_the_cameras_projection():
     assert np.abs(to_plane(homography, image.astype(np.float64)) - xy).max() < 2e-4  # float32 image positions
 
 
+def test_first_rows_finds_each_episodes_first_step_in_any_order():
+    from research.done_rule_probe import first_rows
+
+    episode, step = np.array([7, 3, 7, 3, 9]), np.array([5, 1, 2, 0, 4])
+    assert first_rows(episode, step).tolist() == [2, 3, 2, 3, 4]
+
+
 def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path, capsys):
     """Cached episodes whose estimates are the objects' exact projections: every rule reaches the bars."""
     from research.done_rule_probe import main
@@ -503,7 +510,7 @@ def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path,
     report = main(["unused", "--inputs", "estimates", "--proprio-width", "2", "--cache", str(cache),
                    "--json", str(tmp_path / "r.json")])
     by = {r["rule"]: r for r in report["rows"]}
-    assert set(by) == {"reach", "reach_true", "push", "push_clear", "push_true"}
+    assert set(by) == {"reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_true"}
     assert all(r["held_out_precision"] >= 0.95 and r["held_out_recall"] >= 0.9 for r in by.values()), by
     ends = report["episode_ends"]
     assert ends["reach"] == {"episodes": 40, "reached_success": 40, "ended_in_success": 40,
