@@ -70,19 +70,6 @@ def to_plane(homography: np.ndarray, image_xy: np.ndarray) -> np.ndarray:
     return points[:, :2] / points[:, 2:3]
 
 
-def estimate_columns(features: np.ndarray, inputs: str, proprio: int, skills: int = 5) -> tuple[slice, slice]:
-    """(reference, current) column slices of the object estimates in done ``features`` of kind ``inputs``.
-
-    :func:`vla_ros.policy.done_head.done_inputs`: ``estimates`` starts with the estimate (a locator's follows the
-    object) and the first frame's; ``moved`` also has the current frame's own estimate (``frame_xy``) and its
-    displacement just before the joint state and the skill reading.
-    """
-    if inputs == "moved":
-        end = features.shape[1] - proprio - skills - 2
-        return slice(2, 4), slice(end - 2, end)
-    return slice(2, 4), slice(0, 2)
-
-
 def first_rows(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
     """For each row, the index of its episode's row with the smallest step (N,)."""
     order = np.lexsort((step, episode))
@@ -146,7 +133,7 @@ def main(argv=None) -> dict:
     from research.done_history_probe import add_episode_arguments, collected_episodes
     from research.done_task_heads import score_task
     from vla_ros.keys import OBS_PROPRIO
-    from vla_ros.policy.done_head import DONE_TASKS, episodes_of_task
+    from vla_ros.policy.done_head import DONE_TASKS, episodes_of_task, estimate_columns
     from vla_ros.policy.fingertip_locator import camera_projection
     from vla_ros.policy.policy import Policy
     from vla_ros.reporting import format_table, write_json
@@ -168,7 +155,7 @@ def main(argv=None) -> dict:
         proprio = int(Policy.load(args.checkpoint).network.observation_space[OBS_PROPRIO].shape[0])
     _, validation = collected_episodes(args.checkpoint, args.episodes, args.validation_episodes, args.num_envs,
                                        args.vec_env, args.cache, inputs=args.inputs, privileged=True)
-    columns = estimate_columns(validation["features"], args.inputs, proprio)
+    columns = estimate_columns(validation["features"].shape[1], args.inputs, proprio)
     scores = rule_scores(validation, camera_projection(), columns)
     rows = []
     for rule in RULES:

@@ -24,7 +24,7 @@ def test_a_policy_with_the_current_estimate_trains_acts_and_its_done_inputs_carr
     from vla_ros.commands.export import sample_inputs
     from vla_ros.keys import OBS_PROPRIO
     from vla_ros.paths import share_path
-    from vla_ros.policy.done_head import done_input_dim, done_inputs
+    from vla_ros.policy.done_head import done_input_dim, done_inputs, estimate_columns
     from vla_ros.policy.model_card import render
     from vla_ros.policy.policy import Policy
 
@@ -52,3 +52,6 @@ def test_a_policy_with_the_current_estimate_trains_acts_and_its_done_inputs_carr
     moved = done_inputs(policy.network, features, fused, observations, "moved")
     assert moved.shape == (1, done_input_dim(policy.network, "moved")) == (1, 2 + 4 + 4 + 4 + proprio)
     assert torch.allclose(moved[0, 10:12], fused.frame_xy[0]) and torch.equal(fused.frame_xy, fused.current_xy)
+    for kind, row, current in (("estimates", inputs[0], fused.xy[0]), ("moved", moved[0], fused.frame_xy[0])):
+        first, now = estimate_columns(len(row), kind, proprio, skills=0)  # what done_rule_probe reads
+        assert torch.equal(row[first], fused.reference_xy[0]) and torch.equal(row[now], current)

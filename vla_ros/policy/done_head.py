@@ -113,6 +113,22 @@ def done_inputs(network, features: torch.Tensor, fused=None, observations: dict 
     return torch.cat(parts, dim=-1).float()
 
 
+def estimate_columns(width: int, kind: str, proprio: int, skills: int = 5) -> tuple[slice, slice]:
+    """(first frame's, current) object estimate columns of :func:`done_inputs` of ``kind`` and ``width``.
+
+    For a reference-frame fusion with ``proprio`` joint-state columns and ``skills`` skill-reader columns (0
+    without a reader): ``estimates`` starts with the estimate (a locator's follows the object) and the first
+    frame's; ``moved`` ends with the current frame's own estimate (``frame_xy``) and its displacement before the
+    joint state and the skill reading. Works from stored inputs alone (research probes read cached episodes).
+    """
+    if kind == "moved":
+        end = width - proprio - skills - 2
+        return slice(2, 4), slice(end - 2, end)
+    if kind == "estimates":
+        return slice(2, 4), slice(0, 2)
+    raise ValueError(f"done inputs {str(kind)[:40]!r} do not hold the object's estimates in known columns")
+
+
 def done_input_dim(network, kind: str = "policy") -> int:
     """Width of :func:`done_inputs` of ``kind`` for ``network`` (an SB3 actor-critic policy)."""
     if kind == "policy":
