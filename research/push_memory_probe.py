@@ -174,7 +174,7 @@ class PushScenes:
         return np.concatenate([self.normalise(obs["proprio"]), xy, self._start_xy, direction]).astype(np.float32)
 
 
-LAYOUTS = ("flat", "policy", "policy_proprio")
+LAYOUTS = ("flat", "policy", "policy_proprio", "policy_film")
 
 
 def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_dim: int):
@@ -183,7 +183,9 @@ def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_
     ``flat``: every input into three GELU layers of 256. ``policy``: the CLIP policy's shape, where the estimates
     and the direction pass the fusion's two GELU layers before proprioception joins them in the actor's two tanh
     layers (SB3's ``net_arch`` of 256, 256). ``policy_proprio``: the same, with proprioception also entering the
-    fusion's first layer beside the estimates. The value is a critic's estimate of the return, as the CLIP
+    fusion's first layer beside the estimates. ``policy_film``: ``policy_proprio`` whose push direction does not
+    enter the fusion as an input but scales and shifts its first hidden layer (FiLM, zero-initialised), as the
+    CLIP policy's skill reader conditions its fusion. The value is a critic's estimate of the return, as the CLIP
     policy's critic (``--value-weight``): for ``flat`` a linear head on the last hidden layer, for the policy
     shapes SB3's critic (two tanh layers of 256 beside the actor's, on the same shared features).
     """
@@ -204,22 +206,36 @@ def _build_net(layout: str, input_dim: int, proprio_dim: int, history: int, out_
 
         return Flat()
 
-    early = layout == "policy_proprio"
+    early = layout in ("policy_proprio", "policy_film")
+    film = layout == "policy_film"
+    directions = len(DIRECTION_ORDER)  # the inputs' last columns (PushScenes._inputs)
 
     class PolicyShaped(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fusion = nn.Sequential(nn.Linear((input_dim - (0 if early else proprio_dim)) * history, 256),
-                                        nn.GELU(),
+            width = input_dim - (0 if early else proprio_dim) - (directions if film else 0)
+            self.fusion = nn.Sequential(nn.Linear(width * history, 256), nn.GELU(),
                                         nn.Linear(256, 256), nn.GELU())
+            if film:  # the direction scales and shifts the first hidden layer, starting from no conditioning
+                self.film = nn.Linear(directions, 2 * 256)
+                nn.init.zeros_(self.film.weight)
+                nn.init.zeros_(self.film.bias)
             self.actor = nn.Sequential(nn.Linear(256 + proprio_dim * history, 256), nn.Tanh(), nn.Linear(256, 256),
                                        nn.Tanh(), nn.Linear(256, out_dim))
             self.critic = nn.Sequential(nn.Linear(256 + proprio_dim * history, 256), nn.Tanh(), nn.Linear(256, 256),
                                         nn.Tanh(), nn.Linear(256, 1))
 
+        def _fuse(self, frames):
+            inputs = frames[..., 0 if early else proprio_dim:]
+            if not film:
+                return self.fusion(inputs.flatten(1))
+            hidden = self.fusion[1](self.fusion[0](inputs[..., :-directions].flatten(1)))
+            scale, shift = self.film(frames[:, -1, -directions:]).chunk(2, dim=-1)  # the newest frame's
+            return self.fusion[3](self.fusion[2](hidden * (1 + scale) + shift))
+
         def forward(self, x):
             frames = x.reshape(len(x), history, input_dim)
-            fused = self.fusion(frames[..., 0 if early else proprio_dim:].flatten(1))
+            fused = self._fuse(frames)
             features = torch.cat([fused, frames[..., :proprio_dim].flatten(1)], dim=-1)
             return self.actor(features), self.critic(features).squeeze(-1)
 
@@ -425,8 +441,8 @@ def main(argv=None) -> dict:
                         help="with --estimates-from: add the first frame's map times this to the current one "
                              "(as region_map's reference_prior) before the estimate (default 0: off)")
     parser.add_argument("--layout", choices=LAYOUTS, default="flat",
-                        help="the learner's network: flat (default), the CLIP policy's shape, or that shape with "
-                             "proprioception entering the fusion too")
+                        help="the learner's network: flat (default), the CLIP policy's shape, that shape with "
+                             "proprioception entering the fusion too, or that with the direction as FiLM")
     parser.add_argument("--value-weight", type=float, default=0.0,
                         help="the critic regresses the discounted returns at this weight beside the actions, "
                              "through the shared layers (the CLIP policy's imitation: 0.5; default 0: no critic loss)")

@@ -235,6 +235,23 @@ def test_push_memory_probe_fits_a_critic_under_the_policys_imitation_regime():
     assert separate["rounds"][0]["value_mse"] < plain["rounds"][0]["value_mse"]
 
 
+def test_push_memory_probe_film_layout_reads_the_direction_only_through_its_film():
+    import torch
+
+    from research.push_memory_probe import DIRECTION_ORDER, _build_net
+
+    torch.manual_seed(0)
+    net = _build_net("policy_film", input_dim=10, proprio_dim=2, history=2, out_dim=3)
+    assert net.fusion[0].in_features == 2 * (10 - len(DIRECTION_ORDER))  # the direction is no fusion input
+    x = torch.randn(5, 20)
+    other = x.clone()
+    other[:, -len(DIRECTION_ORDER):] = torch.randn(5, len(DIRECTION_ORDER))  # the newest frame's direction
+    assert torch.equal(net(x)[0], net(other)[0])  # zero-initialised FiLM: no conditioning yet
+    torch.nn.init.normal_(net.film.weight)
+    assert not torch.allclose(net(x)[0], net(other)[0])
+    assert net(x)[0].shape == (5, 3) and net(x)[1].shape == (5,)
+
+
 def test_push_memory_probe_reads_estimates_from_a_reference_frame_policy(reference_policy, capsys):
     from research.push_memory_probe import PushScenes, main
 
