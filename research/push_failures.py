@@ -142,24 +142,29 @@ def oracle_locator():
     return OracleLocator()
 
 
-def oracle_reference_logits(fusion):
-    """Stands in for ``fusion.logits``: a Gaussian of 0.5 patches around ``start_xy``, for every frame.
+def oracle_reference_maps(fusion):
+    """Stands in for ``fusion.maps``: the first frame's map becomes a Gaussian of 0.5 patches around ``start_xy``.
 
-    The fusion computes the first frame's map with it; the current frame's goes only to the object locator, which
-    :func:`oracle_locator` must replace (it ignores the map). ``start_xy`` is set to the object's true image
-    position at the episode's start.
+    The fusion's own maps otherwise (its object locator, which :func:`oracle_locator` replaces, reads the current
+    frame). ``start_xy`` is set to the object's true image position at the episode's start.
     """
     import torch
 
+    from vla_ros.grounding.fusion import RegionMaps
     from vla_ros.grounding.object_locator import gaussian_logits
+
+    maps = fusion.maps
 
     class OracleReference:
         start_xy = None
 
-        def __call__(self, patches, text):
+        def __call__(self, patches, text, reference_patches=None):
+            own = maps(patches, text, reference_patches)
             grid_side = round(fusion.coordinates.shape[0] ** 0.5)
             xy = torch.as_tensor(self.start_xy).reshape(1, 2).to(fusion.coordinates)
-            return gaussian_logits(fusion.coordinates, xy, grid_side, 0.5).expand(patches.shape[0], -1)
+            start = gaussian_logits(fusion.coordinates, xy, grid_side, 0.5).expand(patches.shape[0], -1)
+            # the fusion scales the reference map by its temperature: these logits are what it then reads
+            return RegionMaps(own.current, start / fusion.log_temperature.exp(), own.located)
 
     return OracleReference()
 
@@ -201,9 +206,10 @@ def main(argv=None) -> dict:
         oracle = fusion.object_locator = oracle_locator()
     reference = None
     if args.oracle_reference:
-        if oracle is None:  # the fusion's maps of both frames come from fusion.logits, which this replaces
-            parser.error("--oracle-reference needs --oracle-estimate (a locator would read the start's Gaussian)")
-        reference = fusion.logits = oracle_reference_logits(fusion)
+        if oracle is None:
+            parser.error("--oracle-reference needs --oracle-estimate (perfect perception of the first frame only "
+                         "is not a question asked yet)")
+        reference = fusion.maps = oracle_reference_maps(fusion)
 
     def act(obs, info):
         if args.expert:

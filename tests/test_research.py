@@ -324,14 +324,14 @@ def test_push_failures_oracles_give_the_fusion_the_true_positions_of_both_frames
     import torch
     from policy_fixtures import make_policy_checkpoint
 
-    from research.push_failures import main, oracle_locator, oracle_reference_logits
+    from research.push_failures import main, oracle_locator, oracle_reference_maps
     from vla_ros.policy.policy import Policy
 
     checkpoint = make_policy_checkpoint(tmp_path, task="push", fusion="region_map", reference_frame=True,
                                         peak_window=1.5, map_weights=False, object_locator=True)
     fusion = Policy.load(checkpoint).network.features_extractor.fusion
-    fusion.object_locator, fusion.logits = oracle_locator(), oracle_reference_logits(fusion)
-    fusion.object_locator.xy, fusion.logits.start_xy = torch.tensor([0.3, -0.2]), [-0.4, 0.1]
+    fusion.object_locator, fusion.maps = oracle_locator(), oracle_reference_maps(fusion)
+    fusion.object_locator.xy, fusion.maps.start_xy = torch.tensor([0.3, -0.2]), [-0.4, 0.1]
     patches = torch.randn(1, fusion.num_patches, fusion.embed_dim)
     text = torch.randn(1, fusion.embed_dim)
     fused = fusion.fuse(torch.randn(1, fusion.embed_dim), patches, text, torch.randn_like(patches))

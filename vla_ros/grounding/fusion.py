@@ -90,6 +90,23 @@ class FusionOutput(NamedTuple):
     an object locator: its estimate"""
 
 
+class RegionMaps(NamedTuple):
+    """What :class:`RegionMapFusion` computes from the CLIP embeddings alone (:meth:`RegionMapFusion.maps`).
+
+    ``current`` and ``reference`` (B, P): the command's standardised region-text similarity in this frame and in
+    the episode's first (None without a reference frame); ``located`` (B, P): the object locator's logits (None
+    without one).
+    """
+
+    current: torch.Tensor
+    reference: torch.Tensor | None = None
+    located: torch.Tensor | None = None
+
+    def select(self, index) -> "RegionMaps":
+        """The maps of the samples ``index`` (rows of each map)."""
+        return RegionMaps(*(None if m is None else m[index] for m in self))
+
+
 FUSION_KINDS = ("late", "cross_attention", "gated", "region", "region_map")
 
 
@@ -445,28 +462,50 @@ class RegionMapFusion(nn.Module):
 
         Returns the features (B, out_dim), the map and the estimate. ``image_global`` is unused; ``sentence``
         (the text tower's sentence embedding) only with a skill reader; ``proprio`` (normalised joint state) only
-        with ``proprio_dim``.
+        with ``proprio_dim``. The same as :meth:`fuse_maps` of :meth:`maps`.
         """
         _check_inputs(self, image_global, image_patches, text)
-        current = self.logits(image_patches, text)
+        if self.reference_frame and (reference_patches is None or reference_patches.shape != image_patches.shape):
+            raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
+                             f"image_patches {tuple(image_patches.shape)}")
+        return self.fuse_maps(self.maps(image_patches, text, reference_patches), text, sentence, proprio)
+
+    def maps(self, image_patches, text, reference_patches=None) -> RegionMaps:
+        """The maps :meth:`fuse` reads, computed from the CLIP embeddings before any parameter it trains.
+
+        Fixed for fixed embeddings while the object locator is frozen (as in the policy's fits), so a fit may
+        compute them once per sample instead of once per epoch (:func:`vla_ros.policy.imitation.fit`).
+        """
+        current = self.standardised(image_patches, text)
+        reference = self.standardised(reference_patches, text) if self.reference_frame else None
+        located = None
+        if self.object_locator is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.object_locator_trains):
+                located = self.object_locator(image_patches, text, current, reference, self.coordinates)
+        return RegionMaps(current, reference, located)
+
+    @property
+    def object_locator_trains(self) -> bool:
+        """Whether the object locator's parameters take gradients (it is frozen outside its own fit)."""
+        return self.object_locator is not None and any(p.requires_grad for p in self.object_locator.parameters())
+
+    def fuse_maps(self, maps: RegionMaps, text, sentence=None, proprio=None) -> FusionOutput:
+        """:meth:`fuse` from its :meth:`maps`: the temperature, the readouts and the MLP (what training changes)."""
+        temperature = self.log_temperature.exp()
+        current = temperature * maps.current
         # the command itself, for what the map cannot say (a push's direction); unit norm as CLIP compares it
         command = [self.text_projection(F.normalize(text, dim=-1))] if self.text_projection is not None else []
         if self.proprio_dim:
-            if proprio is None or proprio.shape != (image_patches.shape[0], self.proprio_dim):
+            if proprio is None or proprio.shape != (maps.current.shape[0], self.proprio_dim):
                 raise ValueError(f"this fusion reads the joint state: pass proprio shaped "
                                  f"(B, {self.proprio_dim})")
             command = command + [proprio]
         if not self.reference_frame:
             parts, weights, xy = self._readout(current)
             return FusionOutput(self._head(torch.cat(parts + command, dim=-1), text, sentence), weights, xy)
-        if reference_patches is None or reference_patches.shape != image_patches.shape:
-            raise ValueError("this fusion reads a reference frame: pass reference_patches shaped like "
-                             f"image_patches {tuple(image_patches.shape)}")
-        reference = self.logits(reference_patches, text)
-        if self.object_locator is not None:  # temperature-free inputs: imitation trains the temperature later
-            temperature = self.log_temperature.exp()
-            current = self.object_locator(image_patches, text, current / temperature, reference / temperature,
-                                          self.coordinates)
+        reference = temperature * maps.reference
+        if self.object_locator is not None:  # the locator read the temperature-free maps
+            current = maps.located
         current_parts, current_xy, frame_xy = [], None, None
         if self.current_estimate or self.reference_prior is not None:
             raw = self._readout(current)

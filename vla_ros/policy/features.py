@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from vla_ros.grounding.fusion import FusionOutput, build_fusion
+from vla_ros.grounding.fusion import FusionOutput, RegionMaps, build_fusion
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
@@ -87,13 +87,35 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         """Fuse a batch of observations into features."""
         return self.extract(observations)[0]
 
-    def extract(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, FusionOutput]:
-        """Features and the fusion's whole output (where it grounds the command) for a batch."""
-        reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
+    def extract(self, observations: dict[str, torch.Tensor],
+                maps: RegionMaps | None = None) -> tuple[torch.Tensor, FusionOutput]:
+        """Features and the fusion's whole output (where it grounds the command) for a batch.
+
+        ``maps``: the batch's :meth:`region_maps`, computed before (the patches are then not read).
+        """
         extra = {"sentence": observations[FEAT_SENTENCE] * self.text_scale} if self.sentence_dim else {}
         if getattr(self.fusion, "proprio_dim", 0):
             extra["proprio"] = observations[OBS_PROPRIO]
-        fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
-                                 observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                                 observations[FEAT_TEXT] * self.text_scale, reference, **extra)
+        text = observations[FEAT_TEXT] * self.text_scale
+        if maps is not None:
+            fused = self.fusion.fuse_maps(maps, text, **extra)
+        else:
+            reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
+            fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
+                                     observations[FEAT_IMAGE_PATCHES] * self.image_scale, text, reference, **extra)
         return torch.cat([fused.features, observations[OBS_PROPRIO]], dim=-1), fused
+
+    @property
+    def fixed_maps(self) -> bool:
+        """Whether the fusion's maps (:meth:`region_maps`) depend on no parameter being trained.
+
+        A ``region_map`` fusion's do while its object locator (if any) is frozen, as in the policy's fits.
+        """
+        return hasattr(self.fusion, "fuse_maps") and not self.fusion.object_locator_trains
+
+    @torch.no_grad()
+    def region_maps(self, observations: dict[str, torch.Tensor]) -> RegionMaps:
+        """The ``region_map`` fusion's maps of a batch (:meth:`vla_ros.grounding.fusion.RegionMapFusion.maps`)."""
+        reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
+        return self.fusion.maps(observations[FEAT_IMAGE_PATCHES] * self.image_scale,
+                                observations[FEAT_TEXT] * self.text_scale, reference)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vla_ros.grounding.fusion import RegionMaps
+from vla_ros.keys import FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
 from vla_ros.policy.envs import CHUNK_STEPS, EXPERT_ACTION, TARGET_XY
 
@@ -201,20 +203,44 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     )
 
 
-def batch_losses(network, data: Demonstrations, idx: np.ndarray,
-                 value_detached: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def region_maps(network, data: Demonstrations, batch_size: int = 256):
+    """Every sample's fusion maps (:meth:`FusionFeaturesExtractor.region_maps`), or None where they are not fixed.
+
+    A ``region_map`` fusion computes its maps from the CLIP embeddings before any parameter a fit trains (its
+    object locator is frozen), and they cost most of a fit's time (two region-text similarities over every patch
+    pair and the locator's per-patch MLP): :func:`fit` computes them once instead of once per epoch. The fit is
+    the same (``tests/test_imitation_maps.py``).
+    """
+    extractor = network.features_extractor
+    if not getattr(extractor, "fixed_maps", False):
+        return None
+    device = next(network.parameters()).device
+    keys = [k for k in (FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES, FEAT_TEXT) if k in data.obs]
+    parts = []
+    for start in range(0, len(data), batch_size):
+        rows = slice(start, start + batch_size)
+        obs = {k: torch.as_tensor(data.obs[k][rows], dtype=torch.float32, device=device) for k in keys}
+        parts.append(extractor.region_maps(obs))
+    return RegionMaps(*(None if part[0] is None else torch.cat(part) for part in zip(*parts)))
+
+
+def batch_losses(network, data: Demonstrations, idx: np.ndarray, value_detached: bool = False,
+                 maps: RegionMaps | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(action MSE, value MSE, grounding MSE) of ``network`` on the demonstrations' rows ``idx`` (:func:`fit`).
 
     ``value_detached``: the value loss reaches the critic's own layers only, not the features it shares with the
-    actor (the fusion).
+    actor (the fusion). ``maps``: every sample's :func:`region_maps` (the patches are then not read).
     """
     device = next(network.parameters()).device
-    obs = {k: torch.as_tensor(v[idx], dtype=torch.float32, device=device) for k, v in data.obs.items()}
+    skip = (FEAT_IMAGE_PATCHES, FEAT_REFERENCE_PATCHES) if maps is not None else ()
+    obs = {k: torch.as_tensor(v[idx], dtype=torch.float32, device=device) for k, v in data.obs.items()
+           if k not in skip}
     target = torch.as_tensor(data.expert_actions[idx], device=device)
     returns = torch.as_tensor(data.returns[idx], device=device)
     target_xy = torch.as_tensor(data.target_xy[idx], device=device)
     reference_xy = torch.as_tensor(data.reference_xy[idx], device=device) if data.reference_xy is not None else None
-    features, grounding = network.features_extractor.extract(obs)  # Box observations: no preprocessing
+    batch_maps = None if maps is None else maps.select(torch.as_tensor(idx, device=maps.current.device))
+    features, grounding = network.features_extractor.extract(obs, batch_maps)  # Box observations: no preprocessing
     if value_detached:
         latent_pi = network.mlp_extractor.forward_actor(features)
         latent_vf = network.mlp_extractor.forward_critic(features.detach())
@@ -243,14 +269,14 @@ def add_clipped_gradients(params: list[torch.Tensor], grads, max_norm: float = m
 
 
 def set_gradients(network, data: Demonstrations, idx: np.ndarray, params: list[torch.Tensor], value_weight: float,
-                  grounding_weight: float, value_detached: bool = False,
-                  clip_apart: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  grounding_weight: float, value_detached: bool = False, clip_apart: bool = False,
+                  maps: RegionMaps | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Set ``params``' gradients (zeroed before) for one step of :func:`fit`; returns :func:`batch_losses`.
 
     The gradient is clipped to a total norm of 1, or with ``clip_apart`` the value loss's gradient and the
     actions' (with the grounding loss's) are clipped to 1 each and then added.
     """
-    action_loss, value_loss, grounding_loss = batch_losses(network, data, idx, value_detached)
+    action_loss, value_loss, grounding_loss = batch_losses(network, data, idx, value_detached, maps)
     if clip_apart:
         value_grads = torch.autograd.grad(value_weight * value_loss, params, retain_graph=True, allow_unused=True)
         (action_loss + grounding_weight * grounding_loss).backward()
@@ -282,6 +308,7 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
     rng = np.random.default_rng(seed)
     params = [p for name, p in network.named_parameters() if name != "log_std"]
     optimizer = torch.optim.Adam(params, lr=lr)
+    maps = region_maps(network, data)  # once, not once per epoch, where no parameter trained changes them
     network.train()
     n = len(data)
     losses = {}
@@ -292,7 +319,8 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
             idx = order[start:start + batch_size]
             optimizer.zero_grad()
             action_loss, value_loss, grounding_loss = set_gradients(network, data, idx, params, value_weight,
-                                                                    grounding_weight, value_detached, clip_apart)
+                                                                    grounding_weight, value_detached, clip_apart,
+                                                                    maps)
             optimizer.step()
             totals += [action_loss.item() * len(idx), value_loss.item() * len(idx), grounding_loss.item() * len(idx)]
         losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n, "grounding_mse": totals[2] / n}
