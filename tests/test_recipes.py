@@ -293,3 +293,9 @@ def test_the_locator_refit_recipe_refits_the_every_step_locator_ones_locator_onl
 def test_the_settle_recipe_is_the_locator_refit_one_settling_past_success():
     refit, settle = _research_recipe("skills_locator_refit"), _research_recipe("skills_settle")
     assert _changed(refit, settle) == {"bc_settle_steps"} and settle["bc_settle_steps"] == 8
+
+
+def test_the_dagger500_recipe_differs_from_the_every_step_locator_one_in_its_dagger_episodes_only():
+    base, more = _research_recipe("skills_every_step_locator"), _research_recipe("skills_dagger500")
+    assert _changed(base, more) == {"dagger_episodes"}
+    assert (base["dagger_episodes"], more["dagger_episodes"]) == (250, 500)
