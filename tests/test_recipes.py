@@ -299,3 +299,9 @@ def test_the_dagger500_recipe_differs_from_the_every_step_locator_one_in_its_dag
     base, more = _research_recipe("skills_every_step_locator"), _research_recipe("skills_dagger500")
     assert _changed(base, more) == {"dagger_episodes"}
     assert (base["dagger_episodes"], more["dagger_episodes"]) == (250, 500)
+
+
+def test_the_settle_dagger500_recipe_differs_from_the_settle_one_in_its_dagger_episodes_only():
+    settle, more = _research_recipe("skills_settle"), _research_recipe("skills_settle_dagger500")
+    assert _changed(settle, more) == {"dagger_episodes"}
+    assert more["dagger_episodes"] == 500 and more["bc_settle_steps"] == 8 and more["object_locator_refit"]
