@@ -203,7 +203,7 @@ def collect(venv: ClipFeatureVecEnv, episodes: int, rng: np.random.Generator, ne
     )
 
 
-def region_maps(network, data: Demonstrations, batch_size: int = 256):
+def region_maps(network, data: Demonstrations, batch_size: int = 256) -> RegionMaps | None:
     """Every sample's fusion maps (:meth:`FusionFeaturesExtractor.region_maps`), or None where they are not fixed.
 
     A ``region_map`` fusion computes its maps from the CLIP embeddings before any parameter a fit trains (its
