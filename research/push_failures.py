@@ -123,35 +123,40 @@ def by_direction(episodes: list[dict]) -> dict[str, dict]:
     return table
 
 
+def oracle_logits(coordinates, xy, batch: int):
+    """(batch, P) logits of a Gaussian of 0.5 patches around the image position ``xy`` over the patch centres."""
+    import torch
+
+    from vla_ros.grounding.object_locator import gaussian_logits
+
+    grid_side = round(coordinates.shape[0] ** 0.5)
+    centre = torch.as_tensor(xy).reshape(1, 2).to(coordinates)
+    return gaussian_logits(coordinates, centre, grid_side, 0.5).expand(batch, -1)
+
+
 def oracle_locator():
-    """A module standing in for a fusion's object locator: logits of a Gaussian of 0.5 patches around ``xy``.
+    """A module standing in for a fusion's object locator: :func:`oracle_logits` around ``xy``.
 
     ``xy`` is set to the object's true image position before each decision.
     """
     import torch
 
-    from vla_ros.grounding.object_locator import gaussian_logits
-
     class OracleLocator(torch.nn.Module):
         xy = None
 
         def forward(self, patches, text, current, reference, coordinates):
-            grid_side = round(coordinates.shape[0] ** 0.5)
-            return gaussian_logits(coordinates, self.xy.reshape(1, 2), grid_side, 0.5).expand(patches.shape[0], -1)
+            return oracle_logits(coordinates, self.xy, patches.shape[0])
 
     return OracleLocator()
 
 
 def oracle_reference_maps(fusion):
-    """Stands in for ``fusion.maps``: the first frame's map becomes a Gaussian of 0.5 patches around ``start_xy``.
+    """Stands in for ``fusion.maps``: the first frame's map becomes :func:`oracle_logits` around ``start_xy``.
 
     The fusion's own maps otherwise (its object locator, which :func:`oracle_locator` replaces, reads the current
     frame). ``start_xy`` is set to the object's true image position at the episode's start.
     """
-    import torch
-
     from vla_ros.grounding.fusion import RegionMaps
-    from vla_ros.grounding.object_locator import gaussian_logits
 
     maps = fusion.maps
 
@@ -160,9 +165,7 @@ def oracle_reference_maps(fusion):
 
         def __call__(self, patches, text, reference_patches=None):
             own = maps(patches, text, reference_patches)
-            grid_side = round(fusion.coordinates.shape[0] ** 0.5)
-            xy = torch.as_tensor(self.start_xy).reshape(1, 2).to(fusion.coordinates)
-            start = gaussian_logits(fusion.coordinates, xy, grid_side, 0.5).expand(patches.shape[0], -1)
+            start = oracle_logits(fusion.coordinates, self.start_xy, patches.shape[0])
             # the fusion scales the reference map by its temperature: these logits are what it then reads
             return RegionMaps(own.current, start / fusion.log_temperature.exp(), own.located)
 

@@ -100,10 +100,15 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
         if maps is not None:
             fused = self.fusion.fuse_maps(maps, text, **extra)
         else:
-            reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
-            fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale,
-                                     observations[FEAT_IMAGE_PATCHES] * self.image_scale, text, reference, **extra)
+            patches, reference = self._scaled_patches(observations)
+            fused = self.fusion.fuse(observations[FEAT_IMAGE_GLOBAL] * self.image_scale, patches, text, reference,
+                                     **extra)
         return torch.cat([fused.features, observations[OBS_PROPRIO]], dim=-1), fused
+
+    def _scaled_patches(self, observations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(patches, first frame's patches or None without a reference frame), both times ``image_scale``."""
+        reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
+        return observations[FEAT_IMAGE_PATCHES] * self.image_scale, reference
 
     @property
     def fixed_maps(self) -> bool:
@@ -116,6 +121,5 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
     @torch.no_grad()
     def region_maps(self, observations: dict[str, torch.Tensor]) -> RegionMaps:
         """The ``region_map`` fusion's maps of a batch (:meth:`vla_ros.grounding.fusion.RegionMapFusion.maps`)."""
-        reference = observations[FEAT_REFERENCE_PATCHES] * self.image_scale if self.reference_frame else None
-        return self.fusion.maps(observations[FEAT_IMAGE_PATCHES] * self.image_scale,
-                                observations[FEAT_TEXT] * self.text_scale, reference)
+        patches, reference = self._scaled_patches(observations)
+        return self.fusion.maps(patches, observations[FEAT_TEXT] * self.text_scale, reference)
