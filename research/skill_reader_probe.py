@@ -1,14 +1,19 @@
 """Which embedding of a command names its skill: the CLIP text embedding or the text tower's sentence embedding.
 
-Usage: ``python -m research.skill_reader_probe [CLIP_DIR] [--per-frame 2] [--json FILE]``
+Usage: ``python -m research.skill_reader_probe [CLIP_DIR] [--per-frame 2] [--filled-variants N] [--json FILE]``
 
 Fits the skill reader (:mod:`vla_ros.policy.skill_reader`: multinomial logistic regression on training commands
-only, with word-dropped variants) once on each of two embeddings of the same commands and reports its accuracy
-per split: ``clip_text``, the CLIP's projected text embedding (what the grounding map and ``command_film`` read),
-and ``sentence``, the pretrained text tower's mean-pooled sentence embedding before that projection (what the
-reader reads in the product). Split commands: ``train`` (training frames and combinations, drawn with another
-seed than the fit), ``heldout_combos`` (training frames, held-out combinations), ``heldout_phrasings``
-(held-out frames), ``validation_words`` / ``heldout_words`` (the word splits' commands). Each split has every
+only, with word-dropped variants; ``--filled-variants``: also in frames with filler verbs put in,
+:func:`vla_ros.policy.skill_reader.filled_frame`, drawn from one half of the fillers) once on each of two
+embeddings of the same commands and reports its accuracy per split: ``clip_text``, the CLIP's projected text
+embedding (what the grounding map and ``command_film`` read), and ``sentence``, the pretrained text tower's
+mean-pooled sentence embedding before that projection (what the reader reads in the product).
+
+Split commands: ``train`` (training frames and combinations, drawn with another seed than the fit),
+``heldout_combos`` (training frames, held-out combinations), ``heldout_phrasings`` (held-out frames),
+``validation_words`` / ``heldout_words`` (the word splits' commands), ``unseen_verbs`` (``"{verb} the {colour}
+{shape}"`` with and without a direction, training combinations, verbs from the other half of
+:func:`vla_ros.policy.skill_reader.filler_words`; a new verb on its own is read as a reach). Each split has every
 combination of its kind with each skill (reach; push in four directions), ``per_frame`` commands per frame.
 """
 
@@ -19,14 +24,44 @@ import argparse
 import numpy as np
 
 SOURCES = ("clip_text", "sentence")
-SPLITS = ("train", "heldout_combos", "heldout_phrasings", "validation_words", "heldout_words")
+SPLITS = ("train", "heldout_combos", "heldout_phrasings", "validation_words", "heldout_words", "unseen_verbs")
 
 
-def split_commands(instructions, split: str, per_frame: int, seed: int) -> tuple[list[str], list[int]]:
-    """Commands of ``split`` and their :data:`vla_ros.policy.skill_reader.SKILLS` indices."""
+def split_fillers(instructions, seed: int) -> tuple[list[str], list[str]]:
+    """Filler verbs split in two halves by a seeded shuffle: (the fit's, ``unseen_verbs``')."""
+    from vla_ros.policy.skill_reader import filler_words
+
+    fillers = filler_words(instructions)
+    np.random.default_rng(seed).shuffle(fillers)
+    return fillers[:len(fillers) // 2], fillers[len(fillers) // 2:]
+
+
+def unseen_verb_commands(instructions, verbs, per_frame: int, rng) -> tuple[list[str], list[int]]:
+    """``per_frame`` * 6 commands per training combination and skill, each with a verb drawn from ``verbs``."""
+    from vla_ros.policy.skill_reader import SKILLS
+
+    commands, labels = [], []
+    for colour, shape in instructions.train_combos:
+        for label, direction in enumerate((None, *SKILLS[1:])):
+            frame = "{verb} the {colour} {shape}" + (" {direction}" if direction else "")
+            for _ in range(per_frame * 6):
+                verb = verbs[rng.integers(len(verbs))]
+                commands.append(instructions.format(frame.replace("{verb}", verb), colour, shape, direction, rng))
+                labels.append(label)
+    return commands, labels
+
+
+def split_commands(instructions, split: str, per_frame: int, seed: int,
+                   fillers=()) -> tuple[list[str], list[int]]:
+    """Commands of ``split`` and their :data:`vla_ros.policy.skill_reader.SKILLS` indices.
+
+    ``fillers``: the verbs of ``unseen_verbs``.
+    """
     from vla_ros.policy.skill_reader import SKILLS, skill_index
 
     rng = np.random.default_rng(seed)
+    if split == "unseen_verbs":
+        return unseen_verb_commands(instructions, fillers, per_frame, rng)
     combos = sorted(instructions.heldout_combos) if split == "heldout_combos" else instructions.train_combos
     commands, labels = [], []
     for colour, shape in combos:
@@ -60,6 +95,8 @@ def main(argv=None) -> dict:
                         help="CLIP checkpoint folder with a pretrained text tower (default: the shipped models/clip)")
     parser.add_argument("--per-frame", type=int, default=2, help="commands per frame, combination and skill")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit (split commands use seed + 1)")
+    parser.add_argument("--filled-variants", type=int, default=0,
+                        help="commands per training command in a frame with filler verbs (the reader's fit)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
 
@@ -71,9 +108,12 @@ def main(argv=None) -> dict:
         encode = encoder.encode_text if source == "clip_text" else encoder.encode_sentences
         return torch.cat([encode(commands[i:i + 256]).float() for i in range(0, len(commands), 256)])
 
-    fit_commands, fit_labels = training_commands(instructions, seed=args.seed)
-    splits = {s: split_commands(instructions, s, args.per_frame, args.seed + 1) for s in SPLITS}
-    report = {"clip": args.clip, "fit_commands": len(fit_commands), "accuracy": {}, "confusions": {}}
+    fit_fillers, unseen_verbs = split_fillers(instructions, args.seed)
+    fit_commands, fit_labels = training_commands(instructions, seed=args.seed, filled_variants=args.filled_variants,
+                                                 fillers=fit_fillers)
+    splits = {s: split_commands(instructions, s, args.per_frame, args.seed + 1, unseen_verbs) for s in SPLITS}
+    report = {"clip": args.clip, "fit_commands": len(fit_commands), "filled_variants": args.filled_variants,
+              "accuracy": {}, "confusions": {}}
     for source in SOURCES:
         fit = fit_skill_reader(embed(source, fit_commands), fit_labels, seed=args.seed)
         report["accuracy"][source] = {}
@@ -81,13 +121,18 @@ def main(argv=None) -> dict:
             x = torch.nn.functional.normalize(embed(source, commands), dim=-1)
             predicted = (x @ fit.weight.T + fit.bias).argmax(-1).numpy()
             wrong = predicted != np.asarray(labels)
-            report["accuracy"][source][split] = {"accuracy": float(1 - wrong.mean()), "commands": len(labels)}
+            truth = np.asarray(labels)
+            push = truth > 0  # a push read as a push in another direction: the policy would push the wrong way
+            wrong_way = float((push & (predicted > 0) & wrong).sum() / max(push.sum(), 1))
+            report["accuracy"][source][split] = {"accuracy": float(1 - wrong.mean()), "commands": len(labels),
+                                                 "push_wrong_direction": wrong_way}
             if source == "sentence":
                 report["confusions"][split] = [commands[i] for i in np.flatnonzero(wrong)[:5]]
     rows = [{"split": split, "commands": report["accuracy"]["clip_text"][split]["commands"],
-             **{source: f"{100 * report['accuracy'][source][split]['accuracy']:.1f}%" for source in SOURCES}}
+             **{source: f"{100 * report['accuracy'][source][split]['accuracy']:.1f}%" for source in SOURCES},
+             "sentence, push wrong way": f"{100 * report['accuracy']['sentence'][split]['push_wrong_direction']:.1f}%"}
             for split in SPLITS]
-    print(format_table(rows, ["split", "commands", *SOURCES]))
+    print(format_table(rows, ["split", "commands", *SOURCES, "sentence, push wrong way"]))
     if args.json:
         write_json(args.json, report)
     return report

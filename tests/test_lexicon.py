@@ -9,7 +9,7 @@ import torch
 
 from vla_ros.envs.instructions import WORD_SPLITS, load_instructions, word_tokens
 from vla_ros.grounding.lexicon import Lexicon
-from vla_ros.grounding.wordnet import FILE_SHA256, WordNet, WordNetError, wordnet_dir
+from vla_ros.grounding.wordnet import FILE_SHA256, WordNet, WordNetError, verb_lemmas, wordnet_dir
 from vla_ros.paths import share_path
 
 
@@ -39,6 +39,20 @@ def test_wordnet_is_the_pinned_release_and_a_tampered_or_missing_copy_is_refused
     monkeypatch.setenv("VLA_ROS_WORDNET_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(WordNetError, match="wordnet-base"):
         WordNet()
+
+
+def test_verb_lemmas_are_single_words_of_the_pinned_index_and_a_tampered_copy_is_refused(tmp_path):
+    verbs = verb_lemmas()
+    assert len(verbs) == 8429 and verbs == sorted(set(verbs)) and all(v.isalpha() and v.islower() for v in verbs)
+    assert {"push", "shove", "zoom"} <= set(verbs) and "princeton" not in verbs  # licence lines skipped
+    shutil.copy(wordnet_dir() / "index.verb", tmp_path / "index.verb")
+    assert verb_lemmas(tmp_path) == verbs
+    with open(tmp_path / "index.verb", "ab") as f:
+        f.write(b"zzzz v 1 0 1 0 00000000\n")
+    with pytest.raises(WordNetError, match="not WordNet 3.0's index.verb"):
+        verb_lemmas(tmp_path)
+    with pytest.raises(WordNetError, match="wordnet-base"):
+        verb_lemmas(tmp_path / "nowhere")
 
 
 def test_validation_words_read_as_known_words_through_wordnet(lexicon):

@@ -305,3 +305,8 @@ def test_the_settle_dagger500_recipe_differs_from_the_settle_one_in_its_dagger_e
     settle, more = _research_recipe("skills_settle"), _research_recipe("skills_settle_dagger500")
     assert _changed(settle, more) == {"dagger_episodes"}
     assert more["dagger_episodes"] == 500 and more["bc_settle_steps"] == 8 and more["object_locator_refit"]
+
+
+def test_the_filled_reader_recipe_differs_from_the_settle_one_in_the_readers_fit_only():
+    settle, filled = _research_recipe("skills_settle"), _research_recipe("skills_settle_filled")
+    assert _changed(settle, filled) == {"skill_reader_filled"} and filled["skill_reader_filled"] == 12

@@ -168,9 +168,15 @@ def test_skills_error_probe_reports_each_task_and_phase_of_a_mixed_checkpoint(tm
 
 
 def test_skill_reader_probe_scores_both_embeddings_on_every_split(tmp_path, capsys):
-    from research.skill_reader_probe import SOURCES, SPLITS, main
+    from research.skill_reader_probe import SOURCES, SPLITS, main, split_fillers
+    from vla_ros.envs.instructions import load_instructions, word_tokens
+    from vla_ros.policy.skill_reader import training_commands
 
-    report = main(["--per-frame", "1", "--json", str(tmp_path / "probe.json")])
+    fit_fillers, unseen = split_fillers(load_instructions(), seed=0)
+    assert fit_fillers and unseen and not set(fit_fillers) & set(unseen)
+    fitted = training_commands(load_instructions(), seed=0, filled_variants=1, fillers=fit_fillers)[0]
+    assert not any(word_tokens(c) & set(unseen) for c in fitted)  # unseen_verbs' verbs never reach the fit
+    report = main(["--per-frame", "1", "--filled-variants", "1", "--json", str(tmp_path / "probe.json")])
     for source in SOURCES:
         assert set(report["accuracy"][source]) == set(SPLITS)
         for entry in report["accuracy"][source].values():

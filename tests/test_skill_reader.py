@@ -12,7 +12,14 @@ from vla_ros.envs.instructions import WORD_SPLITS, load_instructions, word_token
 from vla_ros.grounding.fusion import NUM_SKILLS, build_fusion
 from vla_ros.paths import share_path
 from vla_ros.policy.network_config import NetworkConfig, NetworkConfigError
-from vla_ros.policy.skill_reader import SKILLS, fit_skill_reader, skill_index, training_commands
+from vla_ros.policy.skill_reader import (
+    SKILLS,
+    filled_frame,
+    filler_words,
+    fit_skill_reader,
+    skill_index,
+    training_commands,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +46,11 @@ def test_skill_indices():
 
 def test_the_reader_is_fitted_on_training_commands_only(instructions):
     """No held-out frame, combination or word-split word reaches the reader's fit."""
-    commands, labels = training_commands(instructions, seed=3)
+    commands, labels = training_commands(instructions, seed=3, filled_variants=2)
     assert len(commands) == len(labels) and set(labels) == set(range(NUM_SKILLS))
-    allowed = instructions.training_vocabulary()
+    fillers = set(filler_words(instructions))
+    assert len(fillers) > 8000 and not fillers & instructions.training_vocabulary()
+    allowed = instructions.training_vocabulary() | fillers
     forbidden = set().union(*(instructions.word_splits[s].vocabulary() for s in WORD_SPLITS))
     heldout_frame_words = set().union(*(word_tokens(t) for task in instructions.templates.values()
                                         for t in task["heldout"])) - allowed
@@ -54,8 +63,23 @@ def test_the_reader_is_fitted_on_training_commands_only(instructions):
             assert (colour, shape) not in instructions.heldout_combos, command
         # a word-dropped variant keeps its direction: the label stays true to the words
         assert direction == (None if label == 0 else SKILLS[label]), command
-    # the same seed gives the same commands
-    assert training_commands(instructions, seed=3) == (commands, labels)
+    assert sum(bool(word_tokens(c) & fillers) for c in commands) > len(commands) // 6  # the fillers are there
+    # the same seed gives the same commands; without fillers, the ones an earlier recipe was fitted on
+    assert training_commands(instructions, seed=3, filled_variants=2) == (commands, labels)
+    unfilled = training_commands(instructions, seed=3)
+    assert len(unfilled[0]) == len(commands) * 5 // 7 and not any(word_tokens(c) & fillers for c in unfilled[0])
+
+
+def test_filled_frames_keep_their_placeholders_and_change_only_frame_words():
+    rng = np.random.default_rng(0)
+    frame = "push the {colour} {shape} {direction}"
+    filled = [filled_frame(frame, ["zoom", "abide"], rng) for _ in range(200)]
+    for f in filled:
+        words = f.split()
+        assert [w for w in words if w.startswith("{")] == ["{colour}", "{shape}", "{direction}"], f
+        assert set(words) <= {"push", "the", "zoom", "abide", "{colour}", "{shape}", "{direction}"}, f
+        assert len(words) in (5, 6)
+    assert len(set(filled)) > 10 and frame in filled  # rate 0.5: some frames stay as they were
 
 
 def test_the_reader_names_the_skill_of_new_commands_from_sentence_embeddings(instructions, encoder):

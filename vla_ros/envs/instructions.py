@@ -86,6 +86,14 @@ class InstructionSet:
                    *(t for task in self.templates.values() for t in task["train"])]
         return set().union(*(word_tokens(p) for p in phrases))
 
+    def heldout_vocabulary(self) -> set[str]:
+        """Lowercase tokens that only commands of a held-out phrasing or a word split contain, never a training one."""
+        frames = [t for task in self.templates.values() for t in task["heldout"]]
+        for words in self.word_splits.values():
+            frames += [t for ts in words.templates.values() for t in ts]
+        tokens = set().union(*(word_tokens(t) for t in frames), *(w.vocabulary() for w in self.word_splits.values()))
+        return tokens - self.training_vocabulary()
+
     def word_split_command(self, split: str, task: str, colour: str, shape: str, direction: str | None,
                            rng: np.random.Generator) -> tuple[str, str]:
         """A command naming (colour, shape) with the words of word split ``split``; returns (command, kind).

@@ -1,6 +1,7 @@
-"""A reader of WordNet 3.0's noun database (Debian ``wordnet-base``): senses, glosses, hypernyms.
+"""A reader of WordNet 3.0's noun database (Debian ``wordnet-base``): senses, glosses, hypernyms; and its verbs.
 
-Only ``index.noun`` and ``data.noun`` are read (format: ``wndb(5WN)``). The files are checked by sha256 against
+Only ``index.noun`` and ``data.noun`` are read for senses (format: ``wndb(5WN)``), and ``index.verb`` for the
+list of verb lemmas (:func:`verb_lemmas`). The files are checked by sha256 against
 the WordNet 3.0 release that Debian and Ubuntu ship, so a lexicon built on them behaves the same on every machine;
 other files are refused with a clear error. Nothing here imports torch or rclpy.
 """
@@ -20,6 +21,7 @@ FILE_SHA256 = {
     "index.noun": "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04",
     "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
 }
+VERB_INDEX_SHA256 = "e2ac24816c3a8289dcb72aaa9cf8db81fdf25ec34d792bfc96ac5b7a20c8b4ae"  # index.verb, the same release
 HYPERNYM_POINTERS = ("@", "@i")  # hypernym, instance hypernym
 CACHE_SIZE = 50_000  # lemmas and synsets kept in memory (WordNet has 117,798 noun lemmas)
 
@@ -41,6 +43,29 @@ class Synset:
 def wordnet_dir() -> Path:
     """Where WordNet's database lives: ``$VLA_ROS_WORDNET_DIR`` or Debian's ``/usr/share/wordnet``."""
     return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
+
+
+def verb_lemmas(directory: str | Path | None = None, verify: bool = True) -> list[str]:
+    """WordNet 3.0's single-word verb lemmas (``index.verb``'s first column without ``_`` compounds), sorted.
+
+    8,429 words from "aah" to "zoom": a vocabulary of what a command's verb could be that no one chose
+    by looking at this project's commands.
+    """
+    path = (Path(directory) if directory is not None else wordnet_dir()) / "index.verb"
+    if not path.is_file():
+        raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package wordnet-base, "
+                           f"or point {ENV_DIR} at a WordNet 3.0 dict folder)")
+    if verify and sha256_file(path) != VERB_INDEX_SHA256:
+        raise WordNetError(f"{path} is not WordNet 3.0's index.verb (sha256 differs from {VERB_INDEX_SHA256[:12]}...)")
+    lemmas = set()
+    with open(path, encoding="latin-1") as index:
+        for line in index:
+            if line.startswith(" "):  # the licence lines at the top
+                continue
+            lemma = line.split(" ", 1)[0]
+            if lemma.isalpha():
+                lemmas.add(lemma.lower())
+    return sorted(lemmas)
 
 
 class WordNet:

@@ -36,15 +36,46 @@ def skill_index(task: str, direction: str | None) -> int:
     return SKILLS.index(direction)
 
 
-def training_commands(instructions, seed: int = 0, per_frame: int = 2,
-                      dropped_variants: int = 4, drop_rate: float = 0.25) -> tuple[list[str], list[int]]:
+def filler_words(instructions) -> list[str]:
+    """Words to put into training frames: WordNet's verbs, less every word of the instruction file.
+
+    Training words are left out (a filler "back" or "right" would contradict the label) and so is every word of a
+    held-out phrasing or word split (:meth:`InstructionSet.heldout_vocabulary`): those never reach training.
+    """
+    from vla_ros.grounding.wordnet import verb_lemmas
+
+    excluded = instructions.training_vocabulary() | instructions.heldout_vocabulary()
+    return [w for w in verb_lemmas() if w not in excluded]
+
+
+def filled_frame(frame: str, fillers, rng: np.random.Generator, rate: float = 0.5) -> str:
+    """``frame`` with its own words (not placeholders) replaced by random fillers, and one inserted.
+
+    Each word is replaced at ``rate``, and a filler goes in at a random place with probability ``rate``: the skill
+    must come from the direction words (or their absence), whatever the verb and the words around it.
+    """
+    words = [fillers[rng.integers(len(fillers))] if not w.startswith("{") and rng.random() < rate else w
+             for w in frame.split()]
+    if rng.random() < rate:
+        words.insert(int(rng.integers(len(words) + 1)), fillers[rng.integers(len(fillers))])
+    return " ".join(words)
+
+
+def training_commands(instructions, seed: int = 0, per_frame: int = 2, dropped_variants: int = 4,
+                      drop_rate: float = 0.25, filled_variants: int = 0,
+                      fillers=None) -> tuple[list[str], list[int]]:
     """Commands and skill indices to fit the reader: training frames, training combinations, nothing held out.
 
     Every training frame of both tasks fills ``per_frame`` times per training combination (and direction), the
     shape and direction synonyms drawn. Each command also comes ``dropped_variants`` times with each word dropped
-    at ``drop_rate``, direction words kept (dropping one would change the label).
+    at ``drop_rate``, direction words kept (dropping one would change the label), and ``filled_variants`` times
+    in its frame with words replaced and inserted by :func:`filled_frame` (``fillers``: :func:`filler_words` by
+    default). Without fillers a reader fitted on six frames per task can take a new verb for a direction: it reads
+    "displace the ... right" as a push to the left (``docs/EXPERIMENT_LOG.md``, 2026-12-07).
     """
     rng = np.random.default_rng(seed)
+    if filled_variants and fillers is None:
+        fillers = filler_words(instructions)
     direction_words = {w for phrases in instructions.direction_words.values() for p in phrases for w in p.split()}
     commands, labels = [], []
     for colour, shape in instructions.train_combos:
@@ -60,6 +91,10 @@ def training_commands(instructions, seed: int = 0, per_frame: int = 2,
                         for _ in range(dropped_variants):
                             kept = [w for w in words if w in direction_words or rng.random() >= drop_rate]
                             commands.append(" ".join(kept))
+                            labels.append(label)
+                        for _ in range(filled_variants):
+                            filled = filled_frame(frame, fillers, rng)
+                            commands.append(instructions.format(filled, colour, shape, direction, rng))
                             labels.append(label)
     return commands, labels
 
@@ -98,9 +133,9 @@ def fit_skill_reader(sentences: torch.Tensor, labels, seed: int = 0, steps: int 
     return SkillReaderFit(linear.weight.detach().clone(), linear.bias.detach().clone(), accuracy, len(y))
 
 
-def fit_from_encoder(encoder, instructions, seed: int = 0) -> SkillReaderFit:
+def fit_from_encoder(encoder, instructions, seed: int = 0, filled_variants: int = 0) -> SkillReaderFit:
     """Fit the reader on :func:`training_commands` embedded by ``encoder``'s text tower (its sentence embeddings)."""
-    commands, labels = training_commands(instructions, seed=seed)
+    commands, labels = training_commands(instructions, seed=seed, filled_variants=filled_variants)
     sentences = torch.cat([encoder.encode_sentences(commands[i:i + 256]) for i in range(0, len(commands), 256)])
     return fit_skill_reader(sentences, labels, seed=seed)
 

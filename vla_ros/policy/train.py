@@ -92,6 +92,9 @@ class TrainConfig:
     """region_map with a pretrained text tower only: a frozen linear reader of the text tower's sentence embedding,
     fitted on training commands before imitation, names the skill (reach, push left / right / forward / back);
     its five probabilities FiLM-modulate the MLP's hidden features (vla_ros.policy.skill_reader)"""
+    skill_reader_filled: int = 0
+    """skill_reader only: each training command also comes this many times in its frame with WordNet verbs put
+    in (vla_ros.policy.skill_reader.filled_frame), so a new verb does not read as a direction; 0: off"""
     fusion_proprio: bool = False
     """region_map only: the joint state enters the fusion's MLP beside the map's position estimates (as well as the
     actor), so its first layers can relate where the arm is to where the object is (push's approach)"""
@@ -335,6 +338,8 @@ class TrainingRun:
             raise ValueError(f"bc_value_weight must be finite and >= 0, got {cfg.bc_value_weight}")
         if cfg.bc_settle_steps < 0:
             raise ValueError(f"bc_settle_steps must be >= 0, got {cfg.bc_settle_steps}")
+        if cfg.skill_reader_filled < 0 or (cfg.skill_reader_filled and not cfg.skill_reader):
+            raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
@@ -596,7 +601,8 @@ class TrainingRun:
         from vla_ros.envs.instructions import load_instructions
         from vla_ros.policy.skill_reader import fit_from_encoder
 
-        fit = fit_from_encoder(self.encoder, load_instructions(), seed=self.cfg.seed)
+        fit = fit_from_encoder(self.encoder, load_instructions(), seed=self.cfg.seed,
+                               filled_variants=self.cfg.skill_reader_filled)
         fusion = network.features_extractor.fusion
         with torch.no_grad():
             fusion.skill_weight.copy_(fit.weight)
