@@ -334,8 +334,11 @@ class RegionMapFusion(nn.Module):
                  sigma_patches: float = DEFAULT_SIGMA_PATCHES, temperature: float = 2.0, peak_window: float = 0.0,
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
                  command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0,
-                 current_estimate: bool = False, prior_spread: float = 0.0, object_locator: bool = False):
+                 current_estimate: bool = False, prior_spread: float = 0.0, object_locator: bool = False,
+                 skill_reader_hard: bool = False):
         super().__init__()
+        if skill_reader_hard and not skill_reader_width:
+            raise ValueError("skill_reader_hard needs a skill reader (skill_reader_width)")
         if object_locator and (not reference_frame or reference_prior):
             raise ValueError("object_locator needs reference_frame=True and replaces reference_prior (it reads the "
                              "first frame's map itself)")
@@ -388,6 +391,7 @@ class RegionMapFusion(nn.Module):
         # linear map of the text tower's sentence embedding (vla_ros.policy.skill_reader), fitted before
         # training and stored as buffers, so a new phrasing acts only through the skill it reads as.
         self.skill_reader_width = int(skill_reader_width)
+        self.skill_reader_hard = bool(skill_reader_hard)
         if self.skill_reader_width:
             self.register_buffer("skill_weight", torch.zeros(NUM_SKILLS, self.skill_reader_width))
             self.register_buffer("skill_bias", torch.zeros(NUM_SKILLS))
@@ -404,8 +408,17 @@ class RegionMapFusion(nn.Module):
             self.object_locator.requires_grad_(False)
 
     def skills(self, sentence: torch.Tensor) -> torch.Tensor:
-        """The skill reader's (B, 5) probabilities of reach, push left / right / forward / back."""
-        return torch.softmax(F.normalize(sentence, dim=-1) @ self.skill_weight.T + self.skill_bias, dim=-1)
+        """The skill reader's (B, 5) probabilities of reach, push left / right / forward / back.
+
+        ``skill_reader_hard``: the skill it reads, one-hot, instead. The reader is less sure of a new phrasing than
+        of a training one (median probability of the right skill 0.89 against 0.97 for reach), and probabilities
+        the MLP never saw in training condition it worse than the skill they name (``docs/EXPERIMENT_LOG.md``,
+        2026-12-07). A comparison with the maximum, not argmax, so the exported graph needs no ArgMax/OneHot.
+        """
+        logits = F.normalize(sentence, dim=-1) @ self.skill_weight.T + self.skill_bias
+        if self.skill_reader_hard:
+            return (logits >= logits.max(dim=-1, keepdim=True).values).to(logits.dtype)
+        return torch.softmax(logits, dim=-1)
 
     def _head(self, inputs: torch.Tensor, text: torch.Tensor, sentence: torch.Tensor | None) -> torch.Tensor:
         """The MLP over the map readouts, its hidden layer FiLM-modulated by the command when configured."""
@@ -541,7 +554,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  peak_window: float = 0.0, reference_prior: bool = False, patch_stitch: int = 1,
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
                  skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False,
-                 prior_spread: float = 0.0, object_locator: bool = False) -> nn.Module:
+                 prior_spread: float = 0.0, object_locator: bool = False,
+                 skill_reader_hard: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -592,6 +606,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["command_film"] = True
     if skill_reader_width:
         extra["skill_reader_width"] = int(skill_reader_width)
+    if skill_reader_hard:
+        extra["skill_reader_hard"] = True
     if proprio_dim:
         extra["proprio_dim"] = int(proprio_dim)
     if object_locator:

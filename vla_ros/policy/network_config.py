@@ -24,6 +24,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``text_features`` | int | ``region_map``: width of a projection of the command fed to the MLP (0 = none) |
 | ``command_film`` | bool | ``region_map``: the command's embedding FiLM-modulates the MLP (what to do) |
 | ``skill_reader_width`` | int | ``region_map``: sentence width of a frozen skill reader FiLM-ing the MLP (0 = none) |
+| ``skill_reader_hard`` | bool | ``region_map`` with a skill reader: FiLM reads the skill it names, one-hot |
 | ``fusion_proprio`` | bool | ``region_map``: the joint state enters the MLP beside the map's estimates |
 | ``object_locator`` | bool | ``region_map``: a learned, frozen map of the object replaces the current frame's map |
 | ``action_chunk`` | int | actions the actor predicts per decision, K (1: one action, as before) |
@@ -110,6 +111,7 @@ class NetworkConfig:
     text_features: int = 0
     command_film: bool = False
     skill_reader_width: int = 0
+    skill_reader_hard: bool = False
     fusion_proprio: bool = False
     object_locator: bool = False
     action_chunk: int = 1
@@ -143,6 +145,9 @@ class NetworkConfig:
         _int(self.text_features, src, "text_features", 0, MAX_TEXT_FEATURES)
         _bool(self.command_film, src, "command_film")
         _int(self.skill_reader_width, src, "skill_reader_width", 0, MAX_TEXT_FEATURES)
+        _bool(self.skill_reader_hard, src, "skill_reader_hard")
+        if self.skill_reader_hard and not self.skill_reader_width:
+            raise _fail(src, "skill_reader_hard", "needs a skill reader (skill_reader_width > 0)")
         _bool(self.fusion_proprio, src, "fusion_proprio")
         _bool(self.object_locator, src, "object_locator")
         _int(self.action_chunk, src, "action_chunk", 1, MAX_ACTION_CHUNK)
@@ -227,4 +232,5 @@ class NetworkConfig:
                 "patch_stitch": self.patch_stitch,
                 "map_weights": self.map_weights, "text_features": self.text_features,
                 "command_film": self.command_film, "skill_reader_width": self.skill_reader_width,
-                **({"object_locator": True} if self.object_locator else {})}
+                **({"object_locator": True} if self.object_locator else {}),
+                **({"skill_reader_hard": True} if self.skill_reader_hard else {})}

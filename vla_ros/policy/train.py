@@ -92,6 +92,8 @@ class TrainConfig:
     """region_map with a pretrained text tower only: a frozen linear reader of the text tower's sentence embedding,
     fitted on training commands before imitation, names the skill (reach, push left / right / forward / back);
     its five probabilities FiLM-modulate the MLP's hidden features (vla_ros.policy.skill_reader)"""
+    skill_reader_hard: bool = False
+    """skill_reader only: FiLM reads the skill the reader names, one-hot, instead of its five probabilities"""
     skill_reader_filled: int = 0
     """skill_reader only: each training command also comes this many times in its frame with WordNet verbs put
     in (vla_ros.policy.skill_reader.filled_frame), so a new verb does not read as a direction; 0: off"""
@@ -243,7 +245,8 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
         prior_spread=cfg.prior_spread, patch_stitch=cfg.patch_stitch,
         map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
-        skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0, fusion_proprio=cfg.fusion_proprio,
+        skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0,
+        skill_reader_hard=cfg.skill_reader_hard, fusion_proprio=cfg.fusion_proprio,
         object_locator=cfg.object_locator,
         action_chunk=cfg.action_chunk, chunk_execute=cfg.chunk_execute, fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
@@ -338,6 +341,8 @@ class TrainingRun:
             raise ValueError(f"bc_value_weight must be finite and >= 0, got {cfg.bc_value_weight}")
         if cfg.bc_settle_steps < 0:
             raise ValueError(f"bc_settle_steps must be >= 0, got {cfg.bc_settle_steps}")
+        if cfg.skill_reader_hard and not cfg.skill_reader:
+            raise ValueError("skill_reader_hard needs skill_reader")
         if cfg.skill_reader_filled < 0 or (cfg.skill_reader_filled and not cfg.skill_reader):
             raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
         if cfg.bc_action_noise < 0:
