@@ -8,9 +8,10 @@ token states before the projection) keeps it: the same probe names 100% and 91%.
 
 The reader is that probe, a linear map from the L2-normalised sentence embedding to :data:`SKILLS` logits. It is
 fitted once, before imitation, on training commands only (training phrasings of training combinations, each also
-with random words dropped so no single frame word decides it) and then frozen inside the network: the policy
-sees five probabilities, not the sentence, so a new phrasing changes what it does only through which skill it
-reads. This module never imports rclpy.
+with random words dropped so no single frame word decides it, and optionally with WordNet verbs put into its frame,
+:func:`filled_frame`, so a verb it never saw does not read as a direction) and then frozen inside the network: the
+policy sees five probabilities (or, with ``skill_reader_hard``, the one skill read), not the sentence, so a new
+phrasing changes what it does only through which skill it reads. This module never imports rclpy.
 """
 
 from __future__ import annotations
