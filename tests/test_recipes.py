@@ -307,11 +307,8 @@ def test_the_settle_dagger500_recipe_differs_from_the_settle_one_in_its_dagger_e
     assert more["dagger_episodes"] == 500 and more["bc_settle_steps"] == 8 and more["object_locator_refit"]
 
 
-def test_the_filled_reader_recipe_differs_from_the_settle_one_in_the_readers_fit_only():
-    settle, filled = _research_recipe("skills_settle"), _research_recipe("skills_settle_filled")
-    assert _changed(settle, filled) == {"skill_reader_filled"} and filled["skill_reader_filled"] == 12
-
-
-def test_the_refit_filled_recipe_differs_from_the_refit_one_in_the_readers_fit_only():
-    refit, filled = _research_recipe("skills_locator_refit"), _research_recipe("skills_refit_filled")
-    assert _changed(refit, filled) == {"skill_reader_filled"} and filled["skill_reader_filled"] == 12
+@pytest.mark.parametrize("base, filled", [("skills_settle", "skills_settle_filled"),
+                                          ("skills_locator_refit", "skills_refit_filled")])
+def test_a_filled_reader_recipe_differs_from_its_base_in_the_readers_fit_only(base, filled):
+    before, after = _research_recipe(base), _research_recipe(filled)
+    assert _changed(before, after) == {"skill_reader_filled"} and after["skill_reader_filled"] == 12
