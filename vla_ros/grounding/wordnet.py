@@ -45,18 +45,25 @@ def wordnet_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
 
 
+def _verified(directory: Path, name: str, expected: str, verify: bool) -> Path:
+    """``directory / name``, refused with a clear error if missing or (``verify``) not the pinned release's file."""
+    path = directory / name
+    if not path.is_file():
+        raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package "
+                           f"wordnet-base, or point {ENV_DIR} at a WordNet 3.0 dict folder)")
+    if verify and sha256_file(path) != expected:
+        raise WordNetError(f"{path} is not WordNet 3.0's {name} (sha256 differs from {expected[:12]}...)")
+    return path
+
+
 def verb_lemmas(directory: str | Path | None = None, verify: bool = True) -> list[str]:
     """WordNet 3.0's single-word verb lemmas (``index.verb``'s first column without ``_`` compounds), sorted.
 
     8,429 words from "aah" to "zoom": a vocabulary of what a command's verb could be that no one chose
     by looking at this project's commands.
     """
-    path = (Path(directory) if directory is not None else wordnet_dir()) / "index.verb"
-    if not path.is_file():
-        raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package wordnet-base, "
-                           f"or point {ENV_DIR} at a WordNet 3.0 dict folder)")
-    if verify and sha256_file(path) != VERB_INDEX_SHA256:
-        raise WordNetError(f"{path} is not WordNet 3.0's index.verb (sha256 differs from {VERB_INDEX_SHA256[:12]}...)")
+    directory = Path(directory) if directory is not None else wordnet_dir()
+    path = _verified(directory, "index.verb", VERB_INDEX_SHA256, verify)
     lemmas = set()
     with open(path, encoding="latin-1") as index:
         for line in index:
@@ -74,12 +81,7 @@ class WordNet:
     def __init__(self, directory: str | Path | None = None, verify: bool = True):
         self.directory = Path(directory) if directory is not None else wordnet_dir()
         for name, expected in FILE_SHA256.items():
-            path = self.directory / name
-            if not path.is_file():
-                raise WordNetError(f"WordNet 3.0 not found: {path} is missing (install the Debian package "
-                                   f"wordnet-base, or point {ENV_DIR} at a WordNet 3.0 dict folder)")
-            if verify and sha256_file(path) != expected:
-                raise WordNetError(f"{path} is not WordNet 3.0's {name} (sha256 differs from {expected[:12]}...)")
+            _verified(self.directory, name, expected, verify)
         # index.noun is sorted by lemma: looked up by binary search, not parsed (parsing its 117,798 lines in
         # Python stalls other threads, a node's e-stop service among them, for tens of milliseconds)
         self._index = open(self.directory / "index.noun", "rb")  # noqa: SIM115 - read for the object's life
