@@ -1,4 +1,5 @@
-"""Imitation computes a region_map fusion's maps once per fit, and the fit is the one that computes them per batch."""
+"""Imitation's fit: a region_map fusion's maps computed once per fit give the fit that computes them per batch;
+the learning rate is constant or cosine-annealed."""
 
 from __future__ import annotations
 
@@ -59,3 +60,35 @@ def test_maps_are_computed_per_batch_while_the_object_locator_trains(tmp_path):
     assert imitation.region_maps(net, _demonstrations(net, 4)) is None
     fusion.object_locator.requires_grad_(False)
     assert net.features_extractor.fixed_maps
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_fits_learning_rate_is_constant_or_annealed_to_zero_over_its_steps(tmp_path, monkeypatch, schedule):
+    net = _network(tmp_path, object_locator=True, skill_reader=True, fusion_proprio=True)
+    data = _demonstrations(net)
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    imitation.fit(net, data, epochs=3, batch_size=8, lr=1e-3, seed=0, lr_schedule=schedule)
+    assert len(rates) == 3 * 5 and rates[0] == 1e-3  # 40 samples in batches of 8, three epochs
+    if schedule == "constant":
+        assert set(rates) == {1e-3}
+    else:
+        assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.02 * 1e-3
+        assert rates[7] == pytest.approx(0.5e-3 * (1 + np.cos(np.pi * 7 / 15)))
+
+
+def test_the_default_schedule_is_the_constant_one_and_an_unknown_one_is_refused(tmp_path):
+    net = _network(tmp_path)
+    data = _demonstrations(net)
+    a, b = copy.deepcopy(net), copy.deepcopy(net)
+    imitation.fit(a, data, epochs=1, batch_size=8, lr=1e-3, seed=0)
+    imitation.fit(b, data, epochs=1, batch_size=8, lr=1e-3, seed=0, lr_schedule="constant")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        imitation.fit(net, data, epochs=1, batch_size=8, lr=1e-3, seed=0, lr_schedule="linear")

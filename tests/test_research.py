@@ -540,3 +540,39 @@ def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path,
                              "median_final_m": pytest.approx(0.03, abs=1e-6)}
     assert ends["push"]["ended_in_success"] == 40 and ends["push"]["median_final_m"] == pytest.approx(0.132, abs=1e-6)
     assert "held_out_recall" in capsys.readouterr().out and (tmp_path / "r.json").exists()
+
+
+def test_fit_seed_probe_refits_a_runs_demonstrations_keeping_what_the_run_froze(tmp_path, capsys):
+    """A real tiny imitation run (object locator refitted, skill reader), then two fresh fits of its saved
+    demonstrations: each loads as a Policy, keeps the run's locator and reader, and draws its own weights."""
+    import json
+
+    import torch
+
+    from research.fit_seed_probe import main as probe
+    from vla_ros.cli import main as vla_ros
+    from vla_ros.paths import share_path
+    from vla_ros.policy.checkpoint import load_network
+
+    run = tmp_path / "run"
+    assert vla_ros(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
+                    "--reference-frame", "--no-map-weights", "--skill-reader", "--fusion-proprio",
+                    "--object-locator", "--object-locator-refit", "--object-locator-epochs", "1",
+                    "--bc-episodes", "2", "--dagger-rounds", "1", "--dagger-episodes", "1", "--bc-epochs", "1",
+                    "--ppo-steps", "0", "--eval-episodes", "1", "--num-envs", "1", "--vec-env", "dummy",
+                    "--fusion-dim", "32", "--hidden-dim", "32", "--out", str(run)]) == 0
+    assert probe([str(run), "--fit-seeds", "3", "4", "--epochs", "1", "--json", str(tmp_path / "fits.json")]) == 0
+    report = json.loads((tmp_path / "fits.json").read_text())
+    assert report["rounds"] == 2 and [f["fit_seed"] for f in report["fits"]] == [3, 4]
+    assert "2 rounds" in capsys.readouterr().out
+    trained, _ = load_network(run / "final")
+    fits = [load_network(f["checkpoint"])[0] for f in report["fits"]]  # the CLIP path resolves from the new folder
+    for fit in fits:
+        assert fit.features_extractor.fusion.object_locator is not None
+        for (name, kept), (_, run_value) in zip(fit.named_parameters(), trained.named_parameters()):
+            if "object_locator" in name:
+                assert torch.equal(kept, run_value), name
+        for (name, kept), (_, run_value) in zip(fit.named_buffers(), trained.named_buffers()):
+            assert torch.equal(kept, run_value), name  # the skill reader's weights among them
+    actor = [dict(f.named_parameters())["action_net.weight"] for f in (trained, *fits)]
+    assert not torch.equal(actor[0], actor[1]) and not torch.equal(actor[1], actor[2])

@@ -288,9 +288,12 @@ def set_gradients(network, data: Demonstrations, idx: np.ndarray, params: list[t
     return action_loss, value_loss, grounding_loss
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, seed: int,
         value_weight: float = 0.5, grounding_weight: float = 1.0, value_detached: bool = False,
-        clip_apart: bool = False) -> dict[str, float]:
+        clip_apart: bool = False, lr_schedule: str = "constant") -> dict[str, float]:
     """Regress the actor mean on expert actions and the value head on observed returns.
 
     Each step's gradient is clipped to a total norm of 1 (:func:`set_gradients`). ``clip_apart`` clips the value
@@ -298,6 +301,9 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
     actions' cannot set the direction of the layers the critic shares with the actor (the fusion) alone; in the
     push probe it was no reliable cure for what the value loss costs (docs/EXPERIMENT_LOG.md, 2026-12-07,
     sixteenth session).
+
+    ``lr_schedule`` "cosine" anneals the learning rate from ``lr`` to 0 over the fit's steps, so the weights a fit
+    ends with are not one draw from Adam's noise at full step size; "constant" keeps ``lr`` throughout.
 
     Fusions that attend over patches also regress their attention's expected position on the
     commanded object's image position (an auxiliary grounding loss from simulator state; at run
@@ -307,10 +313,16 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for name, p in network.named_parameters() if name != "log_std"]
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     optimizer = torch.optim.Adam(params, lr=lr)
+    n = len(data)
+    total_steps = max(1, epochs * math.ceil(n / batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        if lr_schedule == "cosine" else 1.0)
     maps = region_maps(network, data)  # once, not once per epoch, where no parameter trained changes them
     network.train()
-    n = len(data)
     losses = {}
     for _ in tqdm(range(epochs), desc="behaviour cloning", leave=False):
         order = rng.permutation(n)
@@ -322,6 +334,7 @@ def fit(network, data: Demonstrations, epochs: int, batch_size: int, lr: float, 
                                                                     grounding_weight, value_detached, clip_apart,
                                                                     maps)
             optimizer.step()
+            scheduler.step()
             totals += [action_loss.item() * len(idx), value_loss.item() * len(idx), grounding_loss.item() * len(idx)]
         losses = {"action_mse": totals[0] / n, "value_mse": totals[1] / n, "grounding_mse": totals[2] / n}
     network.eval()
