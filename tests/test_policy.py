@@ -383,6 +383,12 @@ def test_takeover_rollouts_keep_only_the_experts_stretch(trained, tmp_path):
         TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad2"), "dagger_takeover_after": (5, 2)}))
 
 
+def test_a_run_refuses_an_unknown_learning_rate_schedule(trained, tmp_path):
+    cfg, _ = trained
+    with pytest.raises(ValueError, match="bc_lr_schedule must be one of"):
+        TrainingRun(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "bad"), "bc_lr_schedule": "linear"}))
+
+
 def test_a_run_with_a_takeover_round_collects_it_after_its_mixed_rounds(trained, tmp_path):
     from vla_ros.policy.imitation import Demonstrations
 

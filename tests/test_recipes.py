@@ -312,3 +312,9 @@ def test_the_settle_dagger500_recipe_differs_from_the_settle_one_in_its_dagger_e
 def test_a_filled_reader_recipe_differs_from_its_base_in_the_readers_fit_only(base, filled):
     before, after = _research_recipe(base), _research_recipe(filled)
     assert _changed(before, after) == {"skill_reader_filled"} and after["skill_reader_filled"] == 12
+
+
+def test_the_annealed_recipe_differs_from_the_refit_one_in_its_fits_length_and_schedule_only():
+    refit, annealed = _research_recipe("skills_locator_refit"), _research_recipe("skills_refit_annealed")
+    assert _changed(refit, annealed) == {"bc_epochs", "bc_lr_schedule"}
+    assert (annealed["bc_epochs"], annealed["bc_lr_schedule"]) == (60, "cosine")

@@ -558,12 +558,14 @@ def test_fit_seed_probe_refits_a_runs_demonstrations_keeping_what_the_run_froze(
     assert vla_ros(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
                     "--reference-frame", "--no-map-weights", "--skill-reader", "--fusion-proprio",
                     "--object-locator", "--object-locator-refit", "--object-locator-epochs", "1",
+                    "--bc-lr-schedule", "cosine",
                     "--bc-episodes", "2", "--dagger-rounds", "1", "--dagger-episodes", "1", "--bc-epochs", "1",
                     "--ppo-steps", "0", "--eval-episodes", "1", "--num-envs", "1", "--vec-env", "dummy",
                     "--fusion-dim", "32", "--hidden-dim", "32", "--out", str(run)]) == 0
     assert probe([str(run), "--fit-seeds", "3", "4", "--epochs", "1", "--json", str(tmp_path / "fits.json")]) == 0
     report = json.loads((tmp_path / "fits.json").read_text())
     assert report["rounds"] == 2 and [f["fit_seed"] for f in report["fits"]] == [3, 4]
+    assert json.loads((run / "state.json").read_text())["config"]["bc_lr_schedule"] == "cosine"
     assert "2 rounds" in capsys.readouterr().out
     trained, _ = load_network(run / "final")
     fits = [load_network(f["checkpoint"])[0] for f in report["fits"]]  # the CLIP path resolves from the new folder

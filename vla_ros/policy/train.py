@@ -177,6 +177,11 @@ class TrainConfig:
     """behaviour-cloning minibatch size"""
     bc_lr: float = 1e-3
     """behaviour-cloning learning rate"""
+    bc_lr_schedule: str = "constant"
+    """each fit's learning rate: "constant" (bc_lr throughout) or "cosine" (annealed from bc_lr to 0 over the fit).
+    Fresh 20-epoch fits of one run's demonstrations pushed 52.5-73.5% on validation scenes at a constant rate and
+    66.0-73.5% annealed, 60-epoch annealed ones 81.0-81.5% (research.fit_seed_probe; docs/EXPERIMENT_LOG.md,
+    2026-12-07, twentieth session)"""
     ppo_steps: int = 50_000
     """PPO environment steps after the warm start (decisions of a chunked policy, each up to chunk_execute steps)"""
     ppo_imitation_weight: float = 0.0
@@ -345,6 +350,8 @@ class TrainingRun:
             raise ValueError("skill_reader_hard needs skill_reader")
         if cfg.skill_reader_filled < 0 or (cfg.skill_reader_filled and not cfg.skill_reader):
             raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
+        if cfg.bc_lr_schedule not in imitation.LR_SCHEDULES:
+            raise ValueError(f"bc_lr_schedule must be one of {imitation.LR_SCHEDULES}, got {cfg.bc_lr_schedule!r}")
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
@@ -524,7 +531,7 @@ class TrainingRun:
                 losses = imitation.fit(network, weighted, cfg.bc_epochs,
                                        cfg.bc_batch_size, cfg.bc_lr, cfg.seed + k,
                                        value_weight=cfg.bc_value_weight, value_detached=cfg.bc_value_detached,
-                                       clip_apart=cfg.bc_clip_apart)
+                                       clip_apart=cfg.bc_clip_apart, lr_schedule=cfg.bc_lr_schedule)
                 tqdm.write(f"[imitation] fit after round {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()))
                 for name, value in losses.items():
                     self.log_scalar(f"imitation/{name}", value, k)
