@@ -128,9 +128,10 @@ def test_a_mixed_checkpoint_is_evaluated_per_task(tmp_path):
     assert config["task"] == "mixed" and config["network"]["command_film"] is True
     report_path = tmp_path / "report.json"
     assert main(["eval", "--checkpoint", str(checkpoint), "--episodes", "2", "--splits", "train",
-                 "--ablations", "--num-envs", "1", "--json", str(report_path)]) == 0
+                 "--ablations", "--num-envs", "1", "--seed", "10000", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert set(report["splits"]) == {"reach/train", "push/train"}
+    assert report["scene_seed"] == 10000  # validation scenes are told apart from the evaluation's (seed 1)
     for entry in report["splits"].values():
         assert entry["episodes"] == 2
     assert 0 <= report["splits"]["push/train"]["wrong_direction_rate"] <= 1

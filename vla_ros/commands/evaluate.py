@@ -1,6 +1,7 @@
 """``vla-ros eval``: success rate per task and instruction split, ablations side by side, JSON.
 
-Report (``--json``): ``{"checkpoint", "episodes_per_split", "workers", "seeding": "per_env"|"per_episode",
+Report (``--json``): ``{"checkpoint", "episodes_per_split", "scene_seed", "workers",
+"seeding": "per_env"|"per_episode",
 "refusal": rule or null, "lexicon": bool, "splits":
 {"<task>/<split>": {"success_rate", "ci95": [lo, hi], "episodes", "mean_length", "refusal_rate", "refusal_ci95",
 "by_corruption"?, "by_word_kind"?, "done_signal"?: {"precision", "recall", "stopped", "reached_success",
@@ -192,7 +193,7 @@ def _run(args, ray) -> int:
           f"{'refusal threshold %.3f' % refusal.threshold if refusal else 'no refusal'}, "
           f"{'with' if lexicon else 'without'} lexicon", flush=True)
     pools = _Pools(args) if ray is not None else None
-    report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes,
+    report = {"checkpoint": str(checkpoint), "episodes_per_split": args.episodes, "scene_seed": args.seed,
               "workers": args.workers, "seeding": "per_episode" if ray is not None else "per_env",
               "refusal": refusal.to_dict() if refusal else None, "lexicon": lexicon, "splits": {}, "ablations": {}}
     try:
