@@ -180,8 +180,8 @@ class TrainConfig:
     bc_lr_schedule: str = "constant"
     """each fit's learning rate: "constant" (bc_lr throughout) or "cosine" (annealed from bc_lr to 0 over the fit).
     Fresh 20-epoch fits of one run's demonstrations pushed 52.5-73.5% on validation scenes at a constant rate and
-    66.0-73.5% annealed, 60-epoch annealed ones 81.0-81.5% (research.fit_seed_probe; docs/EXPERIMENT_LOG.md,
-    2026-12-07, twentieth session)"""
+    66.0-73.5% annealed; 60-epoch annealed fits of two runs' data 81.0-87.0% (research.fit_seed_probe;
+    docs/EXPERIMENT_LOG.md, 2026-12-07, twentieth session)"""
     ppo_steps: int = 50_000
     """PPO environment steps after the warm start (decisions of a chunked policy, each up to chunk_execute steps)"""
     ppo_imitation_weight: float = 0.0
