@@ -64,6 +64,7 @@ def add_dataclass_arguments(parser, cls, skip: tuple[str, ...] = (), choices: di
         flag = "--" + f.name.replace("_", "-")
         hint = _plain_type(hints[f.name])
         help_text = f"{docs.get(f.name, f.name.replace('_', ' '))} (default: {_default(f)!r})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: a field's "85%" is text
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=_UNSET,
                                 help=help_text)
