@@ -5,9 +5,10 @@ Usage: ``python -m research.fit_seed_probe RUN_DIR --fit-seeds 0 1 [--epochs 20]
 Three seeds of one recipe (``research/recipes/skills_locator_refit.yaml``) push 49-80% (docs/EXPERIMENT_LOG.md,
 2026-12-07). A run differs from another in two draws: the demonstrations its rounds collected (the DAgger rounds
 follow the learner of that run) and the stochastic fits on them. This probe takes a finished imitation run's saved
-demonstrations (``RUN_DIR/demos_*.npz``, all rounds aggregated, as the run's last fit saw them) and fits the policy
-on them anew, from fresh initial weights, once per ``--fit-seed``. What the run froze is kept: the skill reader and
-the object locator of ``RUN_DIR/final`` (the locator the last round refitted on the same data), and every buffer.
+demonstrations (``RUN_DIR/demos_<k>.npz`` of every fitted round, aggregated, as the run's last fit saw them) and
+fits the policy on them anew, from fresh initial weights, once per ``--fit-seed``. What the run froze is kept:
+the skill reader and the object locator of ``RUN_DIR/final`` (the locator the last round refitted on the same
+data), and every buffer.
 Each fit is written as a checkpoint folder ``OUT/fit_seed<N>`` that ``vla-ros eval`` reads.
 
 Evaluate those on validation scenes (``vla-ros eval --seed 10000 --splits train``: training combinations, scenes
@@ -30,15 +31,14 @@ from vla_ros.policy import imitation
 from vla_ros.policy.imitation import LR_SCHEDULES
 
 
-def fresh_network_keeping_frozen(final_dir: Path, fit_seed: int):
-    """A network of ``final_dir``'s config with fresh weights drawn from ``fit_seed``, and the run's frozen parts.
+def fresh_network_keeping_frozen(trained, config: dict, fit_seed: int):
+    """A network of ``config`` with fresh weights drawn from ``fit_seed``, and the ``trained`` run's frozen parts.
 
     The trained network's frozen parameters (the object locator), its buffers (the skill reader) and its log_std
-    are copied in; the names of what was kept are returned beside the network and its config.
+    are copied in; the names of what was kept are returned beside the network.
     """
-    from vla_ros.policy.checkpoint import build_network, load_network
+    from vla_ros.policy.checkpoint import build_network
 
-    trained, config = load_network(final_dir)
     torch.manual_seed(fit_seed)
     network = build_network(config)
     # parameters and buffers by module (named_* list a module shared by actor and critic once; its state_dict
@@ -53,15 +53,7 @@ def fresh_network_keeping_frozen(final_dir: Path, fit_seed: int):
         for name, b in network.named_buffers():
             b.copy_(trained_buffers[name])
             kept.append(name)
-    return network, config, sorted(kept)
-
-
-def load_run_demonstrations(run_dir: Path):
-    """Every round's demonstrations of ``run_dir``, concatenated in round order (the last fit's data)."""
-    paths = sorted(run_dir.glob("demos_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    if not paths:
-        raise SystemExit(f"{run_dir}: no demos_*.npz (an imitation run folder keeps one per round)")
-    return imitation.Demonstrations.concatenate([imitation.Demonstrations.load(p) for p in paths]), len(paths)
+    return network, sorted(kept)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the fits' losses and paths here")
     args = parser.parse_args(argv)
 
-    from vla_ros.policy.checkpoint import resolve_clip_path, save_checkpoint
+    from vla_ros.policy.checkpoint import load_network, resolve_clip_path, save_checkpoint
+    from vla_ros.policy.train import run_demonstrations
 
     run_dir = args.run_dir
     final_dir = run_dir / "final"
@@ -84,24 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     cfg = state["config"]
     epochs = args.epochs or int(cfg["bc_epochs"])
     out = args.out or run_dir / "fit_seeds"
-    data, rounds = load_run_demonstrations(run_dir)
+    rounds = int(state.get("imitation_rounds_done", 0))
+    data = run_demonstrations(run_dir, rounds, "research.fit_seed_probe")
+    trained, run_config = load_network(final_dir)
+    clip_dir = resolve_clip_path(final_dir, run_config)
     print(f"{run_dir}: {rounds} rounds, {len(data)} samples; {epochs} epochs per fit")
     report = {"run": str(run_dir), "rounds": rounds, "samples": len(data), "epochs": epochs,
               "lr_schedule": args.lr_schedule, "fits": []}
     for fit_seed in args.fit_seeds:
         started = time.time()
-        network, config, kept = fresh_network_keeping_frozen(final_dir, fit_seed)
+        network, kept = fresh_network_keeping_frozen(trained, run_config, fit_seed)
         losses = imitation.fit(network, data, epochs, int(cfg["bc_batch_size"]), float(cfg["bc_lr"]), fit_seed,
                                value_weight=float(cfg["bc_value_weight"]),
                                value_detached=bool(cfg.get("bc_value_detached", False)),
                                clip_apart=bool(cfg.get("bc_clip_apart", False)), lr_schedule=args.lr_schedule)
         folder = out / f"fit_seed{fit_seed}"
-        clip_dir = resolve_clip_path(final_dir, config)
-        config = dict(config)
-        config["clip"] = dict(config["clip"], path=os.path.relpath(clip_dir, folder.resolve()))
-        config.setdefault("metrics", {})
-        config["metrics"] = dict(config["metrics"], refitted_by="research.fit_seed_probe", fit_seed=fit_seed,
-                                 fit_epochs=epochs, fit_losses=losses,
+        config = dict(run_config, clip=dict(run_config["clip"], path=os.path.relpath(clip_dir, folder.resolve())))
+        config["metrics"] = dict(run_config.get("metrics", {}), refitted_by="research.fit_seed_probe",
+                                 fit_seed=fit_seed, fit_epochs=epochs, fit_losses=losses,
                                  fit_lr_schedule=args.lr_schedule)
         folder.mkdir(parents=True, exist_ok=True)
         save_checkpoint(folder, network.cpu(), config)

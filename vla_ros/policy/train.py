@@ -333,6 +333,26 @@ class _Progress(BaseCallback):
         self.bar.close()
 
 
+def demonstrations_path(run_dir: str | Path, round_index: int) -> Path:
+    """Where a run folder keeps imitation round ``round_index``'s demonstrations (0: the expert's)."""
+    return Path(run_dir) / f"demos_{round_index}.npz"
+
+
+def run_demonstrations(run_dir: str | Path, rounds: int, needed_by: str) -> imitation.Demonstrations:
+    """The demonstrations of a run folder's first ``rounds`` imitation rounds, aggregated in round order.
+
+    With the run state's ``imitation_rounds_done`` they are what its last fit saw. ``needed_by`` names the caller in
+    the error raised when any is missing.
+    """
+    run_dir = Path(run_dir)
+    paths = [demonstrations_path(run_dir, k) for k in range(rounds)]
+    missing = [p.name for p in paths if not p.exists()]
+    if not rounds or missing:
+        raise FileNotFoundError(f"{needed_by} needs the imitation phase's demonstrations in {run_dir}; "
+                                f"missing: {missing or 'all (no imitation round recorded)'}")
+    return imitation.Demonstrations.concatenate([imitation.Demonstrations.load(p) for p in paths])
+
+
 class TrainingRun:
     """One resumable training run in ``cfg.out``."""
 
@@ -664,17 +684,11 @@ class TrainingRun:
 
     def _demos_path(self, round_index: int) -> Path:
         """Where imitation round ``round_index`` (0: the expert's) keeps its demonstrations in the run folder."""
-        return self.out / f"demos_{round_index}.npz"
+        return demonstrations_path(self.out, round_index)
 
     def _demonstrations(self) -> imitation.Demonstrations:
         """The imitation phase's aggregated demonstrations, from the run folder (for imitation-regularised PPO)."""
-        rounds = int(self.state.get("imitation_rounds_done", 0))
-        paths = [self._demos_path(k) for k in range(rounds)]
-        missing = [p.name for p in paths if not p.exists()]
-        if not rounds or missing:
-            raise FileNotFoundError(f"ppo_imitation_weight needs the imitation phase's demonstrations in {self.out}; "
-                                    f"missing: {missing or 'all (no imitation round recorded)'}")
-        data = imitation.Demonstrations.concatenate([imitation.Demonstrations.load(p) for p in paths])
+        data = run_demonstrations(self.out, int(self.state.get("imitation_rounds_done", 0)), "ppo_imitation_weight")
         tqdm.write(f"[ppo] regularised by imitation on {len(data)} demonstrated decisions "
                    f"(weight {self.cfg.ppo_imitation_weight}, {self.cfg.ppo_imitation_batches} batches per update)")
         return data
