@@ -4,10 +4,11 @@ Usage: ``python -m research.skill_reader_probe [CLIP_DIR] [--per-frame 2] [--fil
 
 Fits the skill reader (:mod:`vla_ros.policy.skill_reader`: multinomial logistic regression on training commands
 only, with word-dropped variants; ``--filled-variants``: also in frames with filler verbs put in,
-:func:`vla_ros.policy.skill_reader.filled_frame`, drawn from one half of the fillers) once on each of two
-embeddings of the same commands and reports its accuracy per split: ``clip_text``, the CLIP's projected text
-embedding (what the grounding map and ``command_film`` read), and ``sentence``, the pretrained text tower's
-mean-pooled sentence embedding before that projection (what the reader reads in the product).
+:func:`vla_ros.policy.skill_reader.filled_frame`, drawn from one half of the fillers) once on each of three
+readings of the same commands and reports its accuracy per split: ``clip_text``, the CLIP's projected text
+embedding (what the grounding map and ``command_film`` read); ``sentence``, the pretrained text tower's
+mean-pooled sentence embedding before that projection (the reader of ``skill_reader``); ``tokens``, the tower's
+token states, each scored by the same linear map and log-sum-exp pooled per skill (``skill_reader_tokens``).
 
 Split commands: ``train`` (training frames and combinations, drawn with another seed than the fit),
 ``heldout_combos`` (training frames, held-out combinations), ``heldout_phrasings`` (held-out frames),
@@ -23,7 +24,7 @@ import argparse
 
 import numpy as np
 
-SOURCES = ("clip_text", "sentence")
+SOURCES = ("clip_text", "sentence", "tokens")
 SPLITS = ("train", "heldout_combos", "heldout_phrasings", "validation_words", "heldout_words", "unseen_verbs")
 
 
@@ -87,7 +88,13 @@ def main(argv=None) -> dict:
     from vla_ros.envs.instructions import load_instructions
     from vla_ros.grounding.encoder import ClipEncoder
     from vla_ros.paths import share_path
-    from vla_ros.policy.skill_reader import fit_skill_reader, training_commands
+    from vla_ros.policy.skill_reader import (
+        encode_token_batches,
+        fit_skill_reader,
+        fit_token_skill_reader,
+        token_skill_logits,
+        training_commands,
+    )
     from vla_ros.reporting import format_table, write_json
 
     parser = argparse.ArgumentParser(prog="python -m research.skill_reader_probe", description=__doc__.splitlines()[0])
@@ -114,25 +121,36 @@ def main(argv=None) -> dict:
     splits = {s: split_commands(instructions, s, args.per_frame, args.seed + 1, unseen_verbs) for s in SPLITS}
     report = {"clip": args.clip, "fit_commands": len(fit_commands), "filled_variants": args.filled_variants,
               "accuracy": {}, "confusions": {}}
-    for source in SOURCES:
+    def fitted_reader(source: str):
+        """The reader fitted on ``source``'s reading of the fit's commands: commands -> (N, 5) logits."""
+        if source == "tokens":
+            fit = fit_token_skill_reader(*encode_token_batches(encoder, fit_commands), fit_labels, seed=args.seed)
+            return lambda commands: token_skill_logits(*encode_token_batches(encoder, commands), fit.weight, fit.bias)
         fit = fit_skill_reader(embed(source, fit_commands), fit_labels, seed=args.seed)
+        return lambda commands: torch.nn.functional.normalize(embed(source, commands), dim=-1) @ fit.weight.T + fit.bias
+
+    for source in SOURCES:
+        read = fitted_reader(source)
         report["accuracy"][source] = {}
+        report["confusions"][source] = {}
         for split, (commands, labels) in splits.items():
-            x = torch.nn.functional.normalize(embed(source, commands), dim=-1)
-            predicted = (x @ fit.weight.T + fit.bias).argmax(-1).numpy()
+            with torch.no_grad():
+                predicted = read(commands).argmax(-1).numpy()
             wrong = predicted != np.asarray(labels)
             truth = np.asarray(labels)
             push = truth > 0  # a push read as a push in another direction: the policy would push the wrong way
             wrong_way = float((push & (predicted > 0) & wrong).sum() / max(push.sum(), 1))
             report["accuracy"][source][split] = {"accuracy": float(1 - wrong.mean()), "commands": len(labels),
                                                  "push_wrong_direction": wrong_way}
-            if source == "sentence":
-                report["confusions"][split] = [commands[i] for i in np.flatnonzero(wrong)[:5]]
+            if source != "clip_text":
+                report["confusions"][source][split] = [commands[i] for i in np.flatnonzero(wrong)[:5]]
+    wrong_way = [f"{source}, push wrong way" for source in SOURCES[1:]]
     rows = [{"split": split, "commands": report["accuracy"]["clip_text"][split]["commands"],
              **{source: f"{100 * report['accuracy'][source][split]['accuracy']:.1f}%" for source in SOURCES},
-             "sentence, push wrong way": f"{100 * report['accuracy']['sentence'][split]['push_wrong_direction']:.1f}%"}
+             **{f"{source}, push wrong way":
+                f"{100 * report['accuracy'][source][split]['push_wrong_direction']:.1f}%" for source in SOURCES[1:]}}
             for split in SPLITS]
-    print(format_table(rows, ["split", "commands", *SOURCES, "sentence, push wrong way"]))
+    print(format_table(rows, ["split", "commands", *SOURCES, *wrong_way]))
     if args.json:
         write_json(args.json, report)
     return report

@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
                                           expert_labels=True, **policy.config.get("env", {})),
                              policy.encoder, policy.normalizer,
                              reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)))
+                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
+                             skill_reader=policy.command_skill_reader)
     rows: dict[str, list] = defaultdict(list)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     started = args.num_envs

@@ -318,3 +318,8 @@ def test_the_annealed_recipe_differs_from_the_refit_one_in_its_fits_length_and_s
     refit, annealed = _research_recipe("skills_locator_refit"), _research_recipe("skills_refit_annealed")
     assert _changed(refit, annealed) == {"bc_epochs", "bc_lr_schedule"}
     assert (annealed["bc_epochs"], annealed["bc_lr_schedule"]) == (60, "cosine")
+
+
+def test_the_token_reader_recipe_differs_from_the_annealed_one_in_its_reader_only():
+    annealed, tokens = _research_recipe("skills_refit_annealed"), _research_recipe("skills_token_reader")
+    assert _changed(annealed, tokens) == {"skill_reader_tokens"} and tokens["skill_reader_tokens"] is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vla_ros.envs.instructions import load_instructions
 
@@ -167,7 +168,7 @@ def test_skills_error_probe_reports_each_task_and_phase_of_a_mixed_checkpoint(tm
     assert (tmp_path / "probe.json").is_file()
 
 
-def test_skill_reader_probe_scores_both_embeddings_on_every_split(tmp_path, capsys):
+def test_skill_reader_probe_scores_every_reading_on_every_split(tmp_path, capsys):
     from research.skill_reader_probe import SOURCES, SPLITS, main, split_fillers
     from vla_ros.envs.instructions import load_instructions, word_tokens
     from vla_ros.policy.skill_reader import training_commands
@@ -183,6 +184,7 @@ def test_skill_reader_probe_scores_both_embeddings_on_every_split(tmp_path, caps
             assert 0 <= entry["accuracy"] <= 1 and entry["commands"] > 0
     # the reader's own input names the skill of every training command (its fit's commands are other draws)
     assert report["accuracy"]["sentence"]["train"]["accuracy"] > 0.95
+    assert report["accuracy"]["tokens"]["train"]["accuracy"] > 0.95
     assert "heldout_phrasings" in capsys.readouterr().out
     assert (tmp_path / "probe.json").is_file()
 
@@ -578,3 +580,37 @@ def test_fit_seed_probe_refits_a_runs_demonstrations_keeping_what_the_run_froze(
             assert torch.equal(kept, run_value), name  # the skill reader's weights among them
     actor = [dict(f.named_parameters())["action_net.weight"] for f in (trained, *fits)]
     assert not torch.equal(actor[0], actor[1]) and not torch.equal(actor[1], actor[2])
+
+
+def test_token_reader_swap_replaces_only_the_reader(tmp_path, capsys):
+    """A mean-reader checkpoint (the shipped policy's network with a reader added) gets a token reader fitted in."""
+    import json
+
+    from research.token_reader_swap import main
+    from vla_ros.paths import share_path
+    from vla_ros.policy.checkpoint import build_network, save_checkpoint
+    from vla_ros.policy.policy import Policy
+
+    shipped = share_path("models", "policy")
+    config = json.loads((shipped / "config.json").read_text())
+    config.pop("format")
+    config["network"]["skill_reader_width"] = 384
+    config["clip"]["path"] = str((shipped / config["clip"]["path"]).resolve())
+    config["training"] = {"config": {"seed": 3}}
+    torch.manual_seed(0)
+    network = build_network(config)
+    with torch.no_grad():
+        network.features_extractor.fusion.skill_weight.normal_()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    save_checkpoint(tmp_path / "mean", network, config)
+    report = main([str(tmp_path / "mean"), str(tmp_path / "tokens")])
+    assert report["seed"] == 3 and report["token_reader"]["accuracy"] > 0.99
+    swapped = Policy.load(tmp_path / "tokens")
+    assert swapped.config["network"]["skill_reader_tokens"] and swapped.command_skill_reader is not None
+    after = swapped.network.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # the reader's buffers (under the extractor and its actor / critic aliases), nothing else
+    assert {"features_extractor.fusion.skill_weight", "features_extractor.fusion.skill_bias"} <= changed
+    assert all(k.endswith(("fusion.skill_weight", "fusion.skill_bias")) for k in changed)
+    assert swapped.command_skill_reader.logits(["push the red cube to the left"]).argmax().item() == 1
+    assert "token_reader" in capsys.readouterr().out

@@ -24,6 +24,9 @@ FEAT_REFERENCE_PATCHES = "reference_patches"  # float32 (P, D)
 # The pretrained text tower's sentence embedding of the command (before the CLIP projection). Only in
 # observations of policies with a skill reader (``network.skill_reader_width``).
 FEAT_SENTENCE = "command_sentence"  # float32 (W,)
+# A token skill reader's logits of the command (reach, push left / right / forward / back), read from the text
+# tower's token states before the network runs. Instead of the sentence in policies with ``skill_reader_tokens``.
+FEAT_SKILL_LOGITS = "command_skill_logits"  # float32 (5,)
 
 COMMAND_MAX_BYTES = 128
 

@@ -110,7 +110,8 @@ class EpisodeRunner:
                                **self.env_kwargs, **split_kwargs)
             self._venvs[key] = ClipFeatureVecEnv(raw, self.policy.encoder, self.policy.normalizer,
                                                  reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)))
+                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
+                             skill_reader=self.policy.command_skill_reader)
         return self._venvs[key]
 
     def run(self, split: str, split_kwargs: dict, indices: list[int], seed: int, refusal: bool = True,

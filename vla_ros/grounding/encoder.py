@@ -303,6 +303,22 @@ class ClipEncoder:
             return torch.cat([self.encode_sentences([t]) for t in texts])
         return torch.stack(found)
 
+    @torch.inference_mode()
+    def encode_token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pretrained text tower's last hidden states of each command's tokens, read through the lexicon.
+
+        Returns (states (B, L, width) float32, mask (B, L) bool of the real tokens, [CLS] and [SEP] included); L
+        is the longest command's token count. A token skill reader scores each state
+        (:func:`vla_ros.policy.skill_reader.token_skill_logits`). Not cached: a command is read once per episode.
+        """
+        if not self.pretrained_text:
+            raise ValueError("token states need a pretrained (Hugging Face) text tower")
+        tokens = trim_padding(self.tokenize(list(texts))).to(self.device)
+        text = self.model.text
+        mask = tokens != text.config.pad_token_id
+        states = text.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        return states.float(), mask
+
     def _embed(self, texts: list[str]) -> torch.Tensor:
         """Normalised joint-space embeddings (B, D) of ``texts``.
 

@@ -335,10 +335,12 @@ class RegionMapFusion(nn.Module):
                  reference_prior: bool = False, map_weights: bool = True, text_features: int = 0,
                  command_film: bool = False, skill_reader_width: int = 0, proprio_dim: int = 0,
                  current_estimate: bool = False, prior_spread: float = 0.0, object_locator: bool = False,
-                 skill_reader_hard: bool = False):
+                 skill_reader_hard: bool = False, skill_reader_tokens: bool = False):
         super().__init__()
         if skill_reader_hard and not skill_reader_width:
             raise ValueError("skill_reader_hard needs a skill reader (skill_reader_width)")
+        if skill_reader_tokens and not skill_reader_width:
+            raise ValueError("skill_reader_tokens needs a skill reader (skill_reader_width)")
         if object_locator and (not reference_frame or reference_prior):
             raise ValueError("object_locator needs reference_frame=True and replaces reference_prior (it reads the "
                              "first frame's map itself)")
@@ -392,6 +394,9 @@ class RegionMapFusion(nn.Module):
         # training and stored as buffers, so a new phrasing acts only through the skill it reads as.
         self.skill_reader_width = int(skill_reader_width)
         self.skill_reader_hard = bool(skill_reader_hard)
+        # skill_reader_tokens: the same buffers score the text tower's token states before the network runs
+        # (vla_ros.policy.skill_reader.CommandSkillReader); the fusion then gets the five logits, not the sentence
+        self.skill_reader_tokens = bool(skill_reader_tokens)
         if self.skill_reader_width:
             self.register_buffer("skill_weight", torch.zeros(NUM_SKILLS, self.skill_reader_width))
             self.register_buffer("skill_bias", torch.zeros(NUM_SKILLS))
@@ -407,6 +412,16 @@ class RegionMapFusion(nn.Module):
             self.object_locator = ObjectLocator(embed_dim)
             self.object_locator.requires_grad_(False)
 
+    @property
+    def skill_input_width(self) -> int:
+        """Width of what :meth:`skills` reads: the sentence embedding, or a token reader's five logits."""
+        return NUM_SKILLS if self.skill_reader_tokens else self.skill_reader_width
+
+    @property
+    def skill_input(self) -> str:
+        """What :meth:`skills` reads, in words (for errors)."""
+        return "token reader's skill logits" if self.skill_reader_tokens else "sentence embedding"
+
     def skills(self, sentence: torch.Tensor) -> torch.Tensor:
         """The skill reader's (B, 5) probabilities of reach, push left / right / forward / back.
 
@@ -415,7 +430,10 @@ class RegionMapFusion(nn.Module):
         the MLP never saw in training condition it worse than the skill they name (``docs/EXPERIMENT_LOG.md``,
         2026-12-07). A comparison with the maximum, not argmax, so the exported graph needs no ArgMax/OneHot.
         """
-        logits = F.normalize(sentence, dim=-1) @ self.skill_weight.T + self.skill_bias
+        if self.skill_reader_tokens:  # the token reader's logits, read before the network (skill_input_width)
+            logits = sentence
+        else:
+            logits = F.normalize(sentence, dim=-1) @ self.skill_weight.T + self.skill_bias
         if self.skill_reader_hard:
             return (logits >= logits.max(dim=-1, keepdim=True).values).to(logits.dtype)
         return torch.softmax(logits, dim=-1)
@@ -426,9 +444,9 @@ class RegionMapFusion(nn.Module):
             return self.mlp(inputs)
         hidden = self.mlp[1](self.mlp[0](inputs))
         if self.skill_reader_width:
-            if sentence is None or sentence.shape != (inputs.shape[0], self.skill_reader_width):
-                raise ValueError(f"this fusion reads the command's sentence embedding: pass sentence shaped "
-                                 f"(B, {self.skill_reader_width})")
+            if sentence is None or sentence.shape != (inputs.shape[0], self.skill_input_width):
+                raise ValueError(f"this fusion reads the command's {self.skill_input}: pass sentence shaped "
+                                 f"(B, {self.skill_input_width})")
             condition = self.skills(sentence)
         else:
             condition = F.normalize(text, dim=-1)
@@ -555,7 +573,7 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
                  map_weights: bool = True, text_features: int = 0, command_film: bool = False,
                  skill_reader_width: int = 0, proprio_dim: int = 0, current_estimate: bool = False,
                  prior_spread: float = 0.0, object_locator: bool = False,
-                 skill_reader_hard: bool = False) -> nn.Module:
+                 skill_reader_hard: bool = False, skill_reader_tokens: bool = False) -> nn.Module:
     """Build a fusion module by name (one of :data:`FUSION_KINDS`); see the module doc.
 
     ``patch_stitch`` s: the patches come from a grid s times as dense as the CLIP's
@@ -608,6 +626,8 @@ def build_fusion(kind: str, embed_dim: int, num_patches: int, out_dim: int = 256
         extra["skill_reader_width"] = int(skill_reader_width)
     if skill_reader_hard:
         extra["skill_reader_hard"] = True
+    if skill_reader_tokens:
+        extra["skill_reader_tokens"] = True
     if proprio_dim:
         extra["proprio_dim"] = int(proprio_dim)
     if object_locator:

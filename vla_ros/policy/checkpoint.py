@@ -51,7 +51,9 @@ def build_network(config: dict[str, Any]) -> MultiInputActorCriticPolicy:
     clip, n = config["clip"], len(config["joint_names"])
     network = NetworkConfig.from_dict(config["network"])
     obs_space = clip_feature_space(int(clip["embed_dim"]), int(clip["num_patches"]), 2 * n,
-                                   reference_frame=network.reference_frame, sentence_dim=network.skill_reader_width)
+                                   reference_frame=network.reference_frame,
+                                   sentence_dim=0 if network.skill_reader_tokens else network.skill_reader_width,
+                                   skill_logits=network.skill_reader_tokens)
     # a chunked policy's action is its next action_chunk joint-delta actions, flattened (vla_ros.policy.action_chunk)
     act_space = gym.spaces.Box(-1.0, 1.0, shape=(n * network.action_chunk,), dtype=np.float32)
     return MultiInputActorCriticPolicy(obs_space, act_space, lr_schedule=lambda _: 0.0,

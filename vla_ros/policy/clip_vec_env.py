@@ -4,7 +4,8 @@ Raw env observations (image, command bytes, proprioception) become CLIP features
 embedding, patch tokens, cached text embedding, normalised proprioception). ``batched=False``
 encodes env by env instead: the slower baseline ``vla-ros bench train`` compares against.
 ``reference_frame=True`` adds the patch tokens of each env's first frame of its current episode;
-``sentence=True`` the text tower's sentence embedding of each command (a skill reader reads it). The states a
+``sentence=True`` the text tower's sentence embedding of each command (a skill reader reads it), or
+``skill_reader`` (a :class:`vla_ros.policy.skill_reader.CommandSkillReader`) a token reader's logits. The states a
 chunked step passed (``info["chunk_steps"]``, :class:`vla_ros.policy.envs.ExpertLabelWrapper`) are encoded too.
 """
 
@@ -19,6 +20,7 @@ from vla_ros.keys import (
     FEAT_IMAGE_PATCHES,
     FEAT_REFERENCE_PATCHES,
     FEAT_SENTENCE,
+    FEAT_SKILL_LOGITS,
     FEAT_TEXT,
     OBS_COMMAND,
     OBS_IMAGE,
@@ -33,16 +35,20 @@ class ClipFeatureVecEnv(VecEnvWrapper):
     """Replace image + command observations by frozen CLIP features, batched over all envs."""
 
     def __init__(self, venv: VecEnv, encoder, normalizer: ProprioNormalizer, batched: bool = True,
-                 reference_frame: bool = False, sentence: bool = False):
-        if sentence and not encoder.sentence_dim:
-            raise ValueError("sentence embeddings need a CLIP with a pretrained text tower")
+                 reference_frame: bool = False, sentence: bool = False, skill_reader=None):
+        if (sentence or skill_reader is not None) and not encoder.sentence_dim:
+            raise ValueError("sentence embeddings and token readers need a CLIP with a pretrained text tower")
+        if sentence and skill_reader is not None:
+            raise ValueError("a policy observes the sentence embedding or a token reader's logits, not both")
         self.encoder = encoder
         self.sentence = sentence
+        self.skill_reader = skill_reader
         self.normalizer = normalizer
         self.batched = batched
         self.reference_frame = reference_frame
         space = clip_feature_space(encoder.embed_dim, encoder.num_patches, 2 * normalizer.num_joints,
-                                   reference_frame, encoder.sentence_dim if sentence else 0)
+                                   reference_frame, encoder.sentence_dim if sentence else 0,
+                                   skill_logits=skill_reader is not None)
         super().__init__(venv, observation_space=space)
         self.commands: list[str] = [""] * venv.num_envs
         self.reference: np.ndarray | None = None  # (num_envs, P, D) first-frame patches of each episode
@@ -66,6 +72,8 @@ class ClipFeatureVecEnv(VecEnvWrapper):
         }
         if self.sentence:
             feats[FEAT_SENTENCE] = self.encoder.encode_sentences(commands).float().cpu().numpy()
+        if self.skill_reader is not None:
+            feats[FEAT_SKILL_LOGITS] = self.skill_reader.logits(commands).numpy()
         return feats
 
     def _convert(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -43,12 +43,13 @@ def command_skills(network, observations: dict) -> torch.Tensor | None:
 
     The network's frozen reader reads the sentence embedding: reach, then push left / right / forward / back.
     """
-    from vla_ros.keys import FEAT_SENTENCE
+    from vla_ros.keys import FEAT_SENTENCE, FEAT_SKILL_LOGITS
 
     fusion = getattr(network.features_extractor, "fusion", None)
-    if not getattr(fusion, "skill_reader_width", 0) or FEAT_SENTENCE not in observations:
+    key = FEAT_SKILL_LOGITS if getattr(fusion, "skill_reader_tokens", False) else FEAT_SENTENCE
+    if not getattr(fusion, "skill_reader_width", 0) or key not in observations:
         return None
-    return fusion.skills(torch.as_tensor(observations[FEAT_SENTENCE]).to(fusion.skill_weight.device, torch.float32))
+    return fusion.skills(torch.as_tensor(observations[key]).to(fusion.skill_weight.device, torch.float32))
 
 
 def command_tasks(network, observations: dict) -> np.ndarray:
@@ -294,12 +295,14 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
+    from vla_ros.policy.skill_reader import CommandSkillReader
 
     extractor = network.features_extractor
     venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, terminate_on_success=False,
                                           action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
                              encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)))
+                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
+                             skill_reader=CommandSkillReader.of_network(network, encoder))
     rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": [], "task": []}
     if privileged:
         rows["privileged"] = []

@@ -188,6 +188,9 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     dtype = torch.float16 if fp16 else torch.float32
     clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
     network = copy.deepcopy(policy.network).float().cpu().eval()
+    if getattr(policy, "command_skill_reader", None) is not None:
+        raise ValueError("a token skill reader (network.skill_reader_tokens) has no ONNX export yet: its logits "
+                         "pool the text tower's token states outside the exported graphs")
     skill_reader = bool(getattr(policy, "skill_reader", False))
     if skill_reader:
         frame_graph = FrameToActionWithSentence(clip_model.visual, network, policy.reference_frame).to(dtype).eval()

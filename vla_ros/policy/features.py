@@ -10,6 +10,7 @@ Observation (Dict, produced by ``ClipFeatureVecEnv``):
 | ``proprio`` | (2n,) | normalised joint positions then velocities (also into the fusion with ``fusion_proprio``) |
 | ``reference_patches`` | (P, D) | patch tokens of the episode's first frame (reference-frame policies only) |
 | ``command_sentence`` | (W,) | the text tower's sentence embedding of the command (skill-reader policies only) |
+| ``command_skill_logits`` | (5,) | a token skill reader's logits of the command, instead of the sentence |
 
 Output: ``fusion.out_dim + 2n`` features. The fusion module is trainable; CLIP is not part of it.
 """
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from vla_ros.grounding.fusion import FusionOutput, RegionMaps, build_fusion
+from vla_ros.grounding.fusion import NUM_SKILLS, FusionOutput, RegionMaps, build_fusion
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
     FEAT_REFERENCE_PATCHES,
     FEAT_SENTENCE,
+    FEAT_SKILL_LOGITS,
     FEAT_TEXT,
     OBS_PROPRIO,
 )
@@ -35,8 +37,13 @@ from vla_ros.policy.network_config import NetworkConfig
 
 
 def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
-                       reference_frame: bool = False, sentence_dim: int = 0) -> gym.spaces.Dict:
-    """The observation space of the policy (after the frozen CLIP towers)."""
+                       reference_frame: bool = False, sentence_dim: int = 0,
+                       skill_logits: bool = False) -> gym.spaces.Dict:
+    """The observation space of the policy (after the frozen CLIP towers).
+
+    ``sentence_dim``: the command's sentence embedding of that width; ``skill_logits``: a token skill reader's
+    five logits of the command instead (:class:`vla_ros.policy.skill_reader.CommandSkillReader`).
+    """
     box = lambda *shape: gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)  # noqa: E731
     spaces = {
         FEAT_IMAGE_GLOBAL: box(embed_dim),
@@ -46,8 +53,12 @@ def clip_feature_space(embed_dim: int, num_patches: int, proprio_dim: int,
     }
     if reference_frame:
         spaces[FEAT_REFERENCE_PATCHES] = box(num_patches, embed_dim)
+    if sentence_dim and skill_logits:
+        raise ValueError("a policy observes the command's sentence embedding or a token reader's logits, not both")
     if sentence_dim:
         spaces[FEAT_SENTENCE] = box(sentence_dim)
+    if skill_logits:
+        spaces[FEAT_SKILL_LOGITS] = box(NUM_SKILLS)
     return gym.spaces.Dict(spaces)
 
 
@@ -71,7 +82,12 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
                              f"patches but network.reference_frame is {network.reference_frame}")
         sentence = observation_space.spaces.get(FEAT_SENTENCE)
         self.sentence_dim = int(sentence.shape[0]) if sentence is not None else 0
-        if self.sentence_dim != network.skill_reader_width:
+        # a token skill reader's logits (read before the network) instead of the sentence embedding
+        self.skill_logits = FEAT_SKILL_LOGITS in observation_space.spaces
+        if self.skill_logits != network.skill_reader_tokens:
+            raise ValueError(f"the observation space {'has' if self.skill_logits else 'lacks'} a token reader's "
+                             f"skill logits but network.skill_reader_tokens is {network.skill_reader_tokens}")
+        if self.sentence_dim != (0 if self.skill_logits else network.skill_reader_width):
             raise ValueError(f"the observation space's sentence embedding has width {self.sentence_dim} but "
                              f"network.skill_reader_width is {network.skill_reader_width}")
         # actions per decision of the actor this extractor feeds (its envs run chunks: vla_ros.policy.action_chunk)
@@ -93,7 +109,10 @@ class FusionFeaturesExtractor(BaseFeaturesExtractor):
 
         ``maps``: the batch's :meth:`region_maps`, computed before (the patches are then not read).
         """
-        extra = {"sentence": observations[FEAT_SENTENCE] * self.text_scale} if self.sentence_dim else {}
+        extra = {}
+        if self.sentence_dim or self.skill_logits:  # the fusion's skill reader reads one or the other
+            command = observations[FEAT_SKILL_LOGITS if self.skill_logits else FEAT_SENTENCE]
+            extra["sentence"] = command * self.text_scale
         if getattr(self.fusion, "proprio_dim", 0):
             extra["proprio"] = observations[OBS_PROPRIO]
         text = observations[FEAT_TEXT] * self.text_scale

@@ -25,6 +25,7 @@ with (the dataclass defaults), so every checkpoint shipped before this record st
 | ``command_film`` | bool | ``region_map``: the command's embedding FiLM-modulates the MLP (what to do) |
 | ``skill_reader_width`` | int | ``region_map``: sentence width of a frozen skill reader FiLM-ing the MLP (0 = none) |
 | ``skill_reader_hard`` | bool | ``region_map`` with a skill reader: FiLM reads the skill it names, one-hot |
+| ``skill_reader_tokens`` | bool | ``region_map`` with a skill reader: it reads token states, not the sentence |
 | ``fusion_proprio`` | bool | ``region_map``: the joint state enters the MLP beside the map's estimates |
 | ``object_locator`` | bool | ``region_map``: a learned, frozen map of the object replaces the current frame's map |
 | ``action_chunk`` | int | actions the actor predicts per decision, K (1: one action, as before) |
@@ -112,6 +113,7 @@ class NetworkConfig:
     command_film: bool = False
     skill_reader_width: int = 0
     skill_reader_hard: bool = False
+    skill_reader_tokens: bool = False
     fusion_proprio: bool = False
     object_locator: bool = False
     action_chunk: int = 1
@@ -148,6 +150,9 @@ class NetworkConfig:
         _bool(self.skill_reader_hard, src, "skill_reader_hard")
         if self.skill_reader_hard and not self.skill_reader_width:
             raise _fail(src, "skill_reader_hard", "needs a skill reader (skill_reader_width > 0)")
+        _bool(self.skill_reader_tokens, src, "skill_reader_tokens")
+        if self.skill_reader_tokens and not self.skill_reader_width:
+            raise _fail(src, "skill_reader_tokens", "needs a skill reader (skill_reader_width > 0)")
         _bool(self.fusion_proprio, src, "fusion_proprio")
         _bool(self.object_locator, src, "object_locator")
         _int(self.action_chunk, src, "action_chunk", 1, MAX_ACTION_CHUNK)
@@ -233,4 +238,5 @@ class NetworkConfig:
                 "map_weights": self.map_weights, "text_features": self.text_features,
                 "command_film": self.command_film, "skill_reader_width": self.skill_reader_width,
                 **({"object_locator": True} if self.object_locator else {}),
-                **({"skill_reader_hard": True} if self.skill_reader_hard else {})}
+                **({"skill_reader_hard": True} if self.skill_reader_hard else {}),
+                **({"skill_reader_tokens": True} if self.skill_reader_tokens else {})}

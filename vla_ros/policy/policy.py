@@ -21,6 +21,7 @@ from vla_ros.keys import (
     FEAT_IMAGE_PATCHES,
     FEAT_REFERENCE_PATCHES,
     FEAT_SENTENCE,
+    FEAT_SKILL_LOGITS,
     FEAT_TEXT,
     OBS_PROPRIO,
 )
@@ -28,6 +29,7 @@ from vla_ros.policy.action_chunk import ActionChunk, ActionQueue
 from vla_ros.policy.checkpoint import CheckpointError, load_network, read_config, resolve_clip_path
 from vla_ros.policy.done_head import command_tasks, done_inputs
 from vla_ros.policy.proprio import ProprioNormalizer
+from vla_ros.policy.skill_reader import CommandSkillReader
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -83,6 +85,12 @@ class Policy:
         self.reference_frame = bool(config["network"].get("reference_frame", False))
         # a skill reader also reads the text tower's sentence embedding of the command
         self.skill_reader = bool(config["network"].get("skill_reader_width", 0))
+        # ... or, a token reader, its logits of the command's token states (vla_ros.policy.skill_reader)
+        token_reader = bool(config["network"].get("skill_reader_tokens", False))
+        if onnx is not None and token_reader:
+            raise CheckpointError(f"{checkpoint}: a token skill reader's policy has no ONNX export yet; use the torch "
+                                  "backend")
+        self.command_skill_reader = None if onnx is not None else CommandSkillReader.of_network(network, encoder)
         if onnx is not None and self.skill_reader != onnx.has_sentence:
             raise CheckpointError(f"{checkpoint}: the ONNX export {'lacks' if self.skill_reader else 'has'} the "
                                   "skill reader's sentence input that the checkpoint "
@@ -291,7 +299,9 @@ class Policy:
             FEAT_TEXT: text.to(self.device) * text_scale,
             OBS_PROPRIO: torch.as_tensor(self.normalizer(state[None]), device=self.device),
         }
-        if self.skill_reader:
+        if self.command_skill_reader is not None:
+            obs[FEAT_SKILL_LOGITS] = self.command_skill_reader.logits([command]).to(self.device) * text_scale
+        elif self.skill_reader:
             obs[FEAT_SENTENCE] = self.encoder.encode_sentences([command]).to(self.device) * text_scale
         if self.reference_frame:
             if reference is None:

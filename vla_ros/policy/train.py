@@ -42,6 +42,7 @@ from vla_ros.policy.evaluate import run_episodes
 from vla_ros.policy.network_config import NetworkConfig
 from vla_ros.policy.proprio import ProprioNormalizer
 from vla_ros.policy.regularised_ppo import ImitationRegularisedPPO
+from vla_ros.policy.skill_reader import CommandSkillReader
 from vla_ros.robot_config import robot_name, robot_reference
 
 
@@ -97,6 +98,9 @@ class TrainConfig:
     skill_reader_filled: int = 0
     """skill_reader only: each training command also comes this many times in its frame with WordNet verbs put
     in (vla_ros.policy.skill_reader.filled_frame), so a new verb does not read as a direction; 0: off"""
+    skill_reader_tokens: bool = False
+    """skill_reader only: the reader scores each token state of the text tower, log-sum-exp pooled over the
+    command's tokens, instead of the mean-pooled sentence (a new verb cannot outvote a direction word)"""
     fusion_proprio: bool = False
     """region_map only: the joint state enters the fusion's MLP beside the map's position estimates (as well as the
     actor), so its first layers can relate where the arm is to where the object is (push's approach)"""
@@ -251,7 +255,8 @@ def _network_config(cfg: TrainConfig, encoder: ClipEncoder) -> dict:
         map_weights=cfg.map_weights,
         text_features=cfg.text_features, command_film=cfg.command_film,
         skill_reader_width=encoder.sentence_dim if cfg.skill_reader else 0,
-        skill_reader_hard=cfg.skill_reader_hard, fusion_proprio=cfg.fusion_proprio,
+        skill_reader_hard=cfg.skill_reader_hard, skill_reader_tokens=cfg.skill_reader_tokens,
+        fusion_proprio=cfg.fusion_proprio,
         object_locator=cfg.object_locator,
         action_chunk=cfg.action_chunk, chunk_execute=cfg.chunk_execute, fusion_dim=cfg.fusion_dim,
         hidden_dim=cfg.hidden_dim, heads=4,
@@ -368,6 +373,8 @@ class TrainingRun:
             raise ValueError(f"bc_settle_steps must be >= 0, got {cfg.bc_settle_steps}")
         if cfg.skill_reader_hard and not cfg.skill_reader:
             raise ValueError("skill_reader_hard needs skill_reader")
+        if cfg.skill_reader_tokens and not cfg.skill_reader:
+            raise ValueError("skill_reader_tokens needs skill_reader")
         if cfg.skill_reader_filled < 0 or (cfg.skill_reader_filled and not cfg.skill_reader):
             raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
         if cfg.bc_lr_schedule not in imitation.LR_SCHEDULES:
@@ -394,6 +401,7 @@ class TrainingRun:
         torch.set_num_threads(cfg.torch_threads)
         self.clip_dir = Path(cfg.clip) if cfg.clip else share_path("models", "clip")
         self.encoder = ClipEncoder.from_pretrained(self.clip_dir, device=cfg.device, patch_stitch=cfg.patch_stitch)
+        self.command_skill_reader = None  # a token reader's policy: set once its network exists (imitation, ppo)
         self.state_path = self.out / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "phases_done": [], "imitation_env_steps": 0, "config": asdict(cfg)}
@@ -457,7 +465,8 @@ class TrainingRun:
                            label_every_step=label_every_step, **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
-                                 sentence=self.cfg.skill_reader)
+                                 sentence=self.cfg.skill_reader and not self.cfg.skill_reader_tokens,
+                                 skill_reader=self.command_skill_reader)
 
     def evaluate(self, network, phase: str, ppo_steps: int = 0) -> dict:
         """Held-out evaluation appended to ``eval.csv``."""
@@ -503,6 +512,8 @@ class TrainingRun:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the initial weights follow from the seed, not from what ran before
         network = build_network(self.config)
+        # a token reader reads the network's own buffers, so a fit or a load below is what the envs observe
+        self.command_skill_reader = CommandSkillReader.of_network(network, self.encoder)
         weights = self.out / "imitation.safetensors"
         if "imitation" in self.state["phases_done"]:
             load_model(network, str(weights))
@@ -634,7 +645,7 @@ class TrainingRun:
         from vla_ros.policy.skill_reader import fit_from_encoder
 
         fit = fit_from_encoder(self.encoder, load_instructions(), seed=self.cfg.seed,
-                               filled_variants=self.cfg.skill_reader_filled)
+                               filled_variants=self.cfg.skill_reader_filled, tokens=self.cfg.skill_reader_tokens)
         fusion = network.features_extractor.fusion
         with torch.no_grad():
             fusion.skill_weight.copy_(fit.weight)
@@ -654,6 +665,7 @@ class TrainingRun:
         cfg = self.cfg
         if cfg.ppo_steps <= 0:
             return network
+        self.command_skill_reader = CommandSkillReader.of_network(network, self.encoder)
         venv = self._venv(cfg.seed + 1000)
         latest = self.out / "ppo_latest.zip"
         try:
