@@ -95,3 +95,15 @@ def _check_recording(out, episodes):
     assert frame.shape[0] >= 480 and frame.shape[1] >= 640
     assert (out / "contact_sheet.png").stat().st_size > 0
 
+
+
+def test_the_demo_refuses_a_policy_folder_that_is_not_a_checkpoint(tmp_path, capsys):
+    """A wrong --policy is an error before any node starts, not six failed episodes behind an inactive node."""
+    from vla_ros.commands import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--policy", str(tmp_path / "missing"), "--out", str(tmp_path / "demo")])
+    assert demo.run(args) == 2
+    assert "policy checkpoint folder not found" in capsys.readouterr().out
+    assert not (tmp_path / "demo").exists()

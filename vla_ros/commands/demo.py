@@ -199,6 +199,7 @@ def run(args) -> int:
     from vla_ros.graph import sim_graph
     from vla_ros.launcher import NodeGraphProcesses, only_loopback, use_large_data_transport
     from vla_ros.nodes.vla_node_parameters import default_policy_path
+    from vla_ros.policy.checkpoint import CheckpointError, read_config
     from vla_ros.recording import McapRecorder
     from vla_ros.reporting import format_table, write_json
 
@@ -206,10 +207,15 @@ def run(args) -> int:
         print("vla-ros demo: network interfaces other than loopback exist; run it through scripts/demo.sh "
               "(a loopback-only network namespace) or pass --allow-network")
         return 2
+    policy = args.policy or default_policy_path(args.robot)
+    try:  # a wrong folder is the user's error now, not six failed episodes behind a node that cannot activate
+        read_config(policy)
+    except CheckpointError as exc:
+        print(f"vla-ros demo: --policy: {exc}")
+        return 2
     use_large_data_transport()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    policy = args.policy or default_policy_path(args.robot)
     vla_parameters = {"policy_path": policy, "publish_debug_image": True}  # the video's inset
     if args.mode == "lockstep":
         # The simulator steps once per command, so the node acts once per new frame; simulated time is not
