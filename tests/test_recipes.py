@@ -323,3 +323,8 @@ def test_the_annealed_recipe_differs_from_the_refit_one_in_its_fits_length_and_s
 def test_the_token_reader_recipe_differs_from_the_annealed_one_in_its_reader_only():
     annealed, tokens = _research_recipe("skills_refit_annealed"), _research_recipe("skills_token_reader")
     assert _changed(annealed, tokens) == {"skill_reader_tokens"} and tokens["skill_reader_tokens"] is True
+
+
+def test_the_token_settle_recipe_differs_from_the_token_reader_one_in_settling_only():
+    tokens, settle = _research_recipe("skills_token_reader"), _research_recipe("skills_token_settle")
+    assert _changed(tokens, settle) == {"bc_settle_steps"} and settle["bc_settle_steps"] == 8
