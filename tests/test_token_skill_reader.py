@@ -115,11 +115,16 @@ def test_skill_reader_tokens_is_a_validated_option_older_checkpoints_lack():
         clip_feature_space(16, 4, 10, sentence_dim=384, skill_logits=True)
 
 
-def test_a_token_reader_checkpoint_trains_loads_acts_and_is_refused_by_export(tmp_path):
-    """A real (tiny) `vla-ros train` with a token reader; the Policy reads the command's logits itself."""
+def test_a_token_reader_checkpoint_trains_loads_acts_and_exports(tmp_path):
+    """A real (tiny) `vla-ros train` with a token reader; the Policy reads the command's logits itself, and its
+    ONNX export (the reader inside the text graph) acts as the torch policy does."""
+    import shutil
+
     from vla_ros.cli import main
-    from vla_ros.policy.export import export_onnx
-    from vla_ros.policy.policy import Policy
+    from vla_ros.commands.export import sample_inputs
+    from vla_ros.policy.checkpoint import CheckpointError, build_network, save_checkpoint
+    from vla_ros.policy.export import export_onnx, parity_report
+    from vla_ros.policy.policy import ONNX_DIR, Policy
 
     out = tmp_path / "run"
     assert main(["train", "--task", "mixed", "--clip", str(share_path("models", "clip")), "--fusion", "region_map",
@@ -136,5 +141,26 @@ def test_a_token_reader_checkpoint_trains_loads_acts_and_is_refused_by_export(tm
     action = policy.normalized_action(frame, "push the red cube to the left", np.zeros(2 * policy.num_joints))
     assert action.shape == (policy.num_joints,) and np.all(np.abs(action) <= 1)
     assert FEAT_SKILL_LOGITS in policy.last_features and FEAT_SENTENCE not in policy.last_features
-    with pytest.raises(ValueError, match="no ONNX export yet"):
-        export_onnx(policy, tmp_path / "onnx")
+    files = export_onnx(policy, out / "final" / ONNX_DIR)
+    frames, commands, states = sample_inputs(policy, 6, seed=5)
+    commands[:3] = ["touch the red cube", "the blue ball should go to the left", "relocate the green can back"]
+    report = parity_report(policy, files, frames, commands, states)
+    assert report["actions_match"] and report["max_abs_diff_skill_logits"] < 1e-4, report
+    onnx_policy = Policy.load(out / "final", backend="onnxruntime")
+    assert onnx_policy.onnx.has_skill_logits and onnx_policy.onnx.has_sentence
+    for frame, command, state in zip(frames[:3], commands, states):
+        policy.reset()
+        onnx_policy.reset()
+        assert np.allclose(policy.normalized_action(frame, command, state),
+                           onnx_policy.normalized_action(frame, command, state), atol=1e-4)
+    # an export that reads the sentence embedding does not pass for this checkpoint
+    config = policy.config | {"network": policy.config["network"] | {"skill_reader_tokens": False}}
+    sentence_export = tmp_path / "sentence"
+    config.pop("format")
+    config["clip"] = config["clip"] | {"path": str(share_path("models", "clip"))}
+    save_checkpoint(sentence_export, build_network(config), config)
+    export_onnx(Policy.load(sentence_export), sentence_export / ONNX_DIR)
+    shutil.rmtree(out / "final" / ONNX_DIR)
+    shutil.copytree(sentence_export / ONNX_DIR, out / "final" / ONNX_DIR)
+    with pytest.raises(CheckpointError, match="run `vla-ros export` again"):
+        Policy.load(out / "final", backend="onnxruntime")

@@ -8,7 +8,9 @@ the runtime runs the graph twice, the second time with its own patches as the re
 tower + fusion + actor run in one graph; the text tower is a separate graph (``text_encoder.onnx``:
 ``tokens`` (B, L) int64 -> ``text_embedding`` (B, D)) because commands change rarely and are cached. A policy
 with a skill reader (``network.skill_reader_width``) reads the command twice: ``text_encoder.onnx`` also returns
-``command_sentence`` (B, W), the tower's sentence embedding, and ``policy.onnx`` takes it after ``proprio``.
+``command_sentence`` (B, W), the tower's sentence embedding, and ``policy.onnx`` takes it after ``proprio``; with a
+token reader (``network.skill_reader_tokens``) that is ``command_skill_logits`` (B, 5) instead, the reader's
+logits pooled over the tower's token states inside the text graph.
 Resizing/normalising frames and proprioception stay outside (OpenCV / numpy), described in
 ``onnx_metadata.json`` beside the models. fp16 variants carry ``_fp16`` in their names.
 """
@@ -26,12 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ros.grounding.encoder import vision_forward
-from vla_ros.grounding.text_pooling import embed_text_and_sentence
+from vla_ros.grounding.fusion import NUM_SKILLS
+from vla_ros.grounding.text_pooling import embed_text_and_sentence, pool_projected
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
     FEAT_REFERENCE_PATCHES,
     FEAT_SENTENCE,
+    FEAT_SKILL_LOGITS,
     FEAT_TEXT,
     OBS_PROPRIO,
 )
@@ -47,7 +51,8 @@ def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, t
 
     ``reference`` (B,P,D): patches of the episode's first frame, for networks with a reference frame
     (``None``: this frame is the first, its own patches are the reference); other networks ignore it.
-    ``sentence`` (B,W): the command's sentence embedding, for networks with a skill reader.
+    ``sentence`` (B,W): the command's sentence embedding, for networks with a skill reader; (B,5) a token
+    reader's skill logits for networks with ``skill_reader_tokens``.
 
     The per-frame computation the ONNX export traces and a CUDA graph captures; it equals the eager
     path of ``Policy.normalized_action``. Image features are normalised in the network's dtype (that of
@@ -61,10 +66,11 @@ def frame_forward(visual: nn.Module, network: nn.Module, pixels: torch.Tensor, t
     obs = {FEAT_IMAGE_GLOBAL: image, FEAT_IMAGE_PATCHES: patches, FEAT_TEXT: text, OBS_PROPRIO: proprio}
     if getattr(network.features_extractor, "reference_frame", False):
         obs[FEAT_REFERENCE_PATCHES] = patches if reference is None else reference.to(patches.dtype)
-    if getattr(network.features_extractor, "sentence_dim", 0):
+    token_reader = getattr(network.features_extractor, "skill_logits", False)
+    if token_reader or getattr(network.features_extractor, "sentence_dim", 0):
         if sentence is None:
-            raise ValueError("this network has a skill reader: pass the command's sentence embedding")
-        obs[FEAT_SENTENCE] = sentence.to(proprio.dtype)
+            raise ValueError("this network has a skill reader: pass the command's sentence embedding or skill logits")
+        obs[FEAT_SKILL_LOGITS if token_reader else FEAT_SENTENCE] = sentence.to(proprio.dtype)
     features = network.features_extractor(obs)
     action = network.action_net(network.mlp_extractor.forward_actor(features))
     return torch.clamp(action, -1.0, 1.0), image, patches
@@ -103,6 +109,9 @@ class FrameToActionWithSentence(nn.Module):
     def __init__(self, visual: nn.Module, network: nn.Module, reference_frame: bool):
         super().__init__()
         self.visual, self.network, self.reference_frame = visual, network, reference_frame
+        # the input's name: a token reader's logits or the sentence embedding
+        self.command_input = FEAT_SKILL_LOGITS if getattr(network.features_extractor, "skill_logits", False) \
+            else FEAT_SENTENCE
 
     def forward(self, pixels, text_embedding, proprio, command_sentence, reference_patches=None):
         """(pixels, text, proprio, sentence[, reference]) -> (action, image embedding[, patches])."""
@@ -139,6 +148,31 @@ class TextAndSentenceEncoder(nn.Module):
         return embed_text_and_sentence(self.text, tokens, self.pooling)
 
 
+class TextAndSkillEncoder(nn.Module):
+    """A pretrained text tower and a token skill reader in one pass: the CLIP text embedding and the skill logits.
+
+    The reader's weights (the network's ``skill_weight`` / ``skill_bias``) are constants of the graph; the logits
+    are :func:`vla_ros.policy.skill_reader.pooled_skill_logits` of the tower's token states, as
+    :class:`vla_ros.policy.skill_reader.CommandSkillReader` computes them.
+    """
+
+    def __init__(self, clip_model: nn.Module, pooling: str, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.text, self.pooling = clip_model.text, pooling
+        self.register_buffer("skill_weight", weight.detach().float().clone())
+        self.register_buffer("skill_bias", bias.detach().float().clone())
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) token ids -> (B, D) text embeddings, (B, 5) skill logits."""
+        from vla_ros.policy.skill_reader import pooled_skill_logits
+
+        mask = tokens != self.text.config.pad_token_id
+        states = self.text.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        projected = pool_projected(self.text, states, mask.long(), self.pooling)
+        return F.normalize(projected.float(), dim=-1), pooled_skill_logits(states, mask, self.skill_weight,
+                                                                           self.skill_bias)
+
+
 @dataclass
 class ExportedFiles:
     """Paths written by :func:`export_onnx`."""
@@ -152,11 +186,12 @@ def _export(frame_graph, text_graph, example, policy_path: Path, text_path: Path
             dynamic_length: bool = False) -> None:
     inputs, outputs = ["pixels", "text_embedding", "proprio"], ["action", "image_embedding"]
     if isinstance(frame_graph, FrameToActionWithSentence):
-        inputs = inputs + [FEAT_SENTENCE]
+        inputs = inputs + [frame_graph.command_input]
     if isinstance(frame_graph, FrameToActionWithReference) or getattr(frame_graph, "reference_frame", False):
         inputs, outputs = inputs + ["reference_patches"], outputs + ["patches"]
-    text_outputs = ["text_embedding", FEAT_SENTENCE] if isinstance(text_graph, TextAndSentenceEncoder) \
-        else ["text_embedding"]
+    text_outputs = ["text_embedding"]
+    if isinstance(text_graph, (TextAndSentenceEncoder, TextAndSkillEncoder)):
+        text_outputs.append(FEAT_SENTENCE if isinstance(text_graph, TextAndSentenceEncoder) else FEAT_SKILL_LOGITS)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX export
     try:
@@ -188,16 +223,18 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     dtype = torch.float16 if fp16 else torch.float32
     clip_model = copy.deepcopy(policy.encoder.model).float().cpu().eval()
     network = copy.deepcopy(policy.network).float().cpu().eval()
-    if getattr(policy, "command_skill_reader", None) is not None:
-        raise ValueError("a token skill reader (network.skill_reader_tokens) has no ONNX export yet: its logits "
-                         "pool the text tower's token states outside the exported graphs")
+    token_reader = getattr(policy, "command_skill_reader", None) is not None
     skill_reader = bool(getattr(policy, "skill_reader", False))
     if skill_reader:
         frame_graph = FrameToActionWithSentence(clip_model.visual, network, policy.reference_frame).to(dtype).eval()
     else:
         graph_class = FrameToActionWithReference if policy.reference_frame else FrameToAction
         frame_graph = graph_class(clip_model.visual, network).to(dtype).eval()
-    if skill_reader:  # fp32 at both precisions, as below
+    if token_reader:  # fp32 at both precisions, as below
+        fusion = network.features_extractor.fusion
+        text_graph = TextAndSkillEncoder(copy.deepcopy(policy.encoder.model).float().cpu().eval(),
+                                         policy.encoder.text_pooling, fusion.skill_weight, fusion.skill_bias).eval()
+    elif skill_reader:  # fp32 at both precisions, as below
         text_graph = TextAndSentenceEncoder(copy.deepcopy(policy.encoder.model).float().cpu().eval(),
                                             policy.encoder.text_pooling).eval()
     elif policy.encoder.pretrained_text:
@@ -210,7 +247,7 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
     example = (torch.zeros(1, 3, size, size, dtype=dtype), torch.zeros(1, dim, dtype=dtype),
                torch.zeros(1, 2 * n, dtype=dtype))
     if skill_reader:
-        example += (torch.zeros(1, policy.encoder.sentence_dim, dtype=dtype),)
+        example += (torch.zeros(1, NUM_SKILLS if token_reader else policy.encoder.sentence_dim, dtype=dtype),)
     if policy.reference_frame:
         example += (torch.zeros(1, policy.encoder.num_patches, dim, dtype=dtype),)
     policy_path = out / f"policy{suffix}.onnx"
@@ -230,8 +267,10 @@ def export_onnx(policy, out_dir: str | Path, fp16: bool = False) -> ExportedFile
                           "colour_space": pre.colour_space},
         "embed_dim": dim,
         "reference_frame": policy.reference_frame,
-        # text_encoder also returns command_sentence (W), which policy.onnx takes after proprio
+        # text_encoder also returns command_sentence (W), or with a token reader command_skill_logits (5),
+        # which policy.onnx takes after proprio
         "skill_reader": skill_reader,
+        "skill_reader_tokens": token_reader,
         "context_length": policy.encoder.context_length,
         # text_encoder takes tokens cut after the command's last token (any length up to context_length)
         "text_dynamic_length": bool(policy.encoder.pretrained_text),
@@ -298,7 +337,13 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
     proprio = policy.normalizer(joint_states)
     feeds = {"pixels": pixels.astype(dtype), "text_embedding": text_torch.astype(dtype),
              "proprio": proprio.astype(dtype)}
-    if getattr(policy, "skill_reader", False):
+    skill_logits_diff = None
+    if getattr(policy, "command_skill_reader", None) is not None:
+        logits_torch = policy.command_skill_reader.logits(commands).float().numpy()
+        feeds[FEAT_SKILL_LOGITS] = logits_torch.astype(dtype)
+        logits_ort = text_session.run([FEAT_SKILL_LOGITS], {"tokens": tokens})[0].astype(np.float32)
+        skill_logits_diff = float(np.abs(logits_ort - logits_torch).max())
+    elif getattr(policy, "skill_reader", False):
         feeds[FEAT_SENTENCE] = policy.encoder.encode_sentences(commands).float().numpy().astype(dtype)
     # every sample is the first frame of its episode: its own patches are the reference
     action_ort, image_ort, _ = run_frame_graph(frame_session, feeds, reference_frame=policy.reference_frame)
@@ -315,6 +360,7 @@ def parity_report(policy, files: ExportedFiles, frames: np.ndarray, commands: li
         "samples": int(len(frames)),
         "max_abs_diff_image_embedding": float(np.abs(image_ort.astype(np.float32) - image_torch).max()),
         "max_abs_diff_text_embedding": float(np.abs(text_ort - text_torch).max()),
+        **({"max_abs_diff_skill_logits": skill_logits_diff} if skill_logits_diff is not None else {}),
         "max_abs_diff_action": float(action_diff.max()),
         "tolerance_action": tolerance,
         "actions_match": bool(action_diff.max() <= tolerance),

@@ -87,9 +87,11 @@ class Policy:
         self.skill_reader = bool(config["network"].get("skill_reader_width", 0))
         # ... or, a token reader, its logits of the command's token states (vla_ros.policy.skill_reader)
         token_reader = bool(config["network"].get("skill_reader_tokens", False))
-        if onnx is not None and token_reader:
-            raise CheckpointError(f"{checkpoint}: a token skill reader's policy has no ONNX export yet; use the torch "
-                                  "backend")
+        if onnx is not None and self.skill_reader and token_reader != onnx.has_skill_logits:
+            raise CheckpointError(f"{checkpoint}: the ONNX export reads the command's "
+                                  f"{'sentence embedding' if token_reader else 'token skill logits'}, the checkpoint "
+                                  f"its {'token skill logits' if token_reader else 'sentence embedding'}: run "
+                                  "`vla-ros export` again")
         self.command_skill_reader = None if onnx is not None else CommandSkillReader.of_network(network, encoder)
         if onnx is not None and self.skill_reader != onnx.has_sentence:
             raise CheckpointError(f"{checkpoint}: the ONNX export {'lacks' if self.skill_reader else 'has'} the "
@@ -377,8 +379,11 @@ class OnnxGraphs:
         self.text_session = text_session
         self.dtype = dtype
         self._text_cache: dict[str, dict[str, np.ndarray]] = {}
-        # an export of a skill-reader policy: the text graph also gives the sentence embedding the frame graph reads
-        self.has_sentence = "command_sentence" in {i.name for i in frame_session.get_inputs()}
+        # an export of a skill-reader policy: the text graph also gives the sentence embedding (or, a token reader's,
+        # the skill logits) the frame graph reads
+        inputs = {i.name for i in frame_session.get_inputs()}
+        self.has_skill_logits = FEAT_SKILL_LOGITS in inputs
+        self.has_sentence = FEAT_SENTENCE in inputs or self.has_skill_logits
 
     @classmethod
     def load(cls, folder: Path, device: str, fp16: bool, threads: int | None = None) -> "OnnxGraphs":

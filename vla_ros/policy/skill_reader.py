@@ -154,7 +154,13 @@ def token_skill_logits(states: torch.Tensor, mask: torch.Tensor, weight: torch.T
     if states.ndim != 3 or mask.shape != states.shape[:2] or not bool(mask.any(-1).all()):
         raise ValueError(f"token states (B, L, W) and a mask (B, L) with a token in every row needed, got "
                          f"{tuple(states.shape)} and {tuple(mask.shape)}")
-    scores = F.normalize(states.float(), dim=-1) @ weight.T + bias
+    return pooled_skill_logits(states, mask, weight, bias)
+
+
+def pooled_skill_logits(states: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor) -> torch.Tensor:
+    """:func:`token_skill_logits` without the checks: tensor ops only, what the exported text graph traces."""
+    scores = F.normalize(states.float(), dim=-1) @ weight.float().T + bias.float()
     return torch.logsumexp(scores.masked_fill(~mask.bool()[..., None], float("-inf")), dim=1)
 
 
