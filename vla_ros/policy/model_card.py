@@ -116,8 +116,9 @@ def render(checkpoint: Path, evaluation: dict | None, notes: str = "") -> str:
         + (f", and a learned {net['text_features']}-d projection of the command embedding"
            if net.get("text_features") else "")
         + (", the command FiLM-modulating the MLP (what to do as well as where)" if net.get("command_film") else "")
-        + (", a frozen skill reader (reach, push left / right / forward / back, read from the text tower's sentence "
-           "embedding) FiLM-modulating the MLP" if net.get("skill_reader_width") else "")
+        + (", a frozen skill reader (reach, push left / right / forward / back, read from the text tower's "
+           + ("token states, each skill log-sum-exp pooled over the command" if net.get("skill_reader_tokens")
+              else "sentence embedding") + ") FiLM-modulating the MLP" if net.get("skill_reader_width") else "")
         + (", the joint state entering the MLP beside the estimates" if net.get("fusion_proprio") else "")
         + f", actor/critic MLPs {net['net_arch']['pi']}, {net['activation']}"
         + (f"; the actor predicts the next {net['action_chunk']} actions and runs "
