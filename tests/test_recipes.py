@@ -328,3 +328,8 @@ def test_the_token_reader_recipe_differs_from_the_annealed_one_in_its_reader_onl
 def test_the_token_settle_recipe_differs_from_the_token_reader_one_in_settling_only():
     tokens, settle = _research_recipe("skills_token_reader"), _research_recipe("skills_token_settle")
     assert _changed(tokens, settle) == {"bc_settle_steps"} and settle["bc_settle_steps"] == 8
+
+
+def test_the_token_hard_recipe_differs_from_the_token_reader_one_in_the_reading_only():
+    tokens, hard = _research_recipe("skills_token_reader"), _research_recipe("skills_token_hard")
+    assert _changed(tokens, hard) == {"skill_reader_hard"} and hard["skill_reader_hard"] is True
