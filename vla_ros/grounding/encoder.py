@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
 from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
-from vla_ros.grounding.text_pooling import embed_text_and_sentence, text_pooling
+from vla_ros.grounding.text_pooling import embed_text_and_sentence, text_pooling, token_states
 from vla_ros.grounding.text_tower import is_pretrained_text
 
 PRECISIONS = ("fp32", "fp16")
@@ -313,11 +313,8 @@ class ClipEncoder:
         """
         if not self.pretrained_text:
             raise ValueError("token states need a pretrained (Hugging Face) text tower")
-        tokens = trim_padding(self.tokenize(list(texts))).to(self.device)
-        text = self.model.text
-        mask = tokens != text.config.pad_token_id
-        states = text.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
-        return states.float(), mask
+        states, mask = token_states(self.model.text, trim_padding(self.tokenize(list(texts))).to(self.device))
+        return states.float(), mask.bool()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         """Normalised joint-space embeddings (B, D) of ``texts``.

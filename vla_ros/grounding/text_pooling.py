@@ -55,6 +55,15 @@ def pool_projected(text: torch.nn.Module, states: torch.Tensor, mask: torch.Tens
     return text.proj(masked_mean(states, mask))
 
 
+def token_states(text: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of a Hugging Face text tower ``text``: (B, L) token ids -> its last hidden states (B, L, D).
+
+    Also returns the (B, L) mask (long, 1 on real tokens) the padding was masked with; every pooling here reads both.
+    """
+    mask = (tokens != text.config.pad_token_id).long()
+    return text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state, mask
+
+
 def embed_text_and_sentence(text: torch.nn.Module, tokens: torch.Tensor,
                             pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of a Hugging Face text tower ``text``: (B, L) token ids -> L2-normalised float32 embeddings.
@@ -63,17 +72,15 @@ def embed_text_and_sentence(text: torch.nn.Module, tokens: torch.Tensor,
     embedding (B, W): the masked mean of the token states before any projection. ``ClipEncoder`` and the
     exported ONNX text graph both call this, so the two cannot drift apart.
     """
-    mask = (tokens != text.config.pad_token_id).long()
-    states = text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+    states, mask = token_states(text, tokens)
     projected = pool_projected(text, states, mask, pooling)
     sentence = masked_mean(states.float(), mask)
     return F.normalize(projected.float(), dim=-1), F.normalize(sentence, dim=-1)
 
 
 def _projected_tokens_forward(self, x: torch.Tensor) -> torch.Tensor:
-    mask = (x != self.config.pad_token_id).long()
-    out = self.transformer(input_ids=x, attention_mask=mask)
-    return pool_projected(self, out.last_hidden_state, mask, "projected_tokens")
+    states, mask = token_states(self, x)
+    return pool_projected(self, states, mask, "projected_tokens")
 
 
 def apply_text_pooling(model: torch.nn.Module, model_cfg: dict[str, Any]) -> torch.nn.Module:

@@ -29,7 +29,7 @@ from torch import nn
 
 from vla_ros.grounding.encoder import vision_forward
 from vla_ros.grounding.fusion import NUM_SKILLS
-from vla_ros.grounding.text_pooling import embed_text_and_sentence, pool_projected
+from vla_ros.grounding.text_pooling import embed_text_and_sentence, pool_projected, token_states
 from vla_ros.keys import (
     FEAT_IMAGE_GLOBAL,
     FEAT_IMAGE_PATCHES,
@@ -166,9 +166,8 @@ class TextAndSkillEncoder(nn.Module):
         """(B, L) token ids -> (B, D) text embeddings, (B, 5) skill logits."""
         from vla_ros.policy.skill_reader import pooled_skill_logits
 
-        mask = tokens != self.text.config.pad_token_id
-        states = self.text.transformer(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
-        projected = pool_projected(self.text, states, mask.long(), self.pooling)
+        states, mask = token_states(self.text, tokens)
+        projected = pool_projected(self.text, states, mask, self.pooling)
         return F.normalize(projected.float(), dim=-1), pooled_skill_logits(states, mask, self.skill_weight,
                                                                            self.skill_bias)
 
