@@ -64,12 +64,10 @@ def main(argv=None) -> dict:
     args.num_envs = max(1, min(args.num_envs, args.episodes))
     policy = Policy.load(args.checkpoint)
     network, extractor = policy.network, policy.network.features_extractor
-    venv = ClipFeatureVecEnv(make_vec_env(policy.config["task"], args.num_envs, args.seed, vec_env="dummy",
-                                          expert_labels=True, **policy.config.get("env", {})),
-                             policy.encoder, policy.normalizer,
-                             reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
-                             skill_reader=policy.command_skill_reader)
+    raw = make_vec_env(policy.config["task"], args.num_envs, args.seed, vec_env="dummy", expert_labels=True,
+                       **policy.config.get("env", {}))
+    venv = ClipFeatureVecEnv.for_network(raw, network, policy.encoder, policy.normalizer,
+                                         skill_reader=policy.command_skill_reader)
     rows: dict[str, list] = defaultdict(list)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     started = args.num_envs

@@ -333,3 +333,9 @@ def test_the_token_settle_recipe_differs_from_the_token_reader_one_in_settling_o
 def test_the_token_hard_recipe_differs_from_the_token_reader_one_in_the_reading_only():
     tokens, hard = _research_recipe("skills_token_reader"), _research_recipe("skills_token_hard")
     assert _changed(tokens, hard) == {"skill_reader_hard"} and hard["skill_reader_hard"] is True
+
+
+def test_the_token_hard_ppo_recipe_differs_from_the_token_hard_one_in_its_ppo_phase_only():
+    hard, ppo = _research_recipe("skills_token_hard"), _research_recipe("skills_token_hard_ppo")
+    assert _changed(hard, ppo) == {"ppo_steps", "ppo_imitation_weight", "ppo_selection"}
+    assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_selection"]) == (30000, 3.0, "lowest_task")

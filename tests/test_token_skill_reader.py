@@ -141,6 +141,19 @@ def test_a_token_reader_checkpoint_trains_loads_acts_and_exports(tmp_path):
     action = policy.normalized_action(frame, "push the red cube to the left", np.zeros(2 * policy.num_joints))
     assert action.shape == (policy.num_joints,) and np.all(np.abs(action) <= 1)
     assert FEAT_SKILL_LOGITS in policy.last_features and FEAT_SENTENCE not in policy.last_features
+    # the env wrapper every evaluator builds from the network observes what the policy does: the reader's logits
+    from vla_ros.keys import FEAT_REFERENCE_PATCHES
+    from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
+    from vla_ros.policy.envs import make_vec_env
+
+    venv = ClipFeatureVecEnv.for_network(make_vec_env("mixed", 1, 0, vec_env="dummy"), policy.network,
+                                         policy.encoder, policy.normalizer)
+    try:
+        obs = venv.reset()
+        assert {FEAT_SKILL_LOGITS, FEAT_REFERENCE_PATCHES} <= set(obs) and FEAT_SENTENCE not in obs
+        assert np.allclose(obs[FEAT_SKILL_LOGITS], policy.command_skill_reader.logits(venv.commands).numpy())
+    finally:
+        venv.close()
     files = export_onnx(policy, out / "final" / ONNX_DIR)
     frames, commands, states = sample_inputs(policy, 6, seed=5)
     commands[:3] = ["touch the red cube", "the blue ball should go to the left", "relocate the green can back"]

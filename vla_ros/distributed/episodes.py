@@ -108,10 +108,9 @@ class EpisodeRunner:
             extractor = self.policy.network.features_extractor
             raw = make_vec_env(task, 1, 0, vec_env="dummy", action_chunk=getattr(extractor, "action_chunk", None),
                                **self.env_kwargs, **split_kwargs)
-            self._venvs[key] = ClipFeatureVecEnv(raw, self.policy.encoder, self.policy.normalizer,
-                                                 reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
-                             skill_reader=self.policy.command_skill_reader)
+            self._venvs[key] = ClipFeatureVecEnv.for_network(raw, self.policy.network, self.policy.encoder,
+                                                             self.policy.normalizer,
+                                                             skill_reader=self.policy.command_skill_reader)
         return self._venvs[key]
 
     def run(self, split: str, split_kwargs: dict, indices: list[int], seed: int, refusal: bool = True,

@@ -53,6 +53,24 @@ class ClipFeatureVecEnv(VecEnvWrapper):
         self.commands: list[str] = [""] * venv.num_envs
         self.reference: np.ndarray | None = None  # (num_envs, P, D) first-frame patches of each episode
 
+    @classmethod
+    def for_network(cls, venv: VecEnv, network, encoder, normalizer: ProprioNormalizer,
+                    skill_reader=None) -> ClipFeatureVecEnv:
+        """The wrapper that observes what ``network`` (an SB3 policy with a CLIP features extractor) reads.
+
+        Its first frame's patches with a reference-frame fusion, the sentence embedding for a sentence skill reader
+        and a token reader's logits for a token one. ``skill_reader``: the
+        :class:`~vla_ros.policy.skill_reader.CommandSkillReader` to use (a loaded ``Policy`` keeps one with its
+        cache); None builds it from the network's own buffers.
+        """
+        from vla_ros.policy.skill_reader import CommandSkillReader
+
+        extractor = network.features_extractor
+        if skill_reader is None:
+            skill_reader = CommandSkillReader.of_network(network, encoder)
+        return cls(venv, encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
+                   sentence=bool(getattr(extractor, "sentence_dim", 0)), skill_reader=skill_reader)
+
     @torch.no_grad()
     def features(self, images: np.ndarray, commands: list[str], proprio: np.ndarray) -> dict[str, np.ndarray]:
         """CLIP features for a batch of raw observations."""

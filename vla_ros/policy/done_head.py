@@ -295,14 +295,12 @@ def collect_done_data(network, encoder, normalizer, task: str, episodes: int, se
     """
     from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
     from vla_ros.policy.envs import make_vec_env
-    from vla_ros.policy.skill_reader import CommandSkillReader
 
     extractor = network.features_extractor
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env, terminate_on_success=False,
-                                          action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
-                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
-                             skill_reader=CommandSkillReader.of_network(network, encoder))
+    venv = ClipFeatureVecEnv.for_network(
+        make_vec_env(task, num_envs, seed, vec_env=vec_env, terminate_on_success=False,
+                     action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
+        network, encoder, normalizer)
     rows: dict[str, list] = {"features": [], "labels": [], "episode": [], "step": [], "task": []}
     if privileged:
         rows["privileged"] = []

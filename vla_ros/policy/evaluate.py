@@ -16,7 +16,6 @@ import torch
 from vla_ros.policy.action_chunk import ENV_STEPS
 from vla_ros.policy.clip_vec_env import ClipFeatureVecEnv
 from vla_ros.policy.envs import make_vec_env
-from vla_ros.policy.skill_reader import CommandSkillReader
 
 # split name in reports -> env keyword arguments
 SPLITS = {
@@ -151,11 +150,10 @@ def run_episodes(network, encoder, normalizer, task: str, episodes: int, seed: i
     quotas = np.full(num_envs, episodes // num_envs)
     quotas[: episodes % num_envs] += 1
     extractor = network.features_extractor
-    venv = ClipFeatureVecEnv(make_vec_env(task, num_envs, seed, vec_env=vec_env,
-                                          action_chunk=getattr(extractor, "action_chunk", None), **env_kwargs),
-                             encoder, normalizer, reference_frame=getattr(extractor, "reference_frame", False),
-                             sentence=bool(getattr(extractor, "sentence_dim", 0)),
-                             skill_reader=CommandSkillReader.of_network(network, encoder))
+    venv = ClipFeatureVecEnv.for_network(make_vec_env(task, num_envs, seed, vec_env=vec_env,
+                                                      action_chunk=getattr(extractor, "action_chunk", None),
+                                                      **env_kwargs),
+                                         network, encoder, normalizer)
     saved = (extractor.image_scale.clone(), extractor.text_scale.clone())
     extractor.image_scale.fill_(image_scale)
     extractor.text_scale.fill_(text_scale)
