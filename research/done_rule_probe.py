@@ -17,10 +17,12 @@ instead of learning them:
 - ``reach``: fires when the fingertip is within a distance of the object; ``push``: when the object's estimated
   displacement from its first-frame estimate along the commanded direction passes a distance;
   ``push_clear``: the same, only while the fingertip is at least 6 cm from the estimated object, where the
-  arm does not cover it; ``*_located``: the same rules with the object's start taken from the current estimate
-  of the episode's first frame (an object locator's, where the reference estimate is the CLIP map's);
-  ``*_true``: the same rules on the simulator's true object position (what the rule gives with perfect
-  perception).
+  arm does not cover it; ``push_fingertip``: when the fingertip (forward kinematics, never hidden) has passed the
+  object's located start along the commanded direction by a distance (a push moves the object ahead of the
+  fingertip, so how far the fingertip went is how far the object went, less its radius); ``*_located``: the
+  same rules with the object's start taken from the current estimate of the episode's first frame (an object
+  locator's, where the reference estimate is the CLIP map's); ``*_true``: the same rules on the simulator's true
+  object position (what the rule gives with perfect perception).
 
 ``episode_ends`` says whether the policy stays where its task is fulfilled: of each task's episodes (run to the
 time limit), how many reach success, how many end in it, and the last observation's median fingertip-object
@@ -43,7 +45,8 @@ import argparse
 import numpy as np
 
 CLEAR = 0.06  # m between fingertip and estimated object beyond which the arm does not cover it
-RULES = ("reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_true")
+RULES = ("reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_fingertip",
+         "push_fingertip_true", "push_true")
 SCALE = 0.01  # m: scores (metres) pass through a sigmoid of this scale so thresholds are probabilities
 
 
@@ -100,6 +103,8 @@ def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slic
             "push_located": along(current - located),
             "reach_true": -np.linalg.norm(fingertip - target, axis=1),
             "push": push, "push_clear": np.where(covered, -1.0, push),
+            "push_fingertip": along(fingertip[:, :2] - located),
+            "push_fingertip_true": along(fingertip[:, :2] - start[:, :2]),
             "push_true": along((target - start)[:, :2])}
 
 

@@ -535,7 +535,8 @@ def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path,
     report = main(["unused", "--inputs", "estimates", "--proprio-width", "2", "--cache", str(cache),
                    "--json", str(tmp_path / "r.json")])
     by = {r["rule"]: r for r in report["rows"]}
-    assert set(by) == {"reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_true"}
+    assert set(by) == {"reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_fingertip",
+                       "push_fingertip_true", "push_true"}
     assert all(r["held_out_precision"] >= 0.95 and r["held_out_recall"] >= 0.9 for r in by.values()), by
     ends = report["episode_ends"]
     assert ends["reach"] == {"episodes": 40, "reached_success": 40, "ended_in_success": 40,
