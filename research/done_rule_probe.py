@@ -18,8 +18,10 @@ instead of learning them:
   displacement from its first-frame estimate along the commanded direction passes a distance;
   ``push_clear``: the same, only while the fingertip is at least 6 cm from the estimated object, where the
   arm does not cover it; ``push_fingertip``: when the fingertip (forward kinematics, never hidden) has passed the
-  object's located start along the commanded direction by a distance (a push moves the object ahead of the
-  fingertip, so how far the fingertip went is how far the object went, less its radius); ``*_located``: the
+  object's located start along the commanded direction by a distance, counted only once it has been behind the
+  object within ``ENGAGED`` of it earlier in the episode (a push moves the object ahead of the fingertip, so how
+  far the fingertip went from there is how far the object went, less its radius; an arm that starts ahead of the
+  object along the direction has pushed nothing); ``*_located``: the
   same rules with the object's start taken from the current estimate of the episode's first frame (an object
   locator's, where the reference estimate is the CLIP map's); ``*_true``: the same rules on the simulator's true
   object position (what the rule gives with perfect perception).
@@ -47,6 +49,7 @@ import numpy as np
 CLEAR = 0.06  # m between fingertip and estimated object beyond which the arm does not cover it
 RULES = ("reach", "reach_located", "reach_true", "push", "push_located", "push_clear", "push_fingertip",
          "push_fingertip_true", "push_true")
+ENGAGED = 0.06  # m: the fingertip behind the object and this close to its start has engaged it (push_fingertip)
 SCALE = 0.01  # m: scores (metres) pass through a sigmoid of this scale so thresholds are probabilities
 
 
@@ -81,6 +84,19 @@ def first_rows(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
     return first[np.searchsorted(episode[first], episode)]
 
 
+def engaged_since(data: dict[str, np.ndarray], engaged_now: np.ndarray) -> np.ndarray:
+    """(N,) whether each row's episode had an ``engaged_now`` row at this step or before."""
+    order = np.lexsort((data["step"], data["episode"]))
+    episode, flags = data["episode"][order], engaged_now[order].astype(np.int64)
+    starts = np.r_[True, episode[1:] != episode[:-1]]
+    total = np.cumsum(flags)
+    before = np.maximum.accumulate(np.where(starts, np.arange(len(flags)), 0))  # each row's episode's first row
+    offset = np.where(before > 0, total[np.maximum(before - 1, 0)], 0)
+    result = np.empty(len(flags), bool)
+    result[order] = (total - offset) > 0
+    return result
+
+
 def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slice]) -> dict:
     """Each rule's score (N,) in metres (higher: more done) for collected rows with ``privileged`` state.
 
@@ -98,13 +114,17 @@ def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slic
     covered = np.linalg.norm(fingertip - as_3d(current), axis=1) < CLEAR
     push = along(current - reference)
     located = current[first_rows(data["episode"], data["step"])]  # each episode's first current estimate
+
+    def fingertip_push(start_xy):
+        along_start = along(fingertip[:, :2] - start_xy)
+        near = np.linalg.norm(fingertip[:, :2] - start_xy, axis=1) < ENGAGED
+        return np.where(engaged_since(data, near & (along_start < 0)), along_start, -1.0)
     return {"reach": -np.linalg.norm(fingertip - as_3d(reference), axis=1),
             "reach_located": -np.linalg.norm(fingertip - as_3d(located), axis=1),
             "push_located": along(current - located),
             "reach_true": -np.linalg.norm(fingertip - target, axis=1),
             "push": push, "push_clear": np.where(covered, -1.0, push),
-            "push_fingertip": along(fingertip[:, :2] - located),
-            "push_fingertip_true": along(fingertip[:, :2] - start[:, :2]),
+            "push_fingertip": fingertip_push(located), "push_fingertip_true": fingertip_push(start[:, :2]),
             "push_true": along((target - start)[:, :2])}
 
 

@@ -504,6 +504,14 @@ def test_first_rows_finds_each_episodes_first_step_in_any_order():
     assert first_rows(episode, step).tolist() == [2, 3, 2, 3, 4]
 
 
+def test_engaged_since_latches_within_each_episode_in_step_order():
+    from research.done_rule_probe import engaged_since
+
+    data = {"episode": np.array([2, 1, 2, 1, 2, 1]), "step": np.array([0, 0, 1, 1, 2, 2])}
+    engaged_now = np.array([0, 0, 1, 0, 0, 1], bool)  # episode 2 engages at step 1, episode 1 at step 2
+    assert engaged_since(data, engaged_now).tolist() == [False, False, True, False, True, True]
+
+
 def test_done_rule_probe_finds_the_success_geometry_in_exact_estimates(tmp_path, capsys):
     """Cached episodes whose estimates are the objects' exact projections: every rule reaches the bars."""
     from research.done_rule_probe import main
