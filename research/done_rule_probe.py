@@ -21,10 +21,10 @@ instead of learning them:
   object's located start along the commanded direction by a distance, counted only once it has been behind the
   object within ``ENGAGED`` of it earlier in the episode (a push moves the object ahead of the fingertip, so how
   far the fingertip went from there is how far the object went, less its radius; an arm that starts ahead of the
-  object along the direction has pushed nothing); ``*_located``: the
-  same rules with the object's start taken from the current estimate of the episode's first frame (an object
-  locator's, where the reference estimate is the CLIP map's); ``*_true``: the same rules on the simulator's true
-  object position (what the rule gives with perfect perception).
+  object along the direction has pushed nothing); ``*_located``: the same rules with the object's start taken
+  from the current estimate of the episode's first frame (an object locator's, where the reference estimate is the
+  CLIP map's); ``*_true``: the same rules on the simulator's true object position (what the rule gives with
+  perfect perception).
 
 ``episode_ends`` says whether the policy stays where its task is fulfilled: of each task's episodes (run to the
 time limit), how many reach success, how many end in it, and the last observation's median fingertip-object
@@ -119,6 +119,7 @@ def rule_scores(data: dict[str, np.ndarray], project, columns: tuple[slice, slic
         along_start = along(fingertip[:, :2] - start_xy)
         near = np.linalg.norm(fingertip[:, :2] - start_xy, axis=1) < ENGAGED
         return np.where(engaged_since(data, near & (along_start < 0)), along_start, -1.0)
+
     return {"reach": -np.linalg.norm(fingertip - as_3d(reference), axis=1),
             "reach_located": -np.linalg.norm(fingertip - as_3d(located), axis=1),
             "push_located": along(current - located),
