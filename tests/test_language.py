@@ -445,6 +445,38 @@ def test_sentence_embedding_is_the_text_towers_mean_pooled_output():
         ClipEncoder.random_init("vla-tiny-clip").encode_sentences(["the red cube"])
 
 
+def test_token_states_come_from_the_embedding_pass_and_equal_a_pass_of_their_own():
+    """A new command's text embedding and token states (the token skill reader's input) share one tower pass."""
+    from vla_ros.grounding import ClipEncoder
+    from vla_ros.grounding.encoder import trim_padding
+    from vla_ros.grounding.text_pooling import token_states
+
+    encoder = ClipEncoder.from_pretrained(share_path("models", "clip"))
+    commands = ["push the red cube to the left", "touch the crimson box please", "a ball"]
+    with torch.no_grad():
+        expected, expected_mask = token_states(encoder.model.text, trim_padding(encoder.tokenize(commands)))
+    passes = []
+    hook = encoder.model.text.transformer.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        encoder.encode_text(commands)
+        assert len(passes) == 1
+        states, mask = encoder.encode_token_states(commands)
+        assert len(passes) == 1  # read from the embedding's pass, not a second one
+        assert torch.equal(mask, expected_mask.bool())
+        torch.testing.assert_close(states[mask], expected[expected_mask.bool()].float(), atol=1e-5, rtol=1e-4)
+        assert not states[~mask].any()  # past a command's own tokens, zeros
+        one, one_mask = encoder.encode_token_states(commands[2:])  # batch-independent, trimmed to its own length
+        assert one_mask.shape[1] == int(expected_mask[2].sum())
+        torch.testing.assert_close(one[0][one_mask[0]], states[2][mask[2]])
+        encoder.clear_text_cache()
+        encoder.encode_token_states(commands[:1])  # a command not embedded yet: one pass of its own
+        assert len(passes) == 2
+    finally:
+        hook.remove()
+    with pytest.raises(TypeError, match="list"):
+        encoder.encode_token_states("the red cube")
+
+
 def test_unreadable_commands_are_refused_before_scoring():
     from vla_ros.grounding import ClipEncoder
     from vla_ros.grounding.refusal import unreadable

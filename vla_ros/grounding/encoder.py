@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from vla_ros.grounding.checkpoint import LoadedClip, create_clip, load_clip
 from vla_ros.grounding.preprocess import FrameGeometry, FramePreprocessor
-from vla_ros.grounding.text_pooling import embed_text_and_sentence, text_pooling, token_states
+from vla_ros.grounding.text_pooling import embed_text_sentence_and_states, text_pooling
 from vla_ros.grounding.text_tower import is_pretrained_text
 
 PRECISIONS = ("fp32", "fp16")
+TOKEN_CACHE_SIZE = 256  # commands whose token states are kept (about 25 kB each for all-MiniLM-L6-v2)
 
 
 @dataclass
@@ -189,6 +190,10 @@ class ClipEncoder:
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._sentence_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # a command's token states (its real tokens only), keyed by its reading: the pass that embeds a new command
+        # keeps them for a token skill reader, which asks next (:meth:`encode_token_states`)
+        self._token_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.token_cache_size = min(self.text_cache_size, TOKEN_CACHE_SIZE)
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -308,31 +313,50 @@ class ClipEncoder:
         """The pretrained text tower's last hidden states of each command's tokens, read through the lexicon.
 
         Returns (states (B, L, width) float32, mask (B, L) bool of the real tokens, [CLS] and [SEP] included); L
-        is the longest command's token count. A token skill reader scores each state
-        (:func:`vla_ros.policy.skill_reader.token_skill_logits`). Not cached: a command is read once per episode.
+        is the longest command's token count; past a command's own tokens its row is zeros. A token skill reader
+        scores each state (:func:`vla_ros.policy.skill_reader.token_skill_logits`). Cached by reading, with the
+        embedding's pass: a command embedded first (:meth:`encode_text`) costs no second pass here.
         """
         if not self.pretrained_text:
             raise ValueError("token states need a pretrained (Hugging Face) text tower")
-        states, mask = token_states(self.model.text, trim_padding(self.tokenize(list(texts))).to(self.device))
-        return states.float(), mask.bool()
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        readings = [self.reading(t) for t in texts]
+        found = {r: self._token_cache[r] for r in readings if r in self._token_cache}
+        missing = [r for r in dict.fromkeys(readings) if r not in found]
+        if missing:  # the lexicon leaves a reading unchanged, so the pass reads what the keys say
+            found.update(zip(missing, self._embed(missing, keep_tokens=True)[1]))
+        length = max(len(found[r]) for r in readings)
+        states = torch.zeros(len(readings), length, found[readings[0]].shape[-1], device=self.device)
+        mask = torch.zeros(len(readings), length, dtype=torch.bool, device=self.device)
+        for row, reading in enumerate(readings):
+            real = found[reading]
+            states[row, :len(real)], mask[row, :len(real)] = real, True
+        return states, mask
 
-    def _embed(self, texts: list[str]) -> torch.Tensor:
+    def _embed(self, texts: list[str], keep_tokens: bool = False):
         """Normalised joint-space embeddings (B, D) of ``texts``.
 
-        With a pretrained tower, the one transformer pass also gives the texts' sentence embeddings, which are
-        cached for :meth:`encode_sentences` (a new command's refusal reads both).
+        With a pretrained tower, the one transformer pass also gives the texts' sentence embeddings and token
+        states, which are cached for :meth:`encode_sentences` and :meth:`encode_token_states` (a new command's
+        refusal reads the first two, a token skill reader the states). ``keep_tokens``: also return each text's
+        token states (a list of (real tokens, width) float32).
         """
         tokens = self.tokenize(texts).to(self.device)
         if not self.pretrained_text:
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        embeddings, sentences = embed_text_and_sentence(self.model.text, trim_padding(tokens), self.text_pooling)
-        for string, sentence in zip(texts, sentences.cpu()):
+        embeddings, sentences, states, mask = embed_text_sentence_and_states(self.model.text, trim_padding(tokens),
+                                                                             self.text_pooling)
+        real = [row[keep.bool()].float() for row, keep in zip(states, mask)]
+        for string, sentence, token_states in zip(texts, sentences.cpu(), real):
             self._remember(self._sentence_cache, string, sentence)
-        return embeddings
+            self._remember(self._token_cache, self.reading(string), token_states, self.token_cache_size)
+        return (embeddings, real) if keep_tokens else embeddings
 
-    def _remember(self, cache: OrderedDict, text: str, value: torch.Tensor) -> None:
+    def _remember(self, cache: OrderedDict, text: str, value: torch.Tensor, size: int | None = None) -> None:
         cache[text] = value
-        if len(cache) > self.text_cache_size:
+        cache.move_to_end(text)
+        if len(cache) > (self.text_cache_size if size is None else size):
             cache.popitem(last=False)
 
     def _encode_uncached(self, text: str) -> torch.Tensor:
@@ -343,6 +367,7 @@ class ClipEncoder:
         """Forget cached text embeddings and reset the hit/miss counters."""
         self._text_cache.clear()
         self._sentence_cache.clear()
+        self._token_cache.clear()
         self.cache_hits = 0
         self.cache_misses = 0
 

@@ -72,10 +72,19 @@ def embed_text_and_sentence(text: torch.nn.Module, tokens: torch.Tensor,
     embedding (B, W): the masked mean of the token states before any projection. ``ClipEncoder`` and the
     exported ONNX text graph both call this, so the two cannot drift apart.
     """
+    return embed_text_sentence_and_states(text, tokens, pooling)[:2]
+
+
+def embed_text_sentence_and_states(text: torch.nn.Module, tokens: torch.Tensor, pooling: str) \
+        -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`embed_text_and_sentence` plus what its one pass read them from: the token states and their mask.
+
+    A token skill reader scores those states, so a new command needs one transformer pass for all three.
+    """
     states, mask = token_states(text, tokens)
     projected = pool_projected(text, states, mask, pooling)
     sentence = masked_mean(states.float(), mask)
-    return F.normalize(projected.float(), dim=-1), F.normalize(sentence, dim=-1)
+    return F.normalize(projected.float(), dim=-1), F.normalize(sentence, dim=-1), states, mask
 
 
 def _projected_tokens_forward(self, x: torch.Tensor) -> torch.Tensor:
