@@ -12,9 +12,10 @@ from vla_ros.envs.video import expert_frames, write_video
 EPISODES = 100
 
 
-def success_rate(task: str, episodes: int = EPISODES, first_seed: int = 0, **kwargs) -> tuple[float, dict]:
+def success_rate(task: str, episodes: int = EPISODES, first_seed: int = 0, reach_approach: str = "hover",
+                 **kwargs) -> tuple[float, dict]:
     env = gym.make(ENV_IDS[task], render_observation=False, **kwargs)
-    expert = ScriptedExpert(env)
+    expert = ScriptedExpert(env, reach_approach=reach_approach)
     successes, per_direction = 0, {}
     for seed in range(first_seed, first_seed + episodes):
         _, info = env.reset(seed=seed)
@@ -57,6 +58,39 @@ def test_expert_finishes_well_within_the_time_limit():
         assert not truncated
     assert steps < env.spec.max_episode_steps // 2
     env.close()
+
+
+def test_the_cone_approach_reaches_without_an_edge_in_its_labels_and_settles_on_the_object():
+    from vla_ros.envs.expert import CONE_RADIUS, HOVER_CLEARANCE
+
+    rate, _ = success_rate("reach", episodes=40, reach_approach="cone")
+    assert rate >= 0.95, rate
+    rate, _ = success_rate("reach", episodes=10, first_seed=200, reach_approach="cone", split="heldout_combos")
+    assert rate >= 0.95, rate
+    env = gym.make(ENV_IDS["reach"], render_observation=False)
+    target = np.array([0.3, 0.0, 0.027])
+    labels = {}
+    for approach in ("hover", "cone"):
+        expert = ScriptedExpert(env, reach_approach=approach)
+        labels[approach] = [expert._reach_goal(target + [apart, 0.0, HOVER_CLEARANCE], target)[0]
+                            for apart in np.arange(0.0, CONE_RADIUS + 0.02, 0.001)]
+    steps = {k: max(np.linalg.norm(b - a) for a, b in zip(v, v[1:])) for k, v in labels.items()}
+    assert steps["hover"] > 0.04 and steps["cone"] < 0.005, steps  # hover's 5 cm step at 3 cm; the cone has none
+    # run on past success, the cone expert stays inside the goal instead of leaving it
+    env = gym.make(ENV_IDS["reach"], render_observation=False, terminate_on_success=False)
+    expert = ScriptedExpert(env, reach_approach="cone")
+    _, info = env.reset(seed=3)
+    successes = []
+    for _ in range(env.spec.max_episode_steps - 1):
+        _, _, _, truncated, info = env.step(expert.act(info))
+        successes.append(info["is_success"])
+        if truncated:
+            break
+    first = successes.index(True)
+    assert all(successes[first:]), successes
+    env.close()
+    with pytest.raises(ValueError, match="reach_approach"):
+        ScriptedExpert(env, reach_approach="spiral")
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
@@ -110,3 +144,19 @@ def test_the_expert_still_pushes_when_its_actions_are_disturbed():
     result = noisy_expert(env, ScriptedExpert(env), 0, 20, 0.3, np.random.default_rng(0))
     env.close()
     assert result["success"] >= 0.9, result
+
+
+def test_the_labelling_expert_takes_the_reach_approach_it_is_given():
+    from vla_ros.policy.envs import EXPERT_ACTION, ExpertLabelWrapper, make_env_fn, make_vec_env
+
+    venv = make_vec_env("reach", 1, 0, vec_env="dummy", expert_labels=True, reach_approach="cone",
+                        render_observation=False)
+    wrapper = venv.envs[0]
+    while not isinstance(wrapper, ExpertLabelWrapper):
+        wrapper = wrapper.env
+    assert wrapper.expert.reach_approach == "cone"
+    venv.reset()
+    assert venv.reset_infos[0][EXPERT_ACTION].shape == (venv.action_space.shape[0],)
+    venv.close()
+    with pytest.raises(ValueError, match="reach_approach"):
+        make_env_fn("reach", expert_labels=True, reach_approach="spiral")

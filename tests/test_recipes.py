@@ -339,3 +339,13 @@ def test_the_token_hard_ppo_recipe_differs_from_the_token_hard_one_in_its_ppo_ph
     hard, ppo = _research_recipe("skills_token_hard"), _research_recipe("skills_token_hard_ppo")
     assert _changed(hard, ppo) == {"ppo_steps", "ppo_imitation_weight", "ppo_selection"}
     assert (ppo["ppo_steps"], ppo["ppo_imitation_weight"], ppo["ppo_selection"]) == (30000, 3.0, "lowest_task")
+
+
+def test_the_token_cone_recipe_differs_from_the_token_hard_one_in_its_reach_expert_only(tmp_path):
+    from vla_ros.policy.train import TrainingRun
+
+    hard, cone = _research_recipe("skills_token_hard"), _research_recipe("skills_token_cone")
+    assert _changed(hard, cone) == {"expert_reach_approach"} and cone["expert_reach_approach"] == "cone"
+    assert TrainConfig().expert_reach_approach == "hover"  # every earlier recipe's expert
+    with pytest.raises(ValueError, match="expert_reach_approach"):
+        TrainingRun(TrainConfig(expert_reach_approach="spiral", out=str(tmp_path)))

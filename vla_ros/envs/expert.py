@@ -3,7 +3,9 @@
 It moves the fingertip through Cartesian waypoints with damped-least-squares inverse kinematics on
 the MuJoCo Jacobian (position, plus a weaker term keeping the tool pointing down) and turns the
 joint velocity into the env's action (joint deltas in units of ``max_delta``).
-Reach: hover above the target, then descend onto its top. Push: hover over a point behind the
+Reach: hover above the target, then descend onto its top (``reach_approach="hover"``: straight down once within
+``DESCEND_RADIUS`` of it in the table plane; ``"cone"``: down a cone whose height falls with that distance, so the
+label changes smoothly as a learner's estimate of the object wavers near the edge). Push: hover over a point behind the
 target (opposite the push direction), descend to table level, then push through the object's centre; a
 fingertip that drifts off the push line or up while behind the object slides back onto it at table level, one
 that slid past the object's side backs off along it first.
@@ -26,6 +28,10 @@ MOVE_STEP = 0.03  # m per control step while travelling (0.6 m/s)
 PUSH_STEP = 0.015  # m per control step while pushing (0.3 m/s)
 PUSH_CLEARANCE = 0.039  # m from an object's centre to the fingertip's centre at first contact (cube 0.027 + 0.012)
 RETRACT_MARGIN = 0.01  # m a push goes on past its success distance before the fingertip rises off the object
+DESCEND_RADIUS = 0.03  # m in the table plane from a reach target within which the hover approach goes straight down
+CONE_RADIUS = 0.05  # m in the table plane where the cone approach starts down (at the travel height there) ...
+CONE_FLOOR = 0.01  # m ... and within which it heads for the target's top
+REACH_APPROACHES = ("hover", "cone")
 FUNNEL_HALF_WIDTH = 0.06  # m off the push line within which a low fingertip behind the object slides back onto it
 DOWN = np.array([0.0, 0.0, -1.0])
 
@@ -37,8 +43,12 @@ class ScriptedExpert:
     It keeps no state between steps.
     """
 
-    def __init__(self, env, damping: float = 0.05, orientation_weight: float | None = None):
+    def __init__(self, env, damping: float = 0.05, orientation_weight: float | None = None,
+                 reach_approach: str = "hover"):
+        if reach_approach not in REACH_APPROACHES:
+            raise ValueError(f"reach_approach must be one of {REACH_APPROACHES}, got {reach_approach!r}")
         self.env: TabletopEnv = env.unwrapped
+        self.reach_approach = reach_approach
         self.damping = damping
         # the robot file's tool_down_weight unless given: 0.3 for vla_arm, 0 for an arm that cannot point down
         self.orientation_weight = self.env.robot_config.tool_down_weight if orientation_weight is None \
@@ -78,7 +88,17 @@ class ScriptedExpert:
 
     def _reach_goal(self, ee: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, str]:
         top = target + np.array([0.0, 0.0, 0.03])
-        if np.linalg.norm(ee[:2] - target[:2]) > 0.03:
+        apart = float(np.linalg.norm(ee[:2] - target[:2]))
+        if self.reach_approach == "cone" and apart < CONE_RADIUS:
+            # the goal's height falls linearly from the travel height at CONE_RADIUS to the top at CONE_FLOOR. The
+            # hover approach's step at DESCEND_RADIUS gives a learner whose estimate is centimetres off conflicting
+            # labels there (hold the height / go down), which it may average into hovering beside the object, as
+            # reach's misses on held-out combinations do; the push expert's hard edge did that (its funnel fixed it)
+            share = float(np.clip((apart - CONE_FLOOR) / (CONE_RADIUS - CONE_FLOOR), 0.0, 1.0))
+            height = top[2] + share * (target[2] + HOVER_CLEARANCE - top[2])
+            return np.array([target[0], target[1], height]), \
+                "descend" if share < 1.0 else "travel"
+        if apart > DESCEND_RADIUS:
             return np.array([target[0], target[1], max(target[2] + HOVER_CLEARANCE, ee[2] - 0.01)]), "travel"
         return top, "descend"
 

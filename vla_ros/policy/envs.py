@@ -42,15 +42,17 @@ class ExpertLabelWrapper(gym.Wrapper):
 
     ``label_every_step`` (around a :class:`vla_ros.policy.action_chunk.ChunkedActionWrapper`): the states a chunk
     passes before its last step are labelled too, and listed in ``info[CHUNK_STEPS]`` with their observations,
-    so imitation can learn from every state the policy visits, not only where it decides.
+    so imitation can learn from every state the policy visits, not only where it decides. ``reach_approach``: the
+    expert's way down onto a reach target (:data:`vla_ros.envs.expert.REACH_APPROACHES`).
     """
 
-    def __init__(self, env: gym.Env, chunk_length: int = 1, label_every_step: bool = False):
+    def __init__(self, env: gym.Env, chunk_length: int = 1, label_every_step: bool = False,
+                 reach_approach: str = "hover"):
         super().__init__(env)
         from vla_ros.envs.expert import ScriptedExpert
         from vla_ros.policy.action_chunk import ChunkedActionWrapper
 
-        self.expert = ScriptedExpert(env)
+        self.expert = ScriptedExpert(env, reach_approach=reach_approach)
         self.chunk_length = int(chunk_length)
         self._passed: list[dict] | None = None
         if label_every_step:
@@ -133,14 +135,19 @@ def target_image_xy(info: dict, image_size: int) -> np.ndarray:
 
 
 def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label_every_step: bool = False,
-                settle_steps: int = 0, **env_kwargs: Any) -> Callable[[], gym.Env]:
+                settle_steps: int = 0, reach_approach: str = "hover", **env_kwargs: Any) -> Callable[[], gym.Env]:
     """A picklable thunk creating one env (torch limited to one thread in worker processes, not in the caller's).
 
     ``action_chunk`` (:class:`vla_ros.policy.action_chunk.ActionChunk`, for a chunked policy): each step takes a
     chunk and runs its first E actions; expert labels are then chunks too, and with ``label_every_step`` the
     states inside each chunk are labelled as well (:class:`ExpertLabelWrapper`). ``settle_steps`` > 0: episodes
-    run this many env steps past their first success (:class:`SettleAfterSuccess`).
+    run this many env steps past their first success (:class:`SettleAfterSuccess`). ``reach_approach``: the
+    labelling expert's (:class:`ExpertLabelWrapper`).
     """
+    from vla_ros.envs.expert import REACH_APPROACHES
+
+    if reach_approach not in REACH_APPROACHES:
+        raise ValueError(f"reach_approach must be one of {REACH_APPROACHES}, got {reach_approach!r}")
     chunked = action_chunk is not None and not action_chunk.single
     if label_every_step and not (expert_labels and chunked):
         raise ValueError("label_every_step needs expert_labels and an action chunk executing more than one action")
@@ -168,7 +175,7 @@ def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label
             env = ChunkedActionWrapper(env, action_chunk)
         if expert_labels:  # outside the chunk: one label (a chunk) per decision, not one per step run
             env = ExpertLabelWrapper(env, chunk_length=action_chunk.predicted if chunked else 1,
-                                     label_every_step=label_every_step)
+                                     label_every_step=label_every_step, reach_approach=reach_approach)
         return env
 
     return thunk
@@ -179,18 +186,18 @@ VEC_ENVS = ("subproc", "dummy", "ray")
 
 def make_vec_env(task: str, num_envs: int, seed: int, vec_env: str = "subproc", expert_labels: bool = False,
                  ray_workers: int = 0, ray_address: str | None = None, action_chunk=None,
-                 label_every_step: bool = False, **env_kwargs: Any) -> VecEnv:
+                 label_every_step: bool = False, reach_approach: str = "hover", **env_kwargs: Any) -> VecEnv:
     """``num_envs`` envs, seeded ``seed, seed+1, ...`` at their first reset.
 
     ``action_chunk``: a chunked policy's :class:`vla_ros.policy.action_chunk.ActionChunk`; ``label_every_step``
-    labels the states inside its chunks (:func:`make_env_fn`).
+    labels the states inside its chunks, ``reach_approach`` is the labelling expert's (:func:`make_env_fn`).
 
     ``vec_env``: ``subproc`` (one process per env), ``dummy`` (in this process) or ``ray`` (batches of envs
     hosted by ``ray_workers`` Ray actors, 0: one per free CPU; local Ray unless ``ray_address``). All three give
     the same transitions for the same seed and env count.
     """
     fns = [make_env_fn(task, expert_labels=expert_labels, action_chunk=action_chunk,
-                       label_every_step=label_every_step, **env_kwargs)
+                       label_every_step=label_every_step, reach_approach=reach_approach, **env_kwargs)
            for _ in range(num_envs)]
     if vec_env == "ray":
         from vla_ros.distributed.ray_vec_env import RayVecEnv

@@ -163,6 +163,10 @@ class TrainConfig:
     by the expert settling there (a reach descends onto the object's top, a push rises off the moved object), so
     the policy comes to rest inside the goal rather than at its edge (vla_ros.policy.envs.SettleAfterSuccess);
     evaluation still ends at the first success. 0: episodes end at it"""
+    expert_reach_approach: str = "hover"
+    """how the scripted expert that labels imitation comes down onto a reach target: ``hover`` (straight down once
+    within 3 cm of it in the table plane, every recipe before) or ``cone`` (down a cone from 5 cm, the goal's height
+    falling with the distance: no step in the labels where a learner's estimate wavers; vla_ros.envs.expert)"""
     bc_action_noise: float = 0.0
     """standard deviation of Gaussian noise on the actions the expert executes while collecting, in every round
     (labels stay clean: DART's recovery states, vla_ros.policy.imitation.collect)"""
@@ -379,6 +383,11 @@ class TrainingRun:
             raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
         if cfg.bc_lr_schedule not in imitation.LR_SCHEDULES:
             raise ValueError(f"bc_lr_schedule must be one of {imitation.LR_SCHEDULES}, got {cfg.bc_lr_schedule!r}")
+        from vla_ros.envs.expert import REACH_APPROACHES
+
+        if cfg.expert_reach_approach not in REACH_APPROACHES:
+            raise ValueError(f"expert_reach_approach must be one of {REACH_APPROACHES}, "
+                             f"got {cfg.expert_reach_approach!r}")
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
@@ -462,7 +471,8 @@ class TrainingRun:
         raw = make_vec_env(self.cfg.task, self.cfg.num_envs, seed, vec_env=self.cfg.vec_env,
                            ray_workers=self.cfg.ray_workers, ray_address=self.cfg.ray_address,
                            expert_labels=expert_labels, action_chunk=action_chunk or self.action_chunk,
-                           label_every_step=label_every_step, **kwargs)
+                           label_every_step=label_every_step, reach_approach=self.cfg.expert_reach_approach,
+                           **kwargs)
         raw = _Monitor(raw)  # episode reward and length reach SB3's logger (rollout/ep_rew_mean, ep_len_mean)
         return ClipFeatureVecEnv(raw, self.encoder, self.normalizer, reference_frame=self.cfg.reference_frame,
                                  sentence=self.cfg.skill_reader and not self.cfg.skill_reader_tokens,
