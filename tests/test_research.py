@@ -623,3 +623,31 @@ def test_token_reader_swap_replaces_only_the_reader(tmp_path, capsys):
     assert all(k.endswith(("fusion.skill_weight", "fusion.skill_bias")) for k in changed)
     assert swapped.command_skill_reader.logits(["push the red cube to the left"]).argmax().item() == 1
     assert "token_reader" in capsys.readouterr().out
+
+
+def test_reach_estimate_probe_measures_estimate_errors_and_where_misses_end():
+    """Synthetic reach rows: exact estimates in one episode, a first-frame map 5 cm off in another that misses."""
+    from research.reach_estimate_probe import estimate_errors
+    from vla_ros.policy.fingertip_locator import camera_projection
+
+    project = camera_projection()
+    rows = {"features": [], "labels": [], "episode": [], "step": [], "privileged": []}
+    target = np.array([0.45, 0.05, 0.027])
+    for episode, (map_offset, end) in enumerate(((0.0, 0.03), (0.05, 0.08))):
+        for step in range(10):
+            fingertip = target + [end * step / 9 if episode else 0.0, 0.0, 0.25 - (0.25 - end) * step / 9]
+            located, first = project(np.stack([target, target + [map_offset, 0.0, 0.0]]))
+            rows["features"].append(np.concatenate([located, first, np.zeros(3)]))
+            rows["labels"].append(bool(np.linalg.norm(fingertip - target) <= 0.05))
+            rows["episode"].append(episode)
+            rows["step"].append(step)
+            rows["privileged"].append(np.concatenate([fingertip, target, target, np.zeros(3)]))
+    data = {k: np.asarray(v) for k, v in rows.items()}
+    report = estimate_errors(data, project)
+    first = report["estimates"]["first_frame"]
+    assert first["observations"] == 2 and first["locator_median_m"] < 1e-3
+    assert first["first_frame_map_off_share"] == 0.5  # the second episode's map is 5 cm off (> 3 cm)
+    assert report["episodes"] == 2 and [m["episode"] for m in report["misses"]] == [1]
+    miss = report["misses"][0]
+    assert miss["apart_m"] == pytest.approx(0.08, abs=1e-3) and miss["height_above_object_m"] == pytest.approx(0.08)
+    assert miss["first_frame_map_error_m"] == pytest.approx(0.05, abs=1e-3)
