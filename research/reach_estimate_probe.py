@@ -62,6 +62,7 @@ def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
 
 
 def main(argv=None) -> dict:
+    """Run the probe (module doc); returns the report."""
     import torch
 
     from vla_ros.policy.done_head import collect_done_data
