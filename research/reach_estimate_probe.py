@@ -14,7 +14,8 @@ and the first frame's CLIP-map estimate are projected onto the objects' plane an
 
 Reported per split: median error and the share off by more than 3 cm, at the first frame, with the fingertip
 within 6 cm of the object (the arm over it), and overall; and for episodes that never reach the object, the last
-fingertip-object distance in the table plane and the height above the object's centre.
+fingertip-object distance in the table plane and the height above the object's centre; and how many episodes
+reach the object per shape of target (read off its starting height).
 """
 
 from __future__ import annotations
@@ -23,8 +24,18 @@ import argparse
 
 import numpy as np
 
+SHAPE_TOLERANCE = 0.002  # m: an object resting on the table has its centre at its half height (cube 2.7, ball 3.0,
+# cylinder 3.5 cm), so the target's starting height names its shape
 NEAR = 0.06  # m, fingertip-object distance in the table plane where the arm is over the object
 OFF = 0.03  # m, an estimate this far off the object would lead the arm beside it
+
+
+def shape_at_height(height: float) -> str:
+    """The object shape whose centre rests at ``height`` above the table ("?" when none is within tolerance)."""
+    from vla_ros.envs.scene import OBJECT_HALF_SIZE, TABLE_TOP_Z
+
+    best = min(OBJECT_HALF_SIZE, key=lambda shape: abs(OBJECT_HALF_SIZE[shape][1] - (height - TABLE_TOP_Z)))
+    return best if abs(OBJECT_HALF_SIZE[best][1] - (height - TABLE_TOP_Z)) <= SHAPE_TOLERANCE else "?"
 
 
 def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
@@ -47,18 +58,23 @@ def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
                       "locator_off_share": float(np.mean(located_error[mask] > OFF)),
                       "first_frame_map_median_m": float(np.median(first_error[mask])),
                       "first_frame_map_off_share": float(np.mean(first_error[mask] > OFF))}
-    misses = []
+    misses, by_shape = [], {}
     for episode in np.unique(data["episode"]):
         index = np.flatnonzero(data["episode"] == episode)
         index = index[np.argsort(data["step"][index])]
+        shape = shape_at_height(float(state[index[0], 8]))  # the target's start
+        tally = by_shape.setdefault(shape, {"episodes": 0, "reached": 0})
+        tally["episodes"] += 1
         if data["labels"][index].any():
+            tally["reached"] += 1
             continue
         last = index[-1]
-        misses.append({"episode": int(episode), "apart_m": round(float(apart[last]), 4),
+        misses.append({"episode": int(episode), "shape": shape, "apart_m": round(float(apart[last]), 4),
                        "height_above_object_m": round(float(fingertip[last, 2] - target[last, 2]), 4),
                        "locator_error_m": round(float(located_error[last]), 4),
                        "first_frame_map_error_m": round(float(first_error[index[0]]), 4)})
-    return {"estimates": rows, "episodes": int(len(np.unique(data["episode"]))), "misses": misses}
+    return {"estimates": rows, "episodes": int(len(np.unique(data["episode"]))), "by_shape": by_shape,
+            "misses": misses}
 
 
 def main(argv=None) -> dict:
@@ -93,8 +109,8 @@ def main(argv=None) -> dict:
         report["splits"][split] = result
         for where, row in result["estimates"].items():
             table.append({"split": split, "where": where, **{k: round(v, 4) for k, v in row.items()}})
-        print(f"{split}: {len(result['misses'])} of {result['episodes']} episodes never reached the object",
-              flush=True)
+        print(f"{split}: {len(result['misses'])} of {result['episodes']} episodes never reached the object; "
+              f"reached by shape {result['by_shape']}", flush=True)
         for miss in result["misses"]:
             print(f"  {miss}")
     print(format_table(table, list(table[0])))

@@ -627,7 +627,7 @@ def test_token_reader_swap_replaces_only_the_reader(tmp_path, capsys):
 
 def test_reach_estimate_probe_measures_estimate_errors_and_where_misses_end():
     """Synthetic reach rows: exact estimates in one episode, a first-frame map 5 cm off in another that misses."""
-    from research.reach_estimate_probe import estimate_errors
+    from research.reach_estimate_probe import estimate_errors, shape_at_height
     from vla_ros.policy.fingertip_locator import camera_projection
 
     project = camera_projection()
@@ -648,6 +648,8 @@ def test_reach_estimate_probe_measures_estimate_errors_and_where_misses_end():
     assert first["observations"] == 2 and first["locator_median_m"] < 1e-3
     assert first["first_frame_map_off_share"] == 0.5  # the second episode's map is 5 cm off (> 3 cm)
     assert report["episodes"] == 2 and [m["episode"] for m in report["misses"]] == [1]
+    assert report["by_shape"] == {"cube": {"episodes": 2, "reached": 1}} and report["misses"][0]["shape"] == "cube"
+    assert [shape_at_height(h) for h in (0.027, 0.0301, 0.035, 0.05)] == ["cube", "ball", "cylinder", "?"]
     miss = report["misses"][0]
     assert miss["apart_m"] == pytest.approx(0.08, abs=1e-3) and miss["height_above_object_m"] == pytest.approx(0.08)
     assert miss["first_frame_map_error_m"] == pytest.approx(0.05, abs=1e-3)
