@@ -14,8 +14,9 @@ and the first frame's CLIP-map estimate are projected onto the objects' plane an
 
 Reported per split: median error and the share off by more than 3 cm, at the first frame, with the fingertip
 within 6 cm of the object (the arm over it), and overall; and for episodes that never reach the object, the last
-fingertip-object distance in the table plane and the height above the object's centre; and how many episodes
-reach the object per shape of target (read off its starting height).
+fingertip-object distance in the table plane, the height above the object's centre and how far the object was
+moved from its start (knocked away); and how many episodes reach the object per shape of target (read off its
+starting height).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
         last = index[-1]
         misses.append({"episode": int(episode), "shape": shape, "apart_m": round(float(apart[last]), 4),
                        "height_above_object_m": round(float(fingertip[last, 2] - target[last, 2]), 4),
+                       "object_moved_m": round(float(np.linalg.norm(target[last, :2] - state[last, 6:8])), 4),
                        "locator_error_m": round(float(located_error[last]), 4),
                        "first_frame_map_error_m": round(float(first_error[index[0]]), 4)})
     return {"estimates": rows, "episodes": int(len(np.unique(data["episode"]))), "by_shape": by_shape,

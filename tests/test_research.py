@@ -652,4 +652,4 @@ def test_reach_estimate_probe_measures_estimate_errors_and_where_misses_end():
     assert [shape_at_height(h) for h in (0.027, 0.0301, 0.035, 0.05)] == ["cube", "ball", "cylinder", "?"]
     miss = report["misses"][0]
     assert miss["apart_m"] == pytest.approx(0.08, abs=1e-3) and miss["height_above_object_m"] == pytest.approx(0.08)
-    assert miss["first_frame_map_error_m"] == pytest.approx(0.05, abs=1e-3)
+    assert miss["first_frame_map_error_m"] == pytest.approx(0.05, abs=1e-3) and miss["object_moved_m"] == 0.0
