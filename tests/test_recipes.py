@@ -349,3 +349,8 @@ def test_the_token_cone_recipe_differs_from_the_token_hard_one_in_its_reach_expe
     assert TrainConfig().expert_reach_approach == "hover"  # every earlier recipe's expert
     with pytest.raises(ValueError, match="expert_reach_approach"):
         TrainingRun(TrainConfig(expert_reach_approach="spiral", out=str(tmp_path)))
+
+
+def test_the_token_hard_settle_recipe_differs_from_the_token_hard_one_in_its_settling_only():
+    hard, settle = _research_recipe("skills_token_hard"), _research_recipe("skills_token_hard_settle")
+    assert _changed(hard, settle) == {"bc_settle_steps"} and settle["bc_settle_steps"] == 8
