@@ -42,12 +42,14 @@ def shape_at_height(height: float) -> str:
 def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
     """Errors (m) of the locator's and the first frame's estimates on collected reach rows (``privileged`` kept)."""
     from research.done_rule_probe import plane_homography, to_plane
+    from vla_ros.policy.done_head import estimate_columns
 
     state = data["privileged"].astype(np.float64)
     fingertip, target = state[:, 0:3], state[:, 3:6]
     homography = plane_homography(project, float(np.median(state[:, 8])))
-    located = to_plane(homography, data["features"][:, 0:2].astype(np.float64))  # estimates' columns: current first
-    first = to_plane(homography, data["features"][:, 2:4].astype(np.float64))
+    first_columns, current_columns = estimate_columns(data["features"].shape[1], "estimates", proprio=0)
+    located = to_plane(homography, data["features"][:, current_columns].astype(np.float64))
+    first = to_plane(homography, data["features"][:, first_columns].astype(np.float64))
     located_error = np.linalg.norm(located - target[:, :2], axis=1)
     first_error = np.linalg.norm(first - target[:, :2], axis=1)
     apart = np.linalg.norm(fingertip[:, :2] - target[:, :2], axis=1)
@@ -60,7 +62,8 @@ def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
                       "first_frame_map_median_m": float(np.median(first_error[mask])),
                       "first_frame_map_off_share": float(np.mean(first_error[mask] > OFF))}
     misses, by_shape = [], {}
-    for episode in np.unique(data["episode"]):
+    episodes = np.unique(data["episode"])
+    for episode in episodes:
         index = np.flatnonzero(data["episode"] == episode)
         index = index[np.argsort(data["step"][index])]
         shape = shape_at_height(float(state[index[0], 8]))  # the target's start
@@ -75,7 +78,7 @@ def estimate_errors(data: dict[str, np.ndarray], project) -> dict:
                        "object_moved_m": round(float(np.linalg.norm(target[last, :2] - state[last, 6:8])), 4),
                        "locator_error_m": round(float(located_error[last]), 4),
                        "first_frame_map_error_m": round(float(first_error[index[0]]), 4)})
-    return {"estimates": rows, "episodes": int(len(np.unique(data["episode"]))), "by_shape": by_shape,
+    return {"estimates": rows, "episodes": len(episodes), "by_shape": by_shape,
             "misses": misses}
 
 

@@ -36,6 +36,13 @@ FUNNEL_HALF_WIDTH = 0.06  # m off the push line within which a low fingertip beh
 DOWN = np.array([0.0, 0.0, -1.0])
 
 
+def check_reach_approach(reach_approach: str) -> str:
+    """``reach_approach`` if it is one of :data:`REACH_APPROACHES`, else ``ValueError`` naming them."""
+    if reach_approach not in REACH_APPROACHES:
+        raise ValueError(f"reach_approach must be one of {REACH_APPROACHES}, got {reach_approach!r}")
+    return reach_approach
+
+
 class ScriptedExpert:
     """Solve ``reach`` and ``push`` episodes of a (possibly wrapped) :class:`TabletopEnv`.
 
@@ -45,10 +52,8 @@ class ScriptedExpert:
 
     def __init__(self, env, damping: float = 0.05, orientation_weight: float | None = None,
                  reach_approach: str = "hover"):
-        if reach_approach not in REACH_APPROACHES:
-            raise ValueError(f"reach_approach must be one of {REACH_APPROACHES}, got {reach_approach!r}")
         self.env: TabletopEnv = env.unwrapped
-        self.reach_approach = reach_approach
+        self.reach_approach = check_reach_approach(reach_approach)
         self.damping = damping
         # the robot file's tool_down_weight unless given: 0.3 for vla_arm, 0 for an arm that cannot point down
         self.orientation_weight = self.env.robot_config.tool_down_weight if orientation_weight is None \

@@ -144,10 +144,9 @@ def make_env_fn(task: str, expert_labels: bool = False, action_chunk=None, label
     run this many env steps past their first success (:class:`SettleAfterSuccess`). ``reach_approach``: the
     labelling expert's (:class:`ExpertLabelWrapper`).
     """
-    from vla_ros.envs.expert import REACH_APPROACHES
+    from vla_ros.envs.expert import check_reach_approach
 
-    if reach_approach not in REACH_APPROACHES:
-        raise ValueError(f"reach_approach must be one of {REACH_APPROACHES}, got {reach_approach!r}")
+    check_reach_approach(reach_approach)  # here, not first in a worker process
     chunked = action_chunk is not None and not action_chunk.single
     if label_every_step and not (expert_labels and chunked):
         raise ValueError("label_every_step needs expert_labels and an action chunk executing more than one action")

@@ -383,11 +383,12 @@ class TrainingRun:
             raise ValueError(f"skill_reader_filled must be >= 0 and needs skill_reader, got {cfg.skill_reader_filled}")
         if cfg.bc_lr_schedule not in imitation.LR_SCHEDULES:
             raise ValueError(f"bc_lr_schedule must be one of {imitation.LR_SCHEDULES}, got {cfg.bc_lr_schedule!r}")
-        from vla_ros.envs.expert import REACH_APPROACHES
+        from vla_ros.envs.expert import check_reach_approach
 
-        if cfg.expert_reach_approach not in REACH_APPROACHES:
-            raise ValueError(f"expert_reach_approach must be one of {REACH_APPROACHES}, "
-                             f"got {cfg.expert_reach_approach!r}")
+        try:
+            check_reach_approach(cfg.expert_reach_approach)
+        except ValueError as error:
+            raise ValueError(f"expert_{error}") from None
         if cfg.bc_action_noise < 0:
             raise ValueError(f"bc_action_noise must be >= 0, got {cfg.bc_action_noise}")
         if cfg.dagger_takeover_repeat < 1:
